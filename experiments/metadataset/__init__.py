@@ -1,0 +1,1 @@
+"""Resumable real meta-dataset builder."""

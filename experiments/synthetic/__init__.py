@@ -1,0 +1,1 @@
+"""Synthetic experiments: the noisy quadratic model and synthetic generators."""

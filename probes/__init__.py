@@ -1,0 +1,1 @@
+"""Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback."""
