@@ -1,8 +1,300 @@
-"""CLI commands of this area. Import only click at module level; heavy imports go inside commands."""
+"""CLI commands of the shared predictor: ``fit-predictor``, ``predict``, ``evaluate``, ``screen``.
+
+Only click and the standard library at module level; numpy, pandas, LightGBM, shap and matplotlib
+are imported inside the commands so ``plan-probe --help`` stays instant. Every check runs before any
+output is written.
+"""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import json
+import logging
+import math
+from pathlib import Path
 
-COMMANDS: list = []
+import click
+
+log = logging.getLogger(__name__)
+
+
+def _risk_scale(path, frame):
+    """sqrt of the risk model's posterior mean L_i(c) per row (duck-typed ``RiskModel``)."""
+    import numpy as np
+
+    try:
+        from planner._risk_model import RiskModel
+    except ImportError:
+        raise ValueError(
+            "a risk model needs planner._risk_model, but it is not available in this install; drop --risk-model."
+        ) from None
+    if "depth" not in frame.columns:
+        raise ValueError("a risk model scale needs a depth column, but the meta-dataset has none; drop --risk-model.")
+    model = RiskModel.load(path)
+    risk = np.asarray(model.expected_risk(frame, depth_col="depth"), dtype=float).reshape(-1)
+    if risk.shape[0] != len(frame) or not np.all(np.isfinite(risk)) or np.any(risk <= 0):
+        raise ValueError(
+            f"the risk model must give a positive finite L(c) per row, but got {risk.shape[0]} values for "
+            f"{len(frame)} rows; check that the table carries the risk model's static_* columns."
+        )
+    return np.sqrt(risk)
+
+
+def _emit(obj, fmt: str, output) -> None:
+    from planner._io import write_json
+
+    if output:
+        write_json(obj, output)
+    if fmt == "json":
+        click.echo(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
+    else:
+        click.echo(_table(obj))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(obj: dict) -> str:
+    """Plain-text rendering: evaluate results as a model x metric table, anything else as key: value."""
+    from planner._evaluate import METRICS, MODELS
+
+    if all(m in obj for m in ("full", "tuneahead_recipe")):
+        cols = list(METRICS) + ["coverage_80", "coverage_90"]
+        lines = ["model".ljust(18) + "".join(c.rjust(20) for c in cols)]
+        for m in MODELS:
+            if m not in obj:
+                continue
+            cells = []
+            for c in cols:
+                v, se = obj[m].get(c), obj[m].get(f"{c}_se")
+                cells.append((f"{_fmt(v)} ± {_fmt(se)}" if v is not None else "-").rjust(20))
+            lines.append(m.ljust(18) + "".join(cells))
+        lines.append(f"rmse_gain_vs_recipe: {_fmt(obj.get('rmse_gain_vs_recipe'))}")
+        lines.append("settings: " + json.dumps(obj["settings"], sort_keys=True))
+        return "\n".join(lines)
+    return "\n".join(f"{k}: {_fmt(v)}" for k, v in obj.items())
+
+
+@click.command("fit-predictor")
+@click.argument("meta", type=click.Path(dir_okay=False))
+@click.option("--label", required=True, help="Label column (final score).")
+@click.option("--id", "id_col", default=None, help="Id column (default dataset_name, run_id or task_id).")
+@click.option("--features", type=click.Choice(["all", "static", "dynamic"]), default="all", show_default=True,
+              help="Feature subset: static = static+hp, dynamic = dynamic+hp+depth.")
+@click.option("--risk-model", type=click.Path(dir_okay=False), default=None,
+              help="Risk model JSON; conformal scores are normalised by its sqrt(L(c)).")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Choose num_leaves/n_estimators by grouped inner CV (off: TuneAhead's settings exactly).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, seed, out_dir):
+    """Fit the shared depth-aware LightGBM predictor on META and save it to a directory."""
+    from planner._meta import check_folds, load_meta, select_features
+    from planner._predictor import PredictorConfig, ProbePredictor
+
+    data = load_meta(meta, label=label, id_col=id_col)
+    config = PredictorConfig(seed=seed, tune=tune)
+    check_folds(len(set(data.ids)), config.calibration_folds, "distinct ids (calibration folds)")
+    feats = list(select_features(data, features))
+    scale = _risk_scale(risk_model, data.frame) if risk_model else None
+    model = ProbePredictor(config, data.groups).fit(data.frame[feats], data.frame[data.label_col], groups=data.ids,
+                                                    scale=scale)
+    extra = {"id": data.id_col, "features_option": features, "seed": seed,
+             "risk_model": str(risk_model) if risk_model else None}
+    model.save(out_dir, extra=extra)
+    summary = {
+        "predictor": str(Path(out_dir)),
+        "rows": len(data.frame),
+        "ids": len(set(data.ids)),
+        "features": len(feats),
+        "groups": {g: sum(1 for f in feats if data.groups[f] == g) for g in sorted(set(data.groups[f] for f in feats))},
+        "n_estimators": model.n_estimators_,
+        "num_leaves": model.params_["num_leaves"],
+        "cv_rmse": model.cv_rmse_,
+        "scale_mode": model.scale_mode_,
+        "seed": seed,
+    }
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@click.command("predict")
+@click.argument("meta", type=click.Path(dir_okay=False))
+@click.option("--predictor", "predictor_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory written by fit-predictor.")
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Prediction table (.csv or .parquet).")
+@click.option("--coverage", type=float, default=0.9, show_default=True, help="Nominal interval coverage.")
+@click.option("--threshold", type=float, default=None, help="Go threshold tau (label units): adds p_success and go.")
+@click.option("--go-probability", type=float, default=0.5, show_default=True,
+              help="A run is 'go' when P(score >= tau) reaches this.")
+@click.option("--risk-model", type=click.Path(dir_okay=False), default=None,
+              help="Risk model JSON (required when the predictor was fitted with one).")
+@click.option("--figures", type=click.Path(file_okay=False), default=None, help="Directory for PNG figures.")
+def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probability, risk_model, figures):
+    """Predict final scores with conformal intervals, P(score >= tau), go/no-go and grouped SHAP."""
+    import numpy as np
+
+    from planner._io import table_format, write_table
+    from planner._meta import load_meta
+    from planner._predictor import ProbePredictor
+
+    table_format(out_path)
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), but got {coverage=}; pass e.g. --coverage 0.9.")
+    if not 0 < go_probability < 1:
+        raise ValueError(f"go probability must be in (0, 1), but got {go_probability=}; pass e.g. 0.5.")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, but got {threshold=}; pass a score.")
+    model = ProbePredictor.load(predictor_dir)
+    id_col = model.extra_.get("id")
+    data = load_meta(meta, label=model.label_name_, id_col=id_col, require_label=False, min_rows=1)
+    trained = set(model.feature_names_)
+    missing = sorted(trained - set(data.features))
+    extra = sorted(set(data.features) - trained)
+    if missing or extra:
+        raise ValueError(
+            f"feature columns must match training, but {len(missing)} are missing {missing[:4]} and {len(extra)} are "
+            f"new {extra[:4]}; pass a table with exactly the training features or refit the predictor."
+        )
+    if model.scale_mode_ == "risk" and not risk_model:
+        raise ValueError("this predictor was calibrated with a risk model, but --risk-model is missing; pass it.")
+    scale = _risk_scale(risk_model, data.frame) if (risk_model and model.scale_mode_ == "risk") else None
+    X = data.frame[model.feature_names_]
+    pred, lower, upper = model.predict_interval(X, coverage, scale)
+    out = data.frame[[data.id_col]].copy()
+    if "depth" in data.frame.columns:
+        out["depth"] = data.frame["depth"]
+    if data.label_col is not None:
+        out[data.label_col] = data.frame[data.label_col]
+    out["pred"] = pred
+    out["lower"] = lower
+    out["upper"] = upper
+    out["coverage"] = coverage
+    if threshold is not None:
+        p = model.prob_at_least(X, threshold, scale)
+        out["threshold"] = threshold
+        out["p_success"] = p
+        out["go"] = p >= go_probability
+    expl = model.explain(X)
+    for col in expl.columns:
+        out[col] = expl[col].to_numpy()
+
+    figs = {}
+    if figures:
+        figs = _predict_figures(model, X, data, pred, lower, upper, scale)
+    write_table(out, out_path)
+    if figures:
+        from planner._io import atomic_path
+
+        import matplotlib.pyplot as plt
+
+        Path(figures).mkdir(parents=True, exist_ok=True)
+        for name, fig in figs.items():
+            with atomic_path(Path(figures) / f"{name}.png") as tmp:
+                fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+            plt.close(fig)
+    summary = {"rows": len(out), "output": str(out_path), "coverage": coverage, "mean_pred": float(np.mean(pred))}
+    if threshold is not None:
+        summary.update({"threshold": threshold, "go": int(out["go"].sum())})
+    if figs:
+        summary["figures"] = sorted(f"{n}.png" for n in figs)
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from planner._plots_predictor import (coverage_curve, plot_calibration, plot_pred_vs_true, plot_shap_summary,
+                                          plot_waterfall)
+
+    figs = {}
+    if data.label_col is not None and np.all(np.isfinite(data.frame[data.label_col].to_numpy(dtype=float))):
+        y = data.frame[data.label_col].to_numpy(dtype=float)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        plot_pred_vs_true(ax, y, pred, lower, upper, label=data.label_col)
+        figs["pred_vs_true"] = fig
+        nominal, empirical = coverage_curve(model, X, y, scale=scale)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        plot_calibration(ax, nominal, empirical, n=len(y))
+        figs["calibration"] = fig
+    contrib, base = model.shap_values(X)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    plot_shap_summary(ax, contrib, X.to_numpy(dtype=float), model.feature_names_)
+    figs["shap_summary"] = fig
+    worst = int(np.argmin(pred))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    plot_waterfall(ax, contrib[worst], float(base[worst]), model.feature_names_,
+                   title=f"why {data.ids[worst]} is predicted lowest")
+    figs["waterfall_lowest"] = fig
+    return figs
+
+
+@click.command("evaluate")
+@click.argument("meta", type=click.Path(dir_okay=False))
+@click.option("--label", required=True, help="Label column.")
+@click.option("--id", "id_col", default=None, help="Id column (default dataset_name, run_id or task_id).")
+@click.option("--cv", type=int, default=5, show_default=True, help="Folds (grouped by id).")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats with reshuffled folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply errors by this for Acc@k (e.g. 100 for labels in [0, 1]).")
+@click.option("--depth", type=float, default=None, help="Evaluation depth (default 100 if present, else deepest).")
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
+def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, fmt, out_path):
+    """Repeated grouped K-fold: full predictor vs static-only, dynamic-only and TuneAhead's recipe."""
+    from planner._evaluate import evaluate
+    from planner._meta import check_folds, load_meta
+
+    data = load_meta(meta, label=label, id_col=id_col)
+    check_folds(len(set(data.ids)), cv)
+    result = evaluate(data, cv=cv, repeats=repeats, seed=seed, scale=scale, depth=depth)
+    _emit(result, fmt, out_path)
+
+
+@click.command("screen")
+@click.argument("pred", type=click.Path(dir_okay=False))
+@click.option("--label", required=True, help="True final score column.")
+@click.option("--threshold", type=float, required=True, help="Success threshold tau (label units).")
+@click.option("--full-cost", type=float, required=True, help="Cost of one full run.")
+@click.option("--probe-cost", type=float, required=True, help="Cost of one probe.")
+@click.option("--rule", type=click.Choice(["point", "go"]), default="point", show_default=True,
+              help="Launch when pred >= tau (point) or when the go column is true (go).")
+@click.option("--depth", type=float, default=None, help="Use the rows of this probe depth (tables with several).")
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
+def screen_cmd(pred, label, threshold, full_cost, probe_cost, rule, depth, fmt, out_path):
+    """TuneAhead Table 4 accounting: runs launched, compute saved, successes retained, false kills."""
+    from planner._io import read_table
+    from planner._screen import screen
+
+    frame = read_table(pred)
+    if depth is not None:
+        if "depth" not in frame.columns:
+            raise ValueError(f"--depth needs a depth column, but {pred!r} has none (got {depth=}); drop --depth.")
+        frame = frame[frame["depth"].astype(float) == float(depth)]
+        if frame.empty:
+            raise ValueError(f"--depth must match rows of the table, but no row has depth {depth:g}; pick a listed depth.")
+    id_col = next((c for c in ("dataset_name", "run_id", "task_id") if c in frame.columns), None)
+    if id_col is not None and frame[id_col].duplicated().any():
+        raise ValueError(
+            f"screen needs one row per run, but {id_col!r} repeats (several depths?); pass --depth D to pick one."
+        )
+    if frame.empty:
+        raise ValueError(f"the prediction table must have rows, but {pred!r} is empty; pass a predict output.")
+    result = screen(frame, label=label, threshold=threshold, full_cost=full_cost, probe_cost=probe_cost, rule=rule)
+    if depth is not None:
+        result["depth"] = depth
+    _emit(result, fmt, out_path)
+
+
+COMMANDS: list = [fit_predictor_cmd, predict_cmd, evaluate_cmd, screen_cmd]
 EXPERIMENT_COMMANDS: list = []

@@ -1,1 +1,40 @@
-"""Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback."""
+"""Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback.
+
+Heavy libraries (torch, transformers, peft) load on first use of the probe, model and callback
+objects, so ``import probes`` stays light.
+"""
+
+from probes._config import HP_COLUMNS, ProbeConfig
+from probes._data import Example, load_examples
+from probes._dynamics import DYN_COLUMNS
+from probes._static import STATIC_COLUMNS
+
+__all__ = [
+    "DYN_COLUMNS",
+    "Example",
+    "HP_COLUMNS",
+    "ProbeConfig",
+    "ProbeRecorderCallback",
+    "ProbeResult",
+    "STATIC_COLUMNS",
+    "load_examples",
+    "resolve_model",
+    "run_probe",
+    "static_descriptors",
+]
+
+_LAZY = {
+    "ProbeRecorderCallback": "probes._callback",
+    "ProbeResult": "probes._probe",
+    "run_probe": "probes._probe",
+    "resolve_model": "probes._models",
+    "static_descriptors": "probes._static",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'probes' has no attribute {name!r}")

@@ -1,8 +1,164 @@
-"""CLI commands of this area. Import only click at module level; heavy imports go inside commands."""
+"""CLI commands of this area: ``static``, ``probe`` and ``bench-probe``.
+
+Only click and the standard library are imported at module level; torch/transformers/peft load
+inside the commands. Every input is checked before any output is written.
+"""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import json
+import logging
 
-COMMANDS: list = []
+import click
+
+log = logging.getLogger(__name__)
+
+_MODEL_HELP = "Local HF folder, .gguf file, or the built-in name smollm2-135m-instruct."
+
+
+def _hp_options(func):
+    options = [
+        click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate (AdamW, constant)."),
+        click.option("--batch-size", type=int, default=4, show_default=True, help="Examples per micro-batch."),
+        click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per step."),
+        click.option("--lora-r", type=int, default=8, show_default=True),
+        click.option("--lora-alpha", type=float, default=16.0, show_default=True),
+        click.option("--lora-dropout", type=float, default=0.05, show_default=True),
+        click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names."),
+        click.option("--max-length", type=int, default=256, show_default=True, help="Tokens per example."),
+        click.option("--flatness-k", type=int, default=3, show_default=True, help="Perturbations for flatness."),
+        click.option("--flatness-sigma", type=float, default=1e-2, show_default=True, help="Std of the perturbations."),
+        click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm clip (0: off)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(steps, record_at, seed, hp):
+    from probes._config import ProbeConfig, parse_int_list
+
+    modules = tuple(m.strip() for m in hp.pop("target_modules").split(",") if m.strip())
+    return ProbeConfig(steps=steps, record_at=parse_int_list("record_at", record_at), seed=seed, target_modules=modules, **hp)
+
+
+@click.command("static")
+@click.argument("dataset")
+@click.option("--model", "model_spec", default=None, help=_MODEL_HELP + " Without it the two static_ref_ppl_* keys are left out.")
+@click.option("--sample", type=int, default=None, help="Seeded sample size for the embedding and perplexity descriptors.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--limit", type=int, default=None, help="Use only the first N records.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder (off by default).")
+@click.option("-o", "--output", required=True, help="Output JSON file.")
+def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, output):
+    """Compute the 14 static descriptors of DATASET (16 columns) and write them as JSON."""
+    from pathlib import Path
+
+    from planner._io import write_json
+    from planner._version import __version__
+    from probes._data import load_examples
+
+    if not str(output).lower().endswith(".json"):
+        raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o static.json.")
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be a positive integer, but got {sample=}; pass e.g. 1000 or leave it out.")
+    examples = load_examples(dataset, limit=limit)
+    model = tokenizer = None
+    if model_spec is not None:
+        from probes._models import resolve_model
+
+        model, tokenizer = resolve_model(model_spec, trust_remote_code=trust_remote_code)
+    from probes._static import static_descriptors
+
+    result = static_descriptors(examples, model=model, tokenizer=tokenizer, sample=sample, seed=seed)
+    doc = {
+        "kind": "static_descriptors",
+        "plan_probe_version": __version__,
+        "dataset": str(dataset),
+        "dataset_name": Path(dataset).name,
+        "model": model_spec,
+        "descriptors": dict(result),
+        "metadata": result.metadata,
+    }
+    write_json(doc, output)
+    click.echo(json.dumps(dict(result), indent=2, sort_keys=False))
+
+
+@click.command("probe")
+@click.argument("dataset")
+@click.option("--model", "model_spec", required=True, help=_MODEL_HELP)
+@click.option("--steps", type=int, default=100, show_default=True, help="Probe steps.")
+@click.option("--record-at", default="5,10,20,50,100", show_default=True, help="Depths at which rows are recorded.")
+@_hp_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", default=None, help="Comma-separated seeds: one probe per seed (overrides --seed).")
+@click.option("--limit", type=int, default=None, help="Use only the first N records.")
+@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder (off by default).")
+@click.option("-o", "--output", required=True, help="Output table (.parquet or .csv), one row per seed x depth.")
+def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device, trust_remote_code, output, **hp):
+    """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth."""
+    import pandas as pd
+
+    from planner._io import table_format, write_table
+    from probes._config import parse_int_list
+
+    table_format(output)
+    seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
+    configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
+    from probes._data import load_examples
+    from probes._models import resolve_model
+    from probes._probe import run_probe
+
+    examples = load_examples(dataset, limit=limit)
+    model, tokenizer = resolve_model(model_spec, device=device, trust_remote_code=trust_remote_code)
+    results = [run_probe(examples, model, tokenizer, cfg) for cfg in configs]
+    write_table(pd.concat([r.rows for r in results], ignore_index=True), output)
+    summary = {
+        "output": str(output),
+        "config": configs[0].to_json(),
+        "runs": [{"seed": r.config.seed, "status": r.status, "diverged_step": r.diverged_step, "wall_time_s": round(r.wall_time_s, 3)} for r in results],
+    }
+    click.echo(json.dumps(summary, indent=2))
+
+
+@click.command("bench-probe")
+@click.option("--model", "model_spec", default="smollm2-135m-instruct", show_default=True, help=_MODEL_HELP)
+@click.option("--dataset", default=None, help="Instruction data (default: 64 synthetic records).")
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--record-at", default="5,10,20,50,100", show_default=True)
+@_hp_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True, help="Timed (bare, recorded) pairs; medians are compared.")
+@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--random-init", is_flag=True, help="Random weights of the model's architecture (timing only).")
+@click.option("-o", "--output", default=None, help="Also write the result JSON here.")
+def bench_cmd(model_spec, dataset, steps, record_at, seed, repeats, device, random_init, output, **hp):
+    """Time a bare LoRA loop against the same steps with feature recording; print the overhead ratio."""
+    from planner._io import write_json
+    from planner._version import __version__
+
+    if output is not None and not str(output).lower().endswith(".json"):
+        raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o bench.json.")
+    config = _config(steps, record_at, seed, dict(hp))
+    from probes._bench import bench_probe
+    from probes._data import Example, load_examples
+    from probes._models import resolve_model
+
+    if dataset is not None:
+        examples = load_examples(dataset)
+    else:  # long enough that every example fills max_length, so step cost is fixed
+        examples = [
+            Example(f"Explain item {i}: " + "why the river rises after rain in the hills " * 20, "Because " + "water flows down to the valley " * 20)
+            for i in range(64)
+        ]
+    model, tokenizer = resolve_model(model_spec, device=device, random_init=random_init)
+    result = bench_probe(examples, model, tokenizer, config, repeats=repeats)
+    result.update({"plan_probe_version": __version__, "model": model_spec, "random_init": random_init})
+    if output is not None:
+        write_json(result, output)
+    click.echo(json.dumps(result, indent=2))
+
+
+COMMANDS: list = [static_cmd, probe_cmd, bench_cmd]
 EXPERIMENT_COMMANDS: list = []

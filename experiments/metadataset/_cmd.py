@@ -1,8 +1,89 @@
-"""CLI commands of this area. Import only click at module level; heavy imports go inside commands."""
+"""CLI commands of this area: ``plan-probe build-meta`` and ``plan-probe experiment real``.
+
+Only click and the standard library at module level; numpy, JAX, torch and matplotlib are
+imported inside the commands so ``plan-probe --help`` stays instant.
+"""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import json
+import logging
+import os
+
+import click
 
 COMMANDS: list = []
 EXPERIMENT_COMMANDS: list = []
+
+log = logging.getLogger(__name__)
+
+
+@click.command("build-meta")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Output folder (records, cache, Parquet tables).")
+@click.option("--retry-failed", is_flag=True, help="Run again the runs recorded as failed (finished ok/diverged runs are always kept).")
+@click.option("--limit", type=int, default=None, help="Execute at most this many pending runs in this call.")
+@click.option("--cache", "cache", type=click.Path(file_okay=False), default=None, help="Embedding cache folder (default OUT/cache).")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+def build_meta(spec_path, out, retry_failed, limit, cache, no_progress):
+    """Build a meta-dataset from real fine-tuning runs described by SPEC.toml (resumable).
+
+    One JSON record per run lands in OUT/records as soon as the run ends; kill the command at any
+    time and rerun it: finished runs are skipped. At the end OUT/meta.parquet (run x probe depth:
+    static_*, dyn_*, hp_*, label) and OUT/risk_obs.parquet (task_id, depth, risk_obs, dof, static_*)
+    are assembled. A JSON summary goes to stdout.
+    """
+    from experiments.metadataset._spec import load_spec
+
+    spec = load_spec(spec_path)
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit must be non-negative, but got {limit=}; pass 0 or more.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out must be a folder, but got {out!r} which is a file; pick another path.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from experiments.metadataset._build import build
+
+    summary = build(spec, out, retry_failed=retry_failed, limit=limit, progress=not no_progress,
+                    cache_dir=cache)
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@click.command("real")
+@click.option("--meta", "meta", required=True, type=click.Path(file_okay=False),
+              help="A build-meta output folder (or any folder with risk_obs.parquet).")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Folder for figures and results.json.")
+@click.option("--n-boot", type=int, default=200, show_default=True, help="Bootstrap resamples over prefixes for the alpha intervals.")
+@click.option("--level", type=float, default=0.9, show_default=True, help="Interval level.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--cost", type=float, default=0.01, show_default=True, help="gamma*lambda, risk cost per probe step (pp^2).")
+@click.option("--target-rmse", type=float, default=3.0, show_default=True, help="epsilon, in pp.")
+@click.option("--c-min", type=float, default=10.0, show_default=True)
+@click.option("--c-max", type=float, default=1000.0, show_default=True)
+def real(meta, out, n_boot, level, seed, cost, target_rmse, c_min, c_max):
+    """Fit V(c) = L_int + K c^-alpha per task on real fork variances; draw the decay and phase figures."""
+    from pathlib import Path
+
+    if n_boot < 10:
+        raise ValueError(f"--n-boot must be at least 10, but got {n_boot=}; pass 10 or more.")
+    if not 0.5 <= level < 1.0:
+        raise ValueError(f"--level must be in [0.5, 1), but got {level=}; pass e.g. 0.9.")
+    from theory import RegimeThresholds
+
+    thresholds = RegimeThresholds(cost=cost, target_rmse=target_rmse, c_min=c_min, c_max=c_max)
+    risk_path = Path(meta) / "risk_obs.parquet"
+    if not risk_path.is_file():
+        raise ValueError(f"--meta must hold risk_obs.parquet, but got {meta!r} without it; run plan-probe build-meta first.")
+    from planner._io import read_table
+
+    risk = read_table(risk_path)
+    from experiments.metadataset._real import check_risk_table, run_real
+
+    check_risk_table(risk)
+    results = run_real(risk, Path(out), thresholds=thresholds, n_boot=n_boot, level=level, seed=seed)
+    click.echo(json.dumps(results["summary"], indent=2, sort_keys=True))
+
+
+COMMANDS.append(build_meta)
+EXPERIMENT_COMMANDS.append(real)

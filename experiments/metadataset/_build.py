@@ -1,0 +1,185 @@
+"""The resumable builder: one JSON record per run, then the Parquet tables.
+
+Layout of ``OUT``::
+
+    OUT/spec.toml            copy of the spec that was built
+    OUT/records/<key>.json   one record per run (key: hash of the canonical task config + seed)
+    OUT/cache/emb-*.npz      embedding cache
+    OUT/meta.parquet         one row per run x probe depth (predictor meta-dataset)
+    OUT/risk_obs.parquet     one row per run x fork depth (DESIGN Sec. 3 risk observations)
+
+Every file is written atomically (temporary file + rename), so a build killed at any moment leaves
+only finished records behind; a rerun skips them and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from experiments.metadataset._spec import BuildSpec, TaskConfig, canonical_json, config_hash
+from planner._io import atomic_path, read_json, write_json, write_table
+from planner._version import __version__
+
+__all__ = ["RUNNERS", "make_runner", "build", "run_key", "run_seed", "assemble_tables", "load_records"]
+
+log = logging.getLogger(__name__)
+
+
+def _encoder_runner(cache_dir):
+    from experiments.metadataset._encoder import EncoderRunner
+
+    return EncoderRunner(cache_dir)
+
+
+#: Runner factories keyed by the spec's ``tier``. A runner has ``run(task, prefix_index, seed) -> dict``
+#: returning ``status`` ("ok" or "diverged"), ``label``, ``static``, ``hp``, ``dyn`` {depth: {dyn_*}}
+#: and ``forks`` {depth: [final scores]}; raising marks the run ``failed``. The LLM tier adds an entry.
+RUNNERS = {"encoder": _encoder_runner}
+
+
+def make_runner(tier: str, cache_dir):
+    if tier not in RUNNERS:
+        raise ValueError(f"tier must be one of {sorted(RUNNERS)}, but got {tier=}; fix the spec's tier.")
+    return RUNNERS[tier](cache_dir)
+
+
+def run_seed(task: TaskConfig, prefix_index: int) -> int:
+    """The prefix seed of a run: derived from the task config (incl. the spec seed) and its index."""
+    return int(config_hash({"task": task.to_dict(), "prefix": prefix_index}), 16) % (2**31 - 1)
+
+
+def run_key(task: TaskConfig, prefix_index: int) -> str:
+    """The record key: a hash of the canonical task config and the run's seed."""
+    return config_hash({"task": task.to_dict(), "prefix": prefix_index, "seed": run_seed(task, prefix_index)}, n=24)
+
+
+def _versions() -> dict:
+    out = {"plan-probe": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "jax", "jaxlib", "torch", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def load_records(out: str | Path) -> list[dict]:
+    """All records under ``OUT/records``, sorted by key."""
+    folder = Path(out) / "records"
+    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+#: Test hook: SIGKILL this process after this many runs were recorded in one call, right after the
+#: next run finished computing and before its record is written (a kill at the worst moment).
+KILL_AFTER_ENV = "PLAN_PROBE_META_KILL_AFTER"
+
+
+def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit: int | None = None,
+          progress: bool = True, cache_dir: str | Path | None = None) -> dict:
+    """Run every pending run of ``spec`` into ``out`` and assemble the tables.
+
+    Finished records (``ok``, ``diverged``; also ``failed`` unless ``retry_failed``) are skipped.
+    ``limit`` caps the number of runs executed in this call (the tables are still assembled).
+    ``cache_dir`` holds the embedding cache (default ``out/cache``). Returns a summary dict.
+    """
+    import os
+    import signal
+
+    from tqdm import tqdm
+
+    kill_after = int(os.environ[KILL_AFTER_ENV]) if os.environ.get(KILL_AFTER_ENV) else None
+
+    out = Path(out)
+    records = out / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "spec.toml") as tmp:
+        tmp.write_text(spec.source_text)
+    todo, skipped = [], 0
+    for task, p in spec.runs():
+        path = records / f"{run_key(task, p)}.json"
+        if path.is_file():
+            status = read_json(path).get("status")
+            if status != "failed" or not retry_failed:
+                skipped += 1
+                continue
+        todo.append((task, p, path))
+    if limit is not None:
+        todo = todo[:limit]
+    log.info("%d runs to do, %d finished runs skipped", len(todo), skipped)
+    runner = make_runner(spec.tier, Path(cache_dir) if cache_dir else out / "cache") if todo else None
+    versions = _versions()
+    counts = {"ok": 0, "diverged": 0, "failed": 0}
+    for i, (task, p, path) in enumerate(tqdm(todo, desc="build-meta runs", unit="run", file=sys.stderr, disable=not progress)):
+        seed = run_seed(task, p)
+        t0 = time.perf_counter()
+        try:
+            result = runner.run(task, p, seed)
+            error = result.pop("error", None)
+            status = result.pop("status", "ok")
+        except Exception as exc:  # a failing run is recorded and the build goes on
+            log.warning("run %s prefix %d failed: %s", task.task_id, p, exc)
+            result, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
+        if kill_after is not None and i >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        record = {
+            "key": path.stem,
+            "run_id": f"{task.task_id}--p{p}",
+            "task_id": task.task_id,
+            "prefix": p,
+            "seed": seed,
+            "tier": task.tier,
+            "config": task.to_dict(),
+            "status": status,
+            "error": error,
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "versions": versions,
+            "result": result,
+        }
+        write_json(record, path)
+        counts[status] += 1
+    tables = assemble_tables(out)
+    return {"out": str(out), "runs_total": skipped + len(todo) if limit is None else None, "skipped": skipped,
+            "executed": counts, **tables}
+
+
+def assemble_tables(out: str | Path) -> dict:
+    """Write ``meta.parquet`` and ``risk_obs.parquet`` from the ``ok`` records, atomically."""
+    import pandas as pd
+
+    out = Path(out)
+    recs = load_records(out)
+    meta_rows, risk_rows = [], []
+    status_counts: dict[str, int] = {}
+    for r in recs:
+        status_counts[r["status"]] = status_counts.get(r["status"], 0) + 1
+        if r["status"] != "ok":
+            continue
+        res = r["result"]
+        base = {"run_id": r["run_id"], "task_id": r["task_id"]}
+        for depth, dyn in sorted(res["dyn"].items(), key=lambda kv: int(kv[0])):
+            meta_rows.append({**base, "depth": int(depth), **res["static"], **dyn, **res["hp"], "label": res["label"]})
+        for depth, scores in sorted(res["forks"].items(), key=lambda kv: int(kv[0])):
+            s = np.asarray(scores, dtype=float)
+            risk_rows.append({"task_id": r["task_id"], "depth": int(depth), "risk_obs": float(s.var(ddof=1)),
+                              "dof": float(len(s) - 1), "run_id": r["run_id"], **res["static"]})
+    meta = pd.DataFrame(meta_rows)
+    risk = pd.DataFrame(risk_rows)
+    if len(meta):
+        meta = meta.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
+        risk = risk.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
+    write_table(meta, out / "meta.parquet")
+    write_table(risk, out / "risk_obs.parquet")
+    return {"records": status_counts, "meta_rows": len(meta), "risk_rows": len(risk),
+            "meta": str(out / "meta.parquet"), "risk_obs": str(out / "risk_obs.parquet")}
+
+
+def record_for_comparison(record: dict) -> str:
+    """A record without its wall time: what must be identical between two builds of one spec."""
+    return canonical_json({k: v for k, v in record.items() if k != "wall_time_s"})

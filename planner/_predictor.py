@@ -1,0 +1,475 @@
+"""The shared LightGBM predictor (DESIGN §5): one regressor for every probe depth, conformal
+intervals, P(score >= tau), grouped TreeSHAP, saved as LightGBM text plus a JSON sidecar.
+
+Conformal calibration uses out-of-fold (OOF) residuals from an internal grouped K-fold at fit time
+(CV+-style): every training row serves as a calibration point without giving up training data, and
+the folds are grouped by run id so rows of one run at several depths never calibrate each other.
+Residuals are normalised by a per-row scale: sqrt(L(c)) from a risk model when one is given,
+otherwise (when ``depth`` is a feature) the root-mean-square OOF residual at that depth, because
+the residual spread falls with depth; without either the scale is 1 (plain split conformal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planner._meta import GROUPS, feature_group
+
+__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "group_folds", "TUNE_GRID"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "plan-probe-predictor/1"
+# Inner-CV grid of ``tune=True``: (num_leaves, n_estimators) at the configured learning rate.
+TUNE_GRID = {"num_leaves": (4, 8), "n_estimators": (140, 300, 600, 1000)}
+_MIN_ROWS_PER_DEPTH = 20
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Settings of :class:`ProbePredictor`; defaults are TuneAhead's released configuration.
+
+    ``subsample_freq=1`` actually enables bagging (TuneAhead set ``subsample`` without it, so its
+    bagging never ran). ``tune`` picks (num_leaves, n_estimators) from :data:`TUNE_GRID` by grouped
+    inner cross-validation on the training data only. ``go_probability``: a run is "go" when
+    P(score >= tau) reaches it.
+    """
+
+    learning_rate: float = 0.05
+    num_leaves: int = 4
+    n_estimators: int = 140
+    subsample: float = 0.6
+    subsample_freq: int = 1
+    colsample_bytree: float = 0.6
+    min_child_samples: int = 20
+    reg_lambda: float = 1.0
+    seed: int = 0
+    calibration_folds: int = 10
+    depth_scale: bool = True
+    tune: bool = False
+    go_probability: float = 0.5
+
+    def __post_init__(self):
+        checks = [
+            ("learning_rate", 0 < self.learning_rate <= 1, "pass a value in (0, 1]"),
+            ("num_leaves", int(self.num_leaves) >= 2, "pass 2 or more"),
+            ("n_estimators", int(self.n_estimators) >= 1, "pass 1 or more"),
+            ("subsample", 0 < self.subsample <= 1, "pass a value in (0, 1]"),
+            ("subsample_freq", int(self.subsample_freq) >= 0, "pass 0 (off) or more"),
+            ("colsample_bytree", 0 < self.colsample_bytree <= 1, "pass a value in (0, 1]"),
+            ("min_child_samples", int(self.min_child_samples) >= 1, "pass 1 or more"),
+            ("reg_lambda", self.reg_lambda >= 0, "pass a value >= 0"),
+            ("calibration_folds", int(self.calibration_folds) >= 2, "pass 2 or more"),
+            ("go_probability", 0 < self.go_probability < 1, "pass a value in (0, 1)"),
+        ]
+        for name, ok, fix in checks:
+            if not ok:
+                raise ValueError(f"{name} is out of range, but got {name}={getattr(self, name)!r}; {fix}.")
+
+    def lgbm_params(self, **override) -> dict:
+        """LightGBM ``train`` parameters (single thread and ``deterministic`` for byte-identical models)."""
+        params = {
+            "objective": "regression",
+            "learning_rate": self.learning_rate,
+            "num_leaves": int(self.num_leaves),
+            "bagging_fraction": self.subsample,
+            "bagging_freq": int(self.subsample_freq),
+            "feature_fraction": self.colsample_bytree,
+            "min_data_in_leaf": int(self.min_child_samples),
+            "lambda_l2": self.reg_lambda,
+            "seed": int(self.seed),
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 1,
+            "verbose": -1,
+            "feature_pre_filter": False,
+        }
+        params.update(override)
+        return params
+
+    def to_dict(self) -> dict:
+        from planner._version import __version__
+
+        return {**dataclasses.asdict(self), "plan_probe_version": __version__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PredictorConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields - {"plan_probe_version"}
+        if unknown:
+            raise ValueError(f"predictor config keys must be known, but got {sorted(unknown)}; remove them.")
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def group_folds(ids, k: int, seed: int) -> np.ndarray:
+    """Fold index per row with all rows of one id in the same fold (ids shuffled by ``seed``)."""
+    ids = np.asarray(ids).astype(str)
+    uniq = np.unique(ids)
+    if len(uniq) < k:
+        raise ValueError(
+            f"grouped folds need at least as many distinct ids as folds, but got {len(uniq)} ids for {k} folds; "
+            "lower the number of folds or add runs."
+        )
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    fold_of = np.empty(len(uniq), dtype=int)
+    fold_of[order] = np.arange(len(uniq)) % k
+    return fold_of[np.searchsorted(uniq, ids)]
+
+
+def _train(params: dict, X: np.ndarray, y: np.ndarray, n_estimators: int, names):
+    import lightgbm as lgb
+
+    data = lgb.Dataset(X, label=y, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
+    return lgb.train(params, data, num_boost_round=int(n_estimators))
+
+
+def _as_frame(X, names=None):
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame):
+        return X
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, but got shape {X.shape}; pass a table of features.")
+    names = names or [f"f{i}" for i in range(X.shape[1])]
+    return pd.DataFrame(X, columns=list(names))
+
+
+class ProbePredictor:
+    """One LightGBM regressor shared by all probe depths, with conformal intervals and grouped SHAP.
+
+    Parameters
+    ----------
+    config : PredictorConfig, optional
+        Settings (TuneAhead's configuration with bagging on by default).
+    feature_groups : dict, optional
+        Feature -> group; default from :func:`planner._meta.feature_group`.
+
+    Attributes
+    ----------
+    booster_ : lightgbm.Booster
+    feature_names_, feature_groups_ : list, dict
+    params_ : dict
+        The LightGBM parameters used (after tuning), ``n_estimators_`` the number of trees.
+    scores_ : ndarray
+        Sorted signed OOF residuals divided by the row scale (the conformal calibration scores).
+    scale_mode_ : str
+        ``"risk"`` (external scale, e.g. sqrt(L(c)) of a risk model), ``"depth"`` or ``"none"``.
+    depth_scale_ : dict
+        Depth -> RMS OOF residual (``scale_mode_ == "depth"``).
+    oof_pred_ : ndarray
+        Out-of-fold predictions of the training rows; ``cv_rmse_`` their RMSE.
+    """
+
+    def __init__(self, config: PredictorConfig | None = None, feature_groups: dict | None = None):
+        self.config = config
+        self.feature_groups = feature_groups
+
+    # ----------------------------------------------------------------------------------------- fit
+    def fit(self, X, y, *, groups=None, scale=None) -> "ProbePredictor":
+        """Fit the shared regressor and its conformal calibration.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame or array (n, p)
+            Features (``depth`` among them for a depth-aware model).
+        y : array (n,)
+            Label; a named pandas Series records its name.
+        groups : array (n,), optional
+            Run ids for the grouped calibration folds (default: every row its own group).
+        scale : array (n,), optional
+            Positive per-row scale (e.g. sqrt of a risk model's expected L(c)) for normalised scores.
+        """
+        cfg = self.config or PredictorConfig()
+        frame = _as_frame(X)
+        names = [str(c) for c in frame.columns]
+        Xa = frame.to_numpy(dtype=float)
+        ya = np.asarray(y, dtype=float)
+        if Xa.shape[0] != ya.shape[0]:
+            raise ValueError(f"X and y must have the same rows, but got {Xa.shape[0]} and {ya.shape[0]}; align them.")
+        if not np.all(np.isfinite(Xa)) or not np.all(np.isfinite(ya)):
+            raise ValueError("features and label must be finite, but got NaN/inf; clean the meta-dataset.")
+        groups = np.arange(len(ya)).astype(str) if groups is None else np.asarray(groups).astype(str)
+        ext_scale = self._check_scale(scale, len(ya))
+        fg = self.feature_groups or {}
+        self.feature_names_ = names
+        self.feature_groups_ = {n: fg.get(n, feature_group(n)) for n in names}
+        self.label_name_ = getattr(y, "name", None)
+        self.n_features_in_ = len(names)
+
+        folds = group_folds(groups, cfg.calibration_folds, cfg.seed)
+        base = cfg.lgbm_params()
+        if cfg.tune:
+            candidates = [(nl, ne) for nl in TUNE_GRID["num_leaves"] for ne in TUNE_GRID["n_estimators"]]
+        else:
+            candidates = [(int(cfg.num_leaves), int(cfg.n_estimators))]
+        oof = {c: np.empty(len(ya)) for c in candidates}
+        for nl in sorted({c[0] for c in candidates}):
+            trees = [ne for (l, ne) in candidates if l == nl]
+            params = {**base, "num_leaves": nl}
+            for k in range(cfg.calibration_folds):
+                tr, te = folds != k, folds == k
+                booster = _train(params, Xa[tr], ya[tr], max(trees), names)
+                for ne in trees:  # one fit serves every tree count (predict with fewer iterations)
+                    oof[(nl, ne)][te] = booster.predict(Xa[te], num_iteration=ne)
+        rmse = {c: float(np.sqrt(np.mean((ya - p) ** 2))) for c, p in oof.items()}
+        best = min(candidates, key=lambda c: (rmse[c], c[1], c[0]))
+        self.cv_scores_ = {f"num_leaves={c[0]},n_estimators={c[1]}": rmse[c] for c in candidates}
+        self.params_ = {**base, "num_leaves": best[0]}
+        self.n_estimators_ = best[1]
+        self.oof_pred_ = oof[best]
+        self.cv_rmse_ = rmse[best]
+        resid = ya - self.oof_pred_
+
+        self.depth_scale_ = {}
+        if ext_scale is not None:
+            self.scale_mode_ = "risk"
+            s = ext_scale
+        elif cfg.depth_scale and "depth" in names:
+            depth = Xa[:, names.index("depth")]
+            levels, counts = np.unique(depth, return_counts=True)
+            if len(levels) > 1 and counts.min() >= _MIN_ROWS_PER_DEPTH:
+                self.scale_mode_ = "depth"
+                self.depth_scale_ = {
+                    float(d): max(float(np.sqrt(np.mean(resid[depth == d] ** 2))), 1e-12) for d in levels
+                }
+                s = self._depth_scale(depth)
+            else:
+                self.scale_mode_ = "none"
+                s = np.ones_like(ya)
+        else:
+            self.scale_mode_ = "none"
+            s = np.ones_like(ya)
+        self.scores_ = np.sort(resid / s)
+        self.booster_ = _train(self.params_, Xa, ya, self.n_estimators_, names)
+        self.label_stats_ = {
+            "min": float(ya.min()),
+            "max": float(ya.max()),
+            "mean": float(ya.mean()),
+            "std": float(ya.std()),
+            "n": int(len(ya)),
+        }
+        return self
+
+    # ------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_scale(scale, n):
+        if scale is None:
+            return None
+        s = np.asarray(scale, dtype=float).reshape(-1)
+        if s.shape[0] != n or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError(
+                f"the interval scale must be positive and finite with one value per row ({n}), but got "
+                f"{s.shape[0]} values, min {np.nanmin(s) if s.size else float('nan'):g}; check the risk model."
+            )
+        return s
+
+    def _check_fitted(self):
+        if not hasattr(self, "booster_"):
+            raise ValueError("the predictor must be fitted first, but it is not; call fit or load.")
+
+    def _matrix(self, X) -> np.ndarray:
+        self._check_fitted()
+        frame = _as_frame(X, self.feature_names_)
+        missing = [c for c in self.feature_names_ if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"feature columns must match training, but {len(missing)} are missing: {missing[:5]}; "
+                "pass a table with the training feature columns."
+            )
+        Xa = frame.loc[:, self.feature_names_].to_numpy(dtype=float)
+        if not np.all(np.isfinite(Xa)):
+            raise ValueError("feature values must be finite, but got NaN/inf; clean the table before predicting.")
+        return Xa
+
+    def _depth_scale(self, depth) -> np.ndarray:
+        levels = np.array(sorted(self.depth_scale_))
+        values = np.array([self.depth_scale_[d] for d in levels])
+        return np.interp(np.log(np.asarray(depth, dtype=float)), np.log(levels), values)
+
+    def row_scale(self, X, scale=None) -> np.ndarray:
+        """Per-row interval scale for ``X`` (external ``scale`` required when calibrated with one)."""
+        Xa = self._matrix(X)
+        if self.scale_mode_ == "risk":
+            if scale is None:
+                raise ValueError(
+                    "this predictor was calibrated with a risk model's scale, but none was given; pass --risk-model."
+                )
+            return self._check_scale(scale, Xa.shape[0])
+        if self.scale_mode_ == "depth":
+            return self._depth_scale(Xa[:, self.feature_names_.index("depth")])
+        return np.ones(Xa.shape[0])
+
+    # ---------------------------------------------------------------------------------- predicting
+    def predict(self, X) -> np.ndarray:
+        """Point predictions (label units)."""
+        return self.booster_.predict(self._matrix(X), num_iteration=self.n_estimators_)
+
+    def conformal_quantile(self, coverage: float) -> float:
+        """The ceil((n+1)·coverage)-th smallest absolute calibration score (split conformal)."""
+        self._check_fitted()
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must be in (0, 1), but got {coverage=}; pass e.g. 0.9.")
+        abs_scores = np.sort(np.abs(self.scores_))
+        n = abs_scores.size
+        k = math.ceil((n + 1) * coverage)
+        if k > n:
+            raise ValueError(
+                f"coverage needs at least {k} calibration scores, but the predictor has {n} (coverage={coverage}); "
+                "lower --coverage or fit on more rows."
+            )
+        return float(abs_scores[k - 1])
+
+    def predict_interval(self, X, coverage: float = 0.9, scale=None):
+        """Point prediction and conformal interval ``(pred, lower, upper)`` at ``coverage``."""
+        q = self.conformal_quantile(coverage)
+        pred = self.predict(X)
+        s = self.row_scale(X, scale)
+        return pred, pred - q * s, pred + q * s
+
+    def prob_at_least(self, X, threshold: float, scale=None) -> np.ndarray:
+        """P(score >= threshold) from the conformal residual distribution.
+
+        Share of calibration residuals r_j with pred + s·r_j >= threshold, with a +1/+2 (Laplace)
+        correction so that a finite calibration set never claims certainty.
+        """
+        pred = self.predict(X)
+        s = self.row_scale(X, scale)
+        need = (threshold - pred) / s
+        n = self.scores_.size
+        count = n - np.searchsorted(self.scores_, need, side="left")
+        return (count + 1.0) / (n + 2.0)
+
+    def shap_values(self, X):
+        """Exact TreeSHAP (LightGBM ``pred_contrib``): ``(contributions (n, p), base value (n,))``.
+
+        Contributions plus the base value equal the prediction exactly (local accuracy).
+        """
+        contrib = self.booster_.predict(self._matrix(X), num_iteration=self.n_estimators_, pred_contrib=True)
+        return contrib[:, :-1], contrib[:, -1]
+
+    def explain(self, X, top: int = 3):
+        """SHAP contributions summed by group plus the ``top`` features pushing the prediction down.
+
+        Returns a DataFrame with ``shap_base``, ``shap_<group>`` for every group present and
+        ``down_1..down_top`` (feature names, empty when fewer features push down) with
+        ``down_<k>_value``.
+        """
+        import pandas as pd
+
+        contrib, base = self.shap_values(X)
+        out = {"shap_base": base}
+        for group in GROUPS:
+            cols = [i for i, f in enumerate(self.feature_names_) if self.feature_groups_[f] == group]
+            if cols:
+                out[f"shap_{group}"] = contrib[:, cols].sum(axis=1)
+        order = np.argsort(contrib, axis=1, kind="stable")
+        names = np.array(self.feature_names_, dtype=object)
+        for k in range(top):
+            idx = order[:, k] if k < contrib.shape[1] else np.zeros(len(base), dtype=int)
+            val = contrib[np.arange(len(base)), idx]
+            neg = (val < 0) & (k < contrib.shape[1])
+            out[f"down_{k + 1}"] = np.where(neg, names[idx], "")
+            out[f"down_{k + 1}_value"] = np.where(neg, val, 0.0)
+        return pd.DataFrame(out)
+
+    # ---------------------------------------------------------------------------------- save/load
+    def _sidecar(self, model_sha: str) -> dict:
+        import lightgbm
+
+        from planner._version import __version__
+
+        return {
+            "format": FORMAT,
+            "plan_probe_version": __version__,
+            "lightgbm_version": lightgbm.__version__,
+            "config": (self.config or PredictorConfig()).to_dict(),
+            "params": self.params_,
+            "n_estimators": self.n_estimators_,
+            "cv_scores": self.cv_scores_,
+            "cv_rmse": self.cv_rmse_,
+            "feature_names": self.feature_names_,
+            "feature_groups": self.feature_groups_,
+            "label": {"name": self.label_name_, **self.label_stats_},
+            "scale_mode": self.scale_mode_,
+            "depth_scale": [[d, s] for d, s in sorted(self.depth_scale_.items())],
+            "calibration_scores": [float(v) for v in self.scores_],
+            "model_file": "model.txt",
+            "model_sha256": model_sha,
+        }
+
+    def save(self, directory, extra: dict | None = None) -> Path:
+        """Write ``model.txt`` (LightGBM text) and ``predictor.json`` (sidecar) into ``directory``."""
+        from planner._io import atomic_path, write_json
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        text = self.booster_.model_to_string(num_iteration=self.n_estimators_)
+        with atomic_path(directory / "model.txt") as tmp:
+            tmp.write_text(text)
+        sidecar = self._sidecar(hashlib.sha256(text.encode()).hexdigest())
+        if extra:
+            sidecar["extra"] = extra
+        write_json(sidecar, directory / "predictor.json")
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "ProbePredictor":
+        """Load a saved predictor, checking format, plan-probe version and model checksum (no pickle)."""
+        import lightgbm as lgb
+
+        from planner._io import read_json
+        from planner._version import __version__
+
+        directory = Path(directory)
+        side_path = directory / "predictor.json"
+        if not side_path.is_file():
+            raise ValueError(
+                f"a predictor directory must contain predictor.json, but {str(directory)!r} does not; "
+                "pass the -o directory of plan-probe fit-predictor."
+            )
+        side = read_json(side_path)
+        if not isinstance(side, dict) or side.get("format") != FORMAT:
+            got = side.get("format") if isinstance(side, dict) else None
+            raise ValueError(f"predictor format must be {FORMAT!r}, but got {got!r}; refit with plan-probe fit-predictor.")
+        if side.get("plan_probe_version") != __version__:
+            raise ValueError(
+                f"the predictor must come from this plan-probe version ({__version__}), but got "
+                f"{side.get('plan_probe_version')!r}; refit with plan-probe fit-predictor."
+            )
+        model_path = directory / side["model_file"]
+        if not model_path.is_file():
+            raise ValueError(f"the model file must exist, but {str(model_path)!r} is missing; refit the predictor.")
+        text = model_path.read_text()
+        if hashlib.sha256(text.encode()).hexdigest() != side["model_sha256"]:
+            raise ValueError(
+                f"the model checksum must match predictor.json, but {str(model_path)!r} differs; refit the predictor."
+            )
+        self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
+        self.booster_ = lgb.Booster(model_str=text)
+        self.feature_names_ = list(side["feature_names"])
+        self.feature_groups_ = dict(side["feature_groups"])
+        self.n_features_in_ = len(self.feature_names_)
+        self.params_ = dict(side["params"])
+        self.n_estimators_ = int(side["n_estimators"])
+        self.cv_scores_ = dict(side["cv_scores"])
+        self.cv_rmse_ = float(side["cv_rmse"])
+        label = dict(side["label"])
+        self.label_name_ = label.pop("name")
+        self.label_stats_ = label
+        self.scale_mode_ = side["scale_mode"]
+        self.depth_scale_ = {float(d): float(s) for d, s in side["depth_scale"]}
+        self.scores_ = np.asarray(side["calibration_scores"], dtype=float)
+        self.extra_ = side.get("extra", {})
+        return self
+
+    def __repr__(self) -> str:
+        return f"ProbePredictor(config={self.config!r})"

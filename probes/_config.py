@@ -1,0 +1,136 @@
+"""Validated, JSON round-tripping configuration of one LoRA probe (the candidate's own hyperparameters)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["ProbeConfig", "HP_COLUMNS", "parse_int_list"]
+
+HP_COLUMNS = ("hp_lr", "hp_batch_size", "hp_grad_accum", "hp_lora_r", "hp_lora_alpha", "hp_lora_dropout", "hp_max_length")
+
+
+def parse_int_list(name: str, text: str) -> tuple[int, ...]:
+    """Parse ``"5,10,20"`` into ``(5, 10, 20)`` with a clear error."""
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers, but got {name}={text!r}; write e.g. 5,10,20.") from None
+    if not values:
+        raise ValueError(f"{name} must list at least one integer, but got {name}={text!r}; write e.g. 5,10,20.")
+    return values
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Settings of one LoRA probe.
+
+    Parameters
+    ----------
+    lr, batch_size, grad_accum : the candidate's own optimiser settings (AdamW, constant ``lr``;
+        one step = ``grad_accum`` micro-batches of ``batch_size`` examples).
+    lora_r, lora_alpha, lora_dropout, target_modules : the candidate's LoRA adapter.
+    max_length : tokens per example (prompt truncated from the left first, then the response).
+    steps : optimiser steps of the probe; must reach the deepest ``record_at`` depth.
+    record_at : depths (steps) at which a feature row is recorded; each >= 2 (a slope, a variance
+        and a cosine of consecutive gradients need two steps).
+    seed : seeds LoRA initialisation, dropout, data order and the flatness perturbations.
+    flatness_k, flatness_sigma : number and standard deviation (absolute, per LoRA weight entry)
+        of the Gaussian perturbations that measure flatness.
+    grad_clip : global-norm clipping applied after the (pre-clipping) gradient norm is recorded;
+        0 disables clipping.
+    sparsity_tol : a gradient entry counts as zero when ``|g_i| <= sparsity_tol * max_j |g_j|``.
+    weight_decay : AdamW weight decay.
+    """
+
+    lr: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_length: int = 256
+    steps: int = 100
+    record_at: tuple[int, ...] = (5, 10, 20, 50, 100)
+    seed: int = 0
+    flatness_k: int = 3
+    flatness_sigma: float = 1e-2
+    grad_clip: float = 1.0
+    sparsity_tol: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Normalise sequences (JSON gives lists) so equality and hashing work.
+        object.__setattr__(self, "target_modules", tuple(str(m) for m in self.target_modules))
+        object.__setattr__(self, "record_at", tuple(sorted({int(d) for d in self.record_at})))
+        for name in ("lr", "lora_alpha", "flatness_sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, but got {name}={value!r}; pass a value > 0.")
+        for name in ("batch_size", "grad_accum", "lora_r", "max_length", "steps", "flatness_k"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}; pass an integer >= 1.")
+        if not (0.0 <= self.lora_dropout < 1.0):
+            raise ValueError(f"lora_dropout must be in [0, 1), but got lora_dropout={self.lora_dropout!r}; pass e.g. 0.05.")
+        for name in ("grad_clip", "weight_decay", "sparsity_tol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, but got {name}={value!r}; pass a value >= 0.")
+        if not self.target_modules or not all(self.target_modules):
+            raise ValueError(
+                f"target_modules must name at least one module, but got {self.target_modules!r}; pass e.g. q_proj,v_proj."
+            )
+        if not self.record_at or self.record_at[0] < 2:
+            raise ValueError(
+                f"record_at depths must be >= 2, but got record_at={list(self.record_at)}; "
+                "a loss slope and gradient cosine need two steps, so start at 2 or more."
+            )
+        if self.record_at[-1] > self.steps:
+            raise ValueError(
+                f"the deepest record_at depth must not exceed steps, but got record_at max {self.record_at[-1]} > {self.steps=}; "
+                "raise --steps or drop the deeper depths."
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, but got seed={self.seed!r}; pass e.g. 0.")
+
+    def hp_features(self) -> dict[str, float]:
+        """The hyperparameter columns ``hp_*`` of this candidate (numeric)."""
+        return {
+            "hp_lr": float(self.lr),
+            "hp_batch_size": float(self.batch_size),
+            "hp_grad_accum": float(self.grad_accum),
+            "hp_lora_r": float(self.lora_r),
+            "hp_lora_alpha": float(self.lora_alpha),
+            "hp_lora_dropout": float(self.lora_dropout),
+            "hp_max_length": float(self.max_length),
+        }
+
+    def replace(self, **changes: Any) -> "ProbeConfig":
+        """A copy with some settings changed (validated again)."""
+        return ProbeConfig(**{**asdict(self), **changes})
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the plan-probe version that wrote it."""
+        from planner._version import __version__
+
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        data["record_at"] = list(self.record_at)
+        return {"kind": "probe_config", "plan_probe_version": __version__, "config": data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ProbeConfig":
+        """Inverse of :meth:`to_json` (unknown keys are an error, missing keys take defaults)."""
+        if not isinstance(data, dict) or data.get("kind") != "probe_config" or not isinstance(data.get("config"), dict):
+            raise ValueError(
+                "a probe config JSON must be an object with kind='probe_config' and a 'config' object, "
+                f"but got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}; write it with ProbeConfig.to_json()."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data["config"]) - known)
+        if unknown:
+            raise ValueError(f"probe config keys must be known settings, but got unknown {unknown}; remove them.")
+        return cls(**data["config"])

@@ -1,0 +1,371 @@
+"""One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth.
+
+The loop: AdamW at a constant ``lr`` on LoRA adapters (peft); each step averages the true per-token
+cross-entropy over the response tokens of ``grad_accum`` micro-batches of ``batch_size`` examples
+(prompt tokens masked); the pre-clipping gradient norm is recorded, then the gradient is clipped
+to ``grad_clip``. The LoRA gradients live in one flat buffer, so per-step statistics cost a few
+kernels on a vector of LoRA size. Flatness and forgetting are measured only at record depths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Sequence
+
+import numpy as np
+
+from probes._config import HP_COLUMNS, ProbeConfig
+from probes._data import Example
+from probes._dynamics import DYN_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
+from probes._tokenize import batch_nll, collate, encode_example, encode_plain
+
+__all__ = ["ProbeResult", "run_probe", "probe_loop", "default_ood_texts", "ROW_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
+_OOD_MAX_TOKENS = 64
+_EVAL_CHUNK = 16
+
+
+def default_ood_texts() -> list[str]:
+    """The fixed out-of-domain sentences shipped in ``probes/data/ood_sentences.json``."""
+    text = resources.files("probes").joinpath("data/ood_sentences.json").read_text(encoding="utf-8")
+    return list(json.loads(text)["sentences"])
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe produced.
+
+    Attributes
+    ----------
+    rows : pandas.DataFrame
+        One row per ``record_at`` depth: ``depth, seed, status, diverged_step``, the ``hp_*`` and
+        the ``dyn_*`` columns (NaN for depths not reached because the probe diverged).
+    status : str
+        ``"ok"`` or ``"diverged"``.
+    diverged_step : int or None
+        First step with a NaN/inf loss or gradient norm (or the depth whose measurements were).
+    wall_time_s : float
+        Seconds for the whole probe (training and measurements).
+    config : ProbeConfig
+    """
+
+    rows: Any
+    status: str
+    diverged_step: int | None
+    wall_time_s: float
+    config: ProbeConfig
+
+
+def _check_examples(examples: Sequence[Example]) -> None:
+    if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, Example) for e in examples):
+        raise ValueError(
+            f"examples must be a non-empty list of Example, but got {type(examples).__name__} of length "
+            f"{len(examples) if hasattr(examples, '__len__') else '?'}; load them with probes.load_examples."
+        )
+
+
+def _ood_texts(ood_examples) -> list[str]:
+    if ood_examples is None:
+        return default_ood_texts()
+    texts = [f"{e.input}\n{e.output}" if isinstance(e, Example) else str(e) for e in ood_examples]
+    if not texts or not all(t.strip() for t in texts):
+        raise ValueError("ood_examples must be non-empty texts or Examples, but got an empty one; pass real sentences.")
+    return texts
+
+
+def data_order(n_examples: int, n_needed: int, seed: int) -> np.ndarray:
+    """Example indices for ``n_needed`` draws: seeded permutations of the dataset, one after another."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+    chunks, total = [], 0
+    while total < n_needed:
+        chunks.append(rng.permutation(n_examples))
+        total += n_examples
+    return np.concatenate(chunks)[:n_needed]
+
+
+class ProbeBatches:
+    """The micro-batches of every step (seeded order), the fixed flatness batch and the OOD batches."""
+
+    def __init__(self, examples, tokenizer, config: ProbeConfig, ood_texts: Sequence[str]) -> None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer must have a pad or eos token, but has neither; set tokenizer.pad_token.")
+        per_step = config.batch_size * config.grad_accum
+        order = data_order(len(examples), config.steps * per_step, config.seed)
+        cache: dict[int, tuple[list[int], list[int]]] = {}
+
+        def enc(i: int):
+            if i not in cache:
+                cache[i] = encode_example(tokenizer, examples[i], config.max_length)
+            return cache[i]
+
+        self.steps: list[list[dict]] = []
+        self.tokens: list[int] = []
+        for s in range(config.steps):
+            idx = order[s * per_step : (s + 1) * per_step]
+            micro = [collate([enc(int(i)) for i in idx[a : a + config.batch_size]], pad) for a in range(0, per_step, config.batch_size)]
+            self.steps.append(micro)
+            self.tokens.append(int(sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)))
+        # Flatness is measured on a fixed batch: the first micro-batch of step 1.
+        self.flat_batch = self.steps[0][0]
+        ood = [encode_plain(tokenizer, t, _OOD_MAX_TOKENS) for t in ood_texts]
+        self.ood_batches = [collate(ood[i : i + _EVAL_CHUNK], pad) for i in range(0, len(ood), _EVAL_CHUNK)]
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def mean_loss(model, batches: Sequence[dict], device) -> float:
+    """Pooled per-token cross-entropy of ``model`` (eval mode, no grad) over ``batches``."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with torch.no_grad():
+        for b in batches:
+            s, n = batch_nll(model, _to(b, device))
+            total += s.double()
+            count += int(n)
+    model.train(was_training)
+    return float(total) / max(count, 1)
+
+
+def flatness(model, params, batch: dict, device, *, k: int, sigma: float, seed: int, depth: int) -> float:
+    """Mean loss increase on ``batch`` under ``k`` perturbations θ + σ·ε (ε ~ N(0, I)) of ``params``.
+
+    The noise comes from a CPU generator seeded by (seed, depth), so it is the same on every
+    device; the weights are copied back exactly afterwards.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(depth))
+    saved = [p.detach().clone() for p in params]
+    base = mean_loss(model, [batch], device)
+    increases = []
+    try:
+        for _ in range(k):
+            with torch.no_grad():
+                for p, p0 in zip(params, saved):
+                    noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
+                    p.copy_(p0 + sigma * noise)
+            increases.append(mean_loss(model, [batch], device) - base)
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, saved):
+                p.copy_(p0)
+    return float(np.mean(increases))
+
+
+@contextlib.contextmanager
+def attach_lora(model, config: ProbeConfig):
+    """Wrap ``model`` in fresh LoRA adapters (seeded init); remove them and restore the model afterwards."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            "the model must be a plain base model, but it already carries peft adapters; pass the base model "
+            "(merge_and_unload() first)."
+        )
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(config.seed)  # LoRA A init and dropout draw from torch's generator
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ValueError(
+            f"target_modules must exist in the model, but got {list(config.target_modules)} ({str(exc).splitlines()[0]}); "
+            "pass module names of this architecture, e.g. q_proj,v_proj."
+        ) from None
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    try:
+        yield peft_model, params
+    finally:
+        peft_model.unload()
+        if hasattr(model, "peft_config"):
+            del model.peft_config
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+        model.train(was_training)
+
+
+class FlatGrads:
+    """Make every LoRA parameter's ``.grad`` a view into one flat float32 buffer.
+
+    Autograd accumulates into an existing ``.grad`` in place, so after ``backward`` the buffer is
+    the whole flattened gradient without a copy. If something replaced a ``.grad`` (it should
+    not), :meth:`flat` falls back to concatenation.
+    """
+
+    def __init__(self, params) -> None:
+        import torch
+
+        self.params = list(params)
+        n = sum(p.numel() for p in self.params)
+        self.buffer = torch.zeros(n, dtype=torch.float32, device=self.params[0].device)
+        self.views = []
+        offset = 0
+        for p in self.params:
+            if p.dtype != torch.float32:
+                raise ValueError(f"LoRA weights must be float32, but got {p.dtype}; keep peft's adapter autocast on.")
+            view = self.buffer[offset : offset + p.numel()].view_as(p)
+            p.grad = view
+            self.views.append(view)
+            offset += p.numel()
+
+    def zero(self) -> None:
+        self.buffer.zero_()
+        for p, v in zip(self.params, self.views):
+            if p.grad is None or p.grad.data_ptr() != v.data_ptr():
+                p.grad = v
+
+    def flat(self):
+        import torch
+
+        if all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in zip(self.params, self.views)):
+            return self.buffer
+        log.debug("a LoRA .grad was replaced; concatenating")
+        return torch.cat([p.grad.reshape(-1).float() for p in self.params])
+
+
+def clip_(flat, norm, max_norm: float) -> None:
+    """In-place global-norm clipping with ``torch.nn.utils.clip_grad_norm_``'s formula."""
+    if max_norm > 0:
+        flat.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+
+
+def flat_params(params):
+    import torch
+
+    return torch.cat([p.detach().reshape(-1).float() for p in params])
+
+
+def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, device, *, record: bool = True):
+    """Train ``config.steps`` LoRA steps on ``batches``; with ``record`` compute the feature rows.
+
+    ``record=False`` is the bare loop the overhead benchmark compares against: the same batches,
+    loss, clipping and optimiser, without any statistics or measurements.
+    Returns ``(rows, diverged_step)``.
+    """
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    peft_model.train()
+    if not record:
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            n_tokens = batches.tokens[step]
+            for micro in batches.steps[step]:
+                nll, _ = batch_nll(peft_model, _to(micro, device))
+                (nll / n_tokens).backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+        return [], None
+    record_at = set(config.record_at)
+    hp = config.hp_features()
+    rows: list[dict] = []
+    diverged: int | None = None
+    grads = FlatGrads(params)
+    theta0 = flat_params(params)
+    ood0 = mean_loss(peft_model, batches.ood_batches, device)
+    recorder = StepRecorder(grads.buffer.numel(), config.steps, config.sparsity_tol, device)
+    for step in range(1, config.steps + 1):
+        grads.zero()
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        n_tokens = batches.tokens[step - 1]
+        for micro in batches.steps[step - 1]:
+            nll, _ = batch_nll(peft_model, _to(micro, device))
+            (nll / n_tokens).backward()
+            loss_sum += nll.detach()
+        flat = grads.flat()
+        recorder.record(loss_sum / n_tokens, flat)
+        clip_(flat, recorder.last_norm, config.grad_clip)
+        optimizer.step()
+        if step not in record_at and step != config.steps:
+            continue
+        stats = recorder.host()  # the only host sync: at record depths
+        diverged = first_bad_step(stats)
+        if diverged is not None:
+            log.warning("probe diverged at step %d (seed %d)", diverged, config.seed)
+            break
+        if step not in record_at:
+            continue
+        extras = {
+            "param_change_norm": float(torch.linalg.vector_norm(flat_params(params) - theta0)),
+            "flatness": flatness(
+                peft_model, params, batches.flat_batch, device,
+                k=config.flatness_k, sigma=config.flatness_sigma, seed=config.seed, depth=step,
+            ),
+            "forgetting": mean_loss(peft_model, batches.ood_batches, device) - ood0,
+        }
+        if not all(math.isfinite(v) for v in extras.values()):
+            diverged = step
+            log.warning("probe diverged at step %d (non-finite depth measurements, seed %d)", step, config.seed)
+            break
+        feats = dynamic_features(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], **extras)
+        rows.append({"depth": step, "seed": config.seed, "status": "ok", "diverged_step": None, **hp, **feats})
+        log.info("depth %d: loss %.4f", step, stats[-1, 0])
+    return rows, diverged
+
+
+def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig, *, ood_examples=None) -> ProbeResult:
+    """Run one LoRA probe and record the dynamic features at every ``config.record_at`` depth.
+
+    Parameters
+    ----------
+    examples : list of Example
+        The candidate's training data (drawn in a seeded order, cycling when exhausted).
+    model, tokenizer
+        A base causal LM (left unchanged: the adapters are removed afterwards) and its tokenizer.
+    config : ProbeConfig
+        The candidate's hyperparameters and the probe settings.
+    ood_examples : list of str or Example, optional
+        The out-of-domain set of the forgetting feature (default: the shipped sentences).
+
+    Returns
+    -------
+    ProbeResult
+        A NaN/inf loss stops the probe with status ``"diverged"``; rows reached before stay ``"ok"``.
+    """
+    import pandas as pd
+    import torch
+
+    _check_examples(examples)
+    if not isinstance(config, ProbeConfig):
+        raise ValueError(f"config must be a ProbeConfig, but got {type(config).__name__}; build one with ProbeConfig(...).")
+    batches = ProbeBatches(examples, tokenizer, config, _ood_texts(ood_examples))
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    with attach_lora(model, config) as (peft_model, params):
+        rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
+    wall = time.perf_counter() - start
+    hp = config.hp_features()
+    for depth in config.record_at[len(rows) :]:
+        rows.append({"depth": depth, "seed": config.seed, "status": "diverged", "diverged_step": diverged, **hp, **nan_features()})
+    frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    frame["depth"] = frame["depth"].astype("int64")
+    frame["seed"] = frame["seed"].astype("int64")
+    frame["diverged_step"] = frame["diverged_step"].astype("Int64")
+    status = "ok" if diverged is None else "diverged"
+    return ProbeResult(rows=frame, status=status, diverged_step=diverged, wall_time_s=wall, config=config)

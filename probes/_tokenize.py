@@ -1,0 +1,85 @@
+"""Turn examples into causal-LM batches whose labels cover the response tokens only.
+
+Prompt and response are tokenised separately and concatenated, so the mask boundary is exact:
+prompt tokens (and padding) get label -100, response tokens (plus the end-of-sequence token) keep
+their ids. With a chat template the prompt is the template's user turn plus the generation prompt;
+without one it is ``input + "\\n"``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["encode_example", "collate", "encode_plain", "batch_nll"]
+
+IGNORE = -100
+
+
+def _prompt_text(tokenizer, text: str) -> tuple[str, bool]:
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return rendered, False  # the template already carries any BOS
+    return text + "\n", True
+
+
+def encode_example(tokenizer, example, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one example, at most ``max_length`` tokens.
+
+    When too long, the prompt is cut from the left down to ``max(max_length - len(response),
+    max_length // 2)`` tokens, then the response is cut from the right.
+    """
+    prompt, special = _prompt_text(tokenizer, example.input)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=special)["input_ids"])
+    response_ids = list(tokenizer(example.output, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        response_ids.append(int(tokenizer.eos_token_id))
+    if len(prompt_ids) + len(response_ids) > max_length:
+        keep_prompt = min(len(prompt_ids), max(max_length - len(response_ids), max_length // 2))
+        prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt :]
+        response_ids = response_ids[: max_length - keep_prompt]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE] * len(prompt_ids) + response_ids
+    return ids, labels
+
+
+def encode_plain(tokenizer, text: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Plain language-modelling encoding: every token is a target (used for the OOD probe set)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])[:max_length]
+    return ids, list(ids)
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-pad a list of ``(ids, labels)`` into ``input_ids``, ``attention_mask``, ``labels`` tensors."""
+    import torch
+
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), int(pad_id), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_nll(model, batch: dict, *, per_example: bool = False):
+    """Summed next-token cross-entropy (float32) over label positions, and the number of such tokens.
+
+    Returns ``(nll_sum, n_tokens)`` as tensors, or with ``per_example=True`` the per-row sums and
+    counts. Labels are shifted here (position t predicts token t+1), so the model's own loss
+    reduction (a per-micro-batch mean) is never used.
+    """
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1, :].float()
+    targets = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    nll = nll.view(targets.shape)
+    valid = targets != IGNORE
+    if per_example:
+        return nll.sum(dim=1), valid.sum(dim=1)
+    return nll.sum(), valid.sum()
