@@ -28,6 +28,7 @@ test-slow: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 demo: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe run examples/portfolio.toml -o $(DEMO_OUT)/portfolio
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe experiment synthetic --quick --out $(DEMO_OUT)/synthetic
 
 clean:

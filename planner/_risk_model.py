@@ -97,7 +97,6 @@ def _model_args(data, lkj_eta):
 
 def run_nuts(data, settings: RiskFitSettings, key):
     """NUTS on :func:`risk_model`; returns (population draws dict, diagnostics dict)."""
-    import jax
     from numpyro.diagnostics import summary
     from numpyro.infer import MCMC, NUTS, init_to_median
 
@@ -125,7 +124,6 @@ def run_nuts(data, settings: RiskFitSettings, key):
         "num_warmup": settings.num_warmup,
     }
     flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in pop.items()}
-    del jax
     return flat, diagnostics
 
 
@@ -148,11 +146,17 @@ def run_svi(data, settings: RiskFitSettings, key):
     # A jitted step in a Python loop with the data as arguments (not closed-over constants):
     # measured several times faster to compile and run on CPU than svi.run here.
     step = jax.jit(lambda state, *a: svi.update(state, *a, n_tasks, eta))
+    t0 = time.perf_counter()
     state = svi.init(k_run, *args)
+    t1 = time.perf_counter()
     losses = np.empty(settings.svi_steps)
     for i in range(settings.svi_steps):
         state, loss = step(state, *arrays)
         losses[i] = float(loss)
+        if i == 0:
+            t2 = time.perf_counter()
+    log.info("SVI: init %.1f s, compile+first step %.1f s, %d steps %.1f s", t1 - t0, t2 - t1, settings.svi_steps,
+             time.perf_counter() - t2)
     params = svi.get_params(state)
     # Draw only the population sites straight from the mean-field guide (unconstrained normal,
     # then the support's bijection): far cheaper than guide.sample_posterior over every task.
@@ -268,6 +272,33 @@ class RiskModel:
         self.n_tasks_, self.n_obs_ = len(task_ids), len(obs)
         self.settings_ = settings
         return self
+
+    @classmethod
+    def from_population(cls, B, b, sigma_chol, static_features, feature_mean=None, feature_std=None) -> "RiskModel":
+        """A model whose population parameters are known (one or more draws), without fitting.
+
+        ``B`` (n, 3, p) or (3, p), ``b`` (n, 3) or (3,), ``sigma_chol`` (n, 3, 3) or (3, 3), in
+        original risk units on standardised features. Useful for planning from a known population
+        and for checking the planner separately from the fit.
+        """
+        p = len(static_features)
+        B = np.asarray(B, dtype=float).reshape(-1, 3, p)
+        b = np.asarray(b, dtype=float).reshape(-1, 3)
+        L = np.asarray(sigma_chol, dtype=float).reshape(-1, 3, 3)
+        if not (B.shape[0] == b.shape[0] == L.shape[0]):
+            raise ValueError(f"B, b and sigma_chol must have the same number of draws, but got {B.shape[0]}, {b.shape[0]}, {L.shape[0]}; align them.")
+        model = cls(RiskFitSettings())
+        model.draws_ = {"b": b, "B": B, "sigma_chol": L}
+        model.static_features_ = list(static_features)
+        model.feature_mean_ = np.zeros(p) if feature_mean is None else np.asarray(feature_mean, dtype=float)
+        model.feature_std_ = np.ones(p) if feature_std is None else np.asarray(feature_std, dtype=float)
+        model.risk_scale_ = 1.0
+        model.diagnostics_ = {"method": "known_population"}
+        model.method_ = "known_population"
+        model.seed_ = 0
+        model.n_tasks_ = model.n_obs_ = 0
+        model.settings_ = model.settings
+        return model
 
     def _check_fitted(self):
         if not hasattr(self, "draws_"):

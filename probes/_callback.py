@@ -146,7 +146,7 @@ class ProbeRecorderCallback(TrainerCallback):
         if tok is not None:
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             enc = [encode_plain(tok, t, 64) for t in _ood_texts(self.ood_examples)]
-            self._ood = [collate(enc[i : i + 16], pad) for i in range(0, len(enc), 16)]
+            self._ood = [collate(enc[i : i + 32], pad) for i in range(0, len(enc), 32)]
             self._ood0 = mean_loss(model, self._ood, device)
         else:
             log.warning("no tokenizer for the OOD set: dyn_forgetting will be NaN")

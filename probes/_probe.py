@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
 _OOD_MAX_TOKENS = 64
-_EVAL_CHUNK = 16
+_EVAL_CHUNK = 32
 
 
 def default_ood_texts() -> list[str]:
@@ -132,14 +132,14 @@ def mean_loss(model, batches: Sequence[dict], device) -> float:
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for b in batches:
             s, n = batch_nll(model, _to(b, device))
             total += s.double()
-            count += int(n)
+            count += n.double()
     model.train(was_training)
-    return float(total) / max(count, 1)
+    return float(total / count.clamp_min(1.0))  # one host sync per call
 
 
 def flatness(model, params, batch: dict, device, *, k: int, sigma: float, seed: int, depth: int) -> float:

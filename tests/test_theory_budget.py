@@ -81,3 +81,23 @@ def test_bad_arguments_raise_clear_value_errors(call, needle):
     with pytest.raises(ValueError, match=needle) as info:
         call()
     assert "but got" in str(info.value) and ";" in str(info.value)  # rule, value, fix
+
+
+def test_expected_optimal_depth_many_tasks_converging_at_different_speeds():
+    """Regression: rows that converge early must leave the Newton loop without breaking the others.
+
+    Brute force: minimise the posterior-expected objective on a 20,001-point log grid over
+    [10, 1000]; the grid spacing is 2.3e-4 in log c, so agreement within 5e-4 in log c is exact
+    up to the grid.
+    """
+    import numpy as np
+
+    from theory import expected_optimal_depth
+
+    rng = np.random.default_rng(0)
+    k = np.exp(rng.normal(2.0, 1.5, (40, 150)))
+    alpha = np.exp(rng.normal(-0.7, 0.5, (40, 150)))
+    c = expected_optimal_depth(k, alpha, 0.01, 10, 1000)
+    grid = np.exp(np.linspace(np.log(10), np.log(1000), 20001))
+    objective = (k[:, :, None] * grid[None, None, :] ** (-alpha[:, :, None])).mean(axis=1) + 0.01 * grid
+    assert np.max(np.abs(np.log(c / grid[objective.argmin(axis=1)]))) < 5e-4

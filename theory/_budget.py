@@ -94,8 +94,8 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
     log_ak = np.log(alpha) + np.log(k)
     n_draws = k.shape[1]
 
-    def phi(u):
-        return logsumexp(log_ak - (alpha + 1.0) * u[:, None], axis=1) - np.log(n_draws)
+    def phi(u, rows=slice(None)):
+        return logsumexp(log_ak[rows] - (alpha[rows] + 1.0) * u[:, None], axis=1) - np.log(n_draws)
 
     u_lo, u_hi = np.log(lo), np.log(hi)
     u = np.full(k.shape[0], u_lo)
@@ -110,7 +110,7 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
         w = np.exp(z - z.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
         slope = (w * (alpha[active] + 1.0)).sum(axis=1)  # -phi'(u)
-        step = (phi(ua) - log_t[active]) / slope
+        step = (phi(ua, active) - log_t[active]) / slope
         u[active] = np.minimum(ua + step, u_hi)
         still = np.abs(step) > 1e-12
         idx = np.flatnonzero(active)

@@ -188,13 +188,17 @@ class PowerLawFit:
 
     def draws(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Laplace-approximation draws of ``(l_int, k, alpha)``: Gaussian in ``(l_int, log k, log alpha)``,
-        ``l_int`` reflected at 0 to stay non-negative."""
+        ``l_int`` reflected at 0 to stay non-negative, ``log k`` clipped to [-100, 100] and ``alpha`` to
+        the fit's bounds [1e-3, 20]."""
         mean = np.array([self.l_int, np.log(self.k), np.log(self.alpha)])
         cov = 0.5 * (np.asarray(self.cov) + np.asarray(self.cov).T)
         eigval, eigvec = np.linalg.eigh(cov)
         root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))  # pinv's round-off can leave tiny negatives
         z = mean + rng.standard_normal((int(n), 3)) @ root.T
-        return np.abs(z[:, 0]), np.exp(z[:, 1]), np.exp(z[:, 2])
+        # a weakly identified fit can have a huge log-scale spread: keep draws inside the fit's box
+        log_k = np.clip(z[:, 1], -100.0, 100.0)
+        log_alpha = np.clip(z[:, 2], *_LOG_ALPHA_BOUNDS)
+        return np.abs(z[:, 0]), np.exp(log_k), np.exp(log_alpha)
 
 
 _LOG_ALPHA_BOUNDS = (np.log(1e-3), np.log(20.0))

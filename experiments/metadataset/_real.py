@@ -117,7 +117,7 @@ def plot_decay(ax, frame, fit: dict, title: str | None = None):
     lo = pooled["pooled"] * pooled["dof"] / chi2.ppf(0.95, pooled["dof"])
     hi = pooled["pooled"] * pooled["dof"] / chi2.ppf(0.05, pooled["dof"])
     colour = REGIME_COLOURS.get(fit["regime"], "black")
-    ax.errorbar(pooled["depth"], pooled["pooled"], yerr=[pooled["pooled"] - lo, hi - pooled["pooled"]], fmt="o",
+    ax.errorbar(pooled["depth"], pooled["pooled"], yerr=[np.maximum(pooled["pooled"] - lo, 0), np.maximum(hi - pooled["pooled"], 0)], fmt="o",
                 color=colour, ms=4, capsize=2, label="pooled (90% χ²)")
     c = np.geomspace(frame["depth"].min(), frame["depth"].max(), 100)
     ax.plot(c, fit["l_int"] + fit["k"] * c ** (-fit["alpha"]), color=colour, lw=1.5,
@@ -131,6 +131,10 @@ def plot_decay(ax, frame, fit: dict, title: str | None = None):
         ax.set_title(title, fontsize=7)
     ax.legend(fontsize=5, loc="best")
     return ax
+
+
+def _bars(x: float, lo: float, hi: float) -> list[list[float]]:
+    return [[max(x - lo, 0.0)], [max(hi - x, 0.0)]]
 
 
 def _ss_dc_alpha(k: float, thresholds) -> list[float]:
@@ -147,8 +151,9 @@ def plot_phase(ax, fits: dict, thresholds, ref_k=(0.3, 1.0, 3.0, 10.0)):
     for name, f in fits.items():
         colour = REGIME_COLOURS[f["regime"]]
         x = max(f["l_int"], floor)
-        ax.errorbar([x], [f["alpha"]], yerr=[[f["alpha"] - f["alpha_lo"]], [f["alpha_hi"] - f["alpha"]]],
-                    xerr=[[x - max(f["l_int_lo"], floor)], [max(f["l_int_hi"], floor) - x]],
+        # a point estimate can sit outside its percentile interval: clip the bars at the point
+        ax.errorbar([x], [f["alpha"]], yerr=_bars(f["alpha"], f["alpha_lo"], f["alpha_hi"]),
+                    xerr=_bars(x, max(f["l_int_lo"], floor), max(f["l_int_hi"], floor)),
                     fmt="o", color=colour, ms=4, capsize=2, alpha=0.8)
     ax.axvline(thresholds.target_rmse**2, color="tab:red", ls="--", lw=1, label=f"L_int = ε² = {thresholds.target_rmse**2:g}")
     for k in ref_k:
@@ -171,7 +176,7 @@ def plot_alpha(ax, fits: dict):
     y = np.arange(len(names))
     for i, n in enumerate(names):
         f = fits[n]
-        ax.errorbar([f["alpha"]], [i], xerr=[[f["alpha"] - f["alpha_lo"]], [f["alpha_hi"] - f["alpha"]]], fmt="o",
+        ax.errorbar([f["alpha"]], [i], xerr=_bars(f["alpha"], f["alpha_lo"], f["alpha_hi"]), fmt="o",
                     color=REGIME_COLOURS[f["regime"]], ms=4, capsize=2)
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=5)

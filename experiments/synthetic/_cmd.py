@@ -73,4 +73,32 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
     click.echo(json.dumps(summary, indent=2))
 
 
-EXPERIMENT_COMMANDS: list = [synthetic]
+
+@click.command("planning")
+@click.option("--n-train", type=click.IntRange(min=10), default=300, show_default=True, help="Tasks with risk observations (fit).")
+@click.option("--n-test", type=click.IntRange(min=10), default=1000, show_default=True, help="Held-out tasks planned from static features only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator, the fit and the plan.")
+@click.option("--method", type=click.Choice(["auto", "nuts", "svi"]), default="auto", show_default=True)
+@click.option("--quick", is_flag=True, help="120 train / 400 test tasks, short NUTS.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None, help="Also write the JSON result here.")
+def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out_file: Path | None) -> None:
+    """Check the planner on synthetic tasks: regime accuracy, objective vs oracle, budgeted risk (issue #3)."""
+    import json
+
+    from experiments.synthetic.planning_check import run_planning_check
+
+    fit_settings = None
+    if quick:
+        from planner._risk_model import RiskFitSettings
+
+        n_train, n_test = 120, 400
+        fit_settings = RiskFitSettings(method=method, num_warmup=250, num_samples=250)
+    result = run_planning_check(n_train, n_test, seed=seed, method=method, fit_settings=fit_settings)
+    if out_file is not None:
+        from planner._io import write_json
+
+        write_json(result, out_file)
+    click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+EXPERIMENT_COMMANDS: list = [synthetic, planning]

@@ -163,8 +163,11 @@ def family_configs() -> dict[str, tuple[str, NQMConfig]]:
       is robust to how poorly :math:`\alpha` is identified. Floor 0.25.
     * **dynamic** -- noisy flat and near-flat directions, :math:`\rho = 0.75` (slow decay,
       :math:`K \approx 26`, :math:`\alpha \approx 0.45`, :math:`c^\ast \approx 140 \gg 10`), floor 0.5 ≪ 9.
-    * **noise** -- evaluation noise variance 25 (:math:`\gg \varepsilon^2 = 9`; the fit's floor
-      stays near 25 because the data never go below it) on top of a fast-decaying dynamic part.
+    * **noise** -- evaluation noise variance 49 (:math:`\approx 5\varepsilon^2`) on top of a clearly
+      visible, fast-decaying dynamic part (:math:`V_\mathrm{opt}` from 16 at c=5 to 0.4 at c=320). The
+      visible decay matters: with a nearly flat curve the fit can trade the floor for a tiny
+      :math:`\alpha` and a large :math:`K` (a power law with :math:`\alpha\to0` mimics a constant), and the
+      floor estimate collapses; with a clear knee the floor is pinned near 49 (fitted 43-51 over 12 seeds in development).
     """
     return {
         "static": (
@@ -201,7 +204,7 @@ def family_configs() -> dict[str, tuple[str, NQMConfig]]:
             "noise_dominant",
             NQMConfig(
                 curvatures=(0.0, 0.5),
-                noise_var=(2.0, 1.0),
+                noise_var=(24.0, 1.0),
                 lin_weights=(1.0, 1.0),
                 quad_weights=(0.0, 0.0),
                 theta0=(0.0, 0.0),
@@ -209,7 +212,7 @@ def family_configs() -> dict[str, tuple[str, NQMConfig]]:
                 t0=5.0,
                 rho=1.0,
                 horizon=2000,
-                eval_noise_var=25.0,
+                eval_noise_var=49.0,
             ),
         ),
     }

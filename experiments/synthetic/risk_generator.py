@@ -21,7 +21,7 @@ each of its log-parameters moves by up to ``margin`` (all 27 corners and mid-poi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -50,7 +50,6 @@ class RiskGeneratorConfig:
     c_min: float = 10.0
     c_max: float = 1000.0
     alpha_max: float = 3.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         coef = np.asarray(self.coef, dtype=float)

