@@ -96,28 +96,44 @@ def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, outp
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder (off by default).")
 @click.option("-o", "--output", required=True, help="Output table (.parquet or .csv), one row per seed x depth.")
-def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device, trust_remote_code, output, **hp):
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the probes (one per seed) in this process or as Ray tasks.")
+@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (with --backend ray), e.g. auto or ray://head:10001.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Retries of a probe whose worker raised or died, before it is recorded as failed.")
+def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device, trust_remote_code, output, backend,
+              ray_address, max_retries, **hp):
     """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth."""
     import pandas as pd
 
+    from planner._executor import Job, check_backend, execute
     from planner._io import table_format, write_table
     from probes._config import parse_int_list
+    from probes._data import load_examples
+    from probes._jobs import probe_job
 
     table_format(output)
+    check_backend(backend, ray_address)
     seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
     configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
-    from probes._data import load_examples
-    from probes._models import resolve_model
-    from probes._probe import run_probe
-
-    examples = load_examples(dataset, limit=limit)
-    model, tokenizer = resolve_model(model_spec, device=device, trust_remote_code=trust_remote_code)
-    results = [run_probe(examples, model, tokenizer, cfg) for cfg in configs]
-    write_table(pd.concat([r.rows for r in results], ignore_index=True), output)
+    load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
+    gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
+    jobs = [
+        Job(f"seed{cfg.seed}", probe_job, (str(dataset), model_spec, cfg.to_json()),
+            {"limit": limit, "device": device, "trust_remote_code": trust_remote_code}, num_gpus=gpus)
+        for cfg in configs
+    ]
+    outcomes = {o.key: o for o in execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)}
+    done = [outcomes[j.key].value for j in jobs if outcomes[j.key].ok]
+    failed = [{"seed": int(j.key[4:]), "status": "failed", "error": outcomes[j.key].error} for j in jobs if not outcomes[j.key].ok]
+    if not done:
+        raise ValueError(f"every probe failed (first error: {failed[0]['error']}); check the model, data and hyperparameters.")
+    write_table(pd.concat([r["rows"] for r in done], ignore_index=True), output)
     summary = {
         "output": str(output),
+        "backend": backend,
         "config": configs[0].to_json(),
-        "runs": [{"seed": r.config.seed, "status": r.status, "diverged_step": r.diverged_step, "wall_time_s": round(r.wall_time_s, 3)} for r in results],
+        "runs": [{k: r[k] for k in ("seed", "status", "diverged_step", "wall_time_s")} for r in done] + failed,
     }
     click.echo(json.dumps(summary, indent=2))
 
