@@ -14,6 +14,7 @@ only finished records behind; a rerun skips them and redoes the rest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import sys
@@ -27,7 +28,7 @@ from experiments.metadataset._spec import BuildSpec, TaskConfig, canonical_json,
 from planner._io import atomic_path, read_json, write_json, write_table
 from planner._version import __version__
 
-__all__ = ["RUNNERS", "make_runner", "build", "run_key", "run_seed", "assemble_tables", "load_records"]
+__all__ = ["RUNNERS", "make_runner", "run_job", "build", "run_key", "run_seed", "assemble_tables", "load_records"]
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,39 @@ def load_records(out: str | Path) -> list[dict]:
 KILL_AFTER_ENV = "PLAN_PROBE_META_KILL_AFTER"
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_runner(tier: str, cache_dir: str):
+    """One runner per process (it holds the embedding model and caches), local or on a Ray worker."""
+    return make_runner(tier, Path(cache_dir))
+
+
+def run_job(tier: str, cache_dir: str, task: TaskConfig, prefix_index: int, seed: int) -> tuple[dict, float]:
+    """One run as a self-contained job: ``(result, wall seconds)``; raising marks the run failed."""
+    t0 = time.perf_counter()
+    result = _cached_runner(tier, cache_dir).run(task, prefix_index, seed)
+    return result, time.perf_counter() - t0
+
+
 def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit: int | None = None,
-          progress: bool = True, cache_dir: str | Path | None = None) -> dict:
+          progress: bool = True, cache_dir: str | Path | None = None, backend: str = "local",
+          ray_address: str | None = None, max_retries: int = 0) -> dict:
     """Run every pending run of ``spec`` into ``out`` and assemble the tables.
 
     Finished records (``ok``, ``diverged``; also ``failed`` unless ``retry_failed``) are skipped.
     ``limit`` caps the number of runs executed in this call (the tables are still assembled).
-    ``cache_dir`` holds the embedding cache (default ``out/cache``). Returns a summary dict.
+    ``cache_dir`` holds the embedding cache (default ``out/cache``). ``backend`` runs the runs in
+    this process (``local``) or as Ray tasks (``ray``, at ``ray_address`` or a local instance);
+    either way this driver writes every record. A run that raises is retried ``max_retries``
+    times, then recorded ``failed``. Returns a summary dict.
     """
     import os
     import signal
 
     from tqdm import tqdm
 
+    from planner._executor import Job, check_backend, execute
+
+    check_backend(backend, ray_address)
     kill_after = int(os.environ[KILL_AFTER_ENV]) if os.environ.get(KILL_AFTER_ENV) else None
 
     out = Path(out)
@@ -113,19 +134,22 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
     if limit is not None:
         todo = todo[:limit]
     log.info("%d runs to do, %d finished runs skipped", len(todo), skipped)
-    runner = make_runner(spec.tier, Path(cache_dir) if cache_dir else out / "cache") if todo else None
+    cache = str(Path(cache_dir) if cache_dir else out / "cache")
     versions = _versions()
     counts = {"ok": 0, "diverged": 0, "failed": 0}
-    for i, (task, p, path) in enumerate(tqdm(todo, desc="build-meta runs", unit="run", file=sys.stderr, disable=not progress)):
-        seed = run_seed(task, p)
-        t0 = time.perf_counter()
-        try:
-            result = runner.run(task, p, seed)
+    by_key = {path.stem: (task, p, path) for task, p, path in todo}
+    jobs = [Job(path.stem, run_job, (spec.tier, cache, task, p, run_seed(task, p))) for task, p, path in todo]
+    outcomes = execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)
+    for i, outcome in enumerate(tqdm(outcomes, total=len(jobs), desc="build-meta runs", unit="run", file=sys.stderr,
+                                     disable=not progress)):
+        task, p, path = by_key[outcome.key]
+        if outcome.ok:
+            result, wall = outcome.value
             error = result.pop("error", None)
             status = result.pop("status", "ok")
-        except Exception as exc:  # a failing run is recorded and the build goes on
-            log.warning("run %s prefix %d failed: %s", task.task_id, p, exc)
-            result, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
+        else:  # a failing run is recorded and the build goes on
+            log.warning("run %s prefix %d failed: %s", task.task_id, p, outcome.error)
+            result, status, error, wall = {}, "failed", outcome.error, 0.0
         if kill_after is not None and i >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         record = {
@@ -133,12 +157,12 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
             "run_id": f"{task.task_id}--p{p}",
             "task_id": task.task_id,
             "prefix": p,
-            "seed": seed,
+            "seed": run_seed(task, p),
             "tier": task.tier,
             "config": task.to_dict(),
             "status": status,
             "error": error,
-            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "wall_time_s": round(wall, 3),
             "versions": versions,
             "result": result,
         }
@@ -146,7 +170,7 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
         counts[status] += 1
     tables = assemble_tables(out)
     return {"out": str(out), "runs_total": skipped + len(todo) if limit is None else None, "skipped": skipped,
-            "executed": counts, **tables}
+            "executed": counts, "backend": backend, **tables}
 
 
 def assemble_tables(out: str | Path) -> dict:

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 @click.option("--limit", type=int, default=None, help="Execute at most this many pending runs in this call.")
 @click.option("--cache", "cache", type=click.Path(file_okay=False), default=None, help="Embedding cache folder (default OUT/cache).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
-def build_meta(spec_path, out, retry_failed, limit, cache, no_progress):
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the runs in this process or as Ray tasks (records are written here either way).")
+@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (with --backend ray).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Retries of a run whose worker raised or died, before it is recorded as failed.")
+def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend, ray_address, max_retries):
     """Build a meta-dataset from real fine-tuning runs described by SPEC.toml (resumable).
 
     One JSON record per run lands in OUT/records as soon as the run ends; kill the command at any
@@ -35,6 +40,9 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress):
     """
     from experiments.metadataset._spec import load_spec
 
+    from planner._executor import check_backend
+
+    check_backend(backend, ray_address)
     spec = load_spec(spec_path)
     if limit is not None and limit < 0:
         raise ValueError(f"--limit must be non-negative, but got {limit=}; pass 0 or more.")
@@ -46,7 +54,7 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress):
     from experiments.metadataset._build import build
 
     summary = build(spec, out, retry_failed=retry_failed, limit=limit, progress=not no_progress,
-                    cache_dir=cache)
+                    cache_dir=cache, backend=backend, ray_address=ray_address, max_retries=max_retries)
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 

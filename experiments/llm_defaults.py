@@ -1,0 +1,78 @@
+"""Fit the shipped LLM-tier defaults from a built LLM-tier meta-dataset.
+
+Writes into ``DEST`` (``planner/defaults/llm`` for the package):
+
+* ``meta.parquet``: run x depth rows (static_*, hp_*, dyn_*, depth, label, label_se);
+* ``meta_runs.parquet``: one row per run (static_*, hp_*, label) for the static-only predictor;
+* ``predictor/``: the shared depth-aware predictor (all features), LightGBM text + JSON;
+* ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
+* ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, DESIGN.md Sec. 2,
+  "predictor residuals") with the risk features below;
+* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
+
+The risk model's task features are chosen a priori (not from the data) among the static
+descriptors a user's candidate always has: dataset size, duplicate rate, reference NLL of the
+base model and output diversity. With a few dozen tasks, fewer features keep the population
+regression identifiable.
+
+Run as ``python -m experiments.llm_defaults BUILD_DIR DEST [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+RISK_FEATURES = ("static_n_examples", "static_duplicate_rate", "static_ref_ppl_mean", "static_output_diversity")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.llm_defaults", description=__doc__.split("\n\n")[0])
+    parser.add_argument("build_dir")
+    parser.add_argument("dest")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from experiments.real_budget import residual_risk_observations
+    from planner._io import read_table, write_table
+    from planner._predictor import PredictorConfig, ProbePredictor
+    from planner._risk_model import RiskFitSettings, RiskModel
+
+    build, dest = Path(args.build_dir), Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    meta = read_table(build / "meta.parquet")
+    statics = [c for c in meta.columns if c.startswith("static_")]
+    hps = [c for c in meta.columns if c.startswith("hp_")]
+    dyns = [c for c in meta.columns if c.startswith("dyn_")]
+    runs = meta.sort_values("depth").groupby("run_id", sort=True).tail(1)[["run_id", *statics, *hps, "label", "label_se"]]
+    write_table(meta, dest / "meta.parquet")
+    write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
+
+    full_cols = ["depth", *statics, *hps, *dyns]
+    full = ProbePredictor(PredictorConfig(seed=args.seed)).fit(meta[full_cols], meta["label"].rename("label"),
+                                                               groups=meta["run_id"].to_numpy())
+    full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
+    static = ProbePredictor(PredictorConfig(seed=args.seed)).fit(runs[[*statics, *hps]], runs["label"].rename("label"),
+                                                                 groups=runs["run_id"].to_numpy())
+    static.save(dest / "predictor_static", extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
+
+    obs = residual_risk_observations(meta, full.oof_pred_)
+    obs = obs[["task_id", "depth", "risk_obs", "dof", *RISK_FEATURES]]
+    write_table(obs, dest / "risk_obs.parquet")
+    risk = RiskModel(RiskFitSettings(method="nuts")).fit(obs, seed=args.seed)
+    risk.save(dest / "risk_model.json")
+    spec = build / "spec.toml"
+    if spec.is_file():
+        shutil.copyfile(spec, dest / "spec.toml")
+    summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
+               "cv_rmse_static": static.cv_rmse_, "risk_diagnostics": risk.diagnostics_,
+               "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
