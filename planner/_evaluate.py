@@ -139,7 +139,9 @@ def evaluate(
                     )
                 if calib != cfg.calibration_folds:
                     cfg = dataclasses.replace(cfg, calibration_folds=calib)
-                model = ProbePredictor(cfg, meta.groups).fit(X.loc[rows, feats], y[rows], groups=ids[rows])
+                # the full model knows where it will be used: the evaluation depth (scored there by its inner CV)
+                target = d_eval if (name == "full" and d is not None) else None
+                model = ProbePredictor(cfg, meta.groups).fit(X.loc[rows, feats], y[rows], groups=ids[rows], target_depth=target)
                 Xt = X.loc[test, feats]
                 if name == "full":
                     for c in COVERAGES:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "plan-probe-predictor/1"
 # Inner-CV grid of ``tune=True``: (num_leaves, n_estimators) at the configured learning rate.
-TUNE_GRID = {"num_leaves": (4, 8), "n_estimators": (140, 300, 600, 1000)}
+TUNE_GRID = {"bagging": (True, False), "num_leaves": (4, 8), "n_estimators": (60, 140, 300, 600, 1000)}
 _MIN_ROWS_PER_DEPTH = 20
 
 
@@ -173,7 +173,7 @@ class ProbePredictor:
         self.feature_groups = feature_groups
 
     # ----------------------------------------------------------------------------------------- fit
-    def fit(self, X, y, *, groups=None, scale=None) -> "ProbePredictor":
+    def fit(self, X, y, *, groups=None, scale=None, target_depth=None) -> "ProbePredictor":
         """Fit the shared regressor and its conformal calibration.
 
         Parameters
@@ -186,6 +186,11 @@ class ProbePredictor:
             Run ids for the grouped calibration folds (default: every row its own group).
         scale : array (n,), optional
             Positive per-row scale (e.g. sqrt of a risk model's expected L(c)) for normalised scores.
+        target_depth : float, optional
+            With ``tune`` and a ``depth`` feature: the model will be used at this depth only, so the
+            inner CV scores candidates on that depth's rows, and it may also choose to train on
+            that depth's rows alone (scope ``"target"``) instead of every depth (``"all"``) when
+            the other depths do not help there.
         """
         cfg = self.config or PredictorConfig()
         frame = _as_frame(X)
@@ -206,24 +211,43 @@ class ProbePredictor:
 
         folds = group_folds(groups, cfg.calibration_folds, cfg.seed)
         base = cfg.lgbm_params()
+        at_target = np.ones(len(ya), dtype=bool)
+        scopes = ["all"]
+        if target_depth is not None and "depth" in names:
+            at_target = Xa[:, names.index("depth")] == float(target_depth)
+            if not at_target.any():
+                raise ValueError(f"target_depth must be a depth present in the data, but got {target_depth=}; pick a recorded depth.")
+            if cfg.tune and not at_target.all():
+                scopes.append("target")
         if cfg.tune:
-            candidates = [(nl, ne) for nl in TUNE_GRID["num_leaves"] for ne in TUNE_GRID["n_estimators"]]
+            grid = [(bag, nl, ne) for bag in TUNE_GRID["bagging"] for nl in TUNE_GRID["num_leaves"] for ne in TUNE_GRID["n_estimators"]]
         else:
-            candidates = [(int(cfg.num_leaves), int(cfg.n_estimators))]
-        oof = {c: np.empty(len(ya)) for c in candidates}
-        for nl in sorted({c[0] for c in candidates}):
-            trees = [ne for (l, ne) in candidates if l == nl]
-            params = {**base, "num_leaves": nl}
-            for k in range(cfg.calibration_folds):
-                tr, te = folds != k, folds == k
-                booster = _train(params, Xa[tr], ya[tr], max(trees), names)
-                for ne in trees:  # one fit serves every tree count (predict with fewer iterations)
-                    oof[(nl, ne)][te] = booster.predict(Xa[te], num_iteration=ne)
-        rmse = {c: float(np.sqrt(np.mean((ya - p) ** 2))) for c, p in oof.items()}
-        best = min(candidates, key=lambda c: (rmse[c], c[1], c[0]))
-        self.cv_scores_ = {f"num_leaves={c[0]},n_estimators={c[1]}": rmse[c] for c in candidates}
-        self.params_ = {**base, "num_leaves": best[0]}
-        self.n_estimators_ = best[1]
+            grid = [(int(cfg.subsample_freq) > 0, int(cfg.num_leaves), int(cfg.n_estimators))]
+        candidates = [(scope, *g) for scope in scopes for g in grid]
+        oof = {c: np.full(len(ya), np.nan) for c in candidates}
+        for scope in scopes:
+            rows = at_target if scope == "target" else np.ones(len(ya), dtype=bool)
+            for bag, nl in sorted({g[:2] for g in grid}):
+                trees = [ne for (b, l, ne) in grid if (b, l) == (bag, nl)]
+                params = {**base, "num_leaves": nl, "bagging_freq": int(cfg.subsample_freq or 1) if bag else 0}
+                for k in range(cfg.calibration_folds):
+                    tr, te = (folds != k) & rows, (folds == k) & rows
+                    if not te.any() or not tr.any():
+                        continue
+                    booster = _train(params, Xa[tr], ya[tr], max(trees), names)
+                    for ne in trees:  # one fit serves every tree count (predict with fewer iterations)
+                        oof[(scope, bag, nl, ne)][te] = booster.predict(Xa[te], num_iteration=ne)
+        # candidates are scored where the model will be used (the target depth, or every row); ties
+        # go to the shared model, bagging on, fewer trees, fewer leaves
+        rmse = {c: float(np.sqrt(np.nanmean((ya[at_target] - p[at_target]) ** 2))) for c, p in oof.items()}
+        best = min(candidates, key=lambda c: (rmse[c], c[0] != "all", not c[1], c[3], c[2]))
+        self.cv_scores_ = {
+            f"scope={c[0]},bagging={'on' if c[1] else 'off'},num_leaves={c[2]},n_estimators={c[3]}": rmse[c] for c in candidates
+        }
+        self.scope_ = best[0]
+        self.params_ = {**base, "num_leaves": best[2], "bagging_freq": int(cfg.subsample_freq or 1) if best[1] else 0}
+        self.n_estimators_ = best[3]
+        train_rows = at_target if self.scope_ == "target" else np.ones(len(ya), dtype=bool)
         self.oof_pred_ = oof[best]
         self.cv_rmse_ = rmse[best]
         resid = ya - self.oof_pred_
@@ -232,7 +256,7 @@ class ProbePredictor:
         if ext_scale is not None:
             self.scale_mode_ = "risk"
             s = ext_scale
-        elif cfg.depth_scale and "depth" in names:
+        elif cfg.depth_scale and "depth" in names and self.scope_ == "all":
             depth = Xa[:, names.index("depth")]
             levels, counts = np.unique(depth, return_counts=True)
             if len(levels) > 1 and counts.min() >= _MIN_ROWS_PER_DEPTH:
@@ -247,8 +271,8 @@ class ProbePredictor:
         else:
             self.scale_mode_ = "none"
             s = np.ones_like(ya)
-        self.scores_ = np.sort(resid / s)
-        self.booster_ = _train(self.params_, Xa, ya, self.n_estimators_, names)
+        self.scores_ = np.sort((resid / s)[train_rows])
+        self.booster_ = _train(self.params_, Xa[train_rows], ya[train_rows], self.n_estimators_, names)
         self.label_stats_ = {
             "min": float(ya.min()),
             "max": float(ya.max()),
@@ -393,6 +417,7 @@ class ProbePredictor:
             "config": (self.config or PredictorConfig()).to_dict(),
             "params": self.params_,
             "n_estimators": self.n_estimators_,
+            "scope": self.scope_,
             "cv_scores": self.cv_scores_,
             "cv_rmse": self.cv_rmse_,
             "feature_names": self.feature_names_,
@@ -460,6 +485,7 @@ class ProbePredictor:
         self.n_features_in_ = len(self.feature_names_)
         self.params_ = dict(side["params"])
         self.n_estimators_ = int(side["n_estimators"])
+        self.scope_ = str(side.get("scope", "all"))
         self.cv_scores_ = dict(side["cv_scores"])
         self.cv_rmse_ = float(side["cv_rmse"])
         label = dict(side["label"])

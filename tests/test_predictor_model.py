@@ -171,3 +171,36 @@ def test_group_folds_keep_ids_together():
     assert sorted(np.bincount(folds)) == [15, 15, 15, 15]
     with pytest.raises(ValueError, match="distinct ids"):
         group_folds(ids[:6], 4, seed=0)
+
+
+def test_target_depth_scores_candidates_where_the_model_is_used():
+    """With target_depth, inner CV scores every (scope, leaves, trees) candidate on that depth's rows
+    only, may train on those rows alone, and picks the best; a depth absent from the data is an error."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from planner._predictor import TUNE_GRID, PredictorConfig, ProbePredictor
+
+    rng = np.random.default_rng(0)
+    n_runs, depths = 120, (10, 100)
+    latent = rng.normal(size=n_runs)
+    static = rng.normal(size=n_runs)
+    rows = []
+    for d in depths:
+        # the dynamic feature reveals the run's latent deviation only at depth 100
+        dyn = latent + rng.normal(scale=3.0 if d == 10 else 0.1, size=n_runs)
+        rows.append(pd.DataFrame({"depth": float(d), "static_x": static, "dyn_z": dyn, "run": np.arange(n_runs)}))
+    frame = pd.concat(rows, ignore_index=True)
+    y = 2.0 * frame["static_x"] + 5.0 * np.tile(latent, len(depths)) + rng.normal(scale=0.2, size=len(frame))
+    cfg = PredictorConfig(tune=True, calibration_folds=5)
+    model = ProbePredictor(cfg).fit(frame[["depth", "static_x", "dyn_z"]], y, groups=frame["run"], target_depth=100)
+    n_grid = len(TUNE_GRID["num_leaves"]) * len(TUNE_GRID["n_estimators"])
+    assert len(model.cv_scores_) == 2 * 2 * n_grid  # scopes "all" and "target", bagging on and off
+    assert model.cv_rmse_ == min(model.cv_scores_.values())
+    assert model.scope_ in ("all", "target")
+    at_100 = frame["depth"] == 100
+    resid = y[at_100] - model.oof_pred_[at_100.to_numpy()]
+    assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_)
+    with pytest.raises(ValueError, match="target_depth must be a depth present"):
+        ProbePredictor(cfg).fit(frame[["depth", "static_x", "dyn_z"]], y, groups=frame["run"], target_depth=50)
