@@ -2,8 +2,9 @@
 
 Writes into ``DEST`` (``planner/defaults/llm`` for the package):
 
-* ``meta.parquet``: run x depth rows (static_*, hp_*, dyn_*, depth, label, label_se);
-* ``meta_runs.parquet``: one row per run (static_*, hp_*, label) for the static-only predictor;
+* ``meta.parquet``: run x depth rows (static_*, hp_*, dyn_*, depth, label);
+* ``meta_runs.parquet``: one row per run (static_*, hp_*, label, and the label's evaluation SE
+  ``label_se``, which is not a feature);
 * ``predictor/``: the shared depth-aware predictor (all features), LightGBM text + JSON;
 * ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
 * ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, DESIGN.md Sec. 2,
@@ -47,7 +48,10 @@ def main(argv=None) -> int:
     statics = [c for c in meta.columns if c.startswith("static_")]
     hps = [c for c in meta.columns if c.startswith("hp_")]
     dyns = [c for c in meta.columns if c.startswith("dyn_")]
-    runs = meta.sort_values("depth").groupby("run_id", sort=True).tail(1)[["run_id", *statics, *hps, "label", "label_se"]]
+    label_se = read_table(build / "runs.parquet").set_index("run_id")["label_se"]
+    runs = meta.sort_values("depth").groupby("run_id", sort=True).tail(1)[["run_id", *statics, *hps, "label"]]
+    runs = runs.sort_values("run_id").reset_index(drop=True)
+    runs["label_se"] = label_se.loc[runs["run_id"]].to_numpy(dtype=float)
     write_table(meta, dest / "meta.parquet")
     write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
 

@@ -11,7 +11,9 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
 
 * ``static``: static descriptors of every distinct dataset variant (frozen base model);
 * ``runs``: the runs (shardable: ``--shard i/m`` runs every m-th run, for parallel workers);
-* ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label, label_se).
+* ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label) and ``runs.parquet``
+  (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
+  of ``meta.parquet`` because it is a function of the label, not a feature).
 
 Run as ``python -m experiments.llm_tier STAGE SPEC.toml --out DIR``.
 """
@@ -282,8 +284,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
         for row in res["rows"]:
             dyn = {k: v for k, v in row.items() if k.startswith("dyn_")}
             meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "depth": int(row["depth"]),
-                              **statics[rec["variant_id"]], **res["hp"], **dyn,
-                              "label": res["label"], "label_se": res["label_se"]})
+                              **statics[rec["variant_id"]], **res["hp"], **dyn, "label": res["label"]})
     meta = pd.DataFrame(meta_rows).sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
     runs = pd.DataFrame(run_rows)
     write_table(meta, out / "meta.parquet")
