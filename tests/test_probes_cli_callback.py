@@ -14,25 +14,6 @@ from planner.cli import main
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny LLaMA + char tokenizer saved as a local HF folder (what --model accepts)."""
-    from probes._testing import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny")
-    tok = tiny_tokenizer()
-    tiny_model(len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{2 * i}"}) + "\n" for i in range(10)))
-    return path
-
-
 def _one_line_error(result, pattern):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]

