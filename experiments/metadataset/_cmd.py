@@ -44,7 +44,7 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
 
     check_backend(backend, ray_address)
     if _spec_tier(spec_path) == "llm":
-        summary = _build_llm(spec_path, out, backend, limit)
+        summary = _build_llm(spec_path, out, backend, ray_address, max_retries, limit)
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
     spec = load_spec(spec_path)
@@ -73,7 +73,7 @@ def _spec_tier(spec_path) -> str | None:
         return None  # load_spec reports the problem with its own clear message
 
 
-def _build_llm(spec_path, out, backend, limit):
+def _build_llm(spec_path, out, backend, ray_address, max_retries, limit):
     """The LLM tier: runs, then static descriptors of their datasets, then the tables (all resumable).
 
     The runs stage can also be sharded over processes or machines with
@@ -83,16 +83,11 @@ def _build_llm(spec_path, out, backend, limit):
 
     from experiments.llm_tier import assemble, load_llm_spec, run_runs, run_static
 
-    if backend != "local":
-        raise ValueError(
-            f"tier llm runs on the local backend only, but got {backend=}; shard it instead with "
-            "python -m experiments.llm_tier runs SPEC --out DIR --shard i/m on each worker."
-        )
     if limit is not None:
         raise ValueError(f"--limit is for the encoder tier, but got {limit=} for tier llm; leave it out.")
     spec = load_llm_spec(spec_path)
     out = Path(out)
-    runs = run_runs(spec, out)
+    runs = run_runs(spec, out, backend=backend, ray_address=ray_address, max_retries=max_retries)
     statics = run_static(spec, out, recorded_only=True)
     return {"out": str(out), "tier": "llm", "executed": runs, "static_computed": statics, **assemble(spec, out)}
 
