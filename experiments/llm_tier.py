@@ -153,17 +153,9 @@ def _train_examples(variant: dict, corpus):
 
 
 def _versions() -> dict:
-    from importlib import metadata
+    from planner._version import package_versions
 
-    from planner._version import __version__
-
-    out = {"plan-probe": __version__}
-    for dist in ("torch", "transformers", "peft", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return package_versions("torch", "transformers", "peft", "numpy")
 
 
 def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool = False) -> int:

@@ -108,17 +108,9 @@ def model_identity(spec: str) -> dict:
 
 
 def _versions() -> dict:
-    from importlib import metadata
+    from planner._version import package_versions
 
-    from planner._version import __version__
-
-    out = {"plan-probe": __version__}
-    for dist in ("torch", "transformers", "peft", "lightgbm", "numpy", "numpyro", "jax"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return package_versions("torch", "transformers", "peft", "lightgbm", "numpy", "numpyro", "jax")
 
 
 @dataclass(frozen=True)

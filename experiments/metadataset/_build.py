@@ -19,14 +19,13 @@ import logging
 import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from experiments.metadataset._spec import BuildSpec, TaskConfig, canonical_json, config_hash
 from planner._io import atomic_path, read_json, write_json, write_table
-from planner._version import __version__
+from planner._version import package_versions
 
 __all__ = ["RUNNERS", "make_runner", "run_job", "build", "run_key", "run_seed", "assemble_tables", "load_records"]
 
@@ -62,13 +61,7 @@ def run_key(task: TaskConfig, prefix_index: int) -> str:
 
 
 def _versions() -> dict:
-    out = {"plan-probe": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "jax", "jaxlib", "torch", "transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return {**package_versions("numpy", "jax", "jaxlib", "torch", "transformers"), "python": platform.python_version()}
 
 
 def load_records(out: str | Path) -> list[dict]:
