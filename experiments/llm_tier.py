@@ -53,6 +53,7 @@ class LLMTierSpec:
     max_length: int
     grid: dict = field(default_factory=dict)
     lora_alpha_ratio: float = 2.0
+    label_metric: str = "accuracy"
     source_text: str = ""
 
 
@@ -97,8 +98,16 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         max_length=int(proto.get("max_length", 96)),
         grid={k: list(grid[k]) for k in _GRID_KEYS},
         lora_alpha_ratio=float(proto.get("lora_alpha_ratio", 2.0)),
+        label_metric=str(proto.get("label_metric", "accuracy")),
         source_text=text,
     )
+    from experiments.llm_eval import LABEL_METRICS
+
+    if spec.label_metric not in LABEL_METRICS:
+        raise ValueError(
+            f"protocol label_metric must be one of {list(LABEL_METRICS)}, but got label_metric={spec.label_metric!r}; "
+            "pick one of them."
+        )
     if max(spec.record_at) > spec.steps:
         raise ValueError(f"record_at must not exceed steps, but got max {max(spec.record_at)} > steps={spec.steps}; raise steps.")
     return spec
@@ -191,8 +200,8 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
 
 def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
     """Train one run, record its probe features, score it. Never raises for a diverging run."""
-    from experiments.llm_eval import label_accuracy
     from experiments.instruct_data import SENTIMENT_LABELS
+    from experiments.llm_eval import label_metrics
     from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
     config = probe_config(spec, cand)
@@ -203,8 +212,9 @@ def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_e
         rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
         if diverged is not None:
             return {"status": "diverged", "diverged_step": diverged, "rows": rows, "hp": config.hp_features()}
-        acc, se = label_accuracy(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
-    return {"status": "ok", "rows": rows, "label": acc, "label_se": se, "hp": config.hp_features()}
+        metrics = label_metrics(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
+    return {"status": "ok", "rows": rows, "label": metrics[spec.label_metric], "label_se": metrics[f"{spec.label_metric}_se"],
+            "metrics": metrics, "hp": config.hp_features()}
 
 
 _WORKER_STATE: dict = {}  # per process (local or Ray worker): the loaded model, corpus and eval set
@@ -292,29 +302,46 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
 
     from planner._io import read_json, write_table
 
+    from experiments.llm_eval import LABEL_METRICS
+
     statics = {p.stem: read_json(p)["static"] for p in sorted((out / "static").glob("*.json"))}
     meta_rows, run_rows = [], []
     for p in sorted((out / "records").glob("*.json")):
         rec = read_json(p)
         res = rec["result"]
+        # records from before label metrics were stored carry accuracy as their label
+        metrics = res.get("metrics") or ({"accuracy": res.get("label"), "accuracy_se": res.get("label_se")} if "label" in res else {})
+        label, label_se = metrics.get(spec.label_metric), metrics.get(f"{spec.label_metric}_se")
+        if rec["status"] == "ok" and label is None:
+            raise ValueError(
+                f"every ok record must carry the spec's label_metric, but {p.name} has no {spec.label_metric!r}; "
+                "delete the record to rebuild that run, or set label_metric = \"accuracy\"."
+            )
         run_rows.append({"run_id": rec["run_id"], "variant_id": rec["variant_id"], "status": rec["status"],
-                         "label": res.get("label"), "label_se": res.get("label_se"), "wall_time_s": rec["wall_time_s"],
+                         "label": label, "label_se": label_se, "wall_time_s": rec["wall_time_s"],
+                         **{f"metric_{k}": metrics.get(k) for k in LABEL_METRICS},
+                         **{f"metric_{k}_se": metrics.get(f"{k}_se") for k in LABEL_METRICS},
                          "error": rec["error"], **{f"variant_{k}": v for k, v in rec["variant"].items()}})
         if rec["status"] != "ok" or rec["variant_id"] not in statics:
             continue
         for row in res["rows"]:
             dyn = {k: v for k, v in row.items() if k.startswith("dyn_")}
             meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "depth": int(row["depth"]),
-                              **statics[rec["variant_id"]], **res["hp"], **dyn, "label": res["label"]})
+                              **statics[rec["variant_id"]], **res["hp"], **dyn, "label": label})
     meta = pd.DataFrame(meta_rows).sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
     runs = pd.DataFrame(run_rows)
     write_table(meta, out / "meta.parquet")
     write_table(runs, out / "runs.parquet")
-    labels = runs.loc[runs["status"] == "ok", "label"].astype(float)
-    ses = runs.loc[runs["status"] == "ok", "label_se"].astype(float)
-    return {"meta_rows": len(meta), "runs": runs["status"].value_counts().to_dict(),
-            "label_sd_pp": float(labels.std(ddof=1)) if len(labels) > 1 else None,
-            "mean_eval_se_pp": float(ses.mean()) if len(ses) else None}
+    ok = runs[runs["status"] == "ok"]
+    summary = {"meta_rows": len(meta), "runs": runs["status"].value_counts().to_dict(), "label_metric": spec.label_metric}
+    for name in LABEL_METRICS:  # spread across runs vs evaluation noise, for every metric the records carry
+        values, ses = ok[f"metric_{name}"].dropna().astype(float), ok[f"metric_{name}_se"].dropna().astype(float)
+        if len(values) > 1 and len(ses):
+            summary[name] = {"runs": int(len(values)), "sd_pp": float(values.std(ddof=1)),
+                             "mean_eval_se_pp": float(ses.mean()), "ratio": float(values.std(ddof=1) / ses.mean())}
+    summary["label_sd_pp"] = summary.get(spec.label_metric, {}).get("sd_pp")
+    summary["mean_eval_se_pp"] = summary.get(spec.label_metric, {}).get("mean_eval_se_pp")
+    return summary
 
 
 def main(argv=None) -> int:

@@ -89,15 +89,23 @@ def _table(obj: dict) -> str:
               help="Risk model JSON; conformal scores are normalised by its sqrt(L(c)).")
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Choose num_leaves/n_estimators by grouped inner CV (off: TuneAhead's settings exactly).")
+@click.option("--top", "n_top", type=int, default=None,
+              help="Best inner-CV candidates averaged [default: 3 with --tune, 1 without].")
+@click.option("--seeds", "n_seeds", type=int, default=None,
+              help="Seeds per averaged candidate: SEED, SEED+1, ... [default: 5 with --tune, 1 without].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, seed, out_dir):
+def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, out_dir):
     """Fit the shared depth-aware LightGBM predictor on META and save it to a directory."""
     from planner._meta import check_folds, load_meta, select_features
-    from planner._predictor import PredictorConfig, ProbePredictor
+    from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
 
+    for name, value in (("top", n_top), ("seeds", n_seeds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, but got {name}={value}; pass --{name} 1 or more.")
     data = load_meta(meta, label=label, id_col=id_col)
-    config = PredictorConfig(seed=seed, tune=tune)
+    config = PredictorConfig(seed=seed, tune=tune, n_top=n_top or (FULL_TOP if tune else 1),
+                             n_seeds=n_seeds or (FULL_SEEDS if tune else 1))
     check_folds(len(set(data.ids)), config.calibration_folds, "distinct ids (calibration folds)")
     feats = list(select_features(data, features))
     scale = _risk_scale(risk_model, data.frame) if risk_model else None
@@ -117,6 +125,7 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, seed, out
         "cv_rmse": model.cv_rmse_,
         "scale_mode": model.scale_mode_,
         "seed": seed,
+        "members": len(model.boosters_),
     }
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
 

@@ -8,7 +8,8 @@ Models
 ------
 full
     :class:`ProbePredictor` with ``tune=True``: one depth-aware model on all depths of the training
-    fold, bagging on, (num_leaves, n_estimators) chosen by grouped inner CV on the training fold only.
+    fold, (bagging, num_leaves, n_estimators, training scope) chosen by grouped inner CV on the
+    training fold only; the ``FULL_TOP`` best candidates, each with ``FULL_SEEDS`` seeds, are averaged.
 static_only / dynamic_only
     The default predictor (TuneAhead settings, bagging on) on static+hp features at the evaluation
     depth / on dynamic+hp+depth features over all depths.
@@ -25,7 +26,7 @@ import logging
 import numpy as np
 
 from planner._meta import MetaDataset, check_folds, select_features
-from planner._predictor import PredictorConfig, ProbePredictor, group_folds
+from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor, group_folds
 
 __all__ = ["MODELS", "METRICS", "evaluate", "regression_metrics", "eval_depth"]
 
@@ -115,7 +116,7 @@ def evaluate(
     base = PredictorConfig(seed=seed)
     specs = {
         # name: (config, features, train on all depths?)
-        "full": (PredictorConfig(seed=seed, tune=True), feats_all, True),
+        "full": (PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS), feats_all, True),
         "static_only": (base, static_feats, False),
         "dynamic_only": (base, dynamic_feats, True),
         "tuneahead_recipe": (PredictorConfig(seed=seed, subsample_freq=0), no_depth, False),

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +23,19 @@ import numpy as np
 
 from planner._meta import GROUPS, feature_group
 
-__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "group_folds", "TUNE_GRID"]
+__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "group_folds", "TUNE_GRID", "FULL_TOP", "FULL_SEEDS"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "plan-probe-predictor/1"
+FORMAT = "plan-probe-predictor/2"
+_FORMAT_V1 = "plan-probe-predictor/1"  # single booster; still loaded
 # Inner-CV grid of ``tune=True``: (num_leaves, n_estimators) at the configured learning rate.
 TUNE_GRID = {"bagging": (True, False), "num_leaves": (4, 8), "n_estimators": (60, 140, 300, 600, 1000)}
 _MIN_ROWS_PER_DEPTH = 20
+# The tuned ("full") predictor of fit-predictor and evaluate averages the FULL_TOP best inner-CV
+# candidates, each with FULL_SEEDS seeds.
+FULL_TOP = 3
+FULL_SEEDS = 5
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,11 @@ class PredictorConfig:
 
     ``subsample_freq=1`` actually enables bagging (TuneAhead set ``subsample`` without it, so its
     bagging never ran). ``tune`` picks (num_leaves, n_estimators) from :data:`TUNE_GRID` by grouped
-    inner cross-validation on the training data only. ``go_probability``: a run is "go" when
-    P(score >= tau) reaches it.
+    inner cross-validation on the training data only. The model averages ``n_top`` × ``n_seeds``
+    boosters: the ``n_top`` best candidates of that search, each with seeds ``seed, seed+1, ...``
+    (different row and column samples). On meta-datasets of a few hundred runs the search's
+    choice and one booster's sampling are both visible parts of the error; averaging removes much
+    of it. ``go_probability``: a run is "go" when P(score >= tau) reaches it.
     """
 
     learning_rate: float = 0.05
@@ -55,6 +64,8 @@ class PredictorConfig:
     depth_scale: bool = True
     tune: bool = False
     go_probability: float = 0.5
+    n_top: int = 1
+    n_seeds: int = 1
 
     def __post_init__(self):
         checks = [
@@ -68,6 +79,8 @@ class PredictorConfig:
             ("reg_lambda", self.reg_lambda >= 0, "pass a value >= 0"),
             ("calibration_folds", int(self.calibration_folds) >= 2, "pass 2 or more"),
             ("go_probability", 0 < self.go_probability < 1, "pass a value in (0, 1)"),
+            ("n_top", int(self.n_top) >= 1, "pass 1 or more"),
+            ("n_seeds", int(self.n_seeds) >= 1, "pass 1 or more"),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -154,7 +167,8 @@ class ProbePredictor:
 
     Attributes
     ----------
-    booster_ : lightgbm.Booster
+    boosters_ : list of lightgbm.Booster
+        ``config.n_seeds`` boosters whose predictions are averaged.
     feature_names_, feature_groups_ : list, dict
     params_ : dict
         The LightGBM parameters used (after tuning), ``n_estimators_`` the number of trees.
@@ -240,16 +254,21 @@ class ProbePredictor:
         # candidates are scored where the model will be used (the target depth, or every row); ties
         # go to the shared model, bagging on, fewer trees, fewer leaves
         rmse = {c: float(np.sqrt(np.nanmean((ya[at_target] - p[at_target]) ** 2))) for c, p in oof.items()}
-        best = min(candidates, key=lambda c: (rmse[c], c[0] != "all", not c[1], c[3], c[2]))
-        self.cv_scores_ = {
-            f"scope={c[0]},bagging={'on' if c[1] else 'off'},num_leaves={c[2]},n_estimators={c[3]}": rmse[c] for c in candidates
-        }
-        self.scope_ = best[0]
-        self.params_ = {**base, "num_leaves": best[2], "bagging_freq": int(cfg.subsample_freq or 1) if best[1] else 0}
+        ranked = sorted(candidates, key=lambda c: (rmse[c], c[0] != "all", not c[1], c[3], c[2]))
+        self.cv_scores_ = {_candidate_name(c): rmse[c] for c in candidates}
+        top = ranked[: int(cfg.n_top)]
+        best = top[0]
+        # one target-scoped member makes the whole ensemble a model of the target depth only
+        self.scope_ = "target" if any(c[0] == "target" for c in top) else "all"
+        self.params_ = self._candidate_params(base, best, cfg)
         self.n_estimators_ = best[3]
+        self.members_ = [
+            {"scope": c[0], "bagging": bool(c[1]), "num_leaves": int(c[2]), "n_estimators": int(c[3]), "seed": int(cfg.seed) + i}
+            for c in top for i in range(int(cfg.n_seeds))
+        ]
         train_rows = at_target if self.scope_ == "target" else np.ones(len(ya), dtype=bool)
-        self.oof_pred_ = oof[best]
-        self.cv_rmse_ = rmse[best]
+        self.oof_pred_ = self._ensemble_oof(oof, base, Xa, ya, folds, at_target, names, cfg)
+        self.cv_rmse_ = float(np.sqrt(np.nanmean((ya[at_target] - self.oof_pred_[at_target]) ** 2)))
         resid = ya - self.oof_pred_
 
         self.depth_scale_ = {}
@@ -272,7 +291,11 @@ class ProbePredictor:
             self.scale_mode_ = "none"
             s = np.ones_like(ya)
         self.scores_ = np.sort((resid / s)[train_rows])
-        self.booster_ = _train(self.params_, Xa[train_rows], ya[train_rows], self.n_estimators_, names)
+        self.boosters_ = []
+        for member in self.members_:
+            rows = at_target if member["scope"] == "target" else np.ones(len(ya), dtype=bool)
+            params = self._member_params(base, member, cfg)
+            self.boosters_.append(_train(params, Xa[rows], ya[rows], member["n_estimators"], names))
         self.label_stats_ = {
             "min": float(ya.min()),
             "max": float(ya.max()),
@@ -283,6 +306,39 @@ class ProbePredictor:
         return self
 
     # ------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _candidate_params(base: dict, cand: tuple, cfg: PredictorConfig) -> dict:
+        _, bagging, leaves, _ = cand
+        return {**base, "num_leaves": int(leaves), "bagging_freq": int(cfg.subsample_freq or 1) if bagging else 0}
+
+    def _member_params(self, base: dict, member: dict, cfg: PredictorConfig) -> dict:
+        cand = (member["scope"], member["bagging"], member["num_leaves"], member["n_estimators"])
+        return {**self._candidate_params(base, cand, cfg), "seed": member["seed"]}
+
+    def _ensemble_oof(self, oof: dict, base: dict, Xa, ya, folds, at_target, names, cfg) -> np.ndarray:
+        """Out-of-fold predictions of the averaged members, on the calibration folds of the search.
+
+        The conformal scores must come from the model that predicts, so members with a seed other
+        than the search's are refitted on the same folds (the search's own fits are reused).
+        """
+        everywhere = np.ones(len(ya), dtype=bool)
+        total = np.zeros(len(ya))
+        for member in self.members_:
+            cand = (member["scope"], member["bagging"], member["num_leaves"], member["n_estimators"])
+            if member["seed"] == int(cfg.seed):
+                total += oof[cand]
+                continue
+            rows = at_target if member["scope"] == "target" else everywhere
+            scored = at_target if self.scope_ == "target" else everywhere
+            pred = np.full(len(ya), np.nan)
+            params = self._member_params(base, member, cfg)
+            for k in range(cfg.calibration_folds):
+                tr, te = (folds != k) & rows, (folds == k) & scored
+                if te.any() and tr.any():
+                    pred[te] = _train(params, Xa[tr], ya[tr], member["n_estimators"], names).predict(Xa[te])
+            total += pred
+        return total / len(self.members_)
+
     @staticmethod
     def _check_scale(scale, n):
         if scale is None:
@@ -296,7 +352,7 @@ class ProbePredictor:
         return s
 
     def _check_fitted(self):
-        if not hasattr(self, "booster_"):
+        if not hasattr(self, "boosters_"):
             raise ValueError("the predictor must be fitted first, but it is not; call fit or load.")
 
     def _matrix(self, X) -> np.ndarray:
@@ -333,8 +389,9 @@ class ProbePredictor:
 
     # ---------------------------------------------------------------------------------- predicting
     def predict(self, X) -> np.ndarray:
-        """Point predictions (label units)."""
-        return self.booster_.predict(self._matrix(X), num_iteration=self.n_estimators_)
+        """Point predictions (label units): the mean of the boosters' predictions."""
+        Xa = self._matrix(X)
+        return np.mean([b.predict(Xa) for b in self.boosters_], axis=0)
 
     def conformal_quantile(self, coverage: float) -> float:
         """The ceil((n+1)·coverage)-th smallest absolute calibration score (split conformal)."""
@@ -374,9 +431,14 @@ class ProbePredictor:
     def shap_values(self, X):
         """Exact TreeSHAP (LightGBM ``pred_contrib``): ``(contributions (n, p), base value (n,))``.
 
-        Contributions plus the base value equal the prediction exactly (local accuracy).
+        Contributions plus the base value equal the prediction exactly (local accuracy). SHAP
+        values are linear in the model, so those of the seed average are the average of each
+        booster's.
         """
-        contrib = self.booster_.predict(self._matrix(X), num_iteration=self.n_estimators_, pred_contrib=True)
+        Xa = self._matrix(X)
+        contrib = np.mean(
+            [b.predict(Xa, pred_contrib=True) for b in self.boosters_], axis=0
+        )
         return contrib[:, :-1], contrib[:, -1]
 
     def explain(self, X, top: int = 3):
@@ -405,7 +467,7 @@ class ProbePredictor:
         return pd.DataFrame(out)
 
     # ---------------------------------------------------------------------------------- save/load
-    def _sidecar(self, model_sha: str) -> dict:
+    def _sidecar(self, model_shas: list) -> dict:
         import lightgbm
 
         from planner._version import __version__
@@ -418,6 +480,7 @@ class ProbePredictor:
             "params": self.params_,
             "n_estimators": self.n_estimators_,
             "scope": self.scope_,
+            "members": self.members_,
             "cv_scores": self.cv_scores_,
             "cv_rmse": self.cv_rmse_,
             "feature_names": self.feature_names_,
@@ -426,21 +489,25 @@ class ProbePredictor:
             "scale_mode": self.scale_mode_,
             "depth_scale": [[d, s] for d, s in sorted(self.depth_scale_.items())],
             "calibration_scores": [float(v) for v in self.scores_],
-            "model_file": "model.txt",
-            "model_sha256": model_sha,
+            "model_files": [name for name, _ in model_shas],
+            "model_sha256": [sha for _, sha in model_shas],
         }
 
     def save(self, directory, extra: dict | None = None) -> Path:
-        """Write ``model.txt`` (LightGBM text) and ``predictor.json`` (sidecar) into ``directory``."""
+        """Write ``model.txt`` (``model_<i>.txt`` per extra seed; LightGBM text) and ``predictor.json``."""
         from planner._io import atomic_path, write_json
 
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        text = self.booster_.model_to_string(num_iteration=self.n_estimators_)
-        with atomic_path(directory / "model.txt") as tmp:
-            tmp.write_text(text)
-        sidecar = self._sidecar(hashlib.sha256(text.encode()).hexdigest())
+        model_shas = []
+        for i, booster in enumerate(self.boosters_):
+            name = "model.txt" if i == 0 else f"model_{i}.txt"
+            text = booster.model_to_string()
+            with atomic_path(directory / name) as tmp:
+                tmp.write_text(text)
+            model_shas.append((name, hashlib.sha256(text.encode()).hexdigest()))
+        sidecar = self._sidecar(model_shas)
         if extra:
             sidecar["extra"] = extra
         write_json(sidecar, directory / "predictor.json")
@@ -462,30 +529,32 @@ class ProbePredictor:
                 "pass the -o directory of plan-probe fit-predictor."
             )
         side = read_json(side_path)
-        if not isinstance(side, dict) or side.get("format") != FORMAT:
+        if not isinstance(side, dict) or side.get("format") not in (FORMAT, _FORMAT_V1):
             got = side.get("format") if isinstance(side, dict) else None
             raise ValueError(f"predictor format must be {FORMAT!r}, but got {got!r}; refit with plan-probe fit-predictor.")
+        if side["format"] == _FORMAT_V1:  # one booster: model_file / model_sha256 are strings
+            side = {**side, "model_files": [side.get("model_file")], "model_sha256": [side.get("model_sha256")]}
         if side.get("plan_probe_version") != __version__:
             raise ValueError(
                 f"the predictor must come from this plan-probe version ({__version__}), but got "
                 f"{side.get('plan_probe_version')!r}; refit with plan-probe fit-predictor."
             )
-        model_path = directory / side["model_file"]
-        if not model_path.is_file():
-            raise ValueError(f"the model file must exist, but {str(model_path)!r} is missing; refit the predictor.")
-        text = model_path.read_text()
-        if hashlib.sha256(text.encode()).hexdigest() != side["model_sha256"]:
-            raise ValueError(
-                f"the model checksum must match predictor.json, but {str(model_path)!r} differs; refit the predictor."
-            )
         self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
-        self.booster_ = lgb.Booster(model_str=text)
+        files, shas = side.get("model_files"), side.get("model_sha256")
+        if not (isinstance(files, list) and isinstance(shas, list) and files and len(files) == len(shas)
+                and all(isinstance(f, str) and re.fullmatch(r"model(_[0-9]+)?\.txt", f) for f in files)):
+            raise ValueError(
+                f"predictor.json must list model files named model.txt / model_<i>.txt with one checksum each, "
+                f"but got model_files={files!r}; refit with plan-probe fit-predictor."
+            )
+        self.boosters_ = [lgb.Booster(model_str=_read_checked(directory / f, sha)) for f, sha in zip(files, shas)]
         self.feature_names_ = list(side["feature_names"])
         self.feature_groups_ = dict(side["feature_groups"])
         self.n_features_in_ = len(self.feature_names_)
         self.params_ = dict(side["params"])
         self.n_estimators_ = int(side["n_estimators"])
         self.scope_ = str(side.get("scope", "all"))
+        self.members_ = list(side.get("members") or [{"scope": self.scope_, "n_estimators": self.n_estimators_}])
         self.cv_scores_ = dict(side["cv_scores"])
         self.cv_rmse_ = float(side["cv_rmse"])
         label = dict(side["label"])
@@ -499,3 +568,17 @@ class ProbePredictor:
 
     def __repr__(self) -> str:
         return f"ProbePredictor(config={self.config!r})"
+
+
+def _read_checked(path: Path, sha: str) -> str:
+    if not path.is_file():
+        raise ValueError(f"the model file must exist, but {str(path)!r} is missing; refit the predictor.")
+    text = path.read_text()
+    if hashlib.sha256(text.encode()).hexdigest() != sha:
+        raise ValueError(f"the model checksum must match predictor.json, but {str(path)!r} differs; refit the predictor.")
+    return text
+
+
+def _candidate_name(c: tuple) -> str:
+    scope, bagging, leaves, trees = c
+    return f"scope={scope},bagging={'on' if bagging else 'off'},num_leaves={leaves},n_estimators={trees}"

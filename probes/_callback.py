@@ -61,7 +61,7 @@ class ProbeRecorderCallback(TrainerCallback):
         tokenizer=None,
         ood_examples: Sequence[str] | None = None,
         seed: int = 0,
-        flatness_k: int = 3,
+        flatness_k: int = 1,
         flatness_sigma: float = 1e-2,
         sparsity_tol: float = 1e-3,
         max_length: int | None = None,
@@ -122,8 +122,7 @@ class ProbeRecorderCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         import torch
 
-        from probes._probe import _ood_texts, flat_params, mean_loss
-        from probes._tokenize import collate, encode_plain
+        from probes._probe import _ood_texts, flat_params, mean_loss, ood_batches
 
         self._model = model
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -145,8 +144,7 @@ class ProbeRecorderCallback(TrainerCallback):
         self._ood = None
         if tok is not None:
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            enc = [encode_plain(tok, t, 64) for t in _ood_texts(self.ood_examples)]
-            self._ood = [collate(enc[i : i + 32], pad) for i in range(0, len(enc), 32)]
+            self._ood = ood_batches(tok, _ood_texts(self.ood_examples), pad)
             self._ood0 = mean_loss(model, self._ood, device)
         else:
             log.warning("no tokenizer for the OOD set: dyn_forgetting will be NaN")

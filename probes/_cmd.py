@@ -26,7 +26,7 @@ def _hp_options(func):
         click.option("--lora-dropout", type=float, default=0.05, show_default=True),
         click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names."),
         click.option("--max-length", type=int, default=256, show_default=True, help="Tokens per example."),
-        click.option("--flatness-k", type=int, default=3, show_default=True, help="Perturbations for flatness."),
+        click.option("--flatness-k", type=int, default=1, show_default=True, help="Antithetic perturbation pairs for flatness."),
         click.option("--flatness-sigma", type=float, default=1e-2, show_default=True, help="Std of the perturbations."),
         click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm clip (0: off)."),
     ]

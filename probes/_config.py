@@ -36,8 +36,9 @@ class ProbeConfig:
     record_at : depths (steps) at which a feature row is recorded; each >= 2 (a slope, a variance
         and a cosine of consecutive gradients need two steps).
     seed : seeds LoRA initialisation, dropout, data order and the flatness perturbations.
-    flatness_k, flatness_sigma : number and standard deviation (absolute, per LoRA weight entry)
-        of the Gaussian perturbations that measure flatness.
+    flatness_k, flatness_sigma : number of antithetic pairs θ ± σ·ε and the standard deviation σ
+        (absolute, per LoRA weight entry) of the Gaussian perturbations that measure flatness
+        (``2k + 1`` extra forwards on one micro-batch per record depth).
     grad_clip : global-norm clipping applied after the (pre-clipping) gradient norm is recorded;
         0 disables clipping.
     sparsity_tol : a gradient entry counts as zero when ``|g_i| <= sparsity_tol * max_j |g_j|``.
@@ -55,7 +56,7 @@ class ProbeConfig:
     steps: int = 100
     record_at: tuple[int, ...] = (5, 10, 20, 50, 100)
     seed: int = 0
-    flatness_k: int = 3
+    flatness_k: int = 1
     flatness_sigma: float = 1e-2
     grad_clip: float = 1.0
     sparsity_tol: float = 1e-3

@@ -14,7 +14,7 @@ from planner.cli import main
 pytest.importorskip("torch")
 
 
-def _spec(tmp_path, model_folder, n_candidates=3):
+def _spec(tmp_path, model_folder, n_candidates=3, extra=""):
     text = f"""
 name = "llm_test"
 tier = "llm"
@@ -27,6 +27,7 @@ eval_examples = 30
 static_sample = 8
 n_candidates = {n_candidates}
 max_length = 48
+{extra}
 [grid]
 n = [20, 40]
 label_noise = [0.0, 0.5]
@@ -55,6 +56,9 @@ def test_build_meta_llm_tier_records_tables_and_rerun(tiny_folder, tmp_path, mon
     assert {c for c in meta.columns if c.startswith("dyn_")} and {c for c in meta.columns if c.startswith("static_")}
     runs = pd.read_parquet(out / "runs.parquet")
     assert (runs["status"] == "ok").all() and (runs["label_se"] > 0).all()
+    # both metrics are recorded; the label is the spec's metric (accuracy by default)
+    assert (runs["label"] == runs["metric_accuracy"]).all() and runs["metric_prob_correct"].between(0, 100).all()
+    assert summary["accuracy"]["runs"] == 3 and summary["prob_correct"]["mean_eval_se_pp"] > 0
     # a rerun repeats no finished run and gives the same tables
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     again = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
@@ -80,3 +84,35 @@ def test_build_meta_llm_tier_on_ray_matches_local(tiny_folder, tmp_path):
     dyn = [c for c in a.columns if c.startswith(("dyn_", "static_", "hp_"))]
     pd.testing.assert_frame_equal(a[dyn], b[dyn], check_exact=False, rtol=1e-4, atol=1e-6)
     assert (a["label"] - b["label"]).abs().max() <= 100.0 / 30 + 1e-9
+
+
+def test_label_metric_prob_correct_and_bad_metric(tiny_folder, tmp_path):
+    spec = _spec(tmp_path, tiny_folder, n_candidates=2, extra='label_metric = "prob_correct"')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs["label"] == runs["metric_prob_correct"]).all() and (runs["label_se"] == runs["metric_prob_correct_se"]).all()
+    bad = _spec(tmp_path, tiny_folder, extra='label_metric = "f1"')
+    res = CliRunner().invoke(main, ["build-meta", str(bad), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "label_metric" in res.output and "Traceback" not in res.output
+
+
+def test_metrics_from_nll_against_hand_computation():
+    """Two examples, three labels: NLLs (1, 2, 3) with truth 0 and (2, 1, 2) with truth 2.
+
+    accuracy: 1 of 2 arg-mins is right -> 50 pp, SE sqrt(.25/2) = 35.36 pp.
+    prob_correct: softmax(-nll)[truth] = e^-1/(e^-1+e^-2+e^-3) = 0.6652 and e^-2/(2e^-2+e^-1) = 0.2119;
+    mean 43.86 pp, SE = sd(ddof 1)/sqrt(2) = |0.6652-0.2119|/2 = 22.67 pp.
+    """
+    import numpy as np
+
+    from experiments.llm_eval import metrics_from_nll
+
+    m = metrics_from_nll(np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0]]), np.array([0, 2]))
+    e = np.exp
+    p0, p1 = e(-1) / (e(-1) + e(-2) + e(-3)), e(-2) / (2 * e(-2) + e(-1))
+    assert m["accuracy"] == pytest.approx(50.0) and m["accuracy_se"] == pytest.approx(100 * np.sqrt(0.25 / 2))
+    assert m["prob_correct"] == pytest.approx(100 * (p0 + p1) / 2, rel=1e-12)
+    assert m["prob_correct_se"] == pytest.approx(100 * abs(p0 - p1) / 2, rel=1e-12)
+    assert p0 == pytest.approx(0.6652, abs=1e-4) and p1 == pytest.approx(0.2119, abs=1e-4)

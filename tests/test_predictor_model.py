@@ -27,10 +27,10 @@ def fitted(train_meta):
 def test_contract_fit_returns_self_and_learned_attributes(train_meta):
     cfg = PredictorConfig(seed=1)
     model = ProbePredictor(cfg)
-    assert model.config is cfg and not hasattr(model, "booster_")  # __init__ only stores settings
+    assert model.config is cfg and not hasattr(model, "boosters_")  # __init__ only stores settings
     out = model.fit(train_meta.X, train_meta.frame["score"], groups=train_meta.ids)
     assert out is model
-    for attr in ("booster_", "feature_names_", "feature_groups_", "scores_", "oof_pred_", "cv_rmse_", "n_features_in_"):
+    for attr in ("boosters_", "feature_names_", "feature_groups_", "scores_", "oof_pred_", "cv_rmse_", "n_features_in_"):
         assert hasattr(model, attr)
     assert model.n_features_in_ == len(train_meta.features)
     assert model.label_name_ == "score"
@@ -204,3 +204,57 @@ def test_target_depth_scores_candidates_where_the_model_is_used():
     assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_)
     with pytest.raises(ValueError, match="target_depth must be a depth present"):
         ProbePredictor(cfg).fit(frame[["depth", "static_x", "dyn_z"]], y, groups=frame["run"], target_depth=50)
+
+
+def test_seed_ensemble_averages_boosters_and_round_trips(train_meta, tmp_path):
+    """n_seeds boosters differ only by seed; predict and SHAP are their exact averages (SHAP is linear
+    in the model), OOF predictions come from the same average, and save/load keeps every booster."""
+    m = train_meta
+    model = ProbePredictor(PredictorConfig(seed=2, n_seeds=3), m.groups).fit(m.X, m.frame["score"], groups=m.ids)
+    assert len(model.boosters_) == 3
+    X = m.X.iloc[:150]
+    each = [b.predict(model._matrix(X)) for b in model.boosters_]
+    assert not np.allclose(each[0], each[1])  # different row/column samples
+    np.testing.assert_allclose(model.predict(X), np.mean(each, axis=0), rtol=0, atol=1e-12)
+    contrib, base = model.shap_values(X)
+    np.testing.assert_allclose(contrib.sum(axis=1) + base, model.predict(X), rtol=0, atol=1e-9)
+    resid = m.y - model.oof_pred_
+    assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_, rel=1e-12)
+    single = ProbePredictor(PredictorConfig(seed=2), m.groups).fit(m.X, m.frame["score"], groups=m.ids)
+    np.testing.assert_array_equal(single.predict(X), each[0])  # seed 2 is the ensemble's first member
+    model.save(tmp_path / "e")
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["model.txt", "model_1.txt", "model_2.txt", "predictor.json"]
+    loaded = ProbePredictor.load(tmp_path / "e")
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    with open(tmp_path / "e" / "model_2.txt", "a") as fh:
+        fh.write("\n")
+    with pytest.raises(ValueError, match="checksum"):
+        ProbePredictor.load(tmp_path / "e")
+    side_path = tmp_path / "e" / "predictor.json"
+    side = json.loads(side_path.read_text())
+    side["model_files"][1] = "../elsewhere.txt"
+    side_path.write_text(json.dumps(side))
+    with pytest.raises(ValueError, match="model files named"):
+        ProbePredictor.load(tmp_path / "e")
+    with pytest.raises(ValueError, match="n_seeds"):
+        PredictorConfig(n_seeds=0)
+
+
+def test_top_candidates_ensemble_members_and_oof(train_meta):
+    """With tune and n_top=2, n_seeds=2 the model averages the two best inner-CV candidates with two
+    seeds each; its OOF RMSE is reported as cv_rmse_ and the members are recorded."""
+    m = train_meta
+    small = m.frame[m.frame["depth"].isin([20, 100])]
+    model = ProbePredictor(PredictorConfig(seed=0, tune=True, n_top=2, n_seeds=2, calibration_folds=5), m.groups)
+    model.fit(small[list(m.features)], small["score"], groups=small[m.id_col], target_depth=100)
+    ranked = sorted(model.cv_scores_, key=model.cv_scores_.get)
+    assert len(model.boosters_) == 4 and [mb["seed"] for mb in model.members_] == [0, 1, 0, 1]
+    names = [f"scope={mb['scope']},bagging={'on' if mb['bagging'] else 'off'},num_leaves={mb['num_leaves']},"
+             f"n_estimators={mb['n_estimators']}" for mb in model.members_[::2]]
+    assert names == ranked[:2]
+    at = small["depth"].to_numpy() == 100
+    resid = small["score"].to_numpy()[at] - model.oof_pred_[at]
+    assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_, rel=1e-12)
+    X = small[list(m.features)].iloc[:50]
+    contrib, base = model.shap_values(X)
+    np.testing.assert_allclose(contrib.sum(axis=1) + base, model.predict(X), rtol=0, atol=1e-9)

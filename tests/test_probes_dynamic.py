@@ -73,11 +73,15 @@ def _hand_loop(model, tok, examples, cfg):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + depth)
             saved = [p.detach().clone() for p in params]
             incs = []
-            for _ in range(cfg.flatness_k):
-                with torch.no_grad():
-                    for p, p0 in zip(params, saved):
-                        p.copy_(p0 + cfg.flatness_sigma * torch.randn(p.shape, generator=gen))
-                incs.append(loss_of(batches[0]) - base)
+            for _ in range(cfg.flatness_k):  # antithetic pairs: mean of L(θ+σε) and L(θ−σε), minus L(θ)
+                eps = [torch.randn(p.shape, generator=gen) for p in params]
+                pair = []
+                for sign in (1.0, -1.0):
+                    with torch.no_grad():
+                        for p, p0, e in zip(params, saved, eps):
+                            p.copy_(p0 + sign * cfg.flatness_sigma * e)
+                    pair.append(loss_of(batches[0]))
+                incs.append(0.5 * (pair[0] + pair[1]) - base)
             with torch.no_grad():
                 for p, p0 in zip(params, saved):
                     p.copy_(p0)
