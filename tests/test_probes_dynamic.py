@@ -171,3 +171,25 @@ def test_config_validation_and_round_trip():
         ProbeConfig(steps=10, record_at=(5, 20))
     with pytest.raises(ValueError, match=">= 2"):
         ProbeConfig(record_at=(1, 5), steps=5)
+
+
+def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeypatch):
+    """The LM head restricted to label-predicting positions gives the same sums as full logits with
+    ignore_index (float32 on CPU: the same dot products, so agreement to 1e-5 relative), per batch
+    and per example, through peft too."""
+    import probes._tokenize as T
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(len(tok)).eval()
+    batch = collate([encode_example(tok, e, 40) for e in examples[:5]], tok.pad_token_id)
+    peft_model = get_peft_model(tiny_model(len(tok)), LoraConfig(r=2, target_modules=["q_proj"])).eval()
+    for m in (model, peft_model):
+        assert T._accepts_logits_to_keep(m)
+        with torch.no_grad():
+            fast = (T.batch_nll(m, batch), T.batch_nll(m, batch, per_example=True))
+            monkeypatch.setitem(T._KEEP_SUPPORT, type(m.get_base_model() if hasattr(m, "get_base_model") else m), False)
+            full = (T.batch_nll(m, batch), T.batch_nll(m, batch, per_example=True))
+            monkeypatch.undo()
+        for a, b in zip((fast[0][0], fast[1][0]), (full[0][0], full[1][0])):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+        assert int(fast[0][1]) == int(full[0][1]) and torch.equal(fast[1][1], full[1][1])
