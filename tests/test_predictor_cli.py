@@ -173,3 +173,10 @@ def test_risk_model_scale_via_stand_in(tables, tmp_path, monkeypatch):
     expected = np.sqrt(4.0 + 100.0 / pred["depth"].to_numpy())
     # Interval half-width = q * sqrt(L(c)): the ratio to the scale is one constant q.
     np.testing.assert_allclose(width / expected, (width / expected)[0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--top"])
+def test_bad_ensemble_sizes(tables, tmp_path, flag):
+    out = tmp_path / "p"
+    line = _bad(["fit-predictor", str(tables / "train.csv"), "--label", "score", flag, "0", "-o", str(out)], out)
+    assert flag.lstrip("-") in line and "got" in line
