@@ -214,7 +214,21 @@ def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_e
             return {"status": "diverged", "diverged_step": diverged, "rows": rows, "hp": config.hp_features()}
         metrics = label_metrics(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
     return {"status": "ok", "rows": rows, "label": metrics[spec.label_metric], "label_se": metrics[f"{spec.label_metric}_se"],
-            "metrics": metrics, "hp": config.hp_features()}
+            "metrics": metrics, "hp": config.hp_features(), "prompt_digest": prompt_digest(tokenizer, spec.max_length)}
+
+
+def prompt_digest(tokenizer, max_length: int) -> str:
+    """Digest of the token ids of one fixed training example: equal digests mean equal prompt formats.
+
+    A tokenizer converted by another transformers version can render the chat template (or the end
+    token) differently; runs built that way have incomparable losses, so ``assemble`` refuses to mix
+    them.
+    """
+    from probes._data import Example
+    from probes._tokenize import encode_example
+
+    ids, labels = encode_example(tokenizer, Example("Classify the sentiment: what a lovely day.", "positive"), max_length)
+    return _digest({"ids": ids, "labels": labels})
 
 
 _WORKER_STATE: dict = {}  # per process (local or Ray worker): the loaded model, corpus and eval set
@@ -305,7 +319,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     from experiments.llm_eval import LABEL_METRICS
 
     statics = {p.stem: read_json(p)["static"] for p in sorted((out / "static").glob("*.json"))}
-    meta_rows, run_rows = [], []
+    meta_rows, run_rows, digests = [], [], {}
     for p in sorted((out / "records").glob("*.json")):
         rec = read_json(p)
         res = rec["result"]
@@ -324,10 +338,17 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
                          "error": rec["error"], **{f"variant_{k}": v for k, v in rec["variant"].items()}})
         if rec["status"] != "ok" or rec["variant_id"] not in statics:
             continue
+        digests.setdefault(res.get("prompt_digest"), []).append(p.name)
         for row in res["rows"]:
             dyn = {k: v for k, v in row.items() if k.startswith("dyn_")}
             meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "depth": int(row["depth"]),
                               **statics[rec["variant_id"]], **res["hp"], **dyn, "label": label})
+    if len(digests) > 1:
+        kinds = {str(d): f"{len(names)} records, e.g. {names[0]}" for d, names in digests.items()}
+        raise ValueError(
+            f"all runs must share one prompt tokenisation, but the records carry {len(digests)}: {kinds} (None: built "
+            "before digests were recorded); rebuild the odd ones with the pinned stack (make / constraints.txt)."
+        )
     meta = pd.DataFrame(meta_rows).sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
     runs = pd.DataFrame(run_rows)
     write_table(meta, out / "meta.parquet")

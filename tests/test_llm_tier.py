@@ -116,3 +116,20 @@ def test_metrics_from_nll_against_hand_computation():
     assert m["prob_correct"] == pytest.approx(100 * (p0 + p1) / 2, rel=1e-12)
     assert m["prob_correct_se"] == pytest.approx(100 * abs(p0 - p1) / 2, rel=1e-12)
     assert p0 == pytest.approx(0.6652, abs=1e-4) and p1 == pytest.approx(0.2119, abs=1e-4)
+
+
+def test_assemble_refuses_runs_with_different_prompt_tokenisations(tiny_folder, tmp_path):
+    """A record whose prompt digest differs (e.g. built with another transformers version) stops
+    assemble with one clear error instead of mixing incomparable losses."""
+    spec = _spec(tmp_path, tiny_folder, n_candidates=2)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    records = sorted((out / "records").glob("*.json"))
+    digests = {json.loads(p.read_text())["result"]["prompt_digest"] for p in records}
+    assert len(digests) == 1 and None not in digests
+    rec = json.loads(records[0].read_text())
+    rec["result"]["prompt_digest"] = "0" * 16
+    records[0].write_text(json.dumps(rec))
+    res = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
+    assert res.exit_code == 2 and "prompt tokenisation" in res.output and "Traceback" not in res.output
