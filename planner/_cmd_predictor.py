@@ -191,6 +191,13 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
     expl = model.explain(X)
     for col in expl.columns:
         out[col] = expl[col].to_numpy()
+    outside = model.outside_range(X)
+    out["outside_range"] = [";".join(names) for names in outside]
+    n_out = sum(1 for names in outside if names)
+    if n_out:
+        first = next(names for names in outside if names)
+        log.warning("%d of %d rows have features outside the predictor's training range (e.g. %s): their "
+                    "predictions are extrapolations; see the outside_range column.", n_out, len(outside), ", ".join(first[:3]))
 
     figs = {}
     if figures:

@@ -296,6 +296,8 @@ class ProbePredictor:
             rows = at_target if member["scope"] == "target" else np.ones(len(ya), dtype=bool)
             params = self._member_params(base, member, cfg)
             self.boosters_.append(_train(params, Xa[rows], ya[rows], member["n_estimators"], names))
+        # the training range of every feature, to flag rows the model can only extrapolate to
+        self.feature_ranges_ = {n: [float(Xa[:, j].min()), float(Xa[:, j].max())] for j, n in enumerate(names)}
         self.label_stats_ = {
             "min": float(ya.min()),
             "max": float(ya.max()),
@@ -428,6 +430,23 @@ class ProbePredictor:
         count = n - np.searchsorted(self.scores_, need, side="left")
         return (count + 1.0) / (n + 2.0)
 
+    def outside_range(self, X, *, margin: float = 0.1) -> list[list[str]]:
+        """Per row, the features outside their training range widened by ``margin`` × its width.
+
+        Trees predict a constant beyond the last split, so such rows are extrapolations whatever the
+        interval says. Empty lists for a predictor saved without ranges.
+        """
+        Xa = self._matrix(X)
+        out = [[] for _ in range(Xa.shape[0])]
+        for j, name in enumerate(self.feature_names_):
+            if name not in self.feature_ranges_:
+                continue
+            lo, hi = self.feature_ranges_[name]
+            pad = margin * (hi - lo)
+            for i in np.flatnonzero((Xa[:, j] < lo - pad) | (Xa[:, j] > hi + pad)):
+                out[i].append(name)
+        return out
+
     def shap_values(self, X):
         """Exact TreeSHAP (LightGBM ``pred_contrib``): ``(contributions (n, p), base value (n,))``.
 
@@ -489,6 +508,7 @@ class ProbePredictor:
             "scale_mode": self.scale_mode_,
             "depth_scale": [[d, s] for d, s in sorted(self.depth_scale_.items())],
             "calibration_scores": [float(v) for v in self.scores_],
+            "feature_ranges": self.feature_ranges_,
             "model_files": [name for name, _ in model_shas],
             "model_sha256": [sha for _, sha in model_shas],
         }
@@ -564,6 +584,7 @@ class ProbePredictor:
         self.depth_scale_ = {float(d): float(s) for d, s in side["depth_scale"]}
         self.scores_ = np.asarray(side["calibration_scores"], dtype=float)
         self.extra_ = side.get("extra", {})
+        self.feature_ranges_ = {str(k): [float(a), float(b)] for k, (a, b) in side.get("feature_ranges", {}).items()}
         return self
 
     def __repr__(self) -> str:

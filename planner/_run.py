@@ -445,6 +445,10 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
                 note = f"probe diverged at step {rec['diverged_step']}; static-only prediction shown"
         frame = pd.DataFrame([feats])
         pred, lower, upper, p, expl = _predict_rows(model, frame, prepared, max(depth, 1))
+        outside = model.outside_range(frame[model.feature_names_])[0]
+        if outside:
+            extra = f"outside the predictor's training range: {', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}"
+            note = f"{note}; {extra}" if note else extra
         e = expl.iloc[0]
         p0 = float(p[0])
         if status == "diverged":

@@ -258,3 +258,13 @@ def test_top_candidates_ensemble_members_and_oof(train_meta):
     X = small[list(m.features)].iloc[:50]
     contrib, base = model.shap_values(X)
     np.testing.assert_allclose(contrib.sum(axis=1) + base, model.predict(X), rtol=0, atol=1e-9)
+
+
+def test_outside_range_flags_extrapolated_rows_and_survives_save(fitted, train_meta, tmp_path):
+    X = train_meta.X.iloc[:3].copy()
+    lo, hi = fitted.feature_ranges_["dyn_0"]
+    X.iloc[1, X.columns.get_loc("dyn_0")] = hi + 0.5 * (hi - lo)  # beyond the 10 % margin
+    X.iloc[2, X.columns.get_loc("dyn_0")] = hi + 0.05 * (hi - lo)  # inside the margin
+    assert fitted.outside_range(X) == [[], ["dyn_0"], []]
+    fitted.save(tmp_path / "r")
+    assert ProbePredictor.load(tmp_path / "r").outside_range(X) == [[], ["dyn_0"], []]
