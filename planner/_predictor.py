@@ -168,7 +168,8 @@ class ProbePredictor:
     Attributes
     ----------
     boosters_ : list of lightgbm.Booster
-        ``config.n_seeds`` boosters whose predictions are averaged.
+        ``config.n_top`` × ``config.n_seeds`` boosters whose predictions are averaged; ``members_``
+        says which candidate and seed each one is.
     feature_names_, feature_groups_ : list, dict
     params_ : dict
         The LightGBM parameters used (after tuning), ``n_estimators_`` the number of trees.
@@ -243,7 +244,7 @@ class ProbePredictor:
             rows = at_target if scope == "target" else np.ones(len(ya), dtype=bool)
             for bag, nl in sorted({g[:2] for g in grid}):
                 trees = [ne for (b, l, ne) in grid if (b, l) == (bag, nl)]
-                params = {**base, "num_leaves": nl, "bagging_freq": int(cfg.subsample_freq or 1) if bag else 0}
+                params = self._candidate_params(base, (scope, bag, nl, None), cfg)
                 for k in range(cfg.calibration_folds):
                     tr, te = (folds != k) & rows, (folds == k) & rows
                     if not te.any() or not tr.any():
@@ -455,9 +456,7 @@ class ProbePredictor:
         booster's.
         """
         Xa = self._matrix(X)
-        contrib = np.mean(
-            [b.predict(Xa, pred_contrib=True) for b in self.boosters_], axis=0
-        )
+        contrib = np.mean([b.predict(Xa, pred_contrib=True) for b in self.boosters_], axis=0)
         return contrib[:, :-1], contrib[:, -1]
 
     def explain(self, X, top: int = 3):
@@ -514,7 +513,7 @@ class ProbePredictor:
         }
 
     def save(self, directory, extra: dict | None = None) -> Path:
-        """Write ``model.txt`` (``model_<i>.txt`` per extra seed; LightGBM text) and ``predictor.json``."""
+        """Write ``model.txt`` (``model_<i>.txt`` per further member; LightGBM text) and ``predictor.json``."""
         from planner._io import atomic_path, write_json
 
         self._check_fitted()

@@ -106,12 +106,17 @@ _KEEP_SUPPORT: dict = {}
 def _accepts_logits_to_keep(model) -> bool:
     """Whether the (peft-wrapped) model's forward takes a boolean-mask ``logits_to_keep``."""
     import inspect
+    import sys
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cls = type(base)
     if cls not in _KEEP_SUPPORT:
+        # boolean masks arrived with transformers' shared slice_logits_to_keep helper; a model module
+        # that imports it slices with it, older ones only take an int
+        module = sys.modules.get(cls.__module__)
         try:
-            _KEEP_SUPPORT[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+            takes = "logits_to_keep" in inspect.signature(cls.forward).parameters
         except (TypeError, ValueError):
-            _KEEP_SUPPORT[cls] = False
+            takes = False
+        _KEEP_SUPPORT[cls] = takes and hasattr(module, "slice_logits_to_keep")
     return _KEEP_SUPPORT[cls]
