@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["label_nll", "label_accuracy", "label_metrics", "LABEL_METRICS"]
+__all__ = ["label_nll", "label_metrics", "metrics_from_nll", "LABEL_METRICS"]
 
 LABEL_METRICS = ("accuracy", "prob_correct")
 
@@ -68,9 +68,3 @@ def label_metrics(model, tokenizer, examples, labels: Sequence[str], *, max_leng
     truth = np.array([labels.index(ex.output) for ex in examples])
     nll = label_nll(model, tokenizer, examples, labels, max_length=max_length, batch_size=batch_size)
     return metrics_from_nll(nll, truth)
-
-
-def label_accuracy(model, tokenizer, examples, labels: Sequence[str], *, max_length: int, batch_size: int = 32) -> tuple[float, float]:
-    """Accuracy (pp) of lowest-NLL label prediction, and its binomial standard error (pp)."""
-    m = label_metrics(model, tokenizer, examples, labels, max_length=max_length, batch_size=batch_size)
-    return m["accuracy"], m["accuracy_se"]
