@@ -26,25 +26,116 @@ LABEL_METRICS = ("accuracy", "prob_correct")
 
 
 def label_nll(model, tokenizer, examples, labels: Sequence[str], *, max_length: int, batch_size: int = 32) -> np.ndarray:
-    """NLL of every label for every example, shape ``(n_examples, n_labels)``."""
+    """NLL of every label for every example, shape ``(n_examples, n_labels)``.
+
+    When an example's prompt tokens are the same whatever the label (the usual case: only the
+    response differs), the prompt runs through the model once and every label continues from its
+    key/value cache; otherwise each (example, label) pair runs in full. Both give the same NLL up
+    to float rounding (tested); the shared prompt costs one forward instead of one per label.
+    """
     import torch
 
     from probes._data import Example
-    from probes._probe import _to
-    from probes._tokenize import batch_nll, collate, encode_example
+    from probes._tokenize import encode_example
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    pairs = [encode_example(tokenizer, Example(ex.input, lab), max_length) for ex in examples for lab in labels]
-    out = np.empty(len(pairs), dtype=np.float64)
+    encoded = [[encode_example(tokenizer, Example(ex.input, lab), max_length) for lab in labels] for ex in examples]
+    out = np.empty((len(examples), len(labels)), dtype=np.float64)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            nll, _ = batch_nll(model, _to(collate(pairs[start : start + batch_size], pad), device), per_example=True)
-            out[start : start + len(nll)] = nll.double().cpu().numpy()
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            nll = _shared_prompt_nll(model, chunk, pad) if _prompts_shared(chunk) else _pairwise_nll(model, chunk, pad)
+            out[start : start + len(chunk)] = nll
     model.train(was_training)
-    return out.reshape(len(examples), len(labels))
+    return out
+
+
+def _prompt_length(labels: list[int]) -> int:
+    from probes._tokenize import IGNORE
+
+    return next((i for i, lab in enumerate(labels) if lab != IGNORE), len(labels))
+
+
+def _prompts_shared(chunk) -> bool:
+    """Every example's prompt ids equal across labels, and every response at least one token."""
+    for pairs in chunk:
+        first_ids, first_labels = pairs[0]
+        n = _prompt_length(first_labels)
+        for ids, labs in pairs:
+            if _prompt_length(labs) != n or ids[:n] != first_ids[:n] or len(ids) == n or n == 0:
+                return False
+    return True
+
+
+def _pairwise_nll(model, chunk, pad: int) -> np.ndarray:
+    """Each (example, label) sequence in full: ``(len(chunk), n_labels)``."""
+    from probes._probe import _to
+    from probes._tokenize import batch_nll, collate
+
+    device = next(model.parameters()).device
+    flat = [pair for pairs in chunk for pair in pairs]
+    nll, _ = batch_nll(model, _to(collate(flat, pad), device), per_example=True)
+    return nll.double().cpu().numpy().reshape(len(chunk), -1)
+
+
+def _shared_prompt_nll(model, chunk, pad: int) -> np.ndarray:
+    """One forward of the prompts, then every label's response from the prompts' key/value cache.
+
+    The first response token is scored from the prompt's last logits; the rest (``response[1:]``,
+    fed ``response[:-1]``) in one batch of ``n_examples x n_labels`` rows that attend to their
+    example's cached prompt (right padding is masked; positions continue from the prompt length).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from probes._tokenize import _accepts_logits_to_keep, collate
+
+    device = next(model.parameters()).device
+    n_labels = len(chunk[0])
+    prompts = [pairs[0][0][: _prompt_length(pairs[0][1])] for pairs in chunk]
+    responses = [ids[_prompt_length(labs) :] for pairs in chunk for ids, labs in pairs]
+    batch = collate([(p, p) for p in prompts], pad)
+    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    lengths = mask.sum(dim=1)
+    rows = torch.arange(len(prompts), device=device)
+    if _accepts_logits_to_keep(model):
+        keep = torch.zeros_like(mask, dtype=torch.bool)
+        keep[rows, lengths - 1] = True
+        out = model(input_ids=input_ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
+        last = out.logits.reshape(len(prompts), -1)
+    else:
+        out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+        last = out.logits[rows, lengths - 1]
+    first_logp = F.log_softmax(last.float(), dim=-1).repeat_interleave(n_labels, dim=0)
+    first_tokens = torch.tensor([r[0] for r in responses], device=device)
+    nll = -first_logp[torch.arange(len(responses), device=device), first_tokens].double()
+    width = max(len(r) for r in responses) - 1
+    if width > 0:
+        nll += _continuation_nll(model, out.past_key_values, mask, lengths, responses, width, n_labels, pad)
+    return nll.cpu().numpy().reshape(len(chunk), n_labels)
+
+
+def _continuation_nll(model, cache, prompt_mask, lengths, responses, width: int, n_labels: int, pad: int):
+    """Summed NLL of ``response[1:]`` for every (example, label) row, from the prompts' cache."""
+    import torch
+    import torch.nn.functional as F
+
+    device = prompt_mask.device
+    feed = torch.full((len(responses), width), pad, dtype=torch.long)
+    target = torch.full((len(responses), width), -1, dtype=torch.long)
+    for i, r in enumerate(responses):
+        feed[i, : len(r) - 1] = torch.tensor(r[:-1])
+        target[i, : len(r) - 1] = torch.tensor(r[1:])
+    feed, target = feed.to(device), target.to(device)
+    valid = target >= 0
+    cache.batch_repeat_interleave(n_labels)
+    mask = torch.cat([prompt_mask.repeat_interleave(n_labels, dim=0), valid.long()], dim=1)
+    positions = lengths.repeat_interleave(n_labels)[:, None] + torch.arange(width, device=device)
+    logits = model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
+    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return -(logp * valid).sum(dim=1).double()
 
 
 def metrics_from_nll(nll: np.ndarray, truth: np.ndarray) -> dict:

@@ -133,3 +133,42 @@ def test_assemble_refuses_runs_with_different_prompt_tokenisations(tiny_folder, 
     records[0].write_text(json.dumps(rec))
     res = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
     assert res.exit_code == 2 and "prompt tokenisation" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_label_nll_shared_prompt_matches_one_sequence_at_a_time(with_lora):
+    """The shared-prompt evaluation (prompt once, labels from its key/value cache, right padding,
+    labels of different token lengths) gives each (example, label) NLL of a lone full forward.
+
+    Tolerance 1e-4 nats on sums of ~10 token NLLs: float32 rounding of differently shaped matmuls.
+    The second batch holds a prompt long enough to be cut, which differs between labels of
+    different lengths, so that batch takes the one-pair-per-row path; it must agree as well.
+    """
+    import numpy as np
+    import torch
+
+    from experiments.llm_eval import label_nll
+    from probes._data import Example
+    from probes._probe import _to
+    from probes._testing import tiny_model, tiny_tokenizer
+    from probes._tokenize import batch_nll, collate, encode_example
+
+    tok = tiny_tokenizer()
+    model = tiny_model(len(tok))
+    if with_lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    labels = ["negative", "neutral", "positive"]
+    texts = ["good day", "what a terrible, awful, very long day it was", "meh", "fine!", "x" * 90]
+    examples = [Example(f"Sentiment?\n\n{t}", "neutral") for t in texts]
+    got = label_nll(model, tok, examples, labels, max_length=64, batch_size=4)
+    want = np.empty_like(got)
+    with torch.no_grad():
+        for i, ex in enumerate(examples):
+            for j, lab in enumerate(labels):
+                pair = encode_example(tok, Example(ex.input, lab), 64)
+                nll, _ = batch_nll(model, _to(collate([pair], 0), "cpu"), per_example=True)
+                want[i, j] = float(nll[0])
+    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    assert len({round(v, 3) for v in got.ravel()}) > 10  # real, distinct NLLs, not a constant
