@@ -2,7 +2,7 @@
 
 Each candidate label is scored by the summed negative log-likelihood of its tokens (and the end
 token) after the prompt, with the same prompt format the probe trains on; the prediction is the
-label with the lowest NLL. Two metrics, both in percentage points with their evaluation standard
+label with the lowest NLL. Three metrics, all in percentage points with their evaluation standard
 error, so a meta-dataset can show that the spread of scores across runs is well above the
 evaluation noise:
 
@@ -10,7 +10,13 @@ evaluation noise:
 * ``prob_correct``: mean probability of the true label when the model's label likelihoods are
   normalised over the label set, p_i = softmax(−NLL_i)[y_i] (SE = sd(p_i)/√n). It moves with
   every change of the model's confidence, not only with flips of the arg-max, so across runs it
-  spreads further relative to its evaluation noise.
+  spreads further relative to its evaluation noise;
+* ``log_score``: the log score of the normalised label probabilities as a skill over uniform
+  guessing, 100 (1 + mean_i log p_i / log K) for K labels: 0 for a model that puts 1/K on every
+  label, 100 for certainty on the truth, negative when confidently wrong (SE = 100 sd(log p_i) /
+  (√n log K)). A proper scoring rule (held-out cross-entropy over the labels, rescaled): it
+  rewards calibrated confidence and punishes a collapse onto one class, which accuracy barely
+  sees on a balanced set.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["label_nll", "label_metrics", "metrics_from_nll", "LABEL_METRICS"]
+__all__ = ["label_nll", "metrics_from_nll", "LABEL_METRICS"]
 
-LABEL_METRICS = ("accuracy", "prob_correct")
+LABEL_METRICS = ("accuracy", "prob_correct", "log_score")
 
 
 def label_nll(model, tokenizer, examples, labels: Sequence[str], *, max_length: int, batch_size: int = 32) -> np.ndarray:
@@ -139,23 +145,20 @@ def _continuation_nll(model, cache, prompt_mask, lengths, responses, width: int,
 
 
 def metrics_from_nll(nll: np.ndarray, truth: np.ndarray) -> dict:
-    """Both metrics (pp) and their standard errors from label NLLs ``(n, n_labels)`` and true indices."""
-    n = len(truth)
+    """Every metric (pp) and its standard error from label NLLs ``(n, n_labels)`` and true indices."""
+    n, n_labels = nll.shape
     acc = float((nll.argmin(axis=1) == truth).mean())
-    logp = -nll - (-nll).max(axis=1, keepdims=True)
-    prob = np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
-    p_true = prob[np.arange(n), truth]
+    shifted = -nll - (-nll).max(axis=1, keepdims=True)
+    logp_true = (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))[np.arange(n), truth]
+    p_true = np.exp(logp_true)
+    log_k = math.log(n_labels)
+    sd = (lambda x: float(x.std(ddof=1))) if n > 1 else (lambda x: float("nan"))
     return {
         "accuracy": 100.0 * acc,
         "accuracy_se": 100.0 * math.sqrt(max(acc * (1 - acc), 1e-12) / n),
         "prob_correct": 100.0 * float(p_true.mean()),
-        "prob_correct_se": 100.0 * float(p_true.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "prob_correct_se": 100.0 * sd(p_true) / math.sqrt(n),
+        "log_score": 100.0 * (1.0 + float(logp_true.mean()) / log_k),
+        "log_score_se": 100.0 * sd(logp_true) / (math.sqrt(n) * log_k),
     }
 
-
-def label_metrics(model, tokenizer, examples, labels: Sequence[str], *, max_length: int, batch_size: int = 32) -> dict:
-    """``accuracy``, ``prob_correct`` and their ``*_se`` (all pp) on ``examples``."""
-    labels = list(labels)
-    truth = np.array([labels.index(ex.output) for ex in examples])
-    nll = label_nll(model, tokenizer, examples, labels, max_length=max_length, batch_size=batch_size)
-    return metrics_from_nll(nll, truth)

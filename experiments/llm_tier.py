@@ -201,7 +201,7 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
 def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
     """Train one run, record its probe features, score it. Never raises for a diverging run."""
     from experiments.instruct_data import SENTIMENT_LABELS
-    from experiments.llm_eval import label_metrics
+    from experiments.llm_eval import label_nll, metrics_from_nll
     from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
     config = probe_config(spec, cand)
@@ -212,9 +212,14 @@ def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_e
         rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
         if diverged is not None:
             return {"status": "diverged", "diverged_step": diverged, "rows": rows, "hp": config.hp_features()}
-        metrics = label_metrics(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
+        nll = label_nll(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
+    truth = np.array([SENTIMENT_LABELS.index(ex.output) for ex in eval_examples])
+    metrics = metrics_from_nll(nll, truth)
+    # the per-example label NLLs stay in the record, so other metrics (or paired comparisons of
+    # runs on the same held-out set) can be computed later without retraining
     return {"status": "ok", "rows": rows, "label": metrics[spec.label_metric], "label_se": metrics[f"{spec.label_metric}_se"],
-            "metrics": metrics, "hp": config.hp_features(), "prompt_digest": prompt_digest(tokenizer, spec.max_length)}
+            "metrics": metrics, "eval_nll": np.round(nll, 5).tolist(), "eval_truth": truth.tolist(),
+            "hp": config.hp_features(), "prompt_digest": prompt_digest(tokenizer, spec.max_length)}
 
 
 def prompt_digest(tokenizer, max_length: int) -> str:

@@ -59,6 +59,17 @@ def test_build_meta_llm_tier_records_tables_and_rerun(tiny_folder, tmp_path, mon
     # both metrics are recorded; the label is the spec's metric (accuracy by default)
     assert (runs["label"] == runs["metric_accuracy"]).all() and runs["metric_prob_correct"].between(0, 100).all()
     assert summary["accuracy"]["runs"] == 3 and summary["prob_correct"]["mean_eval_se_pp"] > 0
+    assert summary["log_score"]["runs"] == 3 and (runs["metric_log_score"] <= 100).all()
+    # each record keeps the per-example label NLLs, from which its metrics are recomputed exactly
+    import numpy as np
+
+    from experiments.llm_eval import metrics_from_nll
+
+    rec = json.loads(next((out / "records").glob("*.json")).read_text())["result"]
+    nll, truth = np.array(rec["eval_nll"]), np.array(rec["eval_truth"])
+    assert nll.shape == (30, 3) and set(truth) <= {0, 1, 2}
+    for name, value in metrics_from_nll(nll, truth).items():
+        assert value == pytest.approx(rec["metrics"][name], abs=1e-3), name  # NLLs are stored to 5 decimals
     # a rerun repeats no finished run and gives the same tables
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     again = CliRunner().invoke(main, ["build-meta", str(spec), "--out", str(out)])
@@ -104,6 +115,8 @@ def test_metrics_from_nll_against_hand_computation():
     accuracy: 1 of 2 arg-mins is right -> 50 pp, SE sqrt(.25/2) = 35.36 pp.
     prob_correct: softmax(-nll)[truth] = e^-1/(e^-1+e^-2+e^-3) = 0.6652 and e^-2/(2e^-2+e^-1) = 0.2119;
     mean 43.86 pp, SE = sd(ddof 1)/sqrt(2) = |0.6652-0.2119|/2 = 22.67 pp.
+    log_score: log p = -0.4076 and -1.5514, mean -0.9795; 100 (1 - 0.9795 / ln 3) = 10.84 pp,
+    SE = 100 |-0.4076 + 1.5514| / 2 / ln 3 = 52.06 pp.
     """
     import numpy as np
 
@@ -116,6 +129,12 @@ def test_metrics_from_nll_against_hand_computation():
     assert m["prob_correct"] == pytest.approx(100 * (p0 + p1) / 2, rel=1e-12)
     assert m["prob_correct_se"] == pytest.approx(100 * abs(p0 - p1) / 2, rel=1e-12)
     assert p0 == pytest.approx(0.6652, abs=1e-4) and p1 == pytest.approx(0.2119, abs=1e-4)
+    lp0, lp1 = np.log(p0), np.log(p1)
+    assert m["log_score"] == pytest.approx(100 * (1 + (lp0 + lp1) / 2 / np.log(3)), rel=1e-12)
+    assert m["log_score_se"] == pytest.approx(100 * abs(lp0 - lp1) / 2 / np.log(3), rel=1e-12)
+    assert m["log_score"] == pytest.approx(10.84, abs=0.01) and m["log_score_se"] == pytest.approx(52.06, abs=0.01)
+    uniform = metrics_from_nll(np.full((4, 3), 2.0), np.array([0, 1, 2, 0]))
+    assert uniform["log_score"] == pytest.approx(0.0, abs=1e-12)  # 1/K on every label: no skill
 
 
 def test_assemble_refuses_runs_with_different_prompt_tokenisations(tiny_folder, tmp_path):
