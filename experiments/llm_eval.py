@@ -77,13 +77,16 @@ def _prompts_shared(chunk) -> bool:
 
 def _pairwise_nll(model, chunk, pad: int) -> np.ndarray:
     """Each (example, label) sequence in full: ``(len(chunk), n_labels)``."""
+    import torch
+
     from probes._probe import _to
     from probes._tokenize import batch_nll, collate
 
     device = next(model.parameters()).device
     flat = [pair for pairs in chunk for pair in pairs]
-    nll, _ = batch_nll(model, _to(collate(flat, pad), device), per_example=True)
-    return nll.double().cpu().numpy().reshape(len(chunk), -1)
+    step = len(chunk)  # rows per forward as in the shared path, not len(chunk) x n_labels
+    nll = [batch_nll(model, _to(collate(flat[i : i + step], pad), device), per_example=True)[0] for i in range(0, len(flat), step)]
+    return torch.cat(nll).double().cpu().numpy().reshape(len(chunk), -1)
 
 
 def _shared_prompt_nll(model, chunk, pad: int) -> np.ndarray:
