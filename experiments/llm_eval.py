@@ -99,7 +99,7 @@ def _shared_prompt_nll(model, chunk, pad: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from probes._tokenize import _accepts_logits_to_keep, collate
+    from probes._tokenize import collate, logits_at
 
     device = next(model.parameters()).device
     n_labels = len(chunk[0])
@@ -109,14 +109,9 @@ def _shared_prompt_nll(model, chunk, pad: int) -> np.ndarray:
     input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     lengths = mask.sum(dim=1)
     rows = torch.arange(len(prompts), device=device)
-    if _accepts_logits_to_keep(model):
-        keep = torch.zeros_like(mask, dtype=torch.bool)
-        keep[rows, lengths - 1] = True
-        out = model(input_ids=input_ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
-        last = out.logits.reshape(len(prompts), -1)
-    else:
-        out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
-        last = out.logits[rows, lengths - 1]
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[rows, lengths - 1] = True
+    out, last = logits_at(model, input_ids, mask, keep, use_cache=True)
     first_logp = F.log_softmax(last.float(), dim=-1).repeat_interleave(n_labels, dim=0)
     first_tokens = torch.tensor([r[0] for r in responses], device=device)
     nll = -first_logp[torch.arange(len(responses), device=device), first_tokens].double()

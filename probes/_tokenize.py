@@ -80,24 +80,29 @@ def batch_nll(model, batch: dict, *, per_example: bool = False):
 
     targets = batch["labels"][:, 1:]
     valid = targets != IGNORE
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = valid
+    _, logits = logits_at(model, batch["input_ids"], batch["attention_mask"], keep, use_cache=False)
+    nll = F.cross_entropy(logits.float(), targets[valid], reduction="none")
+    if not per_example:
+        return nll.sum(), valid.sum()
+    rows = valid.nonzero()[:, 0]
+    sums = torch.zeros(valid.shape[0], dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+    return sums, valid.sum(dim=1)
+
+
+def logits_at(model, input_ids, attention_mask, keep, **forward_kwargs):
+    """The forward's output and its logits at the positions ``keep`` marks, as ``(n_kept, vocab)``.
+
+    Rows come in row-major order of ``keep``. When the model takes a boolean ``logits_to_keep``
+    the vocabulary projection runs only there (the LM head is a large share of a small model's
+    forward); otherwise the full logits are computed and indexed, with the same result.
+    """
     if _accepts_logits_to_keep(model):
-        keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        keep[:, :-1] = valid
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                       logits_to_keep=keep).logits
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets[valid], reduction="none")
-        if not per_example:
-            return nll.sum(), valid.sum()
-        rows = valid.nonzero()[:, 0]
-        sums = torch.zeros(valid.shape[0], dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
-        return sums, valid.sum(dim=1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1, :].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
-    nll = nll.view(targets.shape)
-    if per_example:
-        return nll.sum(dim=1), valid.sum(dim=1)
-    return nll.sum(), valid.sum()
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **forward_kwargs)
+        return out, out.logits.reshape(-1, out.logits.shape[-1])
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **forward_kwargs)
+    return out, out.logits[keep]
 
 
 _KEEP_SUPPORT: dict = {}

@@ -174,8 +174,8 @@ def test_config_validation_and_round_trip():
 
 
 def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeypatch):
-    """The LM head restricted to label-predicting positions gives the same sums as full logits with
-    ignore_index (float32 on CPU: the same dot products, so agreement to 1e-5 relative), per batch
+    """The LM head restricted to label-predicting positions gives the same sums as the full logits
+    indexed at those positions (float32 on CPU: the same dot products, so agreement to 1e-5 relative), per batch
     and per example, through peft too."""
     import probes._tokenize as T
     from peft import LoraConfig, get_peft_model
