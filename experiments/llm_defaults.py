@@ -30,6 +30,17 @@ from pathlib import Path
 RISK_FEATURES = ("static_n_examples", "static_duplicate_rate", "static_ref_ppl_mean", "static_output_diversity")
 
 
+def gain_share_by_group(predictor) -> dict:
+    """Share of the fitted predictor's total split gain (summed over its boosters) per feature group."""
+    totals: dict = {}
+    for booster in predictor.boosters_:
+        for name, gain in zip(booster.feature_name(), booster.feature_importance("gain")):
+            group = predictor.feature_groups_[name]
+            totals[group] = totals.get(group, 0.0) + float(gain)
+    whole = sum(totals.values()) or 1.0
+    return {group: round(gain / whole, 3) for group, gain in sorted(totals.items())}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.llm_defaults", description=__doc__.split("\n\n")[0])
     parser.add_argument("build_dir")
@@ -72,7 +83,8 @@ def main(argv=None) -> int:
     if spec.is_file():
         shutil.copyfile(spec, dest / "spec.toml")
     summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
-               "cv_rmse_static": static.cv_rmse_, "risk_diagnostics": risk.diagnostics_,
+               "cv_rmse_static": static.cv_rmse_,
+               "gain_share_full": gain_share_by_group(full), "risk_diagnostics": risk.diagnostics_,
                "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
