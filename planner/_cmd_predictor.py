@@ -22,10 +22,10 @@ def _risk_scale(path, frame):
     import numpy as np
 
     try:
-        from planner._risk_model import RiskModel
+        from plan_probe._risk_model import RiskModel
     except ImportError:
         raise ValueError(
-            "a risk model needs planner._risk_model, but it is not available in this install; drop --risk-model."
+            "a risk model needs plan_probe._risk_model, but it is not available in this install; drop --risk-model."
         ) from None
     if "depth" not in frame.columns:
         raise ValueError("a risk model scale needs a depth column, but the meta-dataset has none; drop --risk-model.")
@@ -40,7 +40,7 @@ def _risk_scale(path, frame):
 
 
 def _emit(obj, fmt: str, output) -> None:
-    from planner._io import write_json
+    from plan_probe.probes._io import write_json
 
     if output:
         write_json(obj, output)
@@ -60,7 +60,7 @@ def _fmt(v) -> str:
 
 def _table(obj: dict) -> str:
     """Plain-text rendering: evaluate results as a model x metric table, anything else as key: value."""
-    from planner._evaluate import METRICS, MODELS
+    from plan_probe._evaluate import METRICS, MODELS
 
     if all(m in obj for m in ("full", "tuneahead_recipe")):
         cols = list(METRICS) + ["coverage_80", "coverage_90"]
@@ -97,8 +97,8 @@ def _table(obj: dict) -> str:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, out_dir):
     """Fit the shared depth-aware LightGBM predictor on META and save it to a directory."""
-    from planner._meta import check_folds, load_meta, select_features
-    from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
+    from plan_probe._meta import check_folds, load_meta, select_features
+    from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
 
     for name, value in (("top", n_top), ("seeds", n_seeds)):
         if value is not None and value < 1:
@@ -147,9 +147,9 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
     """Predict final scores with conformal intervals, P(score >= tau), go/no-go and grouped SHAP."""
     import numpy as np
 
-    from planner._io import table_format, write_table
-    from planner._meta import load_meta
-    from planner._predictor import ProbePredictor
+    from plan_probe.probes._io import table_format, write_table
+    from plan_probe._meta import load_meta
+    from plan_probe._predictor import ProbePredictor
 
     table_format(out_path)
     if not 0 < coverage < 1:
@@ -204,15 +204,12 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
         figs = _predict_figures(model, X, data, pred, lower, upper, scale)
     write_table(out, out_path)
     if figures:
-        from planner._io import atomic_path
-
-        import matplotlib.pyplot as plt
+        from plan_probe.probes._io import atomic_path
 
         Path(figures).mkdir(parents=True, exist_ok=True)
         for name, fig in figs.items():
             with atomic_path(Path(figures) / f"{name}.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-            plt.close(fig)
     summary = {"rows": len(out), "output": str(out_path), "coverage": coverage, "mean_pred": float(np.mean(pred))}
     if threshold is not None:
         summary.update({"threshold": threshold, "go": int(out["go"].sum())})
@@ -222,31 +219,28 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
 
 
 def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plan_probe._figures import subplots
     import numpy as np
 
-    from planner._plots_predictor import (coverage_curve, plot_calibration, plot_pred_vs_true, plot_shap_summary,
+    from plan_probe._plots_predictor import (coverage_curve, plot_calibration, plot_pred_vs_true, plot_shap_summary,
                                           plot_waterfall)
 
     figs = {}
     if data.label_col is not None and np.all(np.isfinite(data.frame[data.label_col].to_numpy(dtype=float))):
         y = data.frame[data.label_col].to_numpy(dtype=float)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = subplots(figsize=(5, 5))
         plot_pred_vs_true(ax, y, pred, lower, upper, label=data.label_col)
         figs["pred_vs_true"] = fig
         nominal, empirical = coverage_curve(model, X, y, scale=scale)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = subplots(figsize=(5, 5))
         plot_calibration(ax, nominal, empirical, n=len(y))
         figs["calibration"] = fig
     contrib, base = model.shap_values(X)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_shap_summary(ax, contrib, X.to_numpy(dtype=float), model.feature_names_)
     figs["shap_summary"] = fig
     worst = int(np.argmin(pred))
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_waterfall(ax, contrib[worst], float(base[worst]), model.feature_names_,
                    title=f"why {data.ids[worst]} is predicted lowest")
     figs["waterfall_lowest"] = fig
@@ -267,8 +261,8 @@ def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
 def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, fmt, out_path):
     """Repeated grouped K-fold: full predictor vs static-only, dynamic-only and TuneAhead's recipe."""
-    from planner._evaluate import evaluate
-    from planner._meta import check_folds, load_meta
+    from plan_probe._evaluate import evaluate
+    from plan_probe._meta import check_folds, load_meta
 
     data = load_meta(meta, label=label, id_col=id_col)
     check_folds(len(set(data.ids)), cv)
@@ -289,8 +283,8 @@ def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, fmt, out_
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
 def screen_cmd(pred, label, threshold, full_cost, probe_cost, rule, depth, fmt, out_path):
     """TuneAhead Table 4 accounting: runs launched, compute saved, successes retained, false kills."""
-    from planner._io import read_table
-    from planner._screen import screen
+    from plan_probe.probes._io import read_table
+    from plan_probe._screen import screen
 
     frame = read_table(pred)
     if depth is not None:

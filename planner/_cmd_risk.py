@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi_steps, keep_draws):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
-    OBS columns: task_id, depth, risk_obs, dof, static_* (DESIGN.md Sec. 3). Writes MODEL.json
+    OBS columns: task_id, depth, risk_obs, dof, static_* (docs/theory.md §3). Writes MODEL.json
     (population posterior draws, feature standardisation, settings, diagnostics, version,
     checksum) and prints a JSON summary with the convergence diagnostics.
     """
-    from planner._io import read_table, table_format
-    from planner._risk_model import RiskFitSettings, RiskModel
-    from planner._tables import validate_risk_observations
+    from plan_probe.probes._io import read_table, table_format
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
+    from plan_probe._tables import validate_risk_observations
 
     if not str(output).lower().endswith(".json"):
         raise ValueError(f"the model file must end in .json, but got {output!r}; pass -o MODEL.json.")
@@ -83,10 +83,10 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     Writes PLAN with columns task_id, regime, p_static_sufficient, p_dynamic_critical,
     p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt.
     """
-    from planner._io import read_table, table_format, write_table
-    from planner._plan import PlanSettings, compute_plan
-    from planner._risk_model import RiskModel
-    from planner._tables import validate_tasks
+    from plan_probe.probes._io import read_table, table_format, write_table
+    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._risk_model import RiskModel
+    from plan_probe._tables import validate_tasks
 
     if output is None and fmt is None:
         raise ValueError("plan needs somewhere to put the plan, but got neither -o nor --format; pass -o PLAN.csv or --format json.")
@@ -138,10 +138,10 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
 
     import numpy as np
 
-    from planner._io import atomic_path, read_table
-    from planner._plan import PLAN_COLUMNS, PlanSettings
-    from planner._risk_model import RiskModel
-    from planner._tables import validate_tasks
+    from plan_probe.probes._io import atomic_path, read_table
+    from plan_probe._plan import PLAN_COLUMNS, PlanSettings
+    from plan_probe._risk_model import RiskModel
+    from plan_probe._tables import validate_tasks
 
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".png", ".pdf", ".svg"):
@@ -167,24 +167,20 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
     elif curves_dir is not None:
         log.warning("risk curves without --tasks show the posterior-mean curve only (no band)")
 
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plan_probe._plots_risk import plot_phase_diagram, plot_risk_curve
 
-    from planner._plots_risk import plot_phase_diagram, plot_risk_curve
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_phase_diagram(ax, plan_df, settings, draws=draws)
     fig.tight_layout()
     with atomic_path(output) as tmp:
         fig.savefig(tmp, format=suffix[1:], dpi=130)
-    plt.close(fig)
     written = [str(output)]
     if curves_dir is not None:
         os.makedirs(curves_dir, exist_ok=True)
         for i, row in enumerate(plan_df.itertuples(index=False)):
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = subplots(figsize=(5, 3.5))
             task_draws = None if draws is None else {k: draws[k][i] for k in ("l_int", "k", "alpha")}
             plot_risk_curve(ax, row._asdict(), settings, draws=task_draws)
             fig.tight_layout()
@@ -192,7 +188,6 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
             path = os.path.join(curves_dir, f"risk_curve_{name}.png")
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=110)
-            plt.close(fig)
             written.append(path)
     click.echo(json.dumps({"figures": len(written), "phase_diagram": str(output), "risk_curves": curves_dir}))
     sys.stdout.flush()

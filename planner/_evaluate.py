@@ -25,8 +25,8 @@ import logging
 
 import numpy as np
 
-from planner._meta import MetaDataset, check_folds, select_features
-from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor, group_folds
+from plan_probe._meta import MetaDataset, check_folds, select_features
+from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor, group_folds
 
 __all__ = ["MODELS", "METRICS", "evaluate", "regression_metrics", "eval_depth"]
 

@@ -66,7 +66,7 @@ class Portfolio:
     coverage : nominal coverage of the prediction intervals.
     go_probability : a run is "go" when P(score >= threshold) reaches it.
     step_cost, risk_weight, target_rmse, min_depth, max_depth : the plan's lambda, gamma, epsilon,
-        c_min, c_max (DESIGN.md Sec. 1).
+        c_min, c_max (docs/theory.md §1).
     risk_model, predictor, predictor_static : ``"default"`` (shipped with the package) or a path.
     static_sample : examples used by the model/encoder-based static descriptors (seeded).
     fixed_probe_steps : the fixed probe the report compares the plan against (TuneAhead: 100).
@@ -103,8 +103,8 @@ class Portfolio:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def model_spec(self) -> str:
-        """The model as ``probes.resolve_model`` takes it: a built-in name or a resolved path."""
-        from probes._models import BUILTIN_MODELS
+        """The model as ``plan_probe.probes.resolve_model`` takes it: a built-in name or a resolved path."""
+        from plan_probe.probes._models import BUILTIN_MODELS
 
         return self.model if self.model in BUILTIN_MODELS else str(self.resolve(self.model))
 
@@ -113,15 +113,10 @@ class Portfolio:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("candidates", "base_dir")}
 
     def to_dict(self) -> dict:
-        """JSON-ready description with the plan-probe version (settings and candidates)."""
-        from planner._version import __version__
+        """JSON-ready description (format ``plan-probe/portfolio``): settings and candidates."""
+        from plan_probe.probes._formats import PORTFOLIO
 
-        return {
-            "kind": "portfolio",
-            "plan_probe_version": __version__,
-            "settings": self.settings_dict(),
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
+        return PORTFOLIO.stamp({"settings": self.settings_dict(), "candidates": [c.to_dict() for c in self.candidates]})
 
 
 def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
@@ -167,7 +162,7 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
                 options[key] = _number(f"{where}.{key}", options[key], positive=False)
         if options.get("imbalance") == 0:
             options["imbalance"] = None  # 0 means "keep the corpus proportions", as in the meta-dataset specs
-        from experiments.instruct_data import SentimentVariant
+        from plan_probe.probes._instruct_data import SentimentVariant
 
         try:
             SentimentVariant(**options)
@@ -178,8 +173,8 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
 
 
 def _hyperparameters(where: str, hps: dict) -> dict:
-    """Validate hyperparameters with ``probes.ProbeConfig`` itself (one source of truth)."""
-    from probes._config import ProbeConfig
+    """Validate hyperparameters with ``plan_probe.probes.ProbeConfig`` itself (one source of truth)."""
+    from plan_probe.probes._config import ProbeConfig
 
     hps = dict(hps)
     if "target_modules" in hps:
@@ -308,7 +303,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
 
 
 def _builtin_models() -> tuple[str, ...]:
-    from probes._models import BUILTIN_MODELS
+    from plan_probe.probes._models import BUILTIN_MODELS
 
     return tuple(BUILTIN_MODELS)
 

@@ -1,4 +1,4 @@
-"""The shared LightGBM predictor (DESIGN §5): one regressor for every probe depth, conformal
+"""The shared LightGBM predictor (docs/theory.md §5): one regressor for every probe depth, conformal
 intervals, P(score >= tau), grouped TreeSHAP, saved as LightGBM text plus a JSON sidecar.
 
 Conformal calibration uses out-of-fold (OOF) residuals from an internal grouped K-fold at fit time
@@ -21,14 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from planner._meta import GROUPS, feature_group
+from plan_probe._meta import GROUPS, feature_group
+from plan_probe.probes._formats import FileFormat
 
-__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "group_folds", "TUNE_GRID", "FULL_TOP", "FULL_SEEDS"]
+__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "PREDICTOR_FORMAT", "group_folds", "TUNE_GRID", "FULL_TOP", "FULL_SEEDS"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "plan-probe-predictor/2"
-_FORMAT_V1 = "plan-probe-predictor/1"  # single booster; still loaded
+FORMAT = "plan-probe/predictor"
+
+
+def _predictor_v1_to_v2(side: dict) -> dict:
+    """Schema 1 held one booster: ``model_file`` / ``model_sha256`` were strings."""
+    return {**side, "model_files": [side.get("model_file")], "model_sha256": [side.get("model_sha256")]}
+
+
+#: Schemas 1 and 2 are the layouts of plan-probe 0.1.0 ("plan-probe-predictor/1" and "/2").
+PREDICTOR_FORMAT = FileFormat(FORMAT, 2, "refit it with plan-probe fit-predictor", migrations={1: _predictor_v1_to_v2},
+                              legacy_names={"plan-probe-predictor/1": 1, "plan-probe-predictor/2": 2})
 # Inner-CV grid of ``tune=True``: (num_leaves, n_estimators) at the configured learning rate.
 TUNE_GRID = {"bagging": (True, False), "num_leaves": (4, 8), "n_estimators": (60, 140, 300, 600, 1000)}
 _MIN_ROWS_PER_DEPTH = 20
@@ -108,9 +118,7 @@ class PredictorConfig:
         return params
 
     def to_dict(self) -> dict:
-        from planner._version import __version__
-
-        return {**dataclasses.asdict(self), "plan_probe_version": __version__}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictorConfig":
@@ -163,7 +171,7 @@ class ProbePredictor:
     config : PredictorConfig, optional
         Settings (TuneAhead's configuration with bagging on by default).
     feature_groups : dict, optional
-        Feature -> group; default from :func:`planner._meta.feature_group`.
+        Feature -> group; default from :func:`plan_probe._meta.feature_group`.
 
     Attributes
     ----------
@@ -488,11 +496,7 @@ class ProbePredictor:
     def _sidecar(self, model_shas: list) -> dict:
         import lightgbm
 
-        from planner._version import __version__
-
-        return {
-            "format": FORMAT,
-            "plan_probe_version": __version__,
+        return PREDICTOR_FORMAT.stamp({
             "lightgbm_version": lightgbm.__version__,
             "config": (self.config or PredictorConfig()).to_dict(),
             "params": self.params_,
@@ -510,11 +514,11 @@ class ProbePredictor:
             "feature_ranges": self.feature_ranges_,
             "model_files": [name for name, _ in model_shas],
             "model_sha256": [sha for _, sha in model_shas],
-        }
+        })
 
     def save(self, directory, extra: dict | None = None) -> Path:
         """Write ``model.txt`` (``model_<i>.txt`` per further member; LightGBM text) and ``predictor.json``."""
-        from planner._io import atomic_path, write_json
+        from plan_probe.probes._io import atomic_path, write_json
 
         self._check_fitted()
         directory = Path(directory)
@@ -534,11 +538,10 @@ class ProbePredictor:
 
     @classmethod
     def load(cls, directory) -> "ProbePredictor":
-        """Load a saved predictor, checking format, plan-probe version and model checksum (no pickle)."""
+        """Load a saved predictor, checking its format and schema and the model checksums (no pickle)."""
         import lightgbm as lgb
 
-        from planner._io import read_json
-        from planner._version import __version__
+        from plan_probe.probes._io import read_json
 
         directory = Path(directory)
         side_path = directory / "predictor.json"
@@ -547,17 +550,7 @@ class ProbePredictor:
                 f"a predictor directory must contain predictor.json, but {str(directory)!r} does not; "
                 "pass the -o directory of plan-probe fit-predictor."
             )
-        side = read_json(side_path)
-        if not isinstance(side, dict) or side.get("format") not in (FORMAT, _FORMAT_V1):
-            got = side.get("format") if isinstance(side, dict) else None
-            raise ValueError(f"predictor format must be {FORMAT!r}, but got {got!r}; refit with plan-probe fit-predictor.")
-        if side["format"] == _FORMAT_V1:  # one booster: model_file / model_sha256 are strings
-            side = {**side, "model_files": [side.get("model_file")], "model_sha256": [side.get("model_sha256")]}
-        if side.get("plan_probe_version") != __version__:
-            raise ValueError(
-                f"the predictor must come from this plan-probe version ({__version__}), but got "
-                f"{side.get('plan_probe_version')!r}; refit with plan-probe fit-predictor."
-            )
+        side = PREDICTOR_FORMAT.read(read_json(side_path), str(side_path))
         self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
         files, shas = side.get("model_files"), side.get("model_sha256")
         if not (isinstance(files, list) and isinstance(shas, list) and files and len(files) == len(shas)

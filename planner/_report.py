@@ -1,6 +1,6 @@
 """The report of ``plan-probe run``: ``report.md`` with PNG figures beside it, and the stdout summary.
 
-Figure data come from the plotting modules (``planner._plots_risk``); the functions here draw on a
+Figure data come from the plotting modules (``plan_probe._plots_risk``); the functions here draw on a
 given ``Axes``; only :func:`write_report` saves files (Agg backend, atomic writes). The report holds
 no wall times and no absolute paths, so the same inputs give the same bytes.
 """
@@ -73,23 +73,19 @@ def plot_shap_groups(ax, predictions):
 
 
 def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from planner._io import atomic_path
-    from planner._plots_risk import plot_phase_diagram, plot_risk_curve
+    from plan_probe.probes._io import atomic_path
+    from plan_probe._plots_risk import plot_phase_diagram, plot_risk_curve
 
     saved = []
 
     def save(fig, name):
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
         saved.append(name)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     plot_phase_diagram(ax, plan, settings, draws)
     for x, y, name in zip(plan["l_int"], plan["alpha"], plan["candidate"]):
         ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -98,7 +94,7 @@ def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
     n = len(plan)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for i, row in enumerate(plan.to_dict("records")):
         task_draws = {k: draws[k][i] for k in ("l_int", "k", "alpha")}
         plot_risk_curve(axes[i // cols][i % cols], row, settings, task_draws)
@@ -107,7 +103,7 @@ def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
     fig.tight_layout()
     save(fig, "risk_curves.png")
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * n + 1.6))
+    fig, ax = subplots(figsize=(7, 0.45 * n + 1.6))
     plot_shap_groups(ax, predictions)
     save(fig, "shap_groups.png")
     return saved
@@ -211,7 +207,7 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
 
 def write_report(out: Path, prepared, plan, draws, settings, predictions, summary) -> Path:
     """Write the figures and ``report.md`` into ``out`` (atomically)."""
-    from planner._io import atomic_path
+    from plan_probe.probes._io import atomic_path
 
     figures = _figures(Path(out), plan, draws, settings, predictions)
     text = render_report(prepared, plan, predictions, summary, figures)

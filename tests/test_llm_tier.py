@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
+from plan_probe.cli import main
 
 pytest.importorskip("torch")
 
@@ -63,7 +63,7 @@ def test_build_meta_llm_tier_records_tables_and_rerun(tiny_folder, tmp_path, mon
     # each record keeps the per-example label NLLs, from which its metrics are recomputed exactly
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_eval import metrics_from_nll
 
     rec = json.loads(next((out / "records").glob("*.json")).read_text())["result"]
     nll, truth = np.array(rec["eval_nll"]), np.array(rec["eval_truth"])
@@ -120,7 +120,7 @@ def test_metrics_from_nll_against_hand_computation():
     """
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_eval import metrics_from_nll
 
     m = metrics_from_nll(np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0]]), np.array([0, 2]))
     e = np.exp
@@ -166,11 +166,11 @@ def test_label_nll_shared_prompt_matches_one_sequence_at_a_time(with_lora):
     import numpy as np
     import torch
 
-    from experiments.llm_eval import label_nll
-    from probes._data import Example
-    from probes._probe import _to
-    from probes._testing import tiny_model, tiny_tokenizer
-    from probes._tokenize import batch_nll, collate, encode_example
+    from plan_probe.experiments.llm_eval import label_nll
+    from plan_probe.probes._data import Example
+    from plan_probe.probes._probe import _to
+    from plan_probe.probes._testing import tiny_model, tiny_tokenizer
+    from plan_probe.probes._tokenize import batch_nll, collate, encode_example
 
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from planner._portfolio import load_portfolio
-from planner.cli import main
+from plan_probe._portfolio import load_portfolio
+from plan_probe.cli import main
 
 GOOD = """
 [portfolio]
@@ -58,11 +58,11 @@ def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
     assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
     assert p.model_spec() == "smollm2-135m-instruct"
     d = p.to_dict()
-    assert d["kind"] == "portfolio" and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 1 and d["plan_probe_version"] and len(d["candidates"]) == 2
 
 
 def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
-    from planner._run import probe_config_for
+    from plan_probe._run import probe_config_for
 
     p = load_portfolio(_write(tmp_path, GOOD))
     cfg = probe_config_for(p.candidates[1], 17, seed=3)
@@ -125,14 +125,14 @@ def test_missing_portfolio_file_and_output_that_is_a_file(tmp_path):
 
 
 def test_defaults_resolve_in_the_package_or_name_the_missing_file(tmp_path, monkeypatch):
-    from planner import _defaults
+    from plan_probe import _defaults
 
     monkeypatch.setattr(_defaults.resources, "files", lambda pkg: tmp_path / pkg)
     with pytest.raises(ValueError, match=r"default risk model must ship with plan-probe at .*risk_model\.json"):
         _defaults.default_path("risk_model")
     with pytest.raises(ValueError, match=r"default predictor static must ship .*predictor_static/predictor\.json"):
         _defaults.default_path("predictor_static")
-    folder = tmp_path / "planner" / "defaults" / "llm"
+    folder = tmp_path / "plan_probe" / "defaults" / "llm"
     (folder / "predictor").mkdir(parents=True)
     (folder / "predictor" / "predictor.json").write_text("{}")
     (folder / "risk_model.json").write_text("{}")

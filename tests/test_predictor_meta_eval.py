@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.synthetic.meta_generator import TUNEAHEAD_RENAME, make_meta_dataset, make_tuneahead_layout
-from planner._evaluate import evaluate, regression_metrics
-from planner._meta import TUNEAHEAD_FEATURE_GROUPS, load_meta, select_features
-from planner._screen import screen
+from plan_probe.experiments.synthetic.meta_generator import TUNEAHEAD_RENAME, make_meta_dataset, make_tuneahead_layout
+from plan_probe._evaluate import evaluate, regression_metrics
+from plan_probe._meta import TUNEAHEAD_FEATURE_GROUPS, load_meta, select_features
+from plan_probe._screen import screen
 
 # The 33 feature columns of TuneAhead's released meta-dataset sample and model sidecar
 # (data/metadataset_sample.csv, models/model_TuneAhead_Full.meta.json) with the groups of its

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.synthetic.meta_generator import make_meta_dataset
-from planner._meta import load_meta
-from planner._predictor import FORMAT, PredictorConfig, ProbePredictor, group_folds
+from plan_probe.experiments.synthetic.meta_generator import make_meta_dataset
+from plan_probe._meta import load_meta
+from plan_probe._predictor import FORMAT, PredictorConfig, ProbePredictor, group_folds
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,6 @@ def test_contract_fit_returns_self_and_learned_attributes(train_meta):
 def test_config_json_round_trip_and_validation():
     cfg = PredictorConfig(learning_rate=0.1, seed=9, tune=True)
     data = json.loads(json.dumps(cfg.to_dict()))
-    assert "plan_probe_version" in data
     assert PredictorConfig.from_dict(data) == cfg
     with pytest.raises(ValueError, match="num_leaves"):
         PredictorConfig(num_leaves=1)
@@ -77,13 +76,17 @@ def test_same_seed_gives_byte_identical_model(train_meta, tmp_path):
     assert (tmp_path / "a" / "predictor.json").read_bytes() == (tmp_path / "b" / "predictor.json").read_bytes()
 
 
-def test_load_rejects_other_version_and_tampered_model(fitted, tmp_path):
+def test_load_accepts_other_package_version_rejects_newer_schema_and_tampered_model(fitted, tmp_path):
     fitted.save(tmp_path / "p")
     side_path = tmp_path / "p" / "predictor.json"
     side = json.loads(side_path.read_text())
+    assert side["format"] == "plan-probe/predictor" and side["schema_version"] == 2
     side["plan_probe_version"] = "0.0.1-other"
     side_path.write_text(json.dumps(side))
-    with pytest.raises(ValueError, match="plan-probe version"):
+    np.testing.assert_array_equal(ProbePredictor.load(tmp_path / "p").scores_, fitted.scores_)
+    side["schema_version"] = 3
+    side_path.write_text(json.dumps(side))
+    with pytest.raises(ValueError, match="schema_version"):
         ProbePredictor.load(tmp_path / "p")
     fitted.save(tmp_path / "q")
     with open(tmp_path / "q" / "model.txt", "a") as fh:
@@ -180,7 +183,7 @@ def test_target_depth_scores_candidates_where_the_model_is_used():
     import pandas as pd
     import pytest
 
-    from planner._predictor import TUNE_GRID, PredictorConfig, ProbePredictor
+    from plan_probe._predictor import TUNE_GRID, PredictorConfig, ProbePredictor
 
     rng = np.random.default_rng(0)
     n_runs, depths = 120, (10, 100)

@@ -20,8 +20,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner._run import KILL_AFTER_ENV, PROBE_LOG_ENV
-from planner.cli import main
+from plan_probe.cli import main
 from tests._run_helpers import make_assets, sentiment, write_portfolio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +54,41 @@ def _run(args, env=None):
                 os.environ[k] = v
 
 
+class ProbeCounter:
+    """Counts the probes this process finishes, by wrapping ``run_probe`` (no hook in the library).
+
+    A probe that raises (``bad-modules``: a failed record, retried on every rerun) is not counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __enter__(self):
+        import plan_probe.probes._probe as probe_module
+
+        self._patch = pytest.MonkeyPatch()
+        original = probe_module.run_probe
+
+        def counting(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.calls += 1
+            return result
+
+        self._patch.setattr(probe_module, "run_probe", counting)
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.undo()
+
+
+# A run that SIGKILLs itself right after its first probe record is on disk (RunSettings.on_record).
+KILL_AFTER_FIRST_RECORD = """
+import os, signal, sys
+from plan_probe._run import RunSettings, prepare_run, run_portfolio
+settings = RunSettings(progress=False, on_record=lambda name: os.kill(os.getpid(), signal.SIGKILL))
+run_portfolio(prepare_run(sys.argv[1], settings), sys.argv[2], settings)
+"""
+
+
 def _probe_record_sans_time(path: Path) -> dict:
     rec = json.loads(path.read_text())
     rec.pop("wall_time_s")
@@ -70,10 +104,10 @@ def assets(tmp_path_factory):
 def main_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("main")
     portfolio = write_portfolio(root / "portfolio.toml", assets, MAIN_CANDIDATES, **SETTINGS)
-    log = root / "probe_log.txt"
-    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    return {"portfolio": portfolio, "out": root / "out", "log": log, "stdout": res.output}
+    return {"portfolio": portfolio, "out": root / "out", "probes_run": counter.calls, "stdout": res.output}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +163,7 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
 
 
 def test_depth_aware_prediction_matches_the_predictor_on_the_recorded_features(main_run, assets):
-    from planner._predictor import ProbePredictor
+    from plan_probe._predictor import ProbePredictor
 
     out = main_run["out"]
     static = json.loads((out / "static" / "dyn-lowlr.json").read_text())["descriptors"]
@@ -145,10 +179,10 @@ def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_pa
     out = main_run["out"]
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
     probe_before = (out / "probes" / "dyn-lowlr.json").read_bytes()
-    log_before = main_run["log"].read_text()
-    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(main_run["log"])})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert main_run["log"].read_text() == log_before  # no probe ran again
+    assert main_run["probes_run"] == 1 and counter.calls == 0  # dyn-lowlr's probe did not run again
     assert (out / "probes" / "dyn-lowlr.json").read_bytes() == probe_before
     for name in OUTPUTS:
         assert (out / name).read_bytes() == before[name], name
@@ -156,18 +190,16 @@ def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_pa
 
 def test_kill_and_rerun_finishes_with_the_same_outputs_and_repeats_no_probe(main_run, tmp_path):
     out = tmp_path / "out"
-    log = tmp_path / "probe_log.txt"
-    env = {**os.environ, KILL_AFTER_ENV: "1", PROBE_LOG_ENV: str(log), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", "from planner.cli import main; main()",
-           "run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", KILL_AFTER_FIRST_RECORD, str(main_run["portfolio"]), str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in (out / "probes").glob("*.json")] == ["dyn-lowlr.json"]
     assert not (out / "predictions.csv").exists()
-    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    keys = log.read_text().split()
-    assert len(keys) == len(set(keys)) == 1  # the finished probe was never repeated
+    assert counter.calls == 0  # the recorded probe was never repeated (only bad-modules, which fails, ran)
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
     for name in ("dyn-lowlr.json", "bad-modules.json"):

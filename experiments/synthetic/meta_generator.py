@@ -4,7 +4,7 @@ Each run (a candidate fine-tuning job) has static dataset features and hyperpara
 expected final score through a nonlinear function, a run-specific latent deviation ``delta`` that no
 static feature explains, and label noise. Dynamic features are noisy views of ``delta`` (plus some
 static information) whose noise shrinks as the probe gets deeper, so the signal-to-noise ratio grows
-with depth, as the risk decomposition (DESIGN §1) assumes: L(c) = L_int + K c^(-alpha) with
+with depth, as the risk decomposition (docs/theory.md §1) assumes: L(c) = L_int + K c^(-alpha) with
 L_int = label noise variance.
 
 Two writers: :func:`make_meta_dataset` (prefixed columns ``static_*``, ``dyn_*``, ``hp_*``, id
@@ -149,10 +149,10 @@ def make_tuneahead_layout(n_runs: int = 400, *, seed: int = 0, depth: int = 100,
 
 
 def _main(argv=None) -> int:
-    """``python -m experiments.synthetic.meta_generator OUT [--runs N] [--seed S] [--tuneahead]``."""
+    """``python -m plan_probe.experiments.synthetic.meta_generator OUT [--runs N] [--seed S] [--tuneahead]``."""
     import argparse
 
-    from planner._io import write_table
+    from plan_probe.probes._io import write_table
 
     parser = argparse.ArgumentParser(description="Write the synthetic meta-dataset (CSV or Parquet).")
     parser.add_argument("out")
