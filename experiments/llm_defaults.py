@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from plan_probe.experiments.real_budget import residual_risk_observations
+    from plan_probe.experiments.benchmark._residuals import residual_risk_observations
     from plan_probe.probes._io import read_table, write_table
     from plan_probe._predictor import PredictorConfig, ProbePredictor
     from plan_probe._risk_model import RiskFitSettings, RiskModel

@@ -19,6 +19,8 @@ from plan_probe.theory._decomposition import (
 )
 from plan_probe.theory._envelope import (
     NQMTransfer,
+    curved_decay_exponent,
+    curved_future_variance,
     decay_bound,
     flat_future_variance,
     loglog_slope,
@@ -33,6 +35,8 @@ __all__ = [
     "REGIMES",
     "ForkEstimate",
     "NQMTransfer",
+    "curved_decay_exponent",
+    "curved_future_variance",
     "PowerLawFit",
     "RegimeThresholds",
     "RiskDecomposition",
