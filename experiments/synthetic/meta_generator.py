@@ -245,12 +245,14 @@ def _main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=400, help="Runs (kinds predictor and tuneahead).")
     parser.add_argument("--tasks", type=int, default=300, help="Tasks (kind decay).")
     parser.add_argument("--runs-per-task", type=int, default=2, help="Runs per task (kind decay).")
+    parser.add_argument("--reveal-spread", type=float, default=1.5,
+                        help="Kind decay: how strongly static_6 sets the revelation speed (0: every task alike, a null case).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tuneahead", action="store_true", help="Same as --kind tuneahead.")
     args = parser.parse_args(argv)
     kind = "tuneahead" if args.tuneahead else args.kind
     if kind == "decay":
-        frame = make_decay_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed)
+        frame = make_decay_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed, reveal_spread=args.reveal_spread)
     else:
         frame = (make_tuneahead_layout if kind == "tuneahead" else make_meta_dataset)(args.runs, seed=args.seed)
     write_table(frame, args.out)
