@@ -11,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from plan_probe.cli import main
-from plan_probe.experiments.benchmark._policies import oracle_allocation, random_allocation, uniform_depth
+from plan_probe.experiments.benchmark._policies import (
+    oracle_allocation,
+    random_allocation,
+    uniform_depth,
+    uniform_fill_allocation,
+)
 from plan_probe.experiments.synthetic.meta_generator import make_decay_meta_dataset
 
 
@@ -41,9 +46,11 @@ def test_random_allocation_uses_the_budget_and_respects_the_floor():
             assert np.std(np.concatenate(draws)) > 10  # allocations really vary
 
 
-def test_uniform_depth_is_the_deepest_that_fits():
+def test_uniform_depth_is_the_deepest_that_fits_and_fill_spends_the_rest():
     assert uniform_depth([5, 10, 20, 50, 100], 40 * 10, 10) == 20
     assert uniform_depth([5, 10, 20, 50, 100], 50 * 10, 10) == 50
+    fill = uniform_fill_allocation([5, 10, 20, 50, 100], 40 * 10, 10, np.random.default_rng(0))
+    assert sorted(fill.tolist()) == [20] * 4 + [50] * 6 and fill.sum() <= 400
 
 
 def _decay(tmp_path, **kw):
@@ -97,7 +104,7 @@ def test_json_contract_and_equal_budget(tmp_path):
     settings = BenchSettings(label="score", folds=4, n_boot=200, budget_shares=(0.4, 0.8), threshold=55.0)
     result = run_benchmark(load_bench(frame, settings), settings, fit_risk=_stub_fitter)
     assert set(result) == {"policies", "paired", "settings"}
-    assert set(result["policies"]) == {"planned", "uniform", "fixed_min", "fixed", "static_only", "random", "oracle"}
+    assert set(result["policies"]) == {"planned", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only", "random", "oracle"}
     assert set(result["paired"]) == set(result["policies"]) - {"planned"}
     for name, entry in result["policies"].items():
         assert np.isfinite(entry["rmse"]) and entry["steps"] >= 0
@@ -108,7 +115,8 @@ def test_json_contract_and_equal_budget(tmp_path):
         assert lo <= hi
     budget = result["settings"]["budget_steps"]
     assert budget == pytest.approx(0.4 * 100 * 20)
-    for name in ("planned", "uniform", "random", "oracle", "fixed_min", "static_only"):
+    assert result["policies"]["uniform_fill"]["steps"] >= result["policies"]["uniform"]["steps"]
+    for name in ("planned", "uniform", "uniform_fill", "random", "oracle", "fixed_min", "static_only"):
         assert result["policies"][name]["steps"] <= budget + 1e-6
     assert result["policies"]["fixed"]["steps"] == pytest.approx(100 * 20)  # over budget by design
     assert result["policies"]["oracle"]["rmse"] <= result["policies"]["planned"]["rmse"] + 1e-9

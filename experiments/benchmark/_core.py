@@ -28,7 +28,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from plan_probe.experiments.benchmark._policies import POLICIES, oracle_allocation, random_allocation, uniform_depth
+from plan_probe.experiments.benchmark._policies import (
+    POLICIES,
+    oracle_allocation,
+    random_allocation,
+    uniform_depth,
+    uniform_fill_allocation,
+)
 
 __all__ = ["BenchSettings", "BenchData", "load_bench", "run_benchmark", "fit_risk_model"]
 
@@ -246,6 +252,7 @@ def _allocations(share, settings, grid, tasks, expected_risk, p, rng):
     return {
         "planned": grid[allocate_on_grid(expected_risk, grid, budget)],
         "uniform": np.full(n, uniform_depth(grid, budget, n)),
+        "uniform_fill": [uniform_fill_allocation(grid, budget, n, rng) for _ in range(settings.random_draws)],
         "fixed_min": np.full(n, grid[0]),
         "fixed": np.full(n, float(settings.fixed_depth)),
         "static_only": np.zeros(n),
@@ -275,7 +282,7 @@ def _summarise(scores: dict, settings: BenchSettings, n_tasks: int, share: float
         entry = {"rmse": float(np.mean([_rmse(s, runs) for s in sse])),
                  "steps": float(np.mean([d["steps"].sum() for d in draws])),
                  "steps_share_of_fixed": float(np.mean([d["steps"].sum() for d in draws]) / (settings.fixed_depth * n_tasks))}
-        if name == "random":
+        if isinstance(sc, list):
             entry["draws"] = len(draws)
         entry["within_budget"] = bool(entry["steps"] <= budget_total + 1e-6)
         if settings.threshold is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["plot_benchmark"]
 
 _STYLE = {
-    "planned": ("tab:blue", "o", "-"), "planned_decision": ("tab:cyan", "o", "-"), "uniform": ("tab:orange", "s", "-"),
+    "planned": ("tab:blue", "o", "-"), "planned_decision": ("tab:cyan", "o", "-"), "uniform": ("tab:orange", "s", "-"), "uniform_fill": ("tab:olive", "s", "--"),
     "random": ("tab:gray", "^", "-"), "oracle": ("black", "*", ":"), "fixed_min": ("tab:green", "D", ""),
     "fixed": ("tab:red", "D", ""), "static_only": ("tab:purple", "X", ""),
 }
@@ -21,6 +21,7 @@ def plot_benchmark(ax, result: dict, title: str | None = None):
         ys = [s["policies"][name]["rmse"] for s in sweep]
         if name in ("fixed_min", "fixed", "static_only"):
             xs, ys = xs[:1], ys[:1]  # independent of the budget
+        xs, ys = (list(v) for v in zip(*sorted(zip(xs, ys)))) if xs else (xs, ys)
         ax.plot(xs, ys, marker=marker, ls=line or "none", color=colour, label=name)
     for s in sweep:
         ax.axvline(s["budget_steps"], color="0.85", lw=0.8, zorder=0)

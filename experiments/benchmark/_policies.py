@@ -11,6 +11,9 @@ depth). With a budget :math:`B` (``budget_share`` × ``fixed_depth`` × tasks):
 * ``fixed``: every task ``fixed_depth`` (TuneAhead's protocol; over budget by design);
 * ``static_only``: no probe;
 * ``random``: a random grid allocation with the same floor and (nearly) the same total;
+* ``uniform_fill``: ``uniform``, then the leftover budget lifts randomly chosen tasks to the next
+  grid depth (as even as the grid allows at the same total as ``planned``: the fairest rival that
+  uses no task information; on a coarse grid ``uniform`` alone can leave much of the budget unused);
 * ``oracle``: the allocation minimising the realised squared error within the budget (exact dynamic
   programme over the grid; a bound, not a policy).
 """
@@ -22,10 +25,10 @@ from functools import reduce
 
 import numpy as np
 
-__all__ = ["uniform_depth", "random_allocation", "oracle_allocation", "POLICIES", "BOUND_POLICIES"]
+__all__ = ["uniform_depth", "uniform_fill_allocation", "random_allocation", "oracle_allocation", "POLICIES", "BOUND_POLICIES"]
 
 #: Policy names in report order; ``planned_decision`` joins when the decision objective is available.
-POLICIES = ("planned", "uniform", "fixed_min", "fixed", "static_only", "random", "oracle")
+POLICIES = ("planned", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only", "random", "oracle")
 #: Not policies a user could run: bounds, reported for scale.
 BOUND_POLICIES = ("oracle",)
 
@@ -34,6 +37,24 @@ def uniform_depth(grid, budget: float, n_tasks: int) -> float:
     """The deepest grid depth that every task can get within the budget."""
     fits = [d for d in grid if d * n_tasks <= budget + 1e-9]
     return float(max(fits)) if fits else float(grid[0])
+
+
+def uniform_fill_allocation(grid, budget: float, n_tasks: int, rng: np.random.Generator) -> np.ndarray:
+    """Every task the uniform depth; then tasks in random order move up one grid depth while it fits."""
+    grid = np.asarray(grid, dtype=float)
+    base = uniform_depth(grid, budget, n_tasks)
+    out = np.full(n_tasks, base)
+    pos = int(np.searchsorted(grid, base))
+    if pos + 1 >= grid.size:
+        return out
+    step = grid[pos + 1] - base
+    left = budget - base * n_tasks
+    for i in rng.permutation(n_tasks):
+        if step > left + 1e-9:
+            break
+        out[i] = grid[pos + 1]
+        left -= step
+    return out
 
 
 def random_allocation(grid, budget: float, n_tasks: int, rng: np.random.Generator) -> np.ndarray:

@@ -162,6 +162,7 @@ def make_decay_meta_dataset(
     reveal_mid: float = 20.0,
     reveal_spread: float = 1.5,
     shape: float = 1.5,
+    size_spread: float = 0.6,
     rate_feature: int = 6,
     size_feature: int = 7,
 ):
@@ -169,7 +170,7 @@ def make_decay_meta_dataset(
 
     Task i has static features :math:`s_i` and hyperparameters that set its expected score
     :math:`\mu_i` (:func:`_expected_score`), a reducible spread :math:`S_i` = ``reducible_sd``²
-    × exp(0.6 s_size) and a half-reveal depth :math:`h_i` = ``reveal_mid`` × exp(``reveal_spread`` ×
+    × exp(``size_spread`` × s_size) and a half-reveal depth :math:`h_i` = ``reveal_mid`` × exp(``reveal_spread`` ×
     s_rate). Each of its runs has a deviation :math:`\delta \sim N(0, S_i)` that no static feature
     explains and a final score :math:`R = \mu_i + \delta + e`, :math:`e \sim N(0,` ``noise_sd``²).
     A probe of c steps leaves :math:`v_i(c) = S_i (1 + c/h_i)^{-\text{shape}}` of the spread
@@ -197,7 +198,7 @@ def make_decay_meta_dataset(
     log_lr = rng.uniform(np.log(5e-5), np.log(1e-3), size=n_tasks)
     batch = rng.choice([8, 16, 32], size=n_tasks).astype(float)
     mu = _expected_score(s, log_lr, batch)
-    spread = reducible_sd**2 * np.exp(0.6 * s[:, size_feature])
+    spread = reducible_sd**2 * np.exp(size_spread * s[:, size_feature])
     half = reveal_mid * np.exp(reveal_spread * s[:, rate_feature])
     depths = np.asarray(sorted(depths), dtype=float)
 
@@ -246,13 +247,16 @@ def _main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=300, help="Tasks (kind decay).")
     parser.add_argument("--runs-per-task", type=int, default=2, help="Runs per task (kind decay).")
     parser.add_argument("--reveal-spread", type=float, default=1.5,
-                        help="Kind decay: how strongly static_6 sets the revelation speed (0: every task alike, a null case).")
+                        help="Kind decay: how strongly static_6 sets the revelation speed.")
+    parser.add_argument("--size-spread", type=float, default=0.6,
+                        help="Kind decay: how strongly static_7 sets the reducible spread (both 0: every task alike, a null case).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tuneahead", action="store_true", help="Same as --kind tuneahead.")
     args = parser.parse_args(argv)
     kind = "tuneahead" if args.tuneahead else args.kind
     if kind == "decay":
-        frame = make_decay_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed, reveal_spread=args.reveal_spread)
+        frame = make_decay_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed, reveal_spread=args.reveal_spread,
+                                        size_spread=args.size_spread)
     else:
         frame = (make_tuneahead_layout if kind == "tuneahead" else make_meta_dataset)(args.runs, seed=args.seed)
     write_table(frame, args.out)
