@@ -20,6 +20,13 @@ def _forks(curve_fn, rho, rng, depths=(5, 10, 20, 40, 70, 100), prefixes=6, dof=
     return pd.DataFrame(rows)
 
 
+def fit_decay_alpha(curve):
+    from plan_probe.experiments.metadataset._real import fit_decay
+
+    d = np.array([5, 10, 20, 40, 70, 100.0])
+    return fit_decay(d, curve / curve.max(), np.full(d.size, 1000.0))["alpha"]
+
+
 def _fit(frame, rng):
     return fit_task(frame, n_boot=50, level=0.9, rng=rng, thresholds=RegimeThresholds())
 
@@ -31,6 +38,8 @@ def test_flat_direction_forks_sit_within_the_finite_range_envelope():
     fit = _fit(frame, rng)
     env = envelope_comparison(frame, fit)
     assert env["bound"] == pytest.approx(0.8)
+    exact = flat_future_variance(np.array([5, 10, 20, 40, 70, 100.0]), 1000, 1.0, 10.0, 0.9)
+    assert env["finite_range"] == pytest.approx(fit_decay_alpha(exact), rel=1e-6)  # the direct sum is the closed form
     assert env["relation_finite_range"] == "within", (fit["alpha"], fit["alpha_lo"], fit["alpha_hi"], env)
     assert fit["alpha_lo"] <= fit["alpha_fisher_lo"] + 1e-12 and fit["alpha_hi"] >= fit["alpha_boot_hi"] - 1e-12
 
@@ -44,8 +53,9 @@ def test_curved_direction_decays_below_the_bound():
     assert env["relation"] == "below"
 
 
-def test_constant_step_size_has_no_bound():
+def test_constant_step_size_has_no_decay_rate_to_bound():
     rng = np.random.default_rng(2)
-    frame = _forks(lambda c: 2.0, 0.0, rng)
+    frame = _forks(lambda c: 2.0 * (1000 - c), 0.0, rng)  # constant steps: the future noise is the steps left
     env = envelope_comparison(frame, _fit(frame, rng))
-    assert env["bound"] is None and env["relation"] == "undefined"
+    assert env["bound"] == -1.0 and env["relation"] == "undefined"
+    assert env["finite_range"] < 0.1 and env["relation_finite_range"] == "within"

@@ -143,25 +143,27 @@ def envelope_comparison(frame, fit: dict) -> dict:
     r"""The task's alpha next to the decay envelope of its step-size schedule (Prop. 5.1).
 
     Needs the recipe columns ``hp_lr_decay`` (rho), optionally ``hp_lr_t0`` (default 10) and
-    ``hp_steps`` (the horizon T). ``bound`` = 2 rho - 1 (None for rho <= 1/2, where the future noise
-    does not vanish and there is no decay rate to bound). ``finite_range`` is the same Gamma fit on
-    the exact flat-direction curve :math:`\zeta(2ho, t_0+c) - \zeta(2ho, t_0+T)`
-    (:func:`theory.flat_future_variance`) at the task's own depths: the envelope as this design can
-    see it (the :math:`t_0` offset flattens it at small c, the horizon steepens it near T).
-    ``relation`` says where the alpha interval sits: above (decays faster than the bound allows),
-    within, or below (slower, as curvature or a plateau make it; :func:`theory.curved_decay_exponent`).
+    ``hp_steps`` (the horizon T). ``bound`` = 2 rho - 1; ``relation`` (above / within / below: the
+    alpha interval entirely above the bound, containing it, or entirely below it) is only defined
+    for rho > 1/2, where the future noise vanishes and the envelope is a decay rate. Above means a
+    faster decay than the envelope allows; below a slower one, as curvature or a plateau make it
+    (:func:`theory.curved_decay_exponent`). ``finite_range`` is the same Gamma fit on the exact
+    flat-direction future variance :math:`\sum_{t=c}^{T-1}\eta_t^2` (:func:`theory.flat_future_variance`
+    for rho > 1/2, summed directly so that any rho works) at the task's own depths: the envelope as
+    this design can see it (the :math:`t_0` offset flattens it at small c, the horizon steepens it
+    near T); ``relation_finite_range`` compares with it.
     """
-    from plan_probe.theory import flat_future_variance
-
     rho = float(frame["hp_lr_decay"].iloc[0])
     t0 = float(frame["hp_lr_t0"].iloc[0]) if "hp_lr_t0" in frame.columns else 10.0
     horizon = int(frame["hp_steps"].iloc[0]) if "hp_steps" in frame.columns else None
-    out = {"rho": rho, "bound": (2 * rho - 1) if rho > 0.5 else None, "finite_range": None}
-    if rho > 0.5 and horizon is not None:
+    out = {"rho": rho, "bound": 2 * rho - 1, "finite_range": None}
+    if horizon is not None:
         depths = np.unique(frame["depth"].to_numpy(dtype=float))
-        curve = flat_future_variance(depths, horizon, 1.0, t0, rho)
+        eta2 = (1.0 + np.arange(horizon) / t0) ** (-2.0 * rho)
+        tail = np.cumsum(eta2[::-1])[::-1]  # tail[c] = sum_{t >= c} eta_t^2
+        curve = tail[depths.astype(int)]
         out["finite_range"] = fit_decay(depths, curve / curve.max(), np.full(depths.size, 1000.0))["alpha"]
-    out["relation"] = _relation(fit["alpha_lo"], fit["alpha_hi"], out["bound"])
+    out["relation"] = _relation(fit["alpha_lo"], fit["alpha_hi"], out["bound"] if rho > 0.5 else None)
     out["relation_finite_range"] = _relation(fit["alpha_lo"], fit["alpha_hi"], out["finite_range"])
     return out
 
@@ -332,7 +334,8 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
             "tasks": [{"task_id": t, "rho": f["envelope"]["rho"], "alpha": round(f["alpha"], 4),
                        "interval": [round(f["alpha_lo"], 4), round(f["alpha_hi"], 4)], "bound": f["envelope"]["bound"],
                        "finite_range": None if f["envelope"]["finite_range"] is None else round(f["envelope"]["finite_range"], 4),
-                       "relation": f["envelope"]["relation"]} for t, f in fits.items() if "envelope" in f],
+                       "relation": f["envelope"]["relation"], "relation_finite_range": f["envelope"]["relation_finite_range"]}
+                      for t, f in fits.items() if "envelope" in f],
         }
     counts = {r: sum(f["regime"] == r for f in fits.values()) for r in REGIME_COLOURS}
     results = {
