@@ -67,7 +67,10 @@ def _table(result: dict) -> str:
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Paired bootstrap resamples over held-out tasks.")
 @click.option("--risk-method", type=click.Choice(["auto", "nuts", "svi"]), default="auto", show_default=True,
               help="Inference of the per-fold risk model (auto: NUTS up to 600 tasks).")
-def benchmark(meta, label, id_col, task_col, budget_share, fixed_depth, threshold, folds, seed, fmt, figure, out, n_boot, risk_method):
+@click.option("--risk-samples", type=click.IntRange(min=50), default=300, show_default=True,
+              help="NUTS warmup and kept samples per chain (2 chains) of each fold's risk model.")
+def benchmark(meta, label, id_col, task_col, budget_share, fixed_depth, threshold, folds, seed, fmt, figure, out, n_boot, risk_method,
+              risk_samples):
     """Score the planned probe budget against fair baselines on held-out tasks, at equal total steps.
 
     Grouped K-fold over tasks; per fold the predictor and the risk model are fitted on the training
@@ -85,7 +88,7 @@ def benchmark(meta, label, id_col, task_col, budget_share, fixed_depth, threshol
 
     settings = BenchSettings(label=label, id_col=id_col, task_col=task_col, budget_shares=_shares(budget_share),
                              fixed_depth=fixed_depth, threshold=threshold, folds=folds, seed=seed, n_boot=n_boot,
-                             risk_method=risk_method)
+                             risk_method=risk_method, risk_samples=risk_samples)
     data = load_bench(meta, settings)
     result = run_benchmark(data, settings)
     result["settings"]["meta"] = os.path.basename(meta)

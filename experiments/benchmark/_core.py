@@ -334,6 +334,7 @@ def run_benchmark(data: BenchData, settings: BenchSettings, *, fit_risk=None) ->
         train, test = frame[fold_of != k], frame[fold_of == k]
         log.info("fold %d/%d: %d training rows, %d held-out tasks", k + 1, settings.folds, len(train), test[data.task_col].nunique())
         full, static, risk, mean_label, _ = _fit_fold(train, data, settings, fit_risk)
+        _warn_diagnostics(risk, k)
         p = _predictions(test, data, full, static, mean_label)
         table = _static_table(test, data, risk)
         tasks = table["task_id"].to_numpy()
@@ -372,6 +373,16 @@ def run_benchmark(data: BenchData, settings: BenchSettings, *, fit_risk=None) ->
                    "paired": results[s][1]} for s in settings.budget_shares],
     }
     return {"policies": policies, "paired": paired, "settings": out_settings}
+
+
+def _warn_diagnostics(risk, fold: int) -> None:
+    """Say so on stderr when a fold's NUTS fit did not converge (the plan then rests on a poor posterior)."""
+    d = getattr(risk, "diagnostics_", {}) or {}
+    bad = [f"{k}={d[k]:.3g}" for k, ok in (("max_r_hat", lambda v: v <= 1.05), ("min_ess", lambda v: v >= 100),
+                                             ("divergences", lambda v: v == 0)) if k in d and not ok(d[k])]
+    if bad:
+        log.warning("fold %d: the risk model's NUTS diagnostics are poor (%s); its plan rests on an unconverged "
+                    "posterior (try --risk-samples higher or --risk-method svi)", fold + 1, ", ".join(bad))
 
 
 def _concat(parts: list):

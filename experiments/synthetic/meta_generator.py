@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEPTHS", "make_meta_dataset", "make_tuneahead_layout", "make_decay_meta_dataset", "TUNEAHEAD_RENAME"]
+__all__ = ["DEPTHS", "make_meta_dataset", "make_tuneahead_layout", "make_decay_meta_dataset", "make_powerlaw_meta_dataset",
+           "TUNEAHEAD_RENAME"]
 
 DEPTHS = (5, 10, 20, 50, 100, 200)
 
@@ -232,6 +233,63 @@ def make_decay_meta_dataset(
     return out.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
 
 
+def make_powerlaw_meta_dataset(
+    n_tasks: int = 300,
+    *,
+    runs_per_task: int = 1,
+    depths=(4, 8, 16, 32, 64, 128),
+    seed: int = 0,
+    driver: str = "alpha",
+    n_static: int = 10,
+):
+    r"""A second decay generator, unlike :func:`make_decay_meta_dataset` in form and layout.
+
+    The unresolved variance after c steps is a pure power law :math:`v_i(c) = K_i c^{-\alpha_i}` (capped
+    at the total spread), the floor is 1, the label is an accuracy in [0, 1] (score units / 100), the
+    id column is ``dataset_name`` and, with one run per task, there is no task column. ``driver``
+    says what the static feature ``static_f3`` sets: the revelation rate (``"alpha"``:
+    :math:`\alpha_i = 0.5 e^{0.6 s}`, K = 30) or the amount the probe can reveal (``"k"``:
+    :math:`K_i = 30 e^{s}`, α = 0.6). The probe's view is a monotone loss-like transform of the
+    posterior mean of the run's deviation (``dyn_signal``) plus a noise feature.
+    """
+    import pandas as pd
+
+    if driver not in ("alpha", "k"):
+        raise ValueError(f"driver must be 'alpha' or 'k', but got {driver!r}; pick one of those.")
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(n_tasks, n_static))
+    mu = 60.0 + 5.0 * np.tanh(s[:, 1]) - 1.5 * s[:, 2] ** 2
+    if driver == "alpha":
+        alpha, k = 0.5 * np.exp(0.6 * s[:, 3]), np.full(n_tasks, 30.0)
+    else:
+        alpha, k = np.full(n_tasks, 0.6), 30.0 * np.exp(s[:, 3])
+    lr = 10 ** rng.uniform(-5, -3, n_tasks)
+    d = np.asarray(sorted(depths), dtype=float)
+    task = np.repeat(np.arange(n_tasks), runs_per_task)
+    n = task.size
+    total = k[task] + 5.0
+    v = np.minimum(k[task, None] * d[None, :] ** -alpha[task, None], 0.999 * total[:, None])
+    delta = np.sqrt(total) * rng.standard_normal(n)
+    score = (mu[task] + delta + rng.standard_normal(n)) / 100.0
+    precision = 1.0 / v - 1.0 / total[:, None]
+    inc = np.diff(np.concatenate([np.zeros((n, 1)), precision], axis=1), axis=1)
+    obs = delta[:, None] + rng.standard_normal((n, d.size)) / np.sqrt(np.maximum(inc, 1e-12))
+    post = np.cumsum(inc * obs, axis=1) / (precision + 1.0 / total[:, None])
+    names = [f"t{t:04d}-r{r}" for t, r in zip(task, np.tile(np.arange(runs_per_task), n_tasks))]
+    rows = []
+    for j, c in enumerate(d):
+        frame = pd.DataFrame({"dataset_name": names, "depth": int(c), "acc": score})
+        if runs_per_task > 1:
+            frame["task_id"] = [f"t{t:04d}" for t in task]
+        for q in range(n_static):
+            frame[f"static_f{q}"] = s[task, q]
+        frame["hp_lr"] = lr[task]
+        frame["dyn_signal"] = np.log1p(np.exp(post[:, j] / 3.0))
+        frame["dyn_noise"] = rng.standard_normal(n)
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True).sort_values(["dataset_name", "depth"], kind="stable").reset_index(drop=True)
+
+
 def _main(argv=None) -> int:
     """``python -m plan_probe.experiments.synthetic.meta_generator OUT [--kind K] [--runs N] [--tasks N] [--seed S]``."""
     import argparse
@@ -240,12 +298,15 @@ def _main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description="Write a synthetic meta-dataset (CSV or Parquet).")
     parser.add_argument("out")
-    parser.add_argument("--kind", choices=["predictor", "decay", "tuneahead"], default="predictor",
+    parser.add_argument("--kind", choices=["predictor", "decay", "powerlaw", "tuneahead"], default="predictor",
                         help="predictor: runs x depths (default); decay: tasks with task-specific revelation speed "
-                             "(for plan-probe benchmark); tuneahead: TuneAhead's released layout (depth 100 only).")
+                             "(for plan-probe benchmark); powerlaw: a second such generator (pure power laws, label in "
+                             "[0, 1], id dataset_name); tuneahead: TuneAhead's released layout (depth 100 only).")
+    parser.add_argument("--driver", choices=["alpha", "k"], default="alpha",
+                        help="Kind powerlaw: what static_f3 sets (the revelation rate or the revealable amount).")
     parser.add_argument("--runs", type=int, default=400, help="Runs (kinds predictor and tuneahead).")
     parser.add_argument("--tasks", type=int, default=300, help="Tasks (kind decay).")
-    parser.add_argument("--runs-per-task", type=int, default=2, help="Runs per task (kind decay).")
+    parser.add_argument("--runs-per-task", type=int, default=2, help="Runs per task (kinds decay and powerlaw).")
     parser.add_argument("--reveal-spread", type=float, default=1.5,
                         help="Kind decay: how strongly static_6 sets the revelation speed.")
     parser.add_argument("--size-spread", type=float, default=0.6,
@@ -254,7 +315,9 @@ def _main(argv=None) -> int:
     parser.add_argument("--tuneahead", action="store_true", help="Same as --kind tuneahead.")
     args = parser.parse_args(argv)
     kind = "tuneahead" if args.tuneahead else args.kind
-    if kind == "decay":
+    if kind == "powerlaw":
+        frame = make_powerlaw_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed, driver=args.driver)
+    elif kind == "decay":
         frame = make_decay_meta_dataset(args.tasks, runs_per_task=args.runs_per_task, seed=args.seed, reveal_spread=args.reveal_spread,
                                         size_spread=args.size_spread)
     else:
