@@ -136,8 +136,9 @@ def _fold_task(data: dict, r: int, k: int) -> dict:
         cfg = spec.config
         n_groups = len(np.unique(groups[rows]))
         calib = min(cfg.calibration_folds, n_groups)
-        if calib < (3 if cfg.tune and cfg.search not in ("mean", "ridge") else 2):
-            raise ValueError(f"each training fold needs at least 3 distinct ids (groups), but got {n_groups} "
+        need = 4 if cfg.tune and cfg.search not in ("mean", "ridge") else 2
+        if n_groups < need:
+            raise ValueError(f"each training fold needs at least {need} distinct ids (groups), but got {n_groups} "
                              f"(cv={int(folds.max()) + 1}); lower --cv or add runs.")
         if calib != cfg.calibration_folds:
             cfg = dataclasses.replace(cfg, calibration_folds=calib)

@@ -132,7 +132,7 @@ def fit_ridge(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0, a
     y = np.asarray(y, dtype=float)
     alphas = np.asarray(alphas, dtype=float)
     k = min(_RIDGE_FOLDS, len(np.unique(groups)))
-    alpha = 1.0
+    alpha = float(alphas[0]) if len(alphas) == 1 else 1.0
     if k >= 2 and len(alphas) > 1:
         folds = group_folds(groups, k, seed)
         sse = np.zeros(len(alphas))
@@ -162,10 +162,11 @@ def _linear_shap(lin: dict, X: np.ndarray):
 
 
 # --------------------------------------------------------------------------------------- boosting
-def _train_booster(params: dict, X, y, n_trees: int, init_score=None):
+def _train_booster(params: dict, X, y, n_trees: int, init_score=None, names=None):
     import lightgbm as lgb
 
-    data = lgb.Dataset(X, label=y, init_score=init_score, free_raw_data=True, params={"verbose": -1})
+    data = lgb.Dataset(X, label=y, init_score=init_score, feature_name=list(names) if names else "auto",
+                       free_raw_data=True, params={"verbose": -1})
     # keep_training_booster: skip LightGBM's model-text round trip at the end of train (~10 % of a fit)
     return lgb.train(params, data, num_boost_round=int(n_trees), keep_training_booster=True)
 
@@ -183,12 +184,14 @@ def _path_predict(booster, X: np.ndarray, path) -> dict:
     return out
 
 
-def fit_family(family: Family, base_params: dict, X, y, groups, predict_sets, seed: int, keep: bool = False):
+def fit_family(family: Family, base_params: dict, X, y, groups, predict_sets, seed: int, keep: bool = False,
+               names=None):
     """Fit ``family`` on (X, y) and predict every matrix of ``predict_sets`` along its path.
 
     Returns ``(preds, member_json)``: ``preds[j][t]`` are the predictions for ``predict_sets[j]`` with
     ``t`` trees (``t = 0`` for ridge); ``member_json`` (only with ``keep``) is the unweighted member as
-    saved, with the LightGBM booster (the largest tree count; trimmed at save).
+    saved, with the LightGBM booster (the largest tree count; trimmed at save; features named
+    ``names``).
     """
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -210,7 +213,7 @@ def fit_family(family: Family, base_params: dict, X, y, groups, predict_sets, se
             Xb = (X - mean) / sd
         if linear is not None:
             init = _linear_predict(linear, X)
-        booster = _train_booster(params, Xb, y, max(family.path), init)
+        booster = _train_booster(params, Xb, y, max(family.path), init, names)
     preds = []
     for P in predict_sets:
         P = _clip(clip, np.asarray(P, dtype=float))

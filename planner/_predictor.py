@@ -136,7 +136,7 @@ class PredictorConfig:
     min_child_samples: int = 20
     reg_lambda: float = 1.0
     seed: int = 0
-    calibration_folds: int = 10
+    calibration_folds: int = 5
     depth_scale: bool = True
     tune: bool = False
     go_probability: float = 0.5
@@ -340,7 +340,7 @@ class ProbePredictor:
         res = search(Xa, ya, groups, cands, {"all": np.ones(len(ya), dtype=bool), "target": at_target}, at_target,
                      cfg.lgbm_params(), seed=int(cfg.seed), n_top=int(cfg.n_top), n_seeds=int(cfg.n_seeds),
                      calibration_folds=int(cfg.calibration_folds), depth_scale=self.scale_mode_ == "depth",
-                     n_jobs=int(self.n_jobs))
+                     n_jobs=int(self.n_jobs), names=names)
         blend = res.blend
         self.blend_ = _members_from(res.members, blend, cands)
         self.fold_models_ = [_members_from(fm, blend, cands) for fm in res.fold_members]

@@ -139,7 +139,7 @@ class SearchResult:
 def _fit_task(data: dict, cand: Candidate, train_rows: np.ndarray, predict_rows: list, seed: int, keep: bool):
     X, y, groups = data["X"], data["y"], data["groups"]
     preds, member = fit_family(cand.family, data["params"], X[train_rows], y[train_rows], groups[train_rows],
-                               [X[r] for r in predict_rows], seed, keep)
+                               [X[r] for r in predict_rows], seed, keep, data.get("names"))
     if member is not None:
         member["seed"] = int(seed)
     return preds, member
@@ -257,6 +257,7 @@ def search(
     calibration_folds: int,
     depth_scale: bool,
     n_jobs: int = 1,
+    names=None,
 ) -> SearchResult:
     """Choose the blend and fit the final and CV+ fold models (see the module docstring).
 
@@ -264,23 +265,22 @@ def search(
     on which candidates are compared and residuals calibrate (the target depth, or all rows).
     """
     n = len(y)
-    data = {"X": X, "y": y, "groups": groups, "params": params}
+    data = {"X": X, "y": y, "groups": groups, "params": params, "names": names}
     seeds = [seed + s for s in range(int(n_seeds))]
     if len(cands) > 1:
         return _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds, n_jobs)
     return _nested_single(data, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale, n_jobs)
 
 
-def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int, calibration_folds: int) -> np.ndarray:
-    """Rows of the selection part: a seeded share of the runs (grouped), leaving enough for CV+."""
+def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int) -> np.ndarray:
+    """Rows of the selection part: a seeded share of the runs (grouped); at least 2 runs on each side."""
     uniq = np.unique(groups[scored])
-    n_sel = int(round(SELECTION_SHARE * len(uniq)))
-    n_sel = min(max(n_sel, SELECTION_FOLDS), len(uniq) - calibration_folds)
-    if n_sel < 2:
+    if len(uniq) < 4:
         raise ValueError(
-            f"a tuned predictor needs runs to select the blend on and {calibration_folds} more to calibrate, but got "
-            f"{len(uniq)} runs; pass --no-tune or add runs."
+            f"a tuned predictor needs at least 4 runs (2 to select the blend on, 2 to calibrate), but got "
+            f"{len(uniq)}; pass --no-tune or add runs."
         )
+    n_sel = min(max(int(round(SELECTION_SHARE * len(uniq))), 2), len(uniq) - 2)
     chosen = uniq[np.random.default_rng([seed, 7]).permutation(len(uniq))[:n_sel]]
     return np.isin(groups, chosen)
 
@@ -288,7 +288,7 @@ def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int, calibrat
 def _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds, n_jobs) -> SearchResult:
     y, groups = data["y"], data["groups"]
     n = len(y)
-    sel = _selection_split(groups, scored, seed, calibration_folds)
+    sel = _selection_split(groups, scored, seed)
     k_sel = min(SELECTION_FOLDS, len(np.unique(groups[sel])))
     sel_folds = np.full(n, -1)
     sel_folds[sel] = group_folds(groups[sel], k_sel, seed)
