@@ -35,8 +35,8 @@ import numpy as np
 
 from plan_probe._learners import Family, fit_family, group_folds
 
-__all__ = ["Candidate", "SearchResult", "search", "select_blend", "parallel_map", "available_cpus", "SELECTION_SHARE",
-           "SELECTION_FOLDS"]
+__all__ = ["Candidate", "SearchResult", "WorkerPool", "search", "select_blend", "parallel_map", "available_cpus",
+           "SELECTION_SHARE", "SELECTION_FOLDS"]
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +77,49 @@ def _portable_fit(result):
     return preds, member
 
 
-def parallel_map(fn, tasks: list, data: dict, n_jobs: int = 1, portable=None) -> list:
-    """``[fn(data, *task) for task in tasks]``, in a spawned process pool when ``n_jobs > 1``.
+class WorkerPool:
+    """A process pool (spawned, one copy of ``data`` per worker) or, with ``n_jobs <= 1``, in-process calls.
 
-    Results come back in task order. ``fn`` (and ``portable``, applied to each result inside a
-    worker before it is sent back) must be module-level functions.
+    ``map(fn, tasks)`` returns ``[fn(data, *task) for task in tasks]`` in task order; ``fn`` (and
+    ``portable``, applied to each result inside a worker before it is sent back) must be module-level
+    functions. Use as a context manager so that one pool serves several rounds of work.
     """
-    if n_jobs <= 1 or len(tasks) <= 1:
+
+    def __init__(self, data: dict, n_jobs: int = 1):
+        self.data = data
+        self.n_jobs = int(n_jobs)
+        self._pool = None
+
+    def __enter__(self) -> "WorkerPool":
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1):
-            return [fn(data, *task) for task in tasks]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+        self._limits = threadpool_limits(limits=1)  # in-process calls: same one-thread BLAS as the workers
+        return self
 
-    ctx = multiprocessing.get_context("spawn")  # no fork: LightGBM/OpenMP and JAX threads do not survive it
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(data,)) as pool:
-        futures = [pool.submit(_call_in_worker, fn, task, portable) for task in tasks]
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        self._limits.restore_original_limits()
+
+    def map(self, fn, tasks: list, portable=None) -> list:
+        if self.n_jobs <= 1 or len(tasks) <= 1:
+            return [fn(self.data, *task) for task in tasks]
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")  # no fork: LightGBM/OpenMP and JAX threads do not survive it
+            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.data,))
+        futures = [self._pool.submit(_call_in_worker, fn, task, portable) for task in tasks]
         return [f.result() for f in futures]
+
+
+def parallel_map(fn, tasks: list, data: dict, n_jobs: int = 1, portable=None) -> list:
+    """``[fn(data, *task) for task in tasks]`` in one :class:`WorkerPool` (results in task order)."""
+    with WorkerPool(data, n_jobs) as pool:
+        return pool.map(fn, tasks, portable)
 
 
 # ------------------------------------------------------------------------------------- search
@@ -145,12 +169,12 @@ def _fit_task(data: dict, cand: Candidate, train_rows: np.ndarray, predict_rows:
     return preds, member
 
 
-def _run_fits(jobs: dict, data: dict, n_jobs: int) -> dict:
+def _run_fits(jobs: dict, pool: WorkerPool) -> dict:
     """Run ``{key: (candidate, train_rows, [predict_rows], seed, keep)}``; results by key."""
     keys = list(jobs)
     # longest fits first keeps every worker busy to the end; results are re-keyed, so order is free
     keys.sort(key=lambda k: -max(jobs[k][0].family.path) * len(jobs[k][1]))
-    return dict(zip(keys, parallel_map(_fit_task, [jobs[k] for k in keys], data, n_jobs, _portable_fit)))
+    return dict(zip(keys, pool.map(_fit_task, [jobs[k] for k in keys], _portable_fit)))
 
 
 def _rmse(y, p) -> float:
@@ -209,7 +233,7 @@ def _cv_oof(cands, scope_rows, rows, folds, results, key, n) -> dict:
     return oof
 
 
-def _blend_fits(blend, cands, scope_rows, train_sets: dict, predict_sets: dict, seeds, data, n_jobs):
+def _blend_fits(blend, cands, scope_rows, train_sets: dict, predict_sets: dict, seeds, pool):
     """Fit every blend entry (every seed; ridge/mean once) on each named training set.
 
     Returns ``(members[name] = [[member per seed] per entry], preds[name] = blended predictions on
@@ -222,8 +246,8 @@ def _blend_fits(blend, cands, scope_rows, train_sets: dict, predict_sets: dict, 
             for s in seeds if cands[c].family.kind not in ("mean", "ridge") else seeds[:1]:
                 pred_rows = [np.flatnonzero(predict_sets[name] & rows)] if name in predict_sets else []
                 jobs[(name, e, s)] = (cands[c], np.flatnonzero(train & rows), pred_rows, s, True)
-    results = _run_fits(jobs, data, n_jobs)
-    n = len(data["y"])
+    results = _run_fits(jobs, pool)
+    n = len(pool.data["y"])
     members, preds = {}, {}
     for name in train_sets:
         members[name] = []
@@ -267,9 +291,10 @@ def search(
     n = len(y)
     data = {"X": X, "y": y, "groups": groups, "params": params, "names": names}
     seeds = [seed + s for s in range(int(n_seeds))]
-    if len(cands) > 1:
-        return _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds, n_jobs)
-    return _nested_single(data, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale, n_jobs)
+    with WorkerPool(data, n_jobs) as pool:
+        if len(cands) > 1:
+            return _split_search(pool, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds)
+        return _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale)
 
 
 def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int) -> np.ndarray:
@@ -285,8 +310,8 @@ def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int) -> np.nd
     return np.isin(groups, chosen)
 
 
-def _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds, n_jobs) -> SearchResult:
-    y, groups = data["y"], data["groups"]
+def _split_search(pool, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds) -> SearchResult:
+    y, groups = pool.data["y"], pool.data["groups"]
     n = len(y)
     sel = _selection_split(groups, scored, seed)
     k_sel = min(SELECTION_FOLDS, len(np.unique(groups[sel])))
@@ -298,7 +323,7 @@ def _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibrati
         for k in range(k_sel):
             jobs[(c, k)] = (cand, np.flatnonzero(sel & (sel_folds != k) & rows),
                             [np.flatnonzero(sel & (sel_folds == k) & rows)], seed, False)
-    results = _run_fits(jobs, data, n_jobs)
+    results = _run_fits(jobs, pool)
     oof = _cv_oof(cands, scope_rows, sel, sel_folds, results, lambda c, k: (c, k), n)
     blend, scores = select_blend(oof, cands, y, scored & sel, n_top)
     sel_oof = sum(w * oof[c][t] for c, t, w in blend)
@@ -312,7 +337,7 @@ def _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibrati
     for k in range(k_cal):
         train_sets[k] = calib_folds != k
         predict_sets[k] = calib_folds == k
-    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, data, n_jobs)
+    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, pool)
     fold_pred = np.full(n, np.nan)
     for k in range(k_cal):
         fold_pred[calib_folds == k] = preds[k][calib_folds == k]
@@ -321,9 +346,9 @@ def _split_search(data, cands, scope_rows, scored, seed, n_top, seeds, calibrati
                         [sel_oof] * k_cal, oof_pred, _labels(cands, scores), "selection split")
 
 
-def _nested_single(data, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale, n_jobs):
+def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale):
     """One candidate: plain CV+ over every run; pair fits only for per-fold depth scales."""
-    y, groups = data["y"], data["groups"]
+    y, groups = pool.data["y"], pool.data["groups"]
     n = len(y)
     K = int(calibration_folds)
     folds = group_folds(groups, K, seed)
@@ -335,7 +360,7 @@ def _nested_single(data, cands, scope_rows, scored, seed, seeds, calibration_fol
     for k in range(K):
         train_sets[k] = folds != k
         predict_sets[k] = folds == k
-    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, data, n_jobs)
+    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, pool)
     fold_pred = np.full(n, np.nan)
     for k in range(K):
         fold_pred[folds == k] = preds[k][folds == k]
@@ -345,7 +370,7 @@ def _nested_single(data, cands, scope_rows, scored, seed, seeds, calibration_fol
         for j, k in itertools.combinations(range(K), 2):
             out = (folds == j) | (folds == k)
             jobs[(j, k)] = (cand, np.flatnonzero(~out & rows), [np.flatnonzero(out & rows)], seed, False)
-        results = _run_fits(jobs, data, n_jobs)
+        results = _run_fits(jobs, pool)
         t = blend[0][1]
         for k in range(K):
             inner = np.full(n, np.nan)
