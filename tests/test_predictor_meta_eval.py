@@ -190,3 +190,11 @@ def test_screen_matches_hand_computed_example():
     assert out["runs_launched"] == 2 and out["false_kills"] == 1 and out["compute_saved"] == pytest.approx(250.0)
     with pytest.raises(ValueError, match="same threshold"):
         screen(go, label="score", threshold=60, full_cost=100, probe_cost=10, rule="go")
+
+
+@pytest.mark.slow  # two spawned workers each import LightGBM; the fit-level twin runs by default
+def test_evaluate_gives_the_same_result_with_one_or_two_processes():
+    meta = load_meta(make_tuneahead_layout(60, seed=3), label="overall_accuracy")
+    one = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=1)
+    two = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=2)
+    assert one == two
