@@ -234,7 +234,8 @@ def evaluate(
         "label": meta.label_col,
         "id": meta.id_col,
         "models": list(specs),
-        "interval_method": "cv+ (Barber et al. 2021), grouped, nested model selection",
+        "interval_method": "cv+ (Barber et al. 2021) over grouped folds; tuned models choose their blend on a "
+                           "selection split first",
         "calibration_folds": PredictorConfig().calibration_folds,
     }
     out["rmse_gain_vs_recipe"] = (
