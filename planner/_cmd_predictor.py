@@ -64,14 +64,14 @@ def _table(obj: dict) -> str:
 
     if all(m in obj for m in ("full", "tuneahead_recipe")):
         cols = list(METRICS) + list(INTERVAL_METRICS)
-        lines = ["model".ljust(18) + "".join(c.rjust(20) for c in cols)]
+        lines = ["model".ljust(18) + "".join(c.rjust(24) for c in cols)]
         for m in MODELS:
             if m not in obj:
                 continue
             cells = []
             for c in cols:
                 v, se = obj[m].get(c), obj[m].get(f"{c}_se")
-                cells.append((f"{_fmt(v)} ± {_fmt(se)}" if v is not None else "-").rjust(20))
+                cells.append((" " + f"{_fmt(v)} ± {_fmt(se)}" if v is not None else "-").rjust(24))
             lines.append(m.ljust(18) + "".join(cells))
         lines.append("")
         lines.append("full − X".ljust(18) + "".join(c.rjust(22) for c in ("rmse_diff ± se", "se_corrected", "rmse_ratio",
