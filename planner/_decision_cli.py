@@ -46,7 +46,7 @@ class DecisionRequest:
     settings: object
     risk_frame: object
     decision_frame: object
-    static_predictor: str | None
+    static_predictor: object | None  # a loaded ProbePredictor, or None: priors from TASKS columns
 
     def plan(self, model, frame, plan_settings, seed: int = 0):
         """(plan, draws, warning): priors, costs, the decision plan; all checks before any output."""
@@ -61,10 +61,7 @@ class DecisionRequest:
         tasks, _ = validate_tasks(frame, model.static_features_)
         ids = tasks["task_id"].to_numpy()
         if self.static_predictor is not None:
-            from plan_probe._predictor import ProbePredictor
-
-            predictor = ProbePredictor.load(self.static_predictor)
-            m0, s0 = priors_from_predictor(predictor, self.decision_frame, ids, model, seed=seed)
+            m0, s0 = priors_from_predictor(self.static_predictor, self.decision_frame, ids, model, seed=seed)
         else:
             m0, s0 = priors_from_table(self.decision_frame, ids)
         full = None
@@ -112,13 +109,17 @@ def prepare_decision(opts: dict, frame):
     if opts.get("static_predictor") is not None and has_priors:
         raise ValueError(f"the priors must come from one place, but got both TASKS columns {has_priors} and "
                          "--static-predictor; drop one.")
-    keep = ()
+    predictor, keep = None, ()
     if opts.get("static_predictor") is not None:
         from plan_probe._predictor import ProbePredictor
 
-        keep = tuple(ProbePredictor.load(opts["static_predictor"]).feature_names_)
+        predictor = ProbePredictor.load(opts["static_predictor"])
+        if "depth" in predictor.feature_names_:
+            raise ValueError("--static-predictor must be a static-only predictor (no 'depth' feature), but this one is "
+                             "depth-aware; fit one with plan-probe fit-predictor --features static.")
+        keep = tuple(predictor.feature_names_)
     risk_frame, decision_frame = split_decision_columns(frame, keep)
     if opts.get("full_cost") is None and "full_cost" not in frame.columns and None in (settings.launch_cost, settings.kill_cost):
         raise ValueError("--objective decision needs the cost of a full run, but got no --full-cost (and no full_cost "
                          "column in TASKS); pass --full-cost C in the unit of --step-cost (e.g. the run's steps).")
-    return DecisionRequest(settings, risk_frame, decision_frame, opts.get("static_predictor"))
+    return DecisionRequest(settings, risk_frame, decision_frame, predictor)
