@@ -271,11 +271,15 @@ def decision_plan(task_ids, prior_mean, prior_var, l_int, k, alpha, settings, de
                              grid_ratio=decision.grid_ratio, n_jobs=n_jobs)
     steps = curves.c_opt if settings.budget is None else allocate_decision_budget(curves, settings.budget)
     rows = np.arange(n)
-    at_steps = np.array([np.flatnonzero(curves.depths[i] == steps[i])[0] for i in rows])
+    at_steps = np.argmax(curves.depths == np.asarray(steps)[:, None], axis=1)  # every allocation is an evaluated depth
     loss_at_steps = curves.loss[rows, at_steps]
-    u = (m0 - decision.threshold) / np.sqrt(s0)
-    p_flip = _flip_probability(steps, u, s0, np.atleast_2d(l_int), np.atleast_2d(k), np.atleast_2d(alpha), c_lb, c_kg,
-                               curves.go_now)
+    p_flip = curves.p_flip.copy()
+    moved = np.flatnonzero(steps != curves.c_opt)  # only a binding budget moves a task off its optimum
+    if moved.size:
+        u = (m0[moved] - decision.threshold) / np.sqrt(s0[moved])
+        p_flip[moved] = _flip_probability(np.asarray(steps)[moved], u, s0[moved], np.atleast_2d(l_int)[moved],
+                                          np.atleast_2d(k)[moved], np.atleast_2d(alpha)[moved], c_lb[moved], c_kg[moved],
+                                          curves.go_now[moved])
     c = np.maximum(curves.c_opt, 1).astype(float)[:, None]
     post = np.minimum(l_int + k * np.exp(-alpha * np.log(c)), s0[:, None]).mean(axis=1)
     frame = pd.DataFrame({

@@ -559,26 +559,37 @@ def _flip_probability(c_opt, u, s0, l_int, k, alpha, c_lb, c_kg, go_now):
 
 
 # ---------------------------------------------------------------------------------- budgets
-def _lower_hull(c, j):
-    """Indices of the decreasing part of the lower convex hull of points (c, j), c sorted, from c[0]."""
-    hull = [0]
-    for i in range(1, len(c)):
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b if it lies on or above the segment a -> i
-            if (j[b] - j[a]) * (c[i] - c[a]) >= (j[i] - j[a]) * (c[b] - c[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(i)
-    # keep only the part where the objective still decreases
-    out = [hull[0]]
-    for i in hull[1:]:
-        if j[i] < j[out[-1]]:
-            out.append(i)
-        else:
+def _envelope_segments(C, J):
+    """Segments of each row's lower convex envelope from its first point, while the objective falls.
+
+    ``C`` (n, P) depths sorted ascending per row (duplicates and unevaluated points have J = inf),
+    ``J`` the objective. Jarvis march vectorised over rows: from the current envelope point, the next
+    one is the later point of smallest slope (the farthest among ties). Returns arrays
+    (task, from, to, gain per step) of every segment with a negative slope.
+    """
+    n, width = C.shape
+    cur = np.zeros(n, dtype=np.intp)
+    alive = np.ones(n, dtype=bool)
+    rows = np.arange(n)
+    out = []
+    later = np.arange(width)[None, :]
+    for _ in range(width - 1):
+        if not alive.any():
             break
-    return out
+        c0, j0 = C[rows, cur][:, None], J[rows, cur][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where((later > cur[:, None]) & np.isfinite(J), (J - j0) / (C - c0), np.inf)
+        best = slope.min(axis=1)
+        # the farthest point among (near-)ties, so collinear points do not split a segment
+        tie = slope <= best[:, None] + 1e-12 * np.maximum(np.abs(best[:, None]), 1.0)
+        nxt = width - 1 - np.argmax(tie[:, ::-1], axis=1)
+        step = alive & np.isfinite(best) & (best < 0)
+        idx = np.flatnonzero(step)
+        out.append(np.stack([idx, cur[idx], nxt[idx], -best[idx]], axis=1))
+        cur = np.where(step, nxt, cur)
+        alive = step
+    seg = np.concatenate(out) if out else np.empty((0, 4))
+    return seg[:, 0].astype(np.intp), seg[:, 1].astype(np.intp), seg[:, 2].astype(np.intp), seg[:, 3]
 
 
 def allocate_decision_budget(curves: DecisionCurves, budget: float) -> np.ndarray:
@@ -605,39 +616,28 @@ def allocate_decision_budget(curves: DecisionCurves, budget: float) -> np.ndarra
     if c_opt.sum() <= budget:
         return c_opt.copy()
     obj = np.where(np.isnan(curves.objective), np.inf, curves.objective)
-    depths = curves.depths
-    n = depths.shape[0]
-    segments = []  # (gain per step, task, from index, to index)
-    pts = []
-    for i in range(n):
-        ok = np.flatnonzero(np.isfinite(obj[i]))
-        order = ok[np.lexsort((obj[i, ok], depths[i, ok]))]
-        c_i, j_i = depths[i, order], obj[i, order]
-        keep = np.concatenate([[True], np.diff(c_i) > 0])  # one point per depth (the best: sorted by obj)
-        c_i, j_i = c_i[keep], j_i[keep]
-        pts.append((c_i, j_i))
-        hull = _lower_hull(c_i, j_i)
-        for a, b in zip(hull[:-1], hull[1:]):
-            segments.append(((j_i[a] - j_i[b]) / (c_i[b] - c_i[a]), i, a, b))
-    segments.sort(key=lambda s: (-s[0], s[1]))
-    at = np.zeros(n, dtype=np.intp)  # index into pts[i] of the current depth (0 = c = 0)
+    n, width = curves.depths.shape
+    order = np.lexsort((obj, curves.depths), axis=-1)  # by depth, then objective
+    C = np.take_along_axis(curves.depths, order, axis=1)
+    J = np.take_along_axis(obj, order, axis=1)
+    dup = np.zeros_like(C, dtype=bool)
+    dup[:, 1:] = C[:, 1:] == C[:, :-1]
+    J = np.where(dup, np.inf, J)  # one point per depth: the best evaluation of it
+    task, a_idx, b_idx, gain = _envelope_segments(C, J)
+    at = np.zeros(n, dtype=np.intp)  # index into the sorted points (0 is c = 0)
     closed = np.zeros(n, dtype=bool)
     left = budget
-    for _, i, a, b in segments:
-        if closed[i] or at[i] != a:
+    for s_i in np.lexsort((task, -gain)):  # decreasing gain per step; a task's segments come in order
+        i = task[s_i]
+        if closed[i] or at[i] != a_idx[s_i]:
             continue
-        step = pts[i][0][b] - pts[i][0][a]
+        step = C[i, b_idx[s_i]] - C[i, a_idx[s_i]]
         if step <= left:
-            at[i] = b
+            at[i] = b_idx[s_i]
             left -= step
         else:
             closed[i] = True
     # leftover: the single best improving move that fits, repeatedly (vectorised over tasks)
-    width = max(len(c_i) for c_i, _ in pts)
-    C = np.full((n, width), np.inf)
-    J = np.full((n, width), np.inf)
-    for i, (c_i, j_i) in enumerate(pts):
-        C[i, :len(c_i)], J[i, :len(j_i)] = c_i, j_i
     rows = np.arange(n)
     while left > 0:
         cur_c, cur_j = C[rows, at][:, None], J[rows, at][:, None]
@@ -649,4 +649,4 @@ def allocate_decision_budget(curves: DecisionCurves, budget: float) -> np.ndarra
             break
         left -= C[i, t] - C[i, at[i]]
         at[i] = t
-    return np.array([int(pts[i][0][at[i]]) for i in range(n)], dtype=np.int64)
+    return C[np.arange(n), at].astype(np.int64)
