@@ -10,6 +10,9 @@ Prints JSON with, for 10,000 tasks x 256 posterior draws (best of N repeats):
   (posterior draws, the regime diagnosis, decision curves, reasons; target <= 2 s), without and with
   a portfolio budget of 5 steps per task.
 
+Each entry also gives the process CPU time: on a loaded machine, the CPU time of a single-threaded
+run (``jobs1``) is the wall time it would take on one idle core.
+
 Run: ``python -m plan_probe.experiments.bench_decision [--repeats N]``; pin cores with
 ``taskset -c 0,1`` to measure "2 cores" on a bigger machine.
 """
@@ -23,12 +26,17 @@ import time
 
 
 def _best(fn, repeats: int):
-    times, out = [], None
+    """Best wall time of N runs, and the CPU time of that run (on a loaded machine the CPU time of a
+    single-threaded run is what it would take on one idle core)."""
+    times, cpus, out = [], [], None
     for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - start)
-    return out, {"seconds_best": round(min(times), 3), "seconds_all": [round(t, 3) for t in times]}
+        cpus.append(time.process_time() - cpu)
+    best = min(range(len(times)), key=times.__getitem__)
+    return out, {"seconds_best": round(times[best], 3), "seconds_all": [round(t, 3) for t in times],
+                 "cpu_seconds_of_best": round(cpus[best], 3), "cpu_seconds_min": round(min(cpus), 3)}
 
 
 def main(argv=None) -> None:
