@@ -98,7 +98,7 @@ def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out
 
 @click.command("decision")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.json and table.md.")
-@click.option("--quick", is_flag=True, help="5 portfolios x 200 tasks x 16 outcomes, 3 depths (well under a minute).")
+@click.option("--quick", is_flag=True, help="5 portfolios x 200 tasks x 16 outcomes, 3 depths (about a minute).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random stream (recorded in results.json).")
 def decision(out_dir: Path, quick: bool, seed: int) -> None:
     """Realised decision loss + probe cost: decision objective vs the risk objective and fixed depths at

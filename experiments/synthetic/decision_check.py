@@ -13,6 +13,11 @@ policy), the user decides go iff :math:`C_{lb}P(R<\tau \mid m_c) \le C_{kg}P(R\g
 the planner's posterior predictive (a mixture over the draws of :math:`L(c)`), and pays
 :math:`C_{lb}1\{\text{go}, R<\tau\} + C_{kg}1\{\text{no-go}, R\ge\tau\} + \lambda c`.
 
+Two suites test misspecification (the planner's beliefs wrong, the process still the truth):
+``S0 x2`` (the static predictor reports twice its true variance) and ``risk x1/3`` (the risk model's
+L_int and K a third of the population's: probes look more informative than they are); the user
+then also decides from those wrong beliefs.
+
 Policies at the same total steps. (1) The decision objective's own optimum spends T steps; the risk
 objective and a fixed depth get exactly T (:func:`_risk_at`, :func:`_fixed_at`), and deciding now
 (no probe) is the floor. (2) For each fixed depth d, budget :math:`B = n\,d`: every task probed d
@@ -42,9 +47,11 @@ class Suite:
     name: str
     spread: float
     kill_ratio: float = 1.0  # C_kg / C_lb
+    prior_var_bias: float = 1.0  # the planner's S0 / the true S0 (a miscalibrated static predictor)
+    risk_bias: float = 1.0  # the planner's L_int and K / the population's (a wrong risk model)
 
     def __post_init__(self):
-        if not (self.spread > 0 and self.kill_ratio > 0):
+        if not (self.spread > 0 and self.kill_ratio > 0 and self.prior_var_bias > 0 and self.risk_bias > 0):
             raise ValueError(f"spread and kill_ratio must be positive, but got {self!r}; pass values > 0.")
 
 
@@ -57,7 +64,9 @@ class DecisionExperimentSettings:
     n_outcomes: int = 64
     n_draws: int = 256
     depths: tuple = (10, 25, 50, 100, 200)
-    suites: tuple = field(default_factory=lambda: (Suite("near", 1.0), Suite("wide", 2.5), Suite("asymmetric", 1.5, 0.3)))
+    suites: tuple = field(default_factory=lambda: (
+        Suite("near", 1.0), Suite("wide", 2.5), Suite("asymmetric", 1.5, 0.3),
+        Suite("near, S0 x2", 1.0, prior_var_bias=2.0), Suite("near, risk x1/3", 1.0, risk_bias=1 / 3)))
     threshold: float = 55.0
     full_cost: float = 1000.0
     step_cost: float = 1.0
@@ -88,16 +97,20 @@ def _portfolio(settings: DecisionExperimentSettings, suite: Suite, rng):
     cfg = RiskGeneratorConfig()
     truth = generate_tasks(settings.n_tasks, cfg, seed=int(rng.integers(2**31)))
     names = [f"static_f{j}" for j in range(cfg.n_features)]
-    model = RiskModel.from_population(cfg.coef, cfg.intercept, np.diag(cfg.task_noise), names)
+    bias = np.array([1.0, 1.0, 0.0]) * np.log(suite.risk_bias)  # log L_int and log K shifted
+    model = RiskModel.from_population(cfg.coef, np.asarray(cfg.intercept) + bias, np.diag(cfg.task_noise), names)
     draws = model.posterior_task_draws(tasks_table(truth), n_draws=settings.n_draws, seed=int(rng.integers(2**31)))
     true = {k: truth[k].to_numpy(dtype=float) for k in ("l_int", "k", "alpha")}
     s0 = true["l_int"] + true["k"]  # the static-only predictive variance: the true curve at one step
     m0 = settings.threshold + suite.spread * np.sqrt(s0) * rng.standard_normal(settings.n_tasks)
-    return true, draws, m0, s0
+    return true, draws, m0, s0, s0 * suite.prior_var_bias
 
 
-def _realised(c, true, draws, m0, s0, tau, c_lb, c_kg, lam, z_r, xi):
-    """Per task: mean realised decision loss over the simulated outcomes, plus the probe cost."""
+def _realised(c, true, draws, m0, s0, s0_plan, tau, c_lb, c_kg, lam, z_r, xi):
+    """Per task: mean realised decision loss over the simulated outcomes, plus the probe cost.
+
+    The process follows the truth (``s0``, ``true``); the user decides with the planner's beliefs
+    (``s0_plan``, ``draws``)."""
     c = np.asarray(c, dtype=float)
     cc = np.maximum(c, 1.0)
     L_true = np.where(c > 0, true["l_int"] + true["k"] * cc ** -true["alpha"], np.inf)
@@ -106,8 +119,8 @@ def _realised(c, true, draws, m0, s0, tau, c_lb, c_kg, lam, z_r, xi):
     share = (v / s0)[:, None]
     m_c = m0[:, None] + share * (R - m0[:, None]) + np.sqrt(v * (1.0 - v / s0))[:, None] * xi
     # the user's predictive after the probe: the planner's mixture over draws of L(c)
-    sig = np.sqrt(np.minimum(draws["l_int"] + draws["k"] * cc[:, None] ** -draws["alpha"], s0[:, None]))
-    sig = np.where((c > 0)[:, None], sig, np.sqrt(s0)[:, None])
+    sig = np.sqrt(np.minimum(draws["l_int"] + draws["k"] * cc[:, None] ** -draws["alpha"], s0_plan[:, None]))
+    sig = np.where((c > 0)[:, None], sig, np.sqrt(s0_plan)[:, None])
     p_go = ndtr((m_c[:, :, None] - tau) / sig[:, None, :]).mean(axis=2)
     go = c_lb * (1.0 - p_go) <= c_kg * p_go
     loss = np.where(go, c_lb * (R < tau), c_kg * (R >= tau))
@@ -169,10 +182,10 @@ def run_decision_experiment(settings: DecisionExperimentSettings = DecisionExper
         free = {"decision": [], "now": [], "risk": [], "fixed": [], "planned": [], "steps": [], "steps_risk": [],
                 "steps_fixed": []}
         for _ in range(settings.n_portfolios):
-            true, draws, m0, s0 = _portfolio(settings, suite, rng)
+            true, draws, m0, s0_true, s0 = _portfolio(settings, suite, rng)  # s0: what the planner believes
             z_r = rng.standard_normal((n, settings.n_outcomes))
             xi = rng.standard_normal((n, settings.n_outcomes))
-            args = (true, draws, m0, s0, tau, c_lb, c_kg, lam, z_r, xi)
+            args = (true, draws, m0, s0_true, s0, tau, c_lb, c_kg, lam, z_r, xi)
             base = PlanSettings(step_cost=lam, min_depth=settings.c_min, max_depth=settings.c_max)
             own = decision_plan(draws["task_id"], m0, s0, draws["l_int"], draws["k"], draws["alpha"], base, dec)
             free["decision"].append(_realised(own["probe_steps"].to_numpy(), *args))
