@@ -104,8 +104,14 @@ def test_json_contract_and_equal_budget(tmp_path):
     settings = BenchSettings(label="score", folds=4, n_boot=200, budget_shares=(0.4, 0.8), threshold=55.0)
     result = run_benchmark(load_bench(frame, settings), settings, fit_risk=_stub_fitter)
     assert set(result) == {"policies", "paired", "settings"}
-    assert set(result["policies"]) == {"planned", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only", "random", "oracle"}
+    assert set(result["policies"]) == {"planned", "planned_decision", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only",
+                                       "random", "oracle"}
     assert set(result["paired"]) == set(result["policies"]) - {"planned"}
+    for entry in result["paired"].values():  # with --threshold: paired decision-loss differences too
+        assert {"rmse_diff", "ci90", "decision_loss_diff", "decision_ci90"} <= set(entry)
+        assert entry["decision_ci90"][0] <= entry["decision_ci90"][1]
+    own = result["policies"]["planned_decision"]["paired_decision_loss"]
+    assert set(own) == set(result["policies"]) - {"planned_decision"}
     for name, entry in result["policies"].items():
         assert np.isfinite(entry["rmse"]) and entry["steps"] >= 0
         assert {"decision_loss", "false_kill", "false_launch"} <= set(entry)
@@ -116,12 +122,17 @@ def test_json_contract_and_equal_budget(tmp_path):
     budget = result["settings"]["budget_steps"]
     assert budget == pytest.approx(0.4 * 100 * 20)
     assert result["policies"]["uniform_fill"]["steps"] >= result["policies"]["uniform"]["steps"]
-    for name in ("planned", "uniform", "uniform_fill", "random", "oracle", "fixed_min", "static_only"):
+    for name in ("planned", "planned_decision", "uniform", "uniform_fill", "random", "oracle", "fixed_min", "static_only"):
         assert result["policies"][name]["steps"] <= budget + 1e-6
     assert result["policies"]["fixed"]["steps"] == pytest.approx(100 * 20)  # over budget by design
     assert result["policies"]["oracle"]["rmse"] <= result["policies"]["planned"]["rmse"] + 1e-9
     assert [s["budget_share"] for s in result["settings"]["sweep"]] == [0.4, 0.8]
     json.dumps(result)  # JSON-ready
+    # without a threshold: no decision policy, no decision keys
+    plain = BenchSettings(label="score", folds=4, n_boot=200)
+    res2 = run_benchmark(load_bench(frame, plain), plain, fit_risk=_stub_fitter)
+    assert "planned_decision" not in res2["policies"] and "decision_ci90" not in res2["paired"]["uniform"]
+    assert res2["policies"]["uniform"]["rmse"] == pytest.approx(result["policies"]["uniform"]["rmse"])
     # same seed, same result
     again = run_benchmark(load_bench(frame, settings), settings, fit_risk=_stub_fitter)
     assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)

@@ -43,6 +43,8 @@ def _table(result: dict) -> str:
         if name in paired:
             p = paired[name]
             row += f"   {p['rmse_diff']:+.4g} [{p['ci90'][0]:+.4g}, {p['ci90'][1]:+.4g}]"
+            if "decision_ci90" in p:
+                row += f"   dec.loss {p['decision_loss_diff']:+.3f} [{p['decision_ci90'][0]:+.3f}, {p['decision_ci90'][1]:+.3f}]"
         lines.append(row)
     s = result["settings"]
     lines.append(f"{s['n_tasks']} held-out tasks ({s['n_runs']} runs), {s['folds']} folds, budget {s['budget_steps']:g} steps "
@@ -75,7 +77,8 @@ def benchmark(meta, label, id_col, task_col, budget_share, fixed_depth, threshol
 
     Grouped K-fold over tasks; per fold the predictor and the risk model are fitted on the training
     tasks only, the held-out tasks are planned from their static features, and every policy
-    (planned, uniform, fixed_min, fixed, static_only, random, oracle) is scored on the held-out runs.
+    (planned, uniform, uniform_fill, fixed_min, fixed, static_only, random, oracle; planned_decision
+    with --threshold) is scored on the held-out runs.
     Prints {"policies", "paired", "settings"}: RMSE and steps per policy, and rmse(planned) - rmse(P)
     with a 90 % paired bootstrap interval over held-out tasks.
     """

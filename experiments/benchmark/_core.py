@@ -237,19 +237,17 @@ def _task_loss_on_grid(p: dict, tasks: np.ndarray, grid: np.ndarray) -> np.ndarr
     return np.stack([_score(p, tasks, grid, np.full(len(tasks), d), None)["sse"] for d in grid], axis=1)
 
 
-def _allocations(share, settings, grid, tasks, expected_risk, p, rng):
+def _allocations(share, settings, grid, tasks, expected_risk, p, rng, expected_decision=None):
     """Allocation per held-out task for every policy (random: a list of draws).
 
-    Hook for ``planned_decision`` (issue #20): when the decision objective's planning function is
-    available, add ``"planned_decision": grid-restricted allocation of the decision objective``
-    here (it needs the held-out tasks' static-only predictive N(m0, S0), the threshold and the
-    posterior draws), and list it in :data:`._policies.POLICIES`.
+    ``expected_decision`` (tasks x grid depths, with ``--threshold``): the posterior expected
+    decision loss of each task at each depth; ``planned_decision`` allocates the same budget on it.
     """
     from plan_probe._grid import allocate_on_grid
 
     n = len(tasks)
     budget = share * settings.fixed_depth * n
-    return {
+    out = {
         "planned": grid[allocate_on_grid(expected_risk, grid, budget)],
         "uniform": np.full(n, uniform_depth(grid, budget, n)),
         "uniform_fill": [uniform_fill_allocation(grid, budget, n, rng) for _ in range(settings.random_draws)],
@@ -259,6 +257,30 @@ def _allocations(share, settings, grid, tasks, expected_risk, p, rng):
         "random": [random_allocation(grid, budget, n, rng) for _ in range(settings.random_draws)],
         "oracle": oracle_allocation(_task_loss_on_grid(p, tasks, grid), grid, budget),
     }
+    if expected_decision is not None:
+        out["planned_decision"] = grid[allocate_on_grid(expected_decision, grid, budget)]
+    return out
+
+
+def _expected_decision(test, data: BenchData, static, mean_label, train_var, draws, idx, tasks, tau):
+    r"""Posterior expected decision loss per held-out task at each grid depth (docs/theory.md, decision objective).
+
+    The prior of each task is the static-only predictor's N(m0, S0) (S0 its out-of-fold mean squared
+    error, :func:`plan_probe._decision_plan.predictive_variance`); launch and kill costs are equal,
+    so the loss is the probability of deciding on the wrong side of τ, the benchmark's
+    ``decision_loss``.
+    """
+    from plan_probe._decision_plan import predictive_variance
+    from plan_probe.theory import expected_decision_loss
+
+    runs = test.drop_duplicates(data.task_col).set_index(data.task_col).loc[list(tasks)]
+    if static is not None:
+        X = runs[data.static_features].reset_index(drop=True)
+        m0, s0 = np.asarray(static.predict(X), dtype=float), np.asarray(predictive_variance(static, X), dtype=float)
+    else:
+        m0, s0 = np.full(len(tasks), mean_label), np.full(len(tasks), train_var)
+    s0 = np.maximum(s0, 1e-12)
+    return expected_decision_loss(data.grid, m0, s0, draws["l_int"][idx], draws["k"][idx], draws["alpha"][idx], tau, 1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -271,10 +293,12 @@ def _rmse(sse, runs, weights=None):
 
 
 def _summarise(scores: dict, settings: BenchSettings, n_tasks: int, share: float, rng) -> tuple[dict, dict]:
-    """Policy metrics and paired bootstrap differences rmse(planned) - rmse(P) over held-out tasks."""
+    """Policy metrics and paired bootstrap differences rmse(planned) - rmse(P) over held-out tasks
+    (with a threshold also decision_loss(planned) - decision_loss(P), and the same differences of
+    ``planned_decision`` in its entry's ``paired_decision_loss``)."""
     runs = scores["planned"]["runs"]
     weights = rng.multinomial(n_tasks, np.full(n_tasks, 1.0 / n_tasks), size=settings.n_boot).astype(float)
-    policies, boot = {}, {}
+    policies, boot, boot_dl = {}, {}, {}
     budget_total = share * settings.fixed_depth * n_tasks
     for name, sc in scores.items():
         draws = sc if isinstance(sc, list) else [sc]
@@ -289,16 +313,30 @@ def _summarise(scores: dict, settings: BenchSettings, n_tasks: int, share: float
             fk = np.mean([d["false_kill"].sum() for d in draws])
             fl = np.mean([d["false_launch"].sum() for d in draws])
             entry.update({"decision_loss": float((fk + fl) / runs.sum()), "false_kill": float(fk), "false_launch": float(fl)})
+            wrong = np.stack([d["false_kill"] + d["false_launch"] for d in draws])
+            boot_dl[name] = np.mean([(weights @ w) / (weights @ runs) for w in wrong], axis=0)
         policies[name] = entry
         boot[name] = np.mean([_rmse(s, runs, weights) for s in sse], axis=0)
     paired = {}
     for name in scores:
         if name == "planned":
             continue
-        diff = boot["planned"] - boot[name]
-        lo, hi = np.quantile(diff, [0.05, 0.95])
-        paired[name] = {"rmse_diff": policies["planned"]["rmse"] - policies[name]["rmse"], "ci90": [float(lo), float(hi)]}
+        paired[name] = {"rmse_diff": policies["planned"]["rmse"] - policies[name]["rmse"],
+                        "ci90": _ci90(boot["planned"] - boot[name])}
+        if boot_dl:
+            paired[name].update({"decision_loss_diff": policies["planned"]["decision_loss"] - policies[name]["decision_loss"],
+                                 "decision_ci90": _ci90(boot_dl["planned"] - boot_dl[name])})
+    if "planned_decision" in boot_dl:
+        policies["planned_decision"]["paired_decision_loss"] = {
+            name: {"decision_loss_diff": policies["planned_decision"]["decision_loss"] - policies[name]["decision_loss"],
+                   "ci90": _ci90(boot_dl["planned_decision"] - boot_dl[name])}
+            for name in scores if name != "planned_decision"}
     return policies, paired
+
+
+def _ci90(diff) -> list:
+    lo, hi = np.quantile(diff, [0.05, 0.95])
+    return [float(lo), float(hi)]
 
 
 def _risk_summary(risk, expected: np.ndarray, grid: np.ndarray, alloc: np.ndarray) -> dict:
@@ -342,9 +380,13 @@ def run_benchmark(data: BenchData, settings: BenchSettings, *, fit_risk=None) ->
         order = {t: i for i, t in enumerate(np.asarray(draws["task_id"]).astype(str))}
         idx = np.array([order[t] for t in tasks])
         expected = expected_risk_on_grid(draws["l_int"][idx], draws["k"][idx], draws["alpha"][idx], data.grid)
+        dec = None
+        if settings.threshold is not None:
+            dec = _expected_decision(test, data, static, mean_label, float(train[data.label].var()), draws, idx, tasks,
+                                     settings.threshold)
         all_tasks.extend(tasks.tolist())
         for share in settings.budget_shares:
-            allocs = _allocations(share, settings, data.grid, tasks, expected, p, rng)
+            allocs = _allocations(share, settings, data.grid, tasks, expected, p, rng, dec)
             for name, alloc in allocs.items():
                 sc = ([_score(p, tasks, data.grid, a, settings.threshold) for a in alloc] if isinstance(alloc, list)
                       else _score(p, tasks, data.grid, alloc, settings.threshold))
@@ -365,7 +407,8 @@ def run_benchmark(data: BenchData, settings: BenchSettings, *, fit_risk=None) ->
         "depths": [float(d) for d in data.grid], "n_tasks": n_tasks, "n_runs": int(frame[data.id_col].nunique()),
         "budget_steps": first * settings.fixed_depth * n_tasks,
         "policy_order": [p for p in POLICIES if p in policies],
-        "planned_decision": "not available: the decision objective (issue #20) is not merged on this branch",
+        "planned_decision": ("the decision objective (equal launch and kill costs) on the grid" if settings.threshold is not None
+                             else "not run: needs --threshold"),
         "risk_features": list(data.static_features),
         "risk_features_log10": list(data.log_features),
         "sweep": [{"budget_share": s, "budget_steps": s * settings.fixed_depth * n_tasks,

@@ -6,6 +6,9 @@ depth). With a budget :math:`B` (``budget_share`` × ``fixed_depth`` × tasks):
 
 * ``planned``: the tool's risk model, restricted to the grid (:func:`plan_probe._grid.allocate_on_grid`
   on the posterior expected :math:`L_i(d)` of each held-out task, from its static features only);
+* ``planned_decision`` (with a threshold τ): the same budget allocated on the grid by the posterior
+  expected *decision* loss (equal launch and kill costs: the probability of landing on the wrong
+  side of τ; :func:`plan_probe.theory.expected_decision_loss`, prior from the static-only predictor);
 * ``uniform``: every task the deepest grid depth :math:`d` with :math:`d \cdot N \le B`;
 * ``fixed_min``: every task the shallowest grid depth;
 * ``fixed``: every task ``fixed_depth`` (TuneAhead's protocol; over budget by design);
@@ -27,8 +30,8 @@ import numpy as np
 
 __all__ = ["uniform_depth", "uniform_fill_allocation", "random_allocation", "oracle_allocation", "POLICIES", "BOUND_POLICIES"]
 
-#: Policy names in report order; ``planned_decision`` joins when the decision objective is available.
-POLICIES = ("planned", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only", "random", "oracle")
+#: Policy names in report order (``planned_decision`` only with a threshold).
+POLICIES = ("planned", "planned_decision", "uniform", "uniform_fill", "fixed_min", "fixed", "static_only", "random", "oracle")
 #: Not policies a user could run: bounds, reported for scale.
 BOUND_POLICIES = ("oracle",)
 
