@@ -178,3 +178,26 @@ def test_planned_beats_uniform_and_random_where_static_features_predict_the_reve
     rate = frame.groupby("task_id")["static_6"].first()
     rho = spearmanr([seen[t] for t in rate.index], rate.to_numpy()).statistic
     assert rho > 0.5, rho
+
+
+def test_table_and_figure_of_a_budget_sweep(tmp_path):
+    """The table names every policy with its paired interval; the figure has one point per budget share."""
+    from plan_probe._figures import subplots
+    from plan_probe.experiments.benchmark._cmd import _table
+    from plan_probe.experiments.benchmark._core import BenchSettings, load_bench, run_benchmark
+    from plan_probe.experiments.benchmark._figure import plot_benchmark
+
+    frame, _ = _decay(tmp_path, n_tasks=16)
+    settings = BenchSettings(label="score", folds=4, n_boot=100, budget_shares=(0.4, 0.2, 0.8), threshold=55.0)
+    result = run_benchmark(load_bench(frame, settings), settings, fit_risk=_stub_fitter)
+    text = _table(result)
+    for name in result["settings"]["policy_order"]:
+        assert any(line.startswith(name + " ") for line in text.splitlines()), name
+    assert text.count("dec.loss") == len(result["paired"]) + 1  # header + one per paired policy
+    fig, ax = subplots(figsize=(6, 4))
+    plot_benchmark(ax, result)
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == set(result["settings"]["policy_order"])
+    assert len(lines["planned"].get_xdata()) == 3 and len(lines["fixed"].get_xdata()) == 1
+    steps = sorted(s["policies"]["planned"]["steps"] for s in result["settings"]["sweep"])
+    assert list(lines["planned"].get_xdata()) == steps
