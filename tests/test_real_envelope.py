@@ -59,3 +59,17 @@ def test_constant_step_size_has_no_decay_rate_to_bound():
     env = envelope_comparison(frame, _fit(frame, rng))
     assert env["bound"] == -1.0 and env["relation"] == "undefined"
     assert env["finite_range"] < 0.1 and env["relation_finite_range"] == "within"
+
+
+def test_unbounded_alpha_intervals_are_written_as_null():
+    """A singular Fisher information gives alpha_hi = inf; results.json must stay valid JSON (null)."""
+    import json
+
+    from plan_probe.experiments.metadataset._real import _json_ready
+
+    raw = {"tasks": {"t": {"alpha": 0.5, "alpha_hi": float("inf"), "k": np.float64(-np.inf)}},
+           "envelope": {"tasks": [{"interval": [0.1, float("inf")]}]}, "n": 3}
+    clean = _json_ready(raw)
+    text = json.dumps(clean, allow_nan=False)
+    assert json.loads(text) == {"tasks": {"t": {"alpha": 0.5, "alpha_hi": None, "k": None}},
+                                "envelope": {"tasks": [{"interval": [0.1, None]}]}, "n": 3}

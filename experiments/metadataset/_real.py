@@ -347,10 +347,21 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
         "regime_counts": counts,
         "envelope": envelope,
     }
-    write_json(results, out / "results.json")
-    summary = {"tasks": len(fits), "regime_counts": counts, "results": str(out / "results.json"),
-               "figures": [str(out / n) for n in figures], "envelope": envelope}
+    write_json(_json_ready(results), out / "results.json")
+    summary = _json_ready({"tasks": len(fits), "regime_counts": counts, "results": str(out / "results.json"),
+                           "figures": [str(out / n) for n in figures], "envelope": envelope})
     return {"summary": summary, "results": results}
+
+
+def _json_ready(value):
+    """``None`` for non-finite floats (an unbounded alpha interval has hi = inf; JSON has no inf)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _save(fig, path: Path, atomic_path) -> None:
