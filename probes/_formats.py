@@ -96,9 +96,13 @@ PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConf
 STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 1, "rerun plan-probe run")
-PORTFOLIO = FileFormat("plan-probe/portfolio", 1, "rerun plan-probe run")
-#: Planning settings as stored next to a plan.
-PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 1, "recreate them with PlanSettings")
+#: Schema 2 (issue #14): the portfolio's risk_weight / target_rmse may be null (relative defaults) and
+#: the summary adds plan_settings (resolved) and risk_model_ok; schema-1 documents are valid as they are.
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 2, "rerun plan-probe run", migrations={1: dict})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 2, "rerun plan-probe run", migrations={1: dict})
+#: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
+#: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
+#: holds numbers, which mean the same in schema 2, so the migration is the identity.
+PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 2, "recreate them with PlanSettings", migrations={1: dict})
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
 META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
