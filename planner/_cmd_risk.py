@@ -54,7 +54,7 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi
     model.save(output)
     warning = model.convergence_warning(str(output))
     if warning:
-        log.warning(warning)
+        click.echo(f"warning: {warning}", err=True)
     summary = {"model": str(output), "method": model.method_, "n_tasks": model.n_tasks_, "n_obs": model.n_obs_,
                "seconds": round(elapsed, 2), "label_scale": model.label_scale_, "diagnostics": model.diagnostics_,
                "population": model.population_summary()}
@@ -124,7 +124,7 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     if low.any():
         warnings.append(f"{int(low.sum())} task(s) have a low pilot-update ESS; their posterior is coarse.")
     for w in warnings:
-        log.warning(w)
+        click.echo(f"warning: {w}", err=True)
     if output is not None:
         write_table(result, output)
     if fmt == "json":

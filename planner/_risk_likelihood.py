@@ -131,7 +131,7 @@ def observation_arrays(obs, task_index: dict) -> ObservationArrays:
     chain_valid = np.zeros((n_ch, max(m - 1, 0)), dtype=bool)
     for i, (_, a, lc) in enumerate(chains):
         chain_abs[i, : a.size], chain_log_c[i, : a.size] = a, lc
-        chain_log_c[i, a.size:] = lc[-1] + 1.0  # padding: finite, increasing, masked out
+        chain_log_c[i, a.size:] = lc[-1] + 1.0 + np.arange(m - a.size)  # padding: strictly increasing (finite V), masked out
         chain_valid[i, : a.size - 1] = True
     return ObservationArrays(
         task=cat["task"].astype(np.int64), log_c=cat["log_c"].astype(float), gap=cat["gap"].astype(float),

@@ -159,9 +159,6 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir)
     ps_path = resolve_model_file("predictor_static", portfolio.predictor_static, portfolio.base_dir)
     risk_model = RiskModel.load(rm_path)
-    warning = risk_model.convergence_warning(str(rm_path))
-    if warning:
-        log.warning(warning)
     missing = sorted(set(risk_model.static_features_) - set(STATIC_COLUMNS))
     if missing:
         raise ValueError(

@@ -138,8 +138,7 @@ def _check_nested(frame, out):
                              f"with risk_obs={risk[np.flatnonzero(off)[0]]!r}; recompute risk_obs from the residual.")
         out["residual"] = res
     if "run_id" in frame.columns:
-        run = frame["run_id"].where(frame["run_id"].notna(), None)
-        out["run_id"] = [None if r is None else str(r) for r in run]
+        out["run_id"] = [str(r) if pd.notna(r) and str(r) != "" else None for r in frame["run_id"]]
         has = out["run_id"].notna()
         if has.any():
             per_run = out.loc[has].groupby("run_id")["task_id"].nunique()
