@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 @click.option("--draws", "num_samples", default=400, show_default=True, type=int, help="NUTS draws per chain.")
 @click.option("--warmup", "num_warmup", default=400, show_default=True, type=int, help="NUTS warm-up steps per chain.")
 @click.option("--chains", "num_chains", default=2, show_default=True, type=int, help="NUTS chains (run one after another).")
+@click.option("--target-accept", default=0.85, show_default=True, type=float,
+              help="NUTS target acceptance; raise it (e.g. 0.95) when the fit reports divergences.")
 @click.option("--svi-steps", default=3000, show_default=True, type=int, help="SVI optimisation steps.")
 @click.option("--keep-draws", default=400, show_default=True, type=int, help="Population draws kept in MODEL.json (thinned).")
-def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi_steps, keep_draws):
+def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
     OBS columns: task_id, depth, risk_obs, dof, static_*, optionally run_id and residual (rows of
@@ -46,7 +48,7 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi
         raise ValueError(f"the model file must end in .json, but got {output!r}; pass -o MODEL.json.")
     table_format(obs)
     settings = RiskFitSettings(method=method, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
-                               svi_steps=svi_steps, keep_draws=keep_draws)
+                               target_accept=target_accept, svi_steps=svi_steps, keep_draws=keep_draws)
     frame = validate_risk_observations(read_table(obs))
     start = time.perf_counter()
     model = RiskModel(settings).fit(frame, seed=seed)

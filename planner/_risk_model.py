@@ -313,7 +313,8 @@ def _diagnostics_warning(diagnostics: dict, source: str) -> str | None:
         return None
     reasons = "; ".join(diagnostics.get("problems", [])) or "diagnostics.ok is false"
     return (f"risk model {source} did not converge cleanly ({reasons}); its regimes and probe lengths are uncertain "
-            "beyond their intervals: refit it with more --warmup/--draws (or --method nuts) before relying on the plan.")
+            "beyond their intervals: refit it with more --warmup/--draws, a higher --target-accept (divergences) "
+            "or --method nuts before relying on the plan.")
 
 
 class RiskModel:

@@ -98,12 +98,12 @@ def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out
 
 @click.command("residual-coverage")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.json.")
-@click.option("--quick", is_flag=True, help="4 replicate datasets and shorter chains (a few minutes on 2 cores).")
+@click.option("--quick", is_flag=True, help="3 replicate datasets and shorter chains (a few minutes on 2 cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic truth, residuals and fits.")
 def residual_coverage(out_dir: Path, quick: bool, seed: int) -> None:
     """Coverage of the risk model's 80 % intervals of L(c) on synthetic nested residual vectors (issue #14).
 
-    100 tasks x 5 depths per replicate dataset (20 replicates; 4 with --quick), residuals drawn as
+    100 tasks x 5 depths per replicate dataset (20 replicates; 3 with --quick), residuals drawn as
     martingale vectors from known (L_int, K, alpha); fitted with the nested likelihood and with
     the old independent dof-1 treatment of the same residuals. Writes OUT/results.json with
     coverage_nested and coverage_independent (shares of task x depth intervals covering the true
