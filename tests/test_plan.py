@@ -271,3 +271,18 @@ def test_expected_risk_matches_quadrature_with_full_covariance():
         m1, m2 = _risk_moments_by_quadrature(mu, sigma, float(r["depth"]))
         se = np.sqrt((m2 - m1**2) / n)
         assert abs(got[i] - m1) <= 4 * se, (i, got[i], m1, se)
+
+
+def test_plan_bounds_experiment_counts_every_task():
+    """experiments/plan_bounds.py: the at-bound counts partition the tasks under both settings."""
+    from plan_probe.experiments.plan_bounds import bound_counts
+    from plan_probe.experiments.synthetic.risk_generator import risk_observations
+
+    model = known_model()
+    model.label_scale_ = 12.0
+    obs = risk_observations(generate_tasks(25, CFG, seed=4), CFG, seed=5)
+    res = bound_counts(model, obs)
+    assert res["n_tasks"] == 25 and res["label_scale"] == 12.0
+    for key in ("relative_defaults", "former_absolute"):
+        assert sum(res[key]["at_bound"].values()) == 25 and sum(res[key]["regimes"].values()) == 25
+    assert res["relative_defaults"]["cost"] == pytest.approx(0.012) and res["former_absolute"]["cost"] == 0.01

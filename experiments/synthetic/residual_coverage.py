@@ -45,7 +45,7 @@ class ResidualCoverageSettings:
     task_noise: tuple = (0.3, 0.3, 0.2)
     num_warmup: int = 400
     num_samples: int = 400
-    num_chains: int = 1
+    num_chains: int = 2
     #: NUTS target acceptance: the increments' curved K-alpha ridge needs smaller steps than fork
     #: variances (one 100-task replicate: 19 divergences at 0.85, 18 at 0.9, 1 at 0.95).
     target_accept: float = 0.95
