@@ -3,7 +3,11 @@ r"""The hierarchical Bayesian risk model (docs/theory.md §2).
 Per task i, :math:`\theta_i = (\log L_\mathrm{int}, \log K, \log\alpha)_i \sim \mathcal N(B s_i + b, \Sigma)`
 with :math:`s_i` the standardised static features, :math:`\Sigma = \mathrm{diag}(\sigma)\,\Omega\,\mathrm{diag}(\sigma)`
 and an LKJ prior on the correlation :math:`\Omega`. An observation u of :math:`L_i(c) = L_\mathrm{int} + K c^{-\alpha}`
-with dof :math:`\nu` is :math:`\mathrm{Gamma}(\nu/2,\ \mathrm{rate}=\nu/(2L_i(c)))` (so :math:`\nu u/L \sim \chi^2_\nu`).
+with dof :math:`\nu` is :math:`\mathrm{Gamma}(\nu/2,\ \mathrm{rate}=\nu/(2L_i(c)))` (so :math:`\nu u/L \sim \chi^2_\nu`);
+the residuals of one run at several depths (rows sharing a ``run_id`` with dof 1) are one nested
+vector: the deepest residual and the independent increments
+:math:`e(c_i) - e(c_{i+1}) \sim \mathcal N(0, L(c_i) - L(c_{i+1}))` (:mod:`plan_probe._risk_likelihood`).
+The fitted model records the label scale S (:func:`label_scale`) the plan's relative defaults use.
 
 The model (:func:`risk_model`) is a pure function; inference (:func:`run_nuts`, :func:`run_svi`) is
 separate and takes explicit JAX keys. :class:`RiskModel` is the sklearn-style front end; it saves
@@ -388,6 +392,7 @@ class RiskModel:
         self.feature_std_ = std.astype(float)
         self.risk_scale_ = scale
         self.label_scale_ = label_scale(obs)
+        self.label_scale_rule_ = LABEL_SCALE_RULE
         self.diagnostics_ = diagnostics
         self.method_ = method
         self.seed_ = int(seed)
@@ -420,6 +425,7 @@ class RiskModel:
             raise ValueError(f"label_scale must be positive, but got {label_scale=}; pass the typical risk S > 0.")
         model.risk_scale_ = 1.0
         model.label_scale_ = float(label_scale)
+        model.label_scale_rule_ = "given (RiskModel.from_population)"
         model.diagnostics_ = {"method": "known_population", "ok": True, "problems": []}
         model.method_ = "known_population"
         model.seed_ = 0
@@ -440,7 +446,7 @@ class RiskModel:
             "feature_std": self.feature_std_.tolist(),
             "risk_scale": self.risk_scale_,
             "label_scale": self.label_scale_,
-            "label_scale_rule": LABEL_SCALE_RULE,
+            "label_scale_rule": getattr(self, "label_scale_rule_", LABEL_SCALE_RULE),
             "settings": asdict(self.settings_),
             "method": self.method_,
             "seed": self.seed_,
@@ -473,6 +479,7 @@ class RiskModel:
             model.feature_std_ = np.asarray(payload["feature_std"], dtype=float)
             model.risk_scale_ = float(payload["risk_scale"])
             model.label_scale_ = float(payload["label_scale"])
+            model.label_scale_rule_ = str(payload.get("label_scale_rule", LABEL_SCALE_RULE))
             model.diagnostics_ = payload["diagnostics"]
             model.method_ = payload["method"]
             model.seed_ = int(payload["seed"])
