@@ -14,6 +14,8 @@ import time
 
 import click
 
+from plan_probe._decision_cli import decision_options, prepare_decision
+
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +90,9 @@ def _plan_options(f):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the posterior draws.")
 @click.option("--draws", "n_draws", default=256, show_default=True, type=int, help="Posterior draws per task.")
 @click.option("--format", "fmt", default=None, type=click.Choice(["json", "table"]), help="Also print the rows to stdout.")
-def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt):
+@decision_options
+def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt,
+         **decision_opts):
     """Plan probe lengths for the tasks in TASKS (task_id, static_*, optional pilot rows).
 
     Writes PLAN with columns task_id, regime, p_static_sufficient, p_dynamic_critical,
@@ -97,7 +101,10 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     and at_bound (c_min / c_max / none). Without --risk-weight / --target-rmse the defaults are
     relative to the model's label scale S (docs/guide/planning.md). Warns on stderr (and in the
     summary's "warnings") when more than half of the tasks have c_opt at a probe limit, and when
-    the model did not converge cleanly.
+    the model did not converge cleanly. With --objective decision the probe lengths minimise the
+    expected go/no-go loss plus probe cost, and PLAN adds prior_mean, prior_var, launch_cost,
+    kill_cost, p_success_now, decision_now, loss_now, loss_at_c_opt, value_of_probe,
+    loss_at_probe_steps, p_flip, loss_floor, reason (docs/guide/decision.md).
     """
     from plan_probe.probes._io import read_table, table_format, write_table
     from plan_probe._plan import PlanSettings, bound_warning, compute_plan
@@ -112,16 +119,23 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     settings = PlanSettings(step_cost=step_cost, risk_weight=risk_weight, target_rmse=target_rmse, min_depth=min_depth,
                             max_depth=max_depth, budget=budget, seed=seed, n_draws=n_draws)
     frame = read_table(tasks)
+    decision = prepare_decision(decision_opts, frame)
+    frame = frame if decision is None else decision.risk_frame
     task_rows, _ = validate_tasks(frame)
-    settings.check_budget(len(task_rows))
+    if decision is None:  # the decision objective may leave tasks unprobed, so B < c_min x n is fine there
+        settings.check_budget(len(task_rows))
     model = RiskModel.load(risk_model)
     validate_tasks(frame, model.static_features_)
     resolved = settings.resolve(model.label_scale_)
-    resolved.check_budget(len(task_rows))
     start = time.perf_counter()
-    result, draws = compute_plan(model, frame, settings)
+    if decision is None:
+        result, draws = compute_plan(model, frame, settings)
+    else:
+        result, draws, warning = decision.plan(model, frame, settings, seed=seed)
     log.info("planned %d tasks in %.3f s", len(result), time.perf_counter() - start)
-    warnings = [w for w in (model.convergence_warning(str(risk_model)), bound_warning(result, resolved)) if w]
+    # the bound warning explains c_opt by the risk objective; the decision objective explains its own (reason column)
+    bounds = bound_warning(result, resolved) if decision is None else None
+    warnings = [w for w in (model.convergence_warning(str(risk_model)), bounds) if w]
     low = draws["ess"] < 0.05 * settings.n_draws * 8
     if low.any():
         warnings.append(f"{int(low.sum())} task(s) have a low pilot-update ESS; their posterior is coarse.")
@@ -136,11 +150,13 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     else:
         counts = result["regime"].value_counts().to_dict()
         at_bound = {k: int(v) for k, v in result["at_bound"].value_counts().items() if k != "none"}
-        click.echo(json.dumps({"plan": str(output), "n_tasks": len(result), "regimes": counts,
-                               "total_probe_steps": int(result["probe_steps"].sum()), "at_bound": at_bound,
-                               "label_scale": model.label_scale_, "relative_defaults": settings.relative_keys(),
-                               "settings": resolved.to_dict(), "warnings": warnings},
-                              sort_keys=True))
+        summary = {"plan": str(output), "n_tasks": len(result), "regimes": counts,
+                   "total_probe_steps": int(result["probe_steps"].sum()), "at_bound": at_bound,
+                   "label_scale": model.label_scale_, "relative_defaults": settings.relative_keys(),
+                   "settings": resolved.to_dict(), "warnings": warnings}
+        if decision is not None:
+            summary.update(decision.summary(result, warning))
+        click.echo(json.dumps(summary, sort_keys=True))
 
 
 @click.command("phase-diagram")

@@ -124,11 +124,16 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     relative = set(ps["relative_defaults"])
     gamma = f"{ps['risk_weight']:.3g}" + (" (default 10⁻³·S)" if "risk_weight" in relative else "")
     eps = f"{ps['target_rmse']:.3g}" + (" (default √(S/2))" if "target_rmse" in relative else "")
+    decision = getattr(p, "objective", "risk") == "decision"
+    go_rule = ("go when C_lb·P(score < τ) ≤ C_kg·P(score ≥ τ)" if decision
+               else f"go when P(score ≥ τ) ≥ {p.go_probability:g}")
+    objective = ("Objective: decision (expected go/no-go loss + probe cost, costs in the unit of λ)" if decision
+                 else "Objective: risk (expected L(c) + γλc)")
     lines = [
         f"# plan-probe run: {p.name}",
         "",
         f"Model `{p.model}`, {len(p.candidates)} candidates, go threshold τ = {p.threshold:g} "
-        f"(go when P(score ≥ τ) ≥ {p.go_probability:g}), interval coverage {p.coverage:g}, budget {budget}. "
+        f"({go_rule}), interval coverage {p.coverage:g}, budget {budget}. {objective}. "
         f"Plan settings: λ = {p.step_cost:g}, γ = {gamma}, ε = {eps}, "
         f"c ∈ [{p.min_depth}, {p.max_depth}]; the risk model's label scale S = {ps['label_scale']:.4g} "
         f"(typical pre-probe risk, label units²); seed {p.seed}. plan-probe {summary['versions']['plan-probe']}.",
@@ -136,19 +141,28 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
         f"**Result:** {t['go']} go, {t['no_go']} no-go; {t['probed']} candidates probed with {t['probe_steps']} steps in total "
         f"versus {t['fixed_probe_steps_total']} for a fixed {fixed}-step probe of every candidate "
         f"({100 * t['share_saved_vs_fixed']:.1f} % saved)."
+        + (f" Expected decision loss avoided by the probes: {_f(t['expected_loss_avoided'])} net of their cost."
+           if decision else "")
         + (f" {t['failed_probes']} probe(s) failed." if t["failed_probes"] else "")
         + (f" {t['diverged_probes']} probe(s) diverged." if t["diverged_probes"] else ""),
         "",
         "## Plan",
         "",
-        "Regime probabilities are shares of posterior draws; the regime is a diagnosis. `c_opt` minimises the "
-        "expected risk plus cost, and every candidate is probed for `c_opt` steps except Static-Sufficient ones "
-        "(0: static features suffice)"
-        + (", then the budget is shared by equal marginal gains." if p.budget is not None else ".")
-        + " A Noise-Dominant candidate cannot reach the target RMSE ε at any probe depth (its intrinsic risk "
-        "L_int ≥ ε²): fix its data or accept the uncertainty; its probe still pays for the risk it removes. "
-        "L_int, K and α are posterior medians with 80 % intervals; risk at c_opt is a posterior mean.",
-        "",
+    ]
+    if decision:
+        lines += _decision_section(p, plan, t) + ["### Risk diagnosis", "",
+                  "Regimes are a diagnosis of each risk curve (shares of posterior draws); with the decision "
+                  "objective they do not set the probe steps. L_int, K and α are posterior medians with 80 % "
+                  "intervals; risk at c_opt is a posterior mean.", ""]
+    else:
+        lines += ["Regime probabilities are shares of posterior draws; the regime is a diagnosis. `c_opt` minimises the "
+                  "expected risk plus cost, and every candidate is probed for `c_opt` steps except Static-Sufficient ones "
+                  "(0: static features suffice)"
+                  + (", then the budget is shared by equal marginal gains." if p.budget is not None else ".")
+                  + " A Noise-Dominant candidate cannot reach the target RMSE ε at any probe depth (its intrinsic risk "
+                  "L_int ≥ ε²): fix its data or accept the uncertainty; its probe still pays for the risk it removes. "
+                  "L_int, K and α are posterior medians with 80 % intervals; risk at c_opt is a posterior mean.", ""]
+    lines += [
         _table(
             ["candidate", "regime", "P(static)", "P(dynamic)", "P(noise)", "L_int [80 %]", "K [80 %]", "α [80 %]", "c_opt",
              "probe steps", "risk at c_opt"],
@@ -162,7 +176,8 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     if not summary.get("risk_model_ok", True):
         lines += ["**Warning:** the risk model did not meet the convergence thresholds (R-hat ≤ 1.05, bulk ESS ≥ 100, "
                   "no divergences); treat its regimes and depths as rough.", ""]
-    at_bound = plan["at_bound"].isin(["c_min", "c_max"]) if "at_bound" in plan.columns else None
+    # the note explains c_opt by the risk objective; the decision objective's reason column explains its own
+    at_bound = plan["at_bound"].isin(["c_min", "c_max"]) if "at_bound" in plan.columns and not decision else None
     if at_bound is not None and at_bound.sum() > 0.5 * len(plan):
         lines += [f"**Note:** {int(at_bound.sum())} of {len(plan)} candidates have c_opt at a probe limit "
                   f"({int((plan['at_bound'] == 'c_min').sum())} at c_min, {int((plan['at_bound'] == 'c_max').sum())} at c_max): "
@@ -229,6 +244,34 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     return "\n".join(lines)
 
 
+def _decision_section(p, plan, t) -> list[str]:
+    """The decision objective's plan: per candidate the numbers and the reason for its steps, and the totals."""
+    lam = p.step_cost
+    rows = [[r["candidate"], r["p_success_now"], r["decision_now"], r["loss_now"], r["probe_steps"],
+             r["loss_at_probe_steps"], r["loss_now"] - r["loss_at_probe_steps"] - lam * r["probe_steps"], r["p_flip"]]
+            for r in plan.to_dict("records")]
+    lines = [
+        "Each candidate's probe length minimises the expected loss of the go/no-go decision at τ plus the probe's "
+        "cost (preposterior analysis: before probing, the static-only prediction N(m₀, S₀); a c-step probe leaves "
+        "the risk model's L(c) and moves the mean by N(0, S₀ − L(c)); docs/guide/decision.md). Costs are in the "
+        f"unit of λ = {lam:g} per probe step: a launched run that ends below τ costs C_lb, a killed run that would "
+        "have reached τ costs C_kg (default for both: the candidate's full run, `full_steps` × λ or `full_cost`)"
+        + (", and the budget is shared by equal marginal value of information." if p.budget is not None else "."),
+        "",
+        _table(["candidate", "P(score ≥ τ) now", "decide now", "expected loss now", "probe steps",
+                "expected loss after", "loss avoided (net)", "P(probe flips it)"], rows),
+        "",
+        f"Expected decision loss: {_f(t['expected_loss_now'])} deciding every candidate now, "
+        f"{_f(t['expected_loss_after_probes'])} after the planned probes, which cost {_f(t['probe_cost'])}: "
+        f"**{_f(t['expected_loss_avoided'])} avoided** (net, in the unit of λ).",
+        "",
+        "### Why each candidate got its steps",
+        "",
+    ]
+    lines += [f"- **{r['candidate']}** ({int(r['probe_steps'])} steps): {r['reason']}" for r in plan.to_dict("records")]
+    return lines + [""]
+
+
 def write_report(out: Path, prepared, plan, draws, settings, predictions, summary) -> Path:
     """Write the figures and ``report.md`` into ``out`` (atomically)."""
     from plan_probe.probes._io import atomic_path
@@ -252,4 +295,7 @@ def format_summary(summary: dict) -> str:
     t = summary["totals"]
     lines.append(f"probe steps {t['probe_steps']} vs {t['fixed_probe_steps_total']} for a fixed probe "
                  f"({100 * t['share_saved_vs_fixed']:.1f} % saved); {t['go']} go, {t['no_go']} no-go")
+    if t.get("objective") == "decision":
+        lines.append(f"expected decision loss {_f(t['expected_loss_now'])} now -> {_f(t['expected_loss_after_probes'])} "
+                     f"after probes costing {_f(t['probe_cost'])}: {_f(t['expected_loss_avoided'])} avoided")
     return "\n".join(lines)

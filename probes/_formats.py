@@ -96,10 +96,23 @@ PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConf
 STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
-#: Schema 2 (issue #14): the portfolio's risk_weight / target_rmse may be null (relative defaults) and
-#: the summary adds plan_settings (resolved) and risk_model_ok; schema-1 documents are valid as they are.
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 2, "rerun plan-probe run", migrations={1: dict})
-PORTFOLIO = FileFormat("plan-probe/portfolio", 2, "rerun plan-probe run", migrations={1: dict})
+def _summary_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 records the plan's objective (schema 1 runs all used the risk objective)."""
+    return {**doc, "totals": {**doc.get("totals", {}), "objective": "risk"}}
+
+
+def _portfolio_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds the objective, the decision costs and each candidate's full_cost."""
+    settings = {"objective": "risk", "launch_cost": None, "kill_cost": None, **doc.get("settings", {})}
+    candidates = [{"full_cost": None, **c} for c in doc.get("candidates", [])]
+    return {**doc, "settings": settings, "candidates": candidates}
+
+
+#: Schema 2 (issue #20): the plan's objective, decision costs and full_cost. Schema 3 (issue #14): the
+#: portfolio's risk_weight / target_rmse may be null (relative defaults) and the summary adds
+#: plan_settings (resolved) and risk_model_ok; schema-2 documents are valid as they are (identity).
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 3, "rerun plan-probe run", migrations={1: _summary_v1_to_v2, 2: dict})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 3, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2, 2: dict})
 #: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
 #: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
 #: holds numbers, which mean the same in schema 2, so the migration is the identity.
