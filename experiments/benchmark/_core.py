@@ -5,7 +5,7 @@ Per fold (tasks split by a seeded grouped K-fold; a held-out task is never seen 
 1. Fit the shared depth-aware predictor (every recorded depth, all features) on the training
    rows; its out-of-fold predictions are grouped by *task*, so a training task's residuals come
    from a model that never saw any of its runs (the situation of a new task).
-2. Its signed out-of-fold residuals, grouped by run (:func:`._residuals.residual_risk_observations`),
+2. Its signed out-of-fold residuals, grouped by run (:func:`risk_observations`),
    are the risk observations; fit the tool's :class:`plan_probe.RiskModel` on them, with the
    tasks' static and hyperparameter features as its static features (both are known before any
    probe runs).
@@ -36,7 +36,7 @@ from plan_probe.experiments.benchmark._policies import (
     uniform_fill_allocation,
 )
 
-__all__ = ["BenchSettings", "BenchData", "load_bench", "run_benchmark", "fit_risk_model"]
+__all__ = ["BenchSettings", "BenchData", "load_bench", "run_benchmark", "fit_risk_model", "risk_observations"]
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,6 @@ def fit_risk_model(obs, settings: BenchSettings):
 def _fit_fold(train, data: BenchData, settings: BenchSettings, fit_risk):
     """Depth-aware predictor, static-only predictor and risk model fitted on the training rows."""
     from plan_probe._predictor import PredictorConfig, ProbePredictor
-    from plan_probe.experiments.benchmark._residuals import residual_risk_observations
 
     tasks = train[data.task_col].to_numpy()
     n_tasks = len(np.unique(tasks))
@@ -175,14 +174,24 @@ def _fit_fold(train, data: BenchData, settings: BenchSettings, fit_risk):
     static = None
     if data.static_features:
         static = ProbePredictor(cfg).fit(runs[data.static_features], runs[data.label], groups=runs[data.task_col].to_numpy())
-    import pandas as pd
-
-    risk_x = data.risk_features(train)
-    base = train[list(dict.fromkeys([data.label, data.task_col, data.id_col, "depth"]))]
-    obs = residual_risk_observations(pd.concat([base, risk_x], axis=1), full.oof_pred_, label=data.label, task_col=data.task_col,
-                                     run_col=data.id_col, static_cols=list(risk_x.columns))
+    obs = risk_observations(train, data, full.oof_pred_)
     risk = fit_risk(obs, settings)
     return full, static, risk, float(runs[data.label].mean()), obs
+
+
+def risk_observations(rows, data: BenchData, oof_pred):
+    """The risk model's observations of a fold: the predictor's signed out-of-fold residuals, one
+    nested residual vector per run (:func:`plan_probe._residuals.residual_observations`; the
+    nested-residual likelihood of docs/theory.md §2), with the task means of the risk features."""
+    import pandas as pd
+
+    from plan_probe._residuals import residual_observations
+
+    risk_x = data.risk_features(rows)
+    risk_x = risk_x.groupby(rows[data.task_col].to_numpy()).transform("mean")  # one value per task
+    base = rows[list(dict.fromkeys([data.label, data.task_col, data.id_col, "depth"]))]
+    return residual_observations(pd.concat([base, risk_x], axis=1), oof_pred, label=data.label, task_col=data.task_col,
+                                 run_col=data.id_col, static_features=list(risk_x.columns))
 
 
 def _static_table(frame, data: BenchData, risk):
@@ -419,13 +428,13 @@ def run_benchmark(data: BenchData, settings: BenchSettings, *, fit_risk=None) ->
 
 
 def _warn_diagnostics(risk, fold: int) -> None:
-    """Say so on stderr when a fold's NUTS fit did not converge (the plan then rests on a poor posterior)."""
+    """Say so on stderr when a fold's risk-model fit did not converge (its plan rests on a poor posterior)."""
     d = getattr(risk, "diagnostics_", {}) or {}
-    bad = [f"{k}={d[k]:.3g}" for k, ok in (("max_r_hat", lambda v: v <= 1.05), ("min_ess", lambda v: v >= 100),
-                                             ("divergences", lambda v: v == 0)) if k in d and not ok(d[k])]
-    if bad:
-        log.warning("fold %d: the risk model's NUTS diagnostics are poor (%s); its plan rests on an unconverged "
-                    "posterior (try --risk-samples higher or --risk-method svi)", fold + 1, ", ".join(bad))
+    if d.get("ok", True):
+        return
+    problems = "; ".join(d.get("problems", [])) or "diagnostics.ok is false"
+    log.warning("fold %d: the risk model did not converge cleanly (%s); its plan rests on an unconverged posterior "
+                "(try a higher --risk-samples, or --risk-method svi)", fold + 1, problems)
 
 
 def _concat(parts: list):
