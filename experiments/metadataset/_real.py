@@ -190,6 +190,9 @@ def plot_alpha_vs_bound(ax, fits: dict):
     ax.set_xlabel("step-size decay ρ (jittered)")
     ax.set_ylabel("fitted α (interval)")
     ax.set_yscale("log")
+    alphas = [f["alpha"] for f in fits.values() if "envelope" in f and np.isfinite(f["alpha"]) and f["alpha"] > 0]
+    if alphas:  # unbounded intervals (hi = inf, lo ~ 0) must not set the scale
+        ax.set_ylim(max(1e-2, 0.5 * min(alphas)), min(20.0, 2.0 * max(alphas + [1.0])))
     ax.legend(fontsize=6)
     ax.set_title("Real fork tasks: α against the envelope")
     return ax
