@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -159,6 +159,15 @@ def fit_risk_model(obs, settings: BenchSettings):
 
     fit = RiskFitSettings(method=settings.risk_method, num_warmup=settings.risk_samples, num_samples=settings.risk_samples,
                           num_chains=2)
+    try:
+        return RiskModel(fit).fit(obs, seed=settings.seed)
+    except ValueError as err:
+        if "SVI diverged" not in str(err):
+            raise
+    # A non-finite ELBO is a step size too large for this fold's likelihood surface (the nested
+    # residual likelihood is steeper than independent squares): retry once with a 4x smaller step.
+    log.warning("the risk model's SVI diverged on this fold; refitting with a 4x smaller step size (svi_lr %.4g)", fit.svi_lr / 4)
+    fit = replace(fit, svi_lr=fit.svi_lr / 4, svi_steps=2 * fit.svi_steps)
     return RiskModel(fit).fit(obs, seed=settings.seed)
 
 
