@@ -442,8 +442,9 @@ def _warn_diagnostics(risk, fold: int) -> None:
     if d.get("ok", True):
         return
     problems = "; ".join(d.get("problems", [])) or "diagnostics.ok is false"
+    hint = "--risk-method nuts" if d.get("method") == "svi" else "a higher --risk-samples, or --risk-method svi"
     log.warning("fold %d: the risk model did not converge cleanly (%s); its plan rests on an unconverged posterior "
-                "(try a higher --risk-samples, or --risk-method svi)", fold + 1, problems)
+                "(try %s)", fold + 1, problems, hint)
 
 
 def _concat(parts: list):
