@@ -53,3 +53,32 @@ class StandInProbe:
 
 def make_standin(static_row, hyperparams):
     return StandInProbe(static_row, hyperparams)
+
+
+def default_runs() -> dict:
+    """The shipped LLM-tier meta-dataset's runs: run_id -> {static, hp, dyn: [(depth, row)], label}."""
+    from plan_probe._defaults import default_path
+    from plan_probe.probes._io import read_table
+
+    meta = read_table(default_path("predictor").parent / "meta.parquet")
+    out = {}
+    for rid, g in meta.groupby("run_id", sort=True):
+        g = g.sort_values("depth")
+        first = g.iloc[0]
+        out[str(rid)] = {
+            "static": {c: float(first[c]) for c in g.columns if c.startswith("static_")},
+            "hp": {c: float(first[c]) for c in g.columns if c.startswith("hp_")},
+            "dyn": [(int(r["depth"]), {c: float(r[c]) for c in g.columns if c.startswith("dyn_")}) for _, r in g.iterrows()],
+            "label": float(first["label"]),
+        }
+    return out
+
+
+def replay(probe, dyn) -> object:
+    """The final (or last) decision of ``probe`` fed the records ``[(depth, row), ...]`` in order."""
+    decision = None
+    for depth, row in dyn:
+        decision = probe.update(depth, row)
+        if decision.action != "continue":
+            break
+    return decision

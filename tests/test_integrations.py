@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import pytest
 
-from tests._live_standin import DEPTHS, make_standin
+from tests._live_standin import DEPTHS, default_runs, make_standin, replay
 
 optuna_missing = importlib.util.find_spec("optuna") is None
 ray_missing = importlib.util.find_spec("ray") is None
@@ -28,67 +29,91 @@ def _final_score(quality: float) -> float:
 
 
 # --------------------------------------------------------------------------------- optuna
-def _objective_factory(steps_seen: dict):
-    import optuna
-
-    from plan_probe.integrations.optuna import report_probe
-
-    def objective(trial):
-        q = trial.suggest_float("quality", -3.0, 3.0)
-        for step in range(1, FULL_STEPS + 1):
-            steps_seen[trial.number] = step
-            if step in DEPTHS:
-                report_probe(trial, step, {"dyn_quality": q})
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        return _final_score(q)
-
-    return objective
-
-
-def _optuna_worker(storage_url: str, study_name: str, n_trials: int, seed: int) -> float:
-    """One worker process: load the shared study, run trials; returns its slowest prune call (s)."""
-    import optuna
+def _runs_and_settings():
+    """The shipped runs and models; τ = the median final score (about half the runs are doomed)."""
+    import statistics
 
     from plan_probe import DecisionSettings
-    from plan_probe.integrations.optuna import PredictivePruner
+
+    runs = default_runs()
+    tau = statistics.median(r["label"] for r in runs.values())
+    ranked = sorted(runs, key=lambda rid: runs[rid]["label"])
+    keep = ranked[::3]  # 13 runs spread over the whole range of final scores (a quick test)
+    return {rid: runs[rid] for rid in keep}, DecisionSettings(threshold=tau, full_cost=1000.0)
+
+
+def _optuna_worker(storage_url: str, study_name: str, run_ids: list) -> list:
+    """One worker process: load the shared study, run one trial per run id; returns (wall, cpu) s of each
+    prune call. (Each worker fixes its own runs' ``run`` param: Optuna's enqueued trials can be popped by
+    both workers at once on SQLite.)"""
+    import optuna
+
+    from plan_probe.integrations.optuna import PredictivePruner, report_probe
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    slowest = [0.0]
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    runs, settings = _runs_and_settings()
+    times = []
 
     class Timed(PredictivePruner):
         def prune(self, study, trial):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = super().prune(study, trial)
-            slowest[0] = max(slowest[0], time.perf_counter() - t)
+            times.append((time.perf_counter() - t, time.process_time() - c))
             return out
 
-    pruner = Timed(static_row=STATIC, settings=DecisionSettings(threshold=50.0, full_cost=FULL_STEPS),
-                   make_probe=make_standin)
-    study = optuna.load_study(study_name=study_name, storage=storage_url, pruner=pruner,
-                              sampler=optuna.samplers.RandomSampler(seed=seed))
-    study.optimize(_objective_factory({}), n_trials=n_trials)
-    return slowest[0]
+    pruner = Timed(None, static_row=lambda trial: runs[trial.params["run"]]["static"], settings=settings,
+                   hyperparams=lambda trial: runs[trial.params["run"]]["hp"])
+    study = optuna.load_study(study_name=study_name, storage=storage_url, pruner=pruner)
+
+    def objective(trial):
+        run = runs[trial.suggest_categorical("run", sorted(runs))]
+        for step, row in run["dyn"]:  # the training loop: features recorded at each record depth
+            report_probe(trial, step, row)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return run["label"]
+
+    for rid in run_ids:
+        study.sampler = optuna.samplers.PartialFixedSampler({"run": rid}, optuna.samplers.RandomSampler(seed=0))
+        study.optimize(objective, n_trials=1)
+    return times
 
 
 @pytest.mark.skipif(optuna_missing, reason="optuna is not installed (pip install 'plan-probe[optuna]')")
 def test_optuna_rdb_study_two_workers_prunes_doomed_keeps_good(tmp_path):
+    """13 runs of the shipped meta-dataset as trials of one SQLite study shared by two processes, with the
+    shipped models: each trial is pruned exactly when LiveProbe alone says no_go on the same records,
+    and the pruner's kills and keeps match the runs' true outcomes (in-sample: these runs trained the models)."""
     import optuna
     from optuna.trial import TrialState
 
+    from plan_probe import LiveProbe
+    from plan_probe._live import load_models_dir
+
+    runs, settings = _runs_and_settings()
+    risk_model, predictor, static_predictor = load_models_dir("default")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="s", storage=optuna.storages.RDBStorage(url), direction="maximize")
+    ids, n = sorted(runs), len(runs)
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        slowest = list(pool.map(_optuna_worker, [url, url], ["s", "s"], [6, 6], [1, 2]))
+        times = [t for ts in pool.map(_optuna_worker, [url, url], ["s", "s"], [ids[0::2], ids[1::2]]) for t in ts]
     trials = optuna.load_study(study_name="s", storage=url).trials
-    assert len(trials) == 12
+    assert sorted(t.params["run"] for t in trials) == sorted(runs)  # every run once, across both workers
+    correct = 0
     for t in trials:
-        doomed = _final_score(t.params["quality"]) < 50.0
-        assert t.state == (TrialState.PRUNED if doomed else TrialState.COMPLETE), (t.params, t.state)
+        run = runs[t.params["run"]]
+        alone = replay(LiveProbe(run["static"], run["hp"], risk_model=risk_model, predictor=predictor,
+                                 static_predictor=static_predictor, settings=settings), run["dyn"])
+        assert t.state == (TrialState.PRUNED if alone.action == "no_go" else TrialState.COMPLETE), t.params
         recorded = sorted(int(k.rsplit(".", 1)[1]) for k in t.user_attrs)
-        assert recorded == [d for d in DEPTHS if d <= recorded[-1]]  # the features travelled through SQLite
+        last = alone.depth if alone.action == "no_go" else run["dyn"][-1][0]  # a kept trial records on
+        assert recorded == [d for d, _ in run["dyn"] if d <= last]  # the features travelled through SQLite
+        correct += (t.state == TrialState.PRUNED) == (run["label"] < settings.threshold)
     assert {t.state for t in trials} == {TrialState.PRUNED, TrialState.COMPLETE}
-    assert max(slowest) <= 0.050, slowest
+    assert correct >= 0.8 * n, correct
+    cpu = max(c for _, c in times)
+    assert cpu <= 0.050, f"slowest prune call: {cpu * 1e3:.1f} ms CPU (wall {max(w for w, _ in times) * 1e3:.1f} ms)"
 
 
 @pytest.mark.skipif(optuna_missing, reason="optuna is not installed (pip install 'plan-probe[optuna]')")
@@ -182,30 +207,40 @@ def test_ray_stopper_direct_calls():
 def _ray_trainable(config):
     from ray import tune
 
+    run = default_runs()[config["run"]]
+    records = dict(run["dyn"])
     for step in range(1, FULL_STEPS + 1):  # reports at the record depths and every 100 steps (quick)
-        if step in DEPTHS:
-            tune.report({"step": step, "dyn_quality": config["quality"]})
+        if step in records:
+            tune.report({"step": step, **records[step]})
         elif step % 100 == 0:
-            tune.report({"step": step, "score": _final_score(config["quality"]) - 10.0 / step})
+            tune.report({"step": step, "score": run["label"]})
 
 
 @pytest.mark.skipif(ray_missing, reason="ray is not installed (pip install 'plan-probe[ray]')")
 def test_ray_tune_local_two_trials_stops_the_doomed(tmp_path):
+    """Two runs of the shipped meta-dataset as Tune trials with the shipped models: the one LiveProbe
+    kills (a true failure) stops at that record, the one it keeps (a true success) runs to the end."""
     import ray
     from ray import tune
 
-    from plan_probe import DecisionSettings
+    from plan_probe import LiveProbe
     from plan_probe.integrations.ray import PredictiveStopper
 
-    stopper = PredictiveStopper(static_row=STATIC, settings=DecisionSettings(threshold=50.0, full_cost=FULL_STEPS),
-                                make_probe=make_standin)
+    runs, settings = _runs_and_settings()
+    alone = {rid: replay(LiveProbe.from_models_dir("default", r["static"], r["hp"], settings), r["dyn"])
+             for rid, r in runs.items()}
+    doomed = next(rid for rid, d in alone.items() if d.action == "no_go" and runs[rid]["label"] < settings.threshold)
+    good = next(rid for rid, d in alone.items() if d.action == "go" and runs[rid]["label"] >= settings.threshold)
+    stopper = PredictiveStopper(None, static_row=lambda config: runs[config["run"]]["static"], settings=settings,
+                                hyperparams=lambda config: runs[config["run"]]["hp"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        tuner = tune.Tuner(_ray_trainable, param_space={"quality": tune.grid_search([-1.5, 1.5])},
+        tuner = tune.Tuner(_ray_trainable, param_space={"run": tune.grid_search([doomed, good])},
                            run_config=tune.RunConfig(stop=stopper, storage_path=str(tmp_path), verbose=0))
         results = tuner.fit()
     finally:
         ray.shutdown()
-    last = {r.config["quality"]: r.metrics["step"] for r in results}
-    assert last[-1.5] == 20  # stopped at the record where P(score >= 50) fell below 0.05
-    assert last[1.5] == FULL_STEPS  # ran to the end
+    last = {r.config["run"]: r.metrics["step"] for r in results}
+    assert last[doomed] == alone[doomed].depth < FULL_STEPS  # stopped at the record where LiveProbe said no_go
+    assert last[good] == FULL_STEPS  # ran to the end
+    assert {d.action for d in stopper.decisions.values()} == {"go", "no_go"} and not stopper.errors

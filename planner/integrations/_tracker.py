@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrialTracker", "TrialState", "default_probe_factory", "hp_from_params", "check_dyn_row",
-           "check_depth"]
+           "check_depth", "hyperparams_getter"]
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,44 @@ def hp_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {(k if str(k).startswith("hp_") else f"hp_{k}"): v for k, v in params.items()}
 
 
-def default_probe_factory(models_dir, settings) -> ProbeFactory:
-    """``(static_row, hyperparams) -> LiveProbe.from_models_dir(models_dir, ...)`` (models_dir None: the shipped defaults)."""
-    from plan_probe import LiveProbe
+def default_probe_factory(models_dir, settings, **probe_kwargs) -> ProbeFactory:
+    """``(static_row, hyperparams) -> LiveProbe`` on the models of ``models_dir``, loaded once, now.
 
-    directory = None if models_dir is None else Path(models_dir)
+    ``models_dir``: a ``plan-probe refit`` output, or None / ``"default"`` for the shipped LLM-tier
+    models. Loading here (not per trial) keeps a trial's first decision cheap and reports a bad
+    folder before any training starts. ``probe_kwargs`` go to :class:`plan_probe.LiveProbe`.
+    """
+    from plan_probe import LiveProbe
+    from plan_probe._live import load_models_dir
+
+    risk_model, predictor, static_predictor = load_models_dir("default" if models_dir is None else models_dir)
 
     def make(static_row, hyperparams):
-        return LiveProbe.from_models_dir(directory, dict(static_row), dict(hyperparams), settings)
+        return LiveProbe(dict(static_row), dict(hyperparams), risk_model=risk_model, predictor=predictor,
+                         static_predictor=static_predictor, settings=settings, **probe_kwargs)
 
     return make
+
+
+def hyperparams_getter(hyperparams, params_of: Callable[[Any], Mapping]) -> Callable[[Any], dict]:
+    """``trial -> hp dict``: a callable as given; a mapping (fixed values) under the trial's own params."""
+    if callable(hyperparams):
+        return hyperparams
+    if hyperparams is not None and not isinstance(hyperparams, Mapping):
+        raise ValueError(f"hyperparams must be a mapping of fixed hp_* values or a callable, but got "
+                         f"{type(hyperparams).__name__}; pass e.g. {{'hp_batch_size': 16}}.")
+    return _MergedParams(hp_from_params(hyperparams or {}), params_of)
+
+
+@dataclass(frozen=True)
+class _MergedParams:
+    """Fixed hp_* values under a trial's own params (a class, not a closure: Ray pickles stoppers)."""
+
+    fixed: dict
+    params_of: Callable
+
+    def __call__(self, trial) -> dict:
+        return {**self.fixed, **hp_from_params(self.params_of(trial))}
 
 
 @dataclass

@@ -41,7 +41,7 @@ from plan_probe.integrations._tracker import (
     check_depth,
     check_dyn_row,
     default_probe_factory,
-    hp_from_params,
+    hyperparams_getter,
 )
 
 __all__ = ["PredictivePruner", "report_probe", "probe_records", "USER_ATTR_PREFIX"]
@@ -74,22 +74,31 @@ def probe_records(trial) -> list[tuple[int, dict]]:
     return sorted(out, key=lambda r: r[0])
 
 
+def _params(trial) -> dict:
+    return trial.params
+
+
 class PredictivePruner(BasePruner):
     """Prune a trial when plan-probe's live decision for it is ``no_go``.
 
     Parameters
     ----------
     models_dir : path or None
-        A ``plan-probe refit`` output (risk model and both predictors); None: the shipped defaults.
+        A ``plan-probe refit`` output (risk model and both predictors), loaded once when the pruner is
+        built; None: the shipped LLM-tier models.
     static_row : mapping or callable
         The candidate's ``static_*`` descriptors (``plan-probe static``), or
         ``trial -> mapping`` when trials train on different data.
     settings : DecisionSettings
         τ and the costs (:class:`plan_probe.DecisionSettings`; ``full_cost`` in training steps).
-    hyperparams : callable, optional
-        ``trial -> {"hp_<name>": value}``; default: the trial's params, each prefixed ``hp_``.
+    hyperparams : mapping or callable, optional
+        A mapping of fixed ``hp_*`` values (the trial's params, each prefixed ``hp_``, are added on
+        top), or ``trial -> {"hp_<name>": value}``. Default: the trial's params alone.
     make_probe : callable, optional
-        ``(static_row, hyperparams) -> LiveProbe``; default: ``LiveProbe.from_models_dir``.
+        ``(static_row, hyperparams) -> LiveProbe``; default: a :class:`plan_probe.LiveProbe` on the
+        models of ``models_dir``. ``models_dir`` is not read when this is given.
+    probe_kwargs
+        Keyword arguments of :class:`plan_probe.LiveProbe` (``step_cost``, ``depths``, ``coverage``, ...).
 
     Notes
     -----
@@ -99,15 +108,15 @@ class PredictivePruner(BasePruner):
     training). ``decisions`` maps ``(study_name, trial_number)`` to the last decision seen in this process.
     """
 
-    def __init__(self, models_dir=None, *, static_row, settings, hyperparams: Callable | None = None,
-                 make_probe: Callable | None = None):
+    def __init__(self, models_dir=None, *, static_row, settings, hyperparams=None, make_probe: Callable | None = None,
+                 **probe_kwargs):
         if not (isinstance(static_row, Mapping) or callable(static_row)):
             raise ValueError(f"static_row must be a mapping of static_* descriptors or a callable trial -> mapping, but "
                              f"got {type(static_row).__name__}; pass the plan-probe static output.")
         self._static_row = static_row
-        self._hyperparams = hyperparams or (lambda trial: hp_from_params(trial.params))
+        self._hyperparams = hyperparams_getter(hyperparams, _params)
         self.settings = settings
-        self._tracker = TrialTracker(make_probe or default_probe_factory(models_dir, settings))
+        self._tracker = TrialTracker(make_probe or default_probe_factory(models_dir, settings, **probe_kwargs))
 
     @property
     def decisions(self) -> dict:

@@ -24,7 +24,7 @@ from plan_probe.integrations._tracker import (
     check_depth,
     check_dyn_row,
     default_probe_factory,
-    hp_from_params,
+    hyperparams_getter,
 )
 
 __all__ = ["PredictiveStopper"]
@@ -46,10 +46,14 @@ class PredictiveStopper(Stopper):
     depth_key : str
         The result key holding the training step of the features (default ``"step"``; e.g.
         ``"training_iteration"`` when one iteration is one step).
-    hyperparams : callable, optional
-        ``config -> {"hp_<name>": value}``; default: the trial's config, each key prefixed ``hp_``.
+    hyperparams : mapping or callable, optional
+        A mapping of fixed ``hp_*`` values (the trial's config, each key prefixed ``hp_``, is added on
+        top), or ``config -> {"hp_<name>": value}``. Default: the config alone.
     make_probe : callable, optional
-        ``(static_row, hyperparams) -> LiveProbe``; default: ``LiveProbe.from_models_dir``.
+        ``(static_row, hyperparams) -> LiveProbe``; default: a :class:`plan_probe.LiveProbe` on the
+        models of ``models_dir`` (loaded on the first record, in the Tune driver).
+    probe_kwargs
+        Keyword arguments of :class:`plan_probe.LiveProbe` (``step_cost``, ``depths``, ``coverage``, ...).
 
     Notes
     -----
@@ -59,16 +63,19 @@ class PredictiveStopper(Stopper):
     again from the next record).
     """
 
-    def __init__(self, models_dir=None, *, static_row, settings, depth_key: str = "step",
-                 hyperparams: Callable | None = None, make_probe: Callable | None = None):
+    def __init__(self, models_dir=None, *, static_row, settings, depth_key: str = "step", hyperparams=None,
+                 make_probe: Callable | None = None, **probe_kwargs):
         if not (isinstance(static_row, Mapping) or callable(static_row)):
             raise ValueError(f"static_row must be a mapping of static_* descriptors or a callable config -> mapping, "
                              f"but got {type(static_row).__name__}; pass the plan-probe static output.")
         if not isinstance(depth_key, str) or not depth_key:
             raise ValueError(f"depth_key must be a result key, but got {depth_key!r}; pass e.g. 'step'.")
         self.models_dir, self.settings, self.depth_key = models_dir, settings, depth_key
-        self._static_row, self._hyperparams, self._make_probe = static_row, hyperparams, make_probe
+        self._static_row, self._make_probe, self._probe_kwargs = static_row, make_probe, probe_kwargs
+        self._hyperparams = hyperparams_getter(hyperparams, dict)
         self._tracker = None
+        if make_probe is None:
+            self._get_tracker()  # load the models now: a bad models_dir fails here, not inside Tune
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -77,7 +84,8 @@ class PredictiveStopper(Stopper):
 
     def _get_tracker(self) -> TrialTracker:
         if self._tracker is None:
-            self._tracker = TrialTracker(self._make_probe or default_probe_factory(self.models_dir, self.settings))
+            self._tracker = TrialTracker(self._make_probe or default_probe_factory(self.models_dir, self.settings,
+                                                                                **self._probe_kwargs))
         return self._tracker
 
     @property
@@ -107,7 +115,7 @@ class PredictiveStopper(Stopper):
         static = self._static_row
         tracker.decide(trial_id, depth, row,
                        static_row=lambda: static(config) if callable(static) else static,
-                       hyperparams=lambda: (self._hyperparams or hp_from_params)(config))
+                       hyperparams=lambda: self._hyperparams(config))
         return tracker.should_stop(trial_id)
 
     def stop_all(self) -> bool:
