@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LiveDecision", "LiveProbe", "ACTIONS"]
+__all__ = ["LiveDecision", "LiveProbe", "ACTIONS", "load_models_dir", "record_depths"]
 
 ACTIONS = ("continue", "go", "no_go")
 
@@ -187,7 +187,7 @@ class LiveProbe:
         if others:
             raise ValueError(f"the predictor's features must be depth, dyn_*, static_* or hp_*, but got {others[:5]}; "
                              "refit it with plan-probe refit.")
-        self.depths = self._record_depths(depths)
+        self.depths = record_depths(predictor, depths)
         self.c_lb, self.c_kg = (float(v[0]) for v in settings.costs(1))
         # the risk curve of this run: posterior draws (population regression on its static features)
         task = pd.DataFrame([{"task_id": "live", **{f: self._base[f] for f in risk_model.static_features_}}])
@@ -213,18 +213,6 @@ class LiveProbe:
         risk, pred, static = load_models_dir(models_dir)
         return cls(static_row, hyperparams, risk_model=risk, predictor=pred, static_predictor=static,
                    settings=settings, **kwargs)
-
-    def _record_depths(self, depths) -> tuple:
-        if depths is None:
-            table = getattr(self.predictor, "depth_scale_", None) or {}
-            depths = sorted(table) if table else (getattr(self.predictor, "extra_", {}) or {}).get("depths")
-        if not depths:
-            raise ValueError("LiveProbe needs record depths, but the predictor has no depth table or extra['depths']; "
-                             "pass depths=[...] (the depths its training rows were recorded at).")
-        out = sorted({int(round(float(d))) for d in depths})
-        if out[0] < 1:
-            raise ValueError(f"record depths must be positive steps, but got {out}; pass depths >= 1.")
-        return tuple(out)
 
     # ------------------------------------------------------------------------------- internals
     def _frame(self, names, extra: dict):
@@ -354,3 +342,18 @@ def load_models_dir(models_dir):
                              f"{str(root)!r} lacks {lacking}; write one with plan-probe refit ... -o MODELS_DIR.")
     return (RiskModel.load(paths["risk_model"]), ProbePredictor.load(paths["predictor"]),
             ProbePredictor.load(paths["predictor_static"]))
+
+
+def record_depths(predictor, depths=None) -> tuple:
+    """The record depths: ``depths`` if given, else the predictor's (its depth scale table, or
+    ``extra["depths"]`` of its sidecar), sorted and unique."""
+    if depths is None:
+        table = getattr(predictor, "depth_scale_", None) or {}
+        depths = sorted(table) if table else (getattr(predictor, "extra_", {}) or {}).get("depths")
+    if not depths:
+        raise ValueError("LiveProbe needs record depths, but the predictor has no depth table or extra['depths']; "
+                         "pass depths=[...] (the depths its training rows were recorded at).")
+    out = sorted({int(round(float(d))) for d in depths})
+    if out[0] < 2:
+        raise ValueError(f"record depths must be training steps >= 2, but got {out}; pass depths >= 2.")
+    return tuple(out)
