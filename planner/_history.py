@@ -137,6 +137,9 @@ def read_runs(paths) -> tuple:
                 rows = []
                 for f in files:
                     rec = META_RUN_RECORD.read(read_json(f), str(f))
+                    if not isinstance(rec.get("run_id"), str) or not isinstance(rec.get("result", {}), dict):
+                        raise ValueError(f"every record must be a run record with a run_id, but {str(f)!r} is not; "
+                                         "pass a history directory or a build-meta output.")
                     st = str(rec.get("status"))
                     label = (rec.get("result") or {}).get("label")
                     if st == "ok" and label is None:
