@@ -244,3 +244,38 @@ def test_ray_tune_local_two_trials_stops_the_doomed(tmp_path):
     assert last[doomed] == alone[doomed].depth < FULL_STEPS  # stopped at the record where LiveProbe said no_go
     assert last[good] == FULL_STEPS  # ran to the end
     assert {d.action for d in stopper.decisions.values()} == {"go", "no_go"} and not stopper.errors
+
+
+# ----------------------------------------------------------------------------- bad set-up
+@pytest.mark.skipif(optuna_missing or ray_missing, reason="needs optuna and ray")
+def test_bad_setup_is_one_clear_error_when_built(tmp_path):
+    from plan_probe import DecisionSettings
+    from plan_probe.integrations.optuna import PredictivePruner
+    from plan_probe.integrations.ray import PredictiveStopper
+
+    settings = DecisionSettings(threshold=50.0, full_cost=400)
+    for cls in (PredictivePruner, PredictiveStopper):
+        with pytest.raises(ValueError, match="MODELS_DIR must hold risk_model.json") as info:
+            cls(tmp_path, static_row=STATIC, settings=settings)
+        assert "but" in str(info.value)
+        with pytest.raises(ValueError, match="static_row must be a mapping"):
+            cls(static_row=5, settings=settings, make_probe=make_standin)
+    with pytest.raises(ValueError, match="hyperparams must be a mapping"):
+        PredictivePruner(static_row=STATIC, settings=settings, make_probe=make_standin, hyperparams=[1])
+
+
+@pytest.mark.parametrize("module, extra", [("plan_probe.integrations.optuna", "optuna"),
+                                           ("plan_probe.integrations.ray", "ray")])
+def test_missing_extra_names_the_install(monkeypatch, module, extra):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, extra, None)  # "not installed"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    if extra == "ray":
+        monkeypatch.setitem(sys.modules, "ray.tune", None)
+    with pytest.raises(ImportError, match=rf"pip install 'plan-probe\[{extra}\]'"):
+        importlib.import_module(module)
+    import plan_probe  # the package itself never needs the extras
+
+    assert plan_probe.LiveProbe
