@@ -204,10 +204,10 @@ def test_ray_stopper_direct_calls():
     assert pickle.loads(pickle.dumps(stop)).decisions == {}  # per-trial state is not pickled
 
 
-def _ray_trainable(config):
+def _ray_trainable(config, runs):
     from ray import tune
 
-    run = default_runs()[config["run"]]
+    run = runs[config["run"]]
     records = dict(run["dyn"])
     for step in range(1, FULL_STEPS + 1):  # reports at the record depths and every 100 steps (quick)
         if step in records:
@@ -235,7 +235,8 @@ def test_ray_tune_local_two_trials_stops_the_doomed(tmp_path):
                                 hyperparams=lambda config: runs[config["run"]]["hp"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        tuner = tune.Tuner(_ray_trainable, param_space={"run": tune.grid_search([doomed, good])},
+        trainable = tune.with_parameters(_ray_trainable, runs={k: runs[k] for k in (doomed, good)})
+        tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search([doomed, good])},
                            run_config=tune.RunConfig(stop=stopper, storage_path=str(tmp_path), verbose=0))
         results = tuner.fit()
     finally:

@@ -20,7 +20,9 @@ at every record depth, stop at ``no_go``); TuneAhead's protocol (the same predic
 then go/no-go with the same rule; the probe is the run's first 100 steps, the accounting most
 favourable to it); Optuna's ``MedianPruner`` with its defaults; Optuna's ``PercentilePruner`` (the
 median rule's family) and ``ThresholdPruner`` with their knob (percentile, lower bound) set in
-hindsight, per fleet, so that they spend the compute live spent ("matched compute": favourable to them).
+hindsight, per fleet, so that they spend the compute live spent ("matched compute": favourable to them);
+and the same two pruners with the knob matched on the previous fleet (the last fleet's for the first:
+"knob of another fleet", the way a user would carry a tuned knob over; needs two or more fleets).
 Compute: a killed run costs the steps it ran, a kept run its ``full_steps``.
 
 Reported per suite and policy: compute (full runs per fleet), successes kept, false kills (successes
@@ -49,6 +51,8 @@ POLICIES = {
     "median": "Optuna MedianPruner (defaults)",
     "percentile": "Optuna PercentilePruner, matched compute",
     "threshold": "Optuna ThresholdPruner, matched compute",
+    "percentile_transfer": "Optuna PercentilePruner, knob of another fleet",
+    "threshold_transfer": "Optuna ThresholdPruner, knob of another fleet",
 }
 _RIVALS = ("all", "tuneahead", "median", "percentile", "threshold")
 
@@ -288,8 +292,19 @@ def run_fleet_experiment(settings: FleetSettings = FleetSettings()) -> dict:
             tk, stops["threshold"][sl] = _matched(lambda x: optuna.pruners.ThresholdPruner(lower=x), lo, hi, target,
                                                   cv, sc, depths, F, rising=False)
             knobs.append({"suite": suite.name, "fleet": f, "percentile": pk, "threshold_lower": tk})
+        if settings.n_fleets >= 2:  # the realistic use: a knob tuned on the previous fleet (the last's on the first)
+            own = [k for k in knobs if k["suite"] == suite.name]
+            stops["percentile_transfer"] = np.zeros(scores.size, int)
+            stops["threshold_transfer"] = np.zeros(scores.size, int)
+            for f in range(settings.n_fleets):
+                sl = slice(f * settings.n_runs, (f + 1) * settings.n_runs)
+                prev = own[f - 1]
+                stops["percentile_transfer"][sl] = _optuna_policy(optuna.pruners.PercentilePruner(prev["percentile"]),
+                                                                  curves[sl], scores[sl], depths, F)
+                stops["threshold_transfer"][sl] = _optuna_policy(
+                    optuna.pruners.ThresholdPruner(lower=prev["threshold_lower"]), curves[sl], scores[sl], depths, F)
         metrics = {k: _metrics(s, success, F) for k, s in stops.items()}
-        for key in POLICIES:
+        for key in [k for k in POLICIES if k in stops]:
             m = metrics[key]
             row = {"suite": suite.name, "policy": key, "label": POLICIES[key],
                    **{name: float(v.sum() / settings.n_fleets) for name, v in m.items()},
