@@ -112,7 +112,12 @@ class PlanProbeCallback(ProbeRecorderCallback):
         self.settings = settings
         self.models = {"risk_model": risk_model, "predictor": predictor, "static_predictor": static_predictor}
         self.models_dir = None if models_dir is None else str(models_dir)
-        self.hyperparams = dict(hyperparams or {})
+        self.hyperparams = {}
+        for key, value in dict(hyperparams or {}).items():
+            name = str(key) if str(key).startswith("hp_") else f"hp_{key}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"hyperparams must be finite numbers, but got {name}={value!r}; pass e.g. {{'lr': 2e-4}}.")
+            self.hyperparams[name] = float(value)
         self.metric_for_outcome = metric_for_outcome
         self.greater_is_better = (not metric_for_outcome.endswith("loss") if metric_for_outcome else True) \
             if greater_is_better is None else bool(greater_is_better)
@@ -131,6 +136,7 @@ class PlanProbeCallback(ProbeRecorderCallback):
         self._outcome: dict | None = None
         self._train_ended = False
         self._final_step: int | None = None
+        self._metric_names: set = set()
 
     # ---------------------------------------------------------------------------------- helpers
     def _fail(self, what: str, exc: BaseException | None = None) -> None:
@@ -214,7 +220,6 @@ class PlanProbeCallback(ProbeRecorderCallback):
         from plan_probe._live import LiveProbe
 
         self._t0 = time.perf_counter()
-        self._metric_names: set = set()
         root = Path(self.history_dir) if self.history_dir is not None else Path(args.output_dir) / "plan_probe_history"
         from plan_probe._history import record_path
 
@@ -224,7 +229,7 @@ class PlanProbeCallback(ProbeRecorderCallback):
         except Exception as exc:  # noqa: BLE001
             self._hp_used = {}
             return self._fail("recording the probe features failed to start", exc)
-        self._hp_used = {**self._hp, **{(k if k.startswith("hp_") else f"hp_{k}"): float(v) for k, v in self.hyperparams.items()}}
+        self._hp_used = {**self._hp, **self.hyperparams}
         try:
             settings = self.settings
             self._full_cost = settings.full_cost

@@ -223,4 +223,7 @@ def test_callback_bad_input(models):
         PlanProbeCallback({"static_n_examples": 1.0}, {"threshold": 1.0}, **models)
     with pytest.raises(ValueError, match="metric_for_outcome"):
         PlanProbeCallback({"static_n_examples": 1.0}, s, metric_for_outcome="", **models)
-    assert PlanProbeCallback({}, s, models_dir="default").record_at == (5, 10, 20, 50, 100)
+    with pytest.raises(ValueError, match="hyperparams must be finite"):
+        PlanProbeCallback({"static_n_examples": 1.0}, s, hyperparams={"lr": float("nan")}, **models)
+    cb = PlanProbeCallback({}, s, models_dir="default", hyperparams={"lr": 1e-3, "hp_lora_r": 8})
+    assert cb.record_at == (5, 10, 20, 50, 100) and cb.hyperparams == {"hp_lr": 1e-3, "hp_lora_r": 8.0}
