@@ -23,7 +23,8 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def _fit(n_tasks: int, depths, seed: int):
+def fit_timed(n_tasks: int, depths, seed: int):
+    """Fit the risk model (method auto) on ``n_tasks`` synthetic tasks; return (model, seconds, n_obs)."""
     from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations
     from plan_probe._risk_model import RiskModel
 
@@ -34,6 +35,25 @@ def _fit(n_tasks: int, depths, seed: int):
     return model, time.perf_counter() - start, len(obs)
 
 
+def plan_tasks(n_tasks: int, seed: int):
+    """``n_tasks`` synthetic tasks to plan (the generator's static features)."""
+    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
+
+    return tasks_table(generate_tasks(n_tasks, RiskGeneratorConfig(), seed=seed + 7))
+
+
+def plan_timed(model, tasks, settings, repeats: int) -> tuple[list[float], object]:
+    """Wall times of ``compute_plan(model, tasks, settings)`` over ``repeats`` calls, and the last plan."""
+    from plan_probe._plan import compute_plan
+
+    times, plan = [], None
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        plan, _ = compute_plan(model, tasks, settings)
+        times.append(time.perf_counter() - start)
+    return times, plan
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-nuts", action="store_true", help="skip the 300 x 7 NUTS fit")
@@ -41,31 +61,26 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
-    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._plan import PlanSettings
     from plan_probe._risk_model import RiskModel
 
     out = {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
            "loadavg_start": os.getloadavg()}
     if not args.skip_nuts:
-        model, secs, n_obs = _fit(300, (5, 10, 20, 50, 100, 200, 500), args.seed)
+        model, secs, n_obs = fit_timed(300, (5, 10, 20, 50, 100, 200, 500), args.seed)
         out["fit_300x7"] = {"seconds": round(secs, 2), "method": model.method_, "n_obs": n_obs,
                             "max_r_hat": model.diagnostics_.get("max_r_hat"), "min_ess": model.diagnostics_.get("min_ess")}
-    model, secs, n_obs = _fit(1300, (5, 10, 20, 50, 100, 200), args.seed)
+    model, secs, n_obs = fit_timed(1300, (5, 10, 20, 50, 100, 200), args.seed)
     out["fit_1300x6"] = {"seconds": round(secs, 2), "method": model.method_, "n_obs": n_obs,
                          "elbo_rel_change_last_tenth": model.diagnostics_.get("elbo_rel_change_last_tenth")}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.json")
         model.save(path)
         model = RiskModel.load(path)
-    tasks = tasks_table(generate_tasks(10_000, RiskGeneratorConfig(), seed=args.seed + 7))
+    tasks = plan_tasks(10_000, args.seed)
     for key, budget in (("plan_10000", None), ("plan_10000_budget", 0.4 * 100 * 10_000)):
         settings = PlanSettings(budget=budget, seed=args.seed)
-        times = []
-        for _ in range(max(args.repeats, 1)):
-            start = time.perf_counter()
-            plan, _ = compute_plan(model, tasks, settings)
-            times.append(time.perf_counter() - start)
+        times, plan = plan_timed(model, tasks, settings, args.repeats)
         out[key] = {"seconds_best": round(min(times), 3), "seconds_all": [round(t, 3) for t in times],
                     "n_draws": settings.n_draws, "total_probe_steps": int(plan["probe_steps"].sum())}
     out["loadavg_end"] = os.getloadavg()

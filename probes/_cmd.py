@@ -29,6 +29,12 @@ def _hp_options(func):
         click.option("--flatness-k", type=int, default=1, show_default=True, help="Antithetic perturbation pairs for flatness."),
         click.option("--flatness-sigma", type=float, default=1e-2, show_default=True, help="Std of the perturbations."),
         click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm clip (0: off)."),
+        click.option("--flatness-sample", default="2", show_default=True, metavar="N|all",
+                     help="Examples of the flatness batch the perturbed forwards evaluate (seeded, weighted to the "
+                          "batch's expectation); all: the exact definition."),
+        click.option("--ood-sample", default="8", show_default=True, metavar="N|all",
+                     help="Out-of-domain texts evaluated for forgetting (seeded, weighted to the set's expectation); "
+                          "all: the exact definition."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -39,6 +45,9 @@ def _config(steps, record_at, seed, hp):
     from plan_probe.probes._config import ProbeConfig, parse_int_list
 
     modules = tuple(m.strip() for m in hp.pop("target_modules").split(",") if m.strip())
+    for name in ("flatness_sample", "ood_sample"):
+        size = _sample_option(hp[name], name)
+        hp[name] = None if size == "all" else size
     return ProbeConfig(steps=steps, record_at=parse_int_list("record_at", record_at), seed=seed, target_modules=modules, **hp)
 
 

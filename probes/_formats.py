@@ -109,7 +109,16 @@ def _static_v1_to_v2(doc: dict) -> dict:
 STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 2, "recompute it with plan-probe static",
                                 migrations={1: _static_v1_to_v2})
 #: A probe configuration (``ProbeConfig.to_json``); schema 1 had ``kind: probe_config`` and no format.
-PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConfig.to_json()")
+def _probe_config_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds ``flatness_sample`` and ``ood_sample``; schema-1 configs measured on every example."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"flatness_sample": None, "ood_sample": None, **doc["config"]}
+    return doc
+
+
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 2, "write it with ProbeConfig.to_json()",
+                          migrations={1: _probe_config_v1_to_v2})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
 STATIC_RECORD = FileFormat("plan-probe/static-record", 2, "delete it and rerun plan-probe run",
                            migrations={1: _static_v1_to_v2})
