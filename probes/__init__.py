@@ -1,7 +1,7 @@
 """Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback.
 
 Heavy libraries (torch, transformers, peft) load on first use of the probe, model and callback
-objects, so ``import probes`` stays light.
+objects, so ``import plan_probe.probes`` stays light.
 """
 
 from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
@@ -37,4 +37,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    raise AttributeError(f"module 'plan_probe.probes' has no attribute {name!r}")
