@@ -75,7 +75,7 @@ def usable_cores() -> int:
 @click.option("--model", "model_spec", default=None, help=_MODEL_HELP + " Without it the two static_ref_ppl_* keys are left out.")
 @click.option("--sample", default=None, metavar="N|all",
               help="Sample size of both the embedding and the perplexity descriptors ('all': every example). "
-                   "Default: 512 for the embeddings, 128 for the perplexity; the SEs go into metadata.se.")
+                   "Default: 256 for the embeddings, 48 for the perplexity (see docs/guide/static-descriptors.md); the SEs go into metadata.se.")
 @click.option("--embed-sample", default=None, metavar="N|all", help="Override --sample for the embedding descriptors.")
 @click.option("--ppl-sample", default=None, metavar="N|all", help="Override --sample for the reference perplexity.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")

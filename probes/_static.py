@@ -72,8 +72,8 @@ MODEL_STATIC_COLUMNS = ("static_ref_ppl_mean", "static_ref_ppl_std")
 EMBED_COLUMNS = ("static_embedding_outlier_ratio", "static_io_semantic_similarity", "static_output_diversity")
 SAMPLED_COLUMNS = (*EMBED_COLUMNS, *MODEL_STATIC_COLUMNS)
 #: Default sample sizes of the encoder and reference-model descriptors (see the guide for the SEs).
-DEFAULT_EMBED_SAMPLE = 512
-DEFAULT_PPL_SAMPLE = 128
+DEFAULT_EMBED_SAMPLE = 256
+DEFAULT_PPL_SAMPLE = 48
 
 
 class StaticDescriptors(dict):

@@ -212,13 +212,13 @@ def test_sampled_descriptors_within_their_se_of_the_full_data(tiny):
 
 def test_same_seed_same_descriptors_default_samples(tiny):
     model, tok = tiny
-    ex = _corpus(700, seed=4)  # larger than the default perplexity sample
+    ex = _corpus(300, seed=4)  # larger than both default samples
     a = static_descriptors(ex, model=model, tokenizer=tok, encoder=_bow_encoder, seed=7)
     b = static_descriptors(ex, model=model, tokenizer=tok, encoder=_bow_encoder, seed=7)
     c = static_descriptors(ex, model=model, tokenizer=tok, encoder=_bow_encoder, seed=8)
     assert dict(a) == dict(b) and a.metadata == b.metadata
     assert a["static_ref_ppl_mean"] != c["static_ref_ppl_mean"]
-    assert a.metadata["sample"] == "default" and a.metadata["samples"]["reference_ppl"] == 128
-    assert a.metadata["samples"]["embedding"] == 512 and a.metadata["se"]["static_ref_ppl_mean"] > 0
+    assert a.metadata["sample"] == "default" and a.metadata["samples"]["reference_ppl"] == 48
+    assert a.metadata["samples"]["embedding"] == 256 and a.metadata["se"]["static_ref_ppl_mean"] > 0
     with pytest.raises(ValueError, match="ppl_sample must be a positive integer or 'all'"):
         static_descriptors(ex[:5], encoder=_bow_encoder, ppl_sample=-1)
