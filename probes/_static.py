@@ -150,9 +150,10 @@ def static_descriptors(
     if model is not None and tokenizer is None:
         raise ValueError("a model needs its tokenizer, but got model without tokenizer; pass both (see resolve_model).")
     n = len(examples)
-    tok = tokenizer if tokenizer is not None else _fallback_tokenizer()
-    values = exact_descriptors(examples, tok)
+    values: dict[str, float] = {}
     se: dict[str, float | None] = {}
+    # The model forwards first: their large transient buffers go back to the system before the
+    # exact pass builds its tables, so the peak memory is the larger of the two, not their sum.
     enc = encoder if encoder is not None else MiniLMEncoder()
     idx_embed = sample_indices(n, n if m_embed is None else m_embed, seed)
     sub = [examples[int(i)] for i in idx_embed]
@@ -165,6 +166,7 @@ def static_descriptors(
         v, s = nll_estimates(reference_nll([examples[int(i)] for i in idx_ppl], model, tokenizer), n)
         values.update(v)
         se.update(s)
+    values.update(exact_descriptors(examples, tokenizer if tokenizer is not None else _fallback_tokenizer()))
     bad = sorted(k for k, v in values.items() if not math.isfinite(v))
     if bad:
         raise ValueError(f"static descriptors must be finite, but {bad} are not; check the dataset for empty texts.")

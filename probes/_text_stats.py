@@ -9,6 +9,7 @@ definitions, kept as the reference the pass is tested against.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -173,7 +174,7 @@ class DuplicateIndex:
         # affine32 (datasketch >= 2 default) and legacy values are < 2**32; affine64 needs 64 bits
         wide = getattr(self._template, "scheme", "legacy") not in ("affine32", "legacy")
         self._sigs = np.empty((capacity, num_perm), dtype=np.uint64 if wide else np.uint32)
-        self._seen: set[bytes] = set()
+        self._first: dict[bytes, int] = {}  # 16-byte digest of a signature -> its first text
         self.n = 0
         self.n_duplicates = 0
 
@@ -182,13 +183,14 @@ class DuplicateIndex:
         m = self._template.copy()
         m.update_batch(shingles)
         sig = m.hashvalues.astype(self._sigs.dtype)
-        key = sig.tobytes()
-        if key in self._seen:
+        key = hashlib.blake2b(sig.tobytes(), digest_size=16).digest()
+        first = self._first.get(key)
+        if first is not None and np.array_equal(self._sigs[first], sig):  # compared in full: exact
             dup = True
         else:
             dup = any(np.count_nonzero(self._sigs[j] == sig) / sig.size >= self.threshold for j in self._lsh.query(m))
             self._lsh.insert(self.n, m, check_duplication=False)
-            self._seen.add(key)
+            self._first.setdefault(key, self.n)
         self._sigs[self.n] = sig
         self.n += 1
         self.n_duplicates += dup
