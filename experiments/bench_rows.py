@@ -65,10 +65,11 @@ class Row:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def run_timed(args: list[str]) -> tuple[float, float, str]:
+def run_timed(args: list[str], ctx: "BenchContext | None" = None) -> tuple[float, float, str]:
     """Run a command; return (wall seconds, its peak RSS in GiB, stdout). Raises RuntimeError on failure.
 
-    The child is reaped with ``os.wait4``, so the RSS is that process's own peak (ru_maxrss).
+    The child is reaped with ``os.wait4``, so the RSS is that process's own peak (ru_maxrss); its
+    CPU seconds (user + system, all threads) go to ``ctx.cache["last_cpu_s"]``.
     """
     import tempfile
 
@@ -85,7 +86,14 @@ def run_timed(args: list[str]) -> tuple[float, float, str]:
     if proc.returncode != 0:
         last = (stderr.strip().splitlines() or ["(no stderr)"])[-1]
         raise RuntimeError(f"{' '.join(args[3:5])} exited {proc.returncode}: {last}")
+    if ctx is not None:
+        ctx.cache["last_cpu_s"] = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss / 2**20, stdout
+
+
+def _cpu_note(ctx: BenchContext) -> str:
+    """CPU seconds of the last command: steadier than wall time when other jobs share the machine."""
+    return f"CPU {ctx.cache.get('last_cpu_s', float('nan')):.1f} s"
 
 
 def _dataset(ctx: BenchContext, n: int) -> Path:
@@ -117,10 +125,10 @@ def _static(n: int, model: bool) -> Callable[[BenchContext], Result]:
         if model:
             _warm_model(ctx)
             args += ["--model", MODEL]
-        wall, rss, _ = run_timed(args)
+        wall, rss, _ = run_timed(args, ctx)
         meta = json.loads((ctx.workdir / f"static_{n}_{int(model)}.json").read_text())["metadata"]
         ctx.cache[("static", n, model)] = {"wall": wall, "rss": rss}
-        note = f"peak RSS {rss:.2f} GiB; samples {meta['samples']}"
+        note = f"{_cpu_note(ctx)}; peak RSS {rss:.2f} GiB; samples {meta['samples']}"
         target_note = "issue #17 target" if (n, model) == (10_000, True) else "implied by the 10k-with-model target"
         return Result(label, wall, 60.0, "s", f"{note}; {target_note}", {"peak_rss_gib": rss, "samples": meta["samples"]})
 
@@ -154,7 +162,8 @@ def _probe_overhead(ctx: BenchContext) -> Result:
     run_timed([*_CLI, "bench-probe", "--model", MODEL, "--steps", str(steps), "--record-at", record_at, "--max-length", "128",
                "--device", "cpu", "--repeats", str(repeats), "-o", str(out)])
     res = json.loads(out.read_text())
-    note = (f"median {100 * res['overhead_median']:.1f} %; bare step {res['bare_step_s']:.2f} s; "
+    note = (f"median {100 * res['overhead_median']:.1f} %; from CPU times {100 * res['overhead_cpu']:.1f} %; "
+            f"bare step {res['bare_step_s']:.2f} s; "
             f"flatness_sample {res.get('flatness_sample')}, ood_sample {res.get('ood_sample')}")
     return Result(label, 100 * res["overhead"], target, "%", note, {"bench_probe": res})
 
@@ -170,10 +179,12 @@ def _fit_risk(n_tasks: int, depths: tuple[int, ...], method: str, target: float,
         label = f"fit-risk {n:,} tasks x {len(depths)} depths ({method})"
         if n != n_tasks:
             label += f" (quick; target scaled x {n}/{n_tasks})"
+        cpu0 = time.process_time()
         model, secs, _ = fit_timed(n, depths, ctx.seed)
+        cpu = time.process_time() - cpu0
         ctx.cache[("risk_model", method)] = model
         diag = model.diagnostics_
-        note = f"method {model.method_}; incl. JAX compilation"
+        note = f"CPU {cpu:.1f} s; method {model.method_}; incl. JAX compilation"
         if model.method_ == "nuts":
             note += f"; max r_hat {diag.get('max_r_hat', float('nan')):.3f}, min ESS {diag.get('min_ess', float('nan')):.0f}"
         return Result(label, secs, scaled, "s", note)
@@ -194,9 +205,12 @@ def _plan_risk(ctx: BenchContext) -> Result:
     from plan_probe.experiments.bench_risk import plan_tasks, plan_timed
 
     repeats = 1 if ctx.quick else 3
-    times, _ = plan_timed(_svi_model(ctx), plan_tasks(10_000, ctx.seed), PlanSettings(seed=ctx.seed), repeats)
+    model, tasks = _svi_model(ctx), plan_tasks(10_000, ctx.seed)
+    cpu0 = time.process_time()
+    times, _ = plan_timed(model, tasks, PlanSettings(seed=ctx.seed), repeats)
+    cpu = (time.process_time() - cpu0) / repeats
     return Result("plan 10,000 tasks, --objective risk (model loaded)", min(times), 2.0, "s",
-                  f"best of {repeats}; 256 draws/task")
+                  f"best of {repeats}; CPU {cpu:.2f} s per plan; 256 draws/task")
 
 
 def _plan_decision(ctx: BenchContext) -> Result:
@@ -230,8 +244,8 @@ def _fit_predictor(ctx: BenchContext) -> Result:
     meta = ctx.workdir / f"meta_{n}.csv"
     make_meta_dataset(n, seed=ctx.seed).to_csv(meta, index=False)
     wall, _, _ = run_timed([*_CLI, "fit-predictor", str(meta), "--label", "score", "--seed", str(ctx.seed),
-                            "-o", str(ctx.workdir / f"predictor_{n}")])
-    return Result(label, wall, target, "s", "command wall time (imports included); issue #15 target")
+                            "-o", str(ctx.workdir / f"predictor_{n}")], ctx)
+    return Result(label, wall, target, "s", f"{_cpu_note(ctx)}; command wall time (imports included); issue #15 target")
 
 
 def _evaluate(ctx: BenchContext) -> Result:
@@ -245,8 +259,8 @@ def _evaluate(ctx: BenchContext) -> Result:
     meta = ctx.workdir / "tuneahead_450.csv"
     make_tuneahead_layout(450, seed=ctx.seed).to_csv(meta, index=False)
     wall, _, _ = run_timed([*_CLI, "evaluate", str(meta), "--label", "overall_accuracy", "--cv", "5",
-                            "--repeats", str(repeats), "--seed", str(ctx.seed)])
-    return Result(label, wall, target, "s", "command wall time (imports included); issue #15 target")
+                            "--repeats", str(repeats), "--seed", str(ctx.seed)], ctx)
+    return Result(label, wall, target, "s", f"{_cpu_note(ctx)}; command wall time (imports included); issue #15 target")
 
 
 def _live_decision(ctx: BenchContext) -> Result:
