@@ -13,12 +13,12 @@ from plan_probe.cli import main
 
 def test_bench_quick_cheap_rows_table_and_json(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(main, ["bench", "--quick", "--only", "live-decision,plan-decision"])
+    res = runner.invoke(main, ["bench", "--quick", "--only", "live-decision"])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("|")]
     assert lines[0] == "| row | what | measured | target | ratio | result | note |"
     body = lines[2:]
-    assert [ln.split("|")[1].strip() for ln in body] == ["plan-decision", "live-decision"]
+    assert [ln.split("|")[1].strip() for ln in body] == ["live-decision"]
     assert all(len(ln.split("|")) == 9 for ln in body)  # 7 cells per row
     out = tmp_path / "bench.json"
     res = runner.invoke(main, ["bench", "--quick", "--only", "live-decision", "--format", "json", "-o", str(out)])
@@ -30,6 +30,15 @@ def test_bench_quick_cheap_rows_table_and_json(tmp_path):
     assert row["target"] == 50.0 and row["unit"] == "ms"
     if row["measured"] is None:  # until plan_probe.LiveProbe exists
         assert row["pass"] is None and row["note"].startswith(("not available", "not measured"))
+
+
+def test_bench_selects_rows_in_table_order():
+    from plan_probe.experiments.bench import _select
+    from plan_probe.experiments.bench_rows import ROWS
+
+    assert [r.key for r in _select(ROWS, "live-decision,plan-decision", False)] == ["plan-decision", "live-decision"]
+    quick = [r.key for r in _select(ROWS, None, True)]
+    assert "static-1k" in quick and "static-10k-model" not in quick  # --quick leaves out the full-size twins
 
 
 def test_bench_rejects_unknown_rows():
