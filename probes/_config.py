@@ -43,6 +43,12 @@ class ProbeConfig:
         0 disables clipping.
     sparsity_tol : a gradient entry counts as zero when ``|g_i| <= sparsity_tol * max_j |g_j|``.
     weight_decay : AdamW weight decay.
+    flatness_sample : examples of the flatness batch (the first micro-batch of step 1) whose loss
+        the perturbation forwards evaluate: a seeded subset of this size, fixed for the probe, with
+        the Horvitz–Thompson weight (b/k)·(T_S/T_B) so the estimate has the full batch's value as
+        its expectation; None evaluates every example (the exact definition; probe configs of schema 1 used it).
+    ood_sample : out-of-domain texts evaluated for the forgetting feature, a seeded subset fixed
+        for the probe, weighted the same way (N/k)·(T_S/T_all); None evaluates every text (exact).
     """
 
     lr: float = 2e-4
@@ -61,6 +67,8 @@ class ProbeConfig:
     grad_clip: float = 1.0
     sparsity_tol: float = 1e-3
     weight_decay: float = 0.0
+    flatness_sample: int | None = 2
+    ood_sample: int | None = 8
 
     def __post_init__(self) -> None:
         # Normalise sequences (JSON gives lists) so equality and hashing work.
@@ -74,6 +82,11 @@ class ProbeConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}; pass an integer >= 1.")
+        for name in ("flatness_sample", "ood_sample"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer or None (every example), but got {name}={value!r}; "
+                                 "pass e.g. 2, or None for the exact definition.")
         if not (0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"lora_dropout must be in [0, 1), but got lora_dropout={self.lora_dropout!r}; pass e.g. 0.05.")
         for name in ("grad_clip", "weight_decay", "sparsity_tol"):

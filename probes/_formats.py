@@ -88,12 +88,40 @@ class FileFormat:
         return doc
 
 
+def _static_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds ``metadata.se`` (standard errors of the sampled descriptors) and ``metadata.samples``.
+
+    Schema-1 files used one sample (``sampled_n``) for every sampled key and recorded no SEs: they
+    become None (unknown), except 0 where the sample was the whole dataset.
+    """
+    doc = dict(doc)
+    meta = dict(doc.get("metadata") or {})
+    n, m = meta.get("n_examples"), meta.get("sampled_n")
+    exact = n is not None and m is not None and m >= n
+    meta.setdefault("se", {k: (0.0 if exact else None) for k in meta.get("sampled_keys", [])})
+    has_ppl = "static_ref_ppl_mean" in (doc.get("descriptors") or {})
+    meta.setdefault("samples", {"embedding": m, "reference_ppl": m if has_ppl else None})
+    doc["metadata"] = meta
+    return doc
+
+
 #: Output of ``plan-probe static``: the descriptors of one dataset and their sampling metadata.
-STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 1, "recompute it with plan-probe static")
+STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 2, "recompute it with plan-probe static",
+                                migrations={1: _static_v1_to_v2})
 #: A probe configuration (``ProbeConfig.to_json``); schema 1 had ``kind: probe_config`` and no format.
-PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConfig.to_json()")
+def _probe_config_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds ``flatness_sample`` and ``ood_sample``; schema-1 configs measured on every example."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"flatness_sample": None, "ood_sample": None, **doc["config"]}
+    return doc
+
+
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 2, "write it with ProbeConfig.to_json()",
+                          migrations={1: _probe_config_v1_to_v2})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
-STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
+STATIC_RECORD = FileFormat("plan-probe/static-record", 2, "delete it and rerun plan-probe run",
+                           migrations={1: _static_v1_to_v2})
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
 def _summary_v1_to_v2(doc: dict) -> dict:
