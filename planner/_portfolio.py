@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -218,13 +217,10 @@ def _candidate(index: int, raw: Any, defaults: dict, seen: set[str], base_dir: P
 
 def load_portfolio(path: str | Path) -> Portfolio:
     """Read and validate a portfolio TOML file (one clear ``ValueError`` for any bad key or value)."""
+    from plan_probe.probes._io import read_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"portfolio file must exist, but got {str(path)!r}; check the path.")
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"portfolio file {str(path)!r} must be valid TOML, but parsing failed ({exc}); fix the syntax.") from None
+    doc = read_toml(p, what="portfolio file", fix="check the path")
     unknown = sorted(set(doc) - {"portfolio", "defaults", "candidate"})
     if unknown:
         raise _err("the portfolio file", "may only have [portfolio], [defaults] and [[candidate]] sections", unknown, "remove the others")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["FileFormat", "STATIC_DESCRIPTORS", "PROBE_CONFIG", "STATIC_RECORD", "PROBE_RECORD", "RUN_SUMMARY",
-           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD"]
+           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD", "MODEL_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,5 @@ PORTFOLIO = FileFormat("plan-probe/portfolio", 1, "rerun plan-probe run")
 PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 1, "recreate them with PlanSettings")
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
 META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
+#: The completion marker of a converted model in the cache (written last, so its presence means complete).
+MODEL_CACHE = FileFormat("plan-probe/model-cache", 1, "delete the cache folder; the next load converts the model again")
