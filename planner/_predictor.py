@@ -23,6 +23,7 @@ import numpy as np
 
 from plan_probe._meta import GROUPS, feature_group
 from plan_probe.probes._formats import FileFormat
+from plan_probe._validate import booster_from_text, check_predictor_sidecar
 
 __all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "PREDICTOR_FORMAT", "group_folds", "TUNE_GRID", "FULL_TOP", "FULL_SEEDS"]
 
@@ -539,8 +540,6 @@ class ProbePredictor:
     @classmethod
     def load(cls, directory) -> "ProbePredictor":
         """Load a saved predictor, checking its format and schema and the model checksums (no pickle)."""
-        import lightgbm as lgb
-
         from plan_probe.probes._io import read_json
 
         directory = Path(directory)
@@ -551,6 +550,7 @@ class ProbePredictor:
                 "pass the -o directory of plan-probe fit-predictor."
             )
         side = PREDICTOR_FORMAT.read(read_json(side_path), str(side_path))
+        check_predictor_sidecar(side, str(side_path))
         self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
         files, shas = side.get("model_files"), side.get("model_sha256")
         if not (isinstance(files, list) and isinstance(shas, list) and files and len(files) == len(shas)
@@ -559,7 +559,8 @@ class ProbePredictor:
                 f"predictor.json must list model files named model.txt / model_<i>.txt with one checksum each, "
                 f"but got model_files={files!r}; refit with plan-probe fit-predictor."
             )
-        self.boosters_ = [lgb.Booster(model_str=_read_checked(directory / f, sha)) for f, sha in zip(files, shas)]
+        self.boosters_ = [booster_from_text(directory / f, _read_checked(directory / f, sha), side["feature_names"])
+                          for f, sha in zip(files, shas)]
         self.feature_names_ = list(side["feature_names"])
         self.feature_groups_ = dict(side["feature_groups"])
         self.n_features_in_ = len(self.feature_names_)
@@ -595,3 +596,4 @@ def _read_checked(path: Path, sha: str) -> str:
 def _candidate_name(c: tuple) -> str:
     scope, bagging, leaves, trees = c
     return f"scope={scope},bagging={'on' if bagging else 'off'},num_leaves={leaves},n_estimators={trees}"
+

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from plan_probe.probes._formats import FileFormat
+from plan_probe._validate import check_risk_model_payload
 
 __all__ = ["RiskModel", "RiskFitSettings", "risk_model", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
 
@@ -339,6 +340,7 @@ class RiskModel:
         if payload.get("checksum") != _checksum(payload):
             raise ValueError(f"risk model checksum must match its content, but {source} has been modified; refit it with plan-probe fit-risk.")
         payload = current
+        check_risk_model_payload(payload, source)  # the checksum guards against corruption, not nonsense
         try:
             model = cls(RiskFitSettings(**payload["settings"]))
             model.draws_ = {k: np.asarray(payload["draws"][k], dtype=float) for k in ("b", "B", "sigma_chol")}
@@ -491,3 +493,4 @@ class RiskModel:
         th = theta[:, np.ravel(inverse)]
         risk = np.exp(th[0]) + np.exp(th[1] - np.exp(th[2]) * np.log(depth)[:, None])
         return risk.mean(axis=1)
+

@@ -91,7 +91,7 @@ def _param_name(param, ctx) -> str:
 _NOT = re.compile(r"^(?P<value>.+?) is not (?P<rule>.+?)\.?(?: Recognized values: .*)?$", re.S)
 _PATH = re.compile(r"^(?P<kind>\w+) (?P<value>'.*') (?P<what>does not exist|is a file|is a directory|is not readable|"
                    r"is not writable|is not executable)\.$", re.S)
-_PATH_RULE = {"does not exist": "must exist", "is a file": "must be a folder", "is a directory": "must be a file",
+_PATH_RULE = {"does not exist": "must exist", "is a file": "must be a directory", "is a directory": "must be a file",
               "is not readable": "must be readable", "is not writable": "must be writable",
               "is not executable": "must be executable"}
 

@@ -62,6 +62,10 @@ def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, outp
         raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o static.json.")
     if sample is not None and sample < 1:
         raise ValueError(f"sample must be a positive integer, but got {sample=}; pass e.g. 1000 or leave it out.")
+    if model_spec is not None:
+        from plan_probe.probes._models import check_model
+
+        check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only: fails fast, loads nothing
     examples = load_examples(dataset, limit=limit)
     model = tokenizer = None
     if model_spec is not None:
@@ -114,6 +118,10 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     check_backend(backend, ray_address)
     seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
     configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
+    from plan_probe.probes._models import check_device, check_model
+
+    check_device(device)
+    check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only, before any worker starts
     load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
     gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
     jobs = [
@@ -158,7 +166,12 @@ def bench_cmd(model_spec, dataset, steps, record_at, seed, repeats, device, rand
     config = _config(steps, record_at, seed, dict(hp))
     from plan_probe.probes._bench import bench_probe
     from plan_probe.probes._data import Example, load_examples
-    from plan_probe.probes._models import resolve_model
+    from plan_probe.probes._models import check_device, check_model, resolve_model
+
+    check_device(device)
+    check_model(model_spec, need_weights=not random_init)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, but got {repeats=}; pass --repeats 1 or more.")
 
     if dataset is not None:
         examples = load_examples(dataset)

@@ -84,7 +84,7 @@ def _check_writable(flag: str, path: Path, want_dir: bool) -> None:
         raise ValueError(f"{flag} must not be a dangling symbolic link, but got {shown!r}; remove the link or pick another path.")
     if path.exists():
         if want_dir and not path.is_dir():
-            raise ValueError(f"{flag} must be a folder, but got {shown!r}, which is a file; pick a folder path.")
+            raise ValueError(f"{flag} must be a directory, but got {shown!r}, which is a file; pick a folder path.")
         if not want_dir and path.is_dir():
             raise ValueError(f"{flag} must be a file path, but got {shown!r}, which is a folder; "
                              "pass a file name inside it.")
