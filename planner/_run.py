@@ -183,6 +183,18 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     _check_predictor_features(predictor_static, {*STATIC_COLUMNS, *HP_COLUMNS}, "static-only")
     for model in (predictor, predictor_static):
         model.conformal_quantile(portfolio.coverage)  # enough calibration scores for the coverage?
+    if out_dir is not None and not Path(out_dir).exists():
+        # A first run needs the model for its static stage anyway (same process cache): load it now,
+        # so a model that passes the header checks but does not load is refused before DIR exists.
+        from plan_probe.probes._jobs import cached_model
+        from plan_probe.probes._models import check_target_modules
+
+        model, _ = cached_model(portfolio.model_spec(), portfolio.device)
+        for cand in portfolio.candidates:
+            try:
+                check_target_modules(model, probe_config_for(cand, 2, portfolio.seed).target_modules)
+            except ValueError as exc:
+                raise ValueError(f"candidate {cand.name!r}: {exc}") from None
     return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
 
 

@@ -37,6 +37,8 @@ def _first_bad(frame, mask, col):
 def _numeric(frame, col: str, *, what: str):
     import pandas as pd
 
+    if pd.api.types.is_bool_dtype(frame[col]):
+        raise ValueError(f"{what} column {col!r} must be numeric, but got booleans (True/False); write numbers.")
     values = pd.to_numeric(frame[col], errors="coerce")
     bad = values.isna().to_numpy()
     if bad.any():

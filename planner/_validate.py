@@ -9,8 +9,11 @@ after the format/schema check and the checksum, and raise one contract ``ValueEr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +201,20 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
         raise bad("config must be valid settings", " ".join(str(exc).split())) from None
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 for a native call whose failure is reported as an exception anyway."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def booster_from_text(path: Path, text: str, feature_names: list):
     """A LightGBM booster from model text, checked against the sidecar's feature list.
 
@@ -207,7 +224,8 @@ def booster_from_text(path: Path, text: str, feature_names: list):
     import lightgbm as lgb
 
     try:
-        booster = lgb.Booster(model_str=text)
+        with _quiet_native_stderr():  # LightGBM's C++ core prints "[LightGBM] [Fatal] ..." itself before raising
+            booster = lgb.Booster(model_str=text)
     except Exception as exc:  # LightGBMError and friends on an edited or foreign model file
         raise ValueError(f"a predictor model file must be a LightGBM text model, but {str(path)!r} could not be parsed "
                          f"({type(exc).__name__}); {_PRED_FIX}.") from None

@@ -11,9 +11,10 @@ Error contract (docs/reference/errors.md): bad input of any kind, whether found 
 option, missing argument, bad choice, out-of-range number), by a command's validation stage or by a
 reader of a damaged file, ends the command with one line ``error: <rule>, but got <value>; <fix>.``
 on stderr and exit status 2. Before a command body runs, every attached command gets the same
-checks: numbers passed to float options are finite, seeds are in [0, 2**32 - 1], and no output path
-is (or resolves to) an input path or lies under a file. Log records of a command are held back
-until it succeeds (or for 30 s), so a rejection prints only its one line.
+checks: numbers passed to float options are finite, integers fit 64 bits, seeds are in [0, 2**32 - 1], and no output path
+is (or resolves to) an input path or lies under a file. What a command writes to stderr (logs,
+warnings, progress bars) is held back until it succeeds (or has run a while), so a rejection prints
+only its one line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import struct
 import sys
 import threading
+import time
 import zlib
 
 import click
@@ -34,13 +36,30 @@ from plan_probe.probes import _version
 __all__ = ["main"]
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-#: Seconds a command's log records are held back (a rejection within them prints only its error line).
-HOLD_LOGS_S = 30.0
+#: What a command writes to stderr is held back until it succeeds, or it has used this much CPU time
+#: or wall time (a rejection comes within a few CPU seconds, so it prints only its error line, also
+#: on a loaded machine where wall time stretches).
+HOLD_LOGS_CPU_S = 10.0
+HOLD_LOGS_WALL_S = 120.0
 #: Parameter names that are outputs: files unless their click.Path type or name says folder.
 _OUTPUT_PARAMS = {"output", "out_path", "out", "out_dir", "figures", "curves_dir", "cache"}
 _INPUT_PARAMS = {"model_spec", "dataset", "risk_model", "predictor_dir", "portfolio", "meta", "pred", "obs", "tasks",
                  "plan_path", "spec_path"}
-_SEED_RANGE = click.IntRange(0, 2**32 - 1)
+class _BoundedInt(click.types.IntParamType):
+    """An integer in [low, high], shown as a plain INTEGER in --help (the bound is a safety rule)."""
+
+    def __init__(self, low: int, high: int):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{number} is not in the range {self.low}<=x<={self.high}.", param, ctx)
+        return number
+
+
+_SEED_RANGE = _BoundedInt(0, 2**32 - 1)
+_INT64 = _BoundedInt(-(2**63), 2**63 - 1)  # numpy, torch and JAX sizes: anything larger overflows in them
 
 
 class InputError(click.ClickException):
@@ -76,6 +95,10 @@ def _error_message(exc: BaseException) -> str | None:
                 "check or regenerate the file.")
     if isinstance(exc, RecursionError):
         return "input must be nested at most a few hundred levels, but got deeper nesting; flatten the input."
+    if isinstance(exc, OverflowError):
+        return f"numbers must fit the sizes the tools use (64-bit), but got {_one_line(str(exc))[:200]}; pass smaller values."
+    if isinstance(exc, MemoryError):
+        return "the work must fit in memory, but got a request larger than this machine has; pass smaller sizes or fewer rows."
     return None
 
 
@@ -139,46 +162,61 @@ def _usage_line(exc: click.ClickException) -> str:
     return _contract(exc.format_message(), "check the input")
 
 
-class _HeldLog(logging.Handler):
-    """Stderr log handler that holds records back until released (success, -v, or a timer)."""
+class _HeldStderr:
+    """A stand-in for ``sys.stderr`` that holds what a command writes until it is released.
 
-    def __init__(self, hold_s: float = HOLD_LOGS_S):
-        super().__init__()
-        self.setFormatter(logging.Formatter(_LOG_FORMAT))
-        self._held: list[logging.LogRecord] | None = []
-        self._lock_held = threading.Lock()
-        self._timer = threading.Timer(hold_s, self.release)
-        self._timer.daemon = True
-        self._timer.start()
+    Everything written through ``sys.stderr`` while the command runs (log records of any handler,
+    Python warnings, progress bars, third-party loggers) is held; on success, after ``-v``, or once
+    the command has used ``cpu_s`` of CPU time or ``wall_s`` of wall time it is written out and later
+    writes pass straight through. On a rejection the held text is dropped, so the error is the only
+    line. Writes at the file-descriptor level (C libraries) are not seen.
+    """
 
-    def _write(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # a closed stream must not turn logging into a crash
-            self.handleError(record)
+    def __init__(self, real, cpu_s: float = HOLD_LOGS_CPU_S, wall_s: float = HOLD_LOGS_WALL_S):
+        self._real = real
+        self._held: list[str] | None = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._limits = (time.process_time() + cpu_s, time.monotonic() + wall_s)
+        threading.Thread(target=self._watch_time, daemon=True).start()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._lock_held:
-            if self._held is not None:
-                self._held.append(record)
+    def _watch_time(self) -> None:
+        while not self._stop.wait(0.5):
+            if time.process_time() >= self._limits[0] or time.monotonic() >= self._limits[1]:
+                self.release()
                 return
-        self._write(record)
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):  # a text stream refuses bytes (click probes streams this way)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            if self._held is not None:
+                self._held.append(text)
+                return len(text)
+        return self._real.write(text)
+
+    def flush(self) -> None:
+        if self._held is None:
+            self._real.flush()
 
     def release(self) -> None:
-        with self._lock_held:
-            held, self._held = self._held or [], None
-        for record in held:
-            self._write(record)
+        with self._lock:
+            held, self._held = self._held, None
+        if held:
+            self._real.write("".join(held))
+            self._real.flush()
 
     def drop(self) -> None:
-        with self._lock_held:
+        with self._lock:
             if self._held is not None:
                 self._held = []
 
     def close(self) -> None:
-        self._timer.cancel()
-        super().close()
+        self._stop.set()
+        self.release()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ... of the real stream
+        return getattr(self._real, name)
 
 
 class _OneLineErrors(click.Group):
@@ -199,34 +237,30 @@ class _OneLineErrors(click.Group):
         prog_name = prog_name or "plan-probe"
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        root = logging.getLogger()
-        held = _HeldLog() if not root.handlers else None
-        if held is not None:
-            root.addHandler(held)
-            logging.captureWarnings(True)
+        real_stderr = sys.stderr
+        held = _HeldStderr(real_stderr)
+        sys.stderr = held
         try:
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             except click.exceptions.NoArgsIsHelpError as exc:
+                held.release()
                 exc.show()
                 sys.exit(2)
             except click.ClickException as exc:
-                if held is not None:
-                    held.drop()
+                held.drop()
                 click.echo(f"error: {_usage_line(exc)}", err=True)
                 sys.exit(2)
             except click.exceptions.Abort:
+                held.release()
                 click.echo("Aborted!", err=True)
                 sys.exit(1)
-            if held is not None:
-                held.release()
+            held.release()
             sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
         finally:
-            if held is not None:
-                held.release()
-                root.removeHandler(held)
-                held.close()
-                logging.captureWarnings(False)
+            held.close()  # handlers created meanwhile keep writing through it, straight to the real stream
+            if sys.stderr is held:
+                sys.stderr = real_stderr
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -235,14 +269,9 @@ class _OneLineErrors(click.Group):
 def main(verbose: int) -> None:
     """Plan probe budgets, predict fine-tuning outcomes with honest uncertainty, explain failures."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    root = logging.getLogger()
-    held = [h for h in root.handlers if isinstance(h, _HeldLog)]
-    if held and len(root.handlers) == 1:  # we configured logging (not a test harness): set the level
-        root.setLevel(level)
-        if verbose:
-            held[0].release()  # asked for logs: stream them as they come
-    elif not root.handlers:
-        logging.basicConfig(level=level, stream=sys.stderr, format=_LOG_FORMAT)
+    logging.basicConfig(level=level, stream=sys.stderr, format=_LOG_FORMAT)
+    if verbose and isinstance(sys.stderr, _HeldStderr):
+        sys.stderr.release()  # asked for logs: stream them as they come
 
 
 @main.group(cls=_OneLineErrors)
@@ -306,8 +335,8 @@ def _guard(command: click.Command) -> click.Command:
     if getattr(command, "_plan_probe_guarded", False) or command.callback is None:
         return command
     for param in command.params:
-        if param.name == "seed" and isinstance(param.type, click.types.IntParamType) and not isinstance(param.type, click.IntRange):
-            param.type = _SEED_RANGE
+        if type(param.type) is click.types.IntParamType:
+            param.type = _SEED_RANGE if param.name == "seed" else _INT64
     callback = command.callback
 
     @functools.wraps(callback)

@@ -123,6 +123,11 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     check_device(device)
     check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only, before any worker starts
     load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
+    if backend == "local":  # the jobs of this process reuse it: a model that does not load is one error line
+        from plan_probe.probes._jobs import cached_model
+        from plan_probe.probes._models import check_target_modules
+
+        check_target_modules(cached_model(model_spec, device, trust_remote_code)[0], configs[0].target_modules)
     gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
     jobs = [
         Job(f"seed{cfg.seed}", probe_job, (str(dataset), model_spec, cfg.to_json()),

@@ -109,8 +109,8 @@ class ProbeConfig:
                 f"the deepest record_at depth must not exceed steps, but got record_at max {self.record_at[-1]} > {self.steps=}; "
                 "raise --steps or drop the deeper depths."
             )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, but got seed={self.seed!r}; pass e.g. 0.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"seed must be an integer in [0, 2**32 - 1], but got seed={self.seed!r}; pass e.g. 0.")
 
     def hp_features(self) -> dict[str, float]:
         """The hyperparameter columns ``hp_*`` of this candidate (numeric)."""

@@ -7,6 +7,7 @@ reaches a model hub: every load passes ``local_files_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -21,7 +22,8 @@ import zipfile
 from pathlib import Path
 
 __all__ = ["BUILTIN_MODELS", "resolve_model", "check_model", "check_gguf", "cache_dir", "cache_complete",
-           "clean_stale_partials", "default_device", "check_device"]
+           "clean_stale_partials", "default_device", "check_device",
+           "check_target_modules"]
 
 log = logging.getLogger(__name__)
 
@@ -318,14 +320,41 @@ def check_model(spec: str, *, trust_remote_code: bool = False, need_weights: boo
         _check_weights(path)
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' own stderr output (progress bars, load reports) off for one call, then restored.
+
+    Failures come back as one contract line and findings worth a warning go through this package's
+    logger, so a rejected command prints one line only.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load(spec: str, what: str, fn, *args, **kwargs):
     """Call a transformers loader; any failure becomes one contract ``ValueError`` (hints kept)."""
     try:
-        return fn(*args, **kwargs)
+        with _quiet_transformers():
+            return fn(*args, **kwargs)
     except Exception as exc:  # transformers/torch/safetensors raise many types on damaged or foreign files
         text = " ".join(str(exc).split())
         if "trust_remote_code" in text:
             raise _remote_code_error(spec) from None
+        if "ignore_mismatched_sizes" in text:
+            raise ValueError(f"the weights of model {spec!r} must have the shapes its config.json gives, but some "
+                             "tensors differ in size; fix config.json or save the model again with save_pretrained.") from None
+        if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
+            raise ValueError(f"the weights of model {spec!r} must hold tensors only, but its checkpoint pickles other "
+                             "Python objects, which plan-probe never unpickles; convert the weights to model.safetensors.") from None
         raise ValueError(f"the {what} of model {spec!r} must load with transformers, but loading failed "
                          f"({type(exc).__name__}: {text[:300]}); check the model files (nothing is downloaded).") from None
 
@@ -443,6 +472,46 @@ def _convert_gguf(gguf: Path, *, trust_remote_code: bool, convert=_dequantise) -
     return target
 
 
+def _check_loading_info(spec: str, info: dict) -> None:
+    """Refuse weights that leave parameters of the architecture uninitialised (random, not trained)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"model {spec!r} must have weights for every parameter of its architecture, but "
+                         f"{len(missing)} are missing (e.g. {', '.join(missing[:3])}); save the model again with "
+                         "save_pretrained or fix config.json.")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        log.warning("model %s: %d weight(s) in the files are not used by its architecture (e.g. %s)", spec,
+                    len(unexpected), ", ".join(unexpected[:3]))
+
+
+def check_target_modules(model, modules) -> None:
+    """Every LoRA target name must name layers LoRA can adapt (linear, embedding, convolution) in ``model``.
+
+    Checked once in the driver, so a typo is one error line instead of a failed probe per seed.
+    """
+    import torch
+
+    supported: tuple = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        supported += (Conv1D,)
+    except ImportError:  # older transformers: GPT-2 style Conv1D absent
+        pass
+    found: dict = {}
+    linear = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        found.setdefault(leaf, []).append(module)
+        if isinstance(module, torch.nn.Linear) and leaf not in linear:
+            linear.append(leaf)
+    bad = [m for m in modules if m not in found or not all(isinstance(x, supported) for x in found[m])]
+    if bad:
+        raise ValueError(f"target_modules must name linear layers of the model, but got {bad}; "
+                         f"pass names such as {','.join(linear[:6]) or 'q_proj,v_proj'}.")
+
+
 def resolve_model(spec: str, *, device=None, dtype=None, trust_remote_code: bool = False, random_init: bool = False):
     """Load a causal LM and its tokenizer from a local folder, a ``.gguf`` file or a built-in name.
 
@@ -489,7 +558,9 @@ def resolve_model(spec: str, *, device=None, dtype=None, trust_remote_code: bool
         model = _load(spec, "architecture", AutoModelForCausalLM.from_config, config, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     else:
-        model = _load(spec, "weights", AutoModelForCausalLM.from_pretrained, str(folder), dtype=dtype, **kwargs)
+        model, info = _load(spec, "weights", AutoModelForCausalLM.from_pretrained, str(folder), dtype=dtype,
+                            output_loading_info=True, **kwargs)
+        _check_loading_info(spec, info)
     tokenizer = _load(spec, "tokenizer", AutoTokenizer.from_pretrained, str(folder), **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
