@@ -596,4 +596,3 @@ def _read_checked(path: Path, sha: str) -> str:
 def _candidate_name(c: tuple) -> str:
     scope, bagging, leaves, trees = c
     return f"scope={scope},bagging={'on' if bagging else 'off'},num_leaves={leaves},n_estimators={trees}"
-

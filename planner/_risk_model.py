@@ -493,4 +493,3 @@ class RiskModel:
         th = theta[:, np.ravel(inverse)]
         risk = np.exp(th[0]) + np.exp(th[1] - np.exp(th[2]) * np.log(depth)[:, None])
         return risk.mean(axis=1)
-

@@ -186,15 +186,10 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     if out_dir is not None and not Path(out_dir).exists():
         # A first run needs the model for its static stage anyway (same process cache): load it now,
         # so a model that passes the header checks but does not load is refused before DIR exists.
+        # (A candidate's bad target_modules stay a failed probe of that candidate, not a rejection.)
         from plan_probe.probes._jobs import cached_model
-        from plan_probe.probes._models import check_target_modules
 
-        model, _ = cached_model(portfolio.model_spec(), portfolio.device)
-        for cand in portfolio.candidates:
-            try:
-                check_target_modules(model, probe_config_for(cand, 2, portfolio.seed).target_modules)
-            except ValueError as exc:
-                raise ValueError(f"candidate {cand.name!r}: {exc}") from None
+        cached_model(portfolio.model_spec(), portfolio.device)
     return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
 
 

@@ -48,18 +48,19 @@ _INPUT_PARAMS = {"model_spec", "dataset", "risk_model", "predictor_dir", "portfo
 class _BoundedInt(click.types.IntParamType):
     """An integer in [low, high], shown as a plain INTEGER in --help (the bound is a safety rule)."""
 
-    def __init__(self, low: int, high: int):
-        self.low, self.high = low, high
+    def __init__(self, low: int, high: int, rule: str):
+        self.low, self.high, self.rule = low, high, rule
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not self.low <= number <= self.high:
-            self.fail(f"{number} is not in the range {self.low}<=x<={self.high}.", param, ctx)
+            self.fail(f"{number} is not {self.rule}.", param, ctx)
         return number
 
 
-_SEED_RANGE = _BoundedInt(0, 2**32 - 1)
-_INT64 = _BoundedInt(-(2**63), 2**63 - 1)  # numpy, torch and JAX sizes: anything larger overflows in them
+_SEED_RANGE = _BoundedInt(0, 2**32 - 1, "a non-negative integer below 2**32")
+# numpy, torch and JAX sizes: anything larger overflows in them
+_INT64 = _BoundedInt(-(2**63), 2**63 - 1, "an integer that fits in 64 bits (|x| < 2**63)")
 
 
 class InputError(click.ClickException):

@@ -125,8 +125,8 @@ def _records_from_file(path: Path) -> Iterator[tuple[Any, str]]:
                     yield record, f"{name}[{i}]"
     except UnicodeDecodeError as exc:
         raise ValueError(
-            f"dataset files must be UTF-8 text (optionally gzipped), but {name} has bytes that are not UTF-8 "
-            f"({exc.reason}); re-encode it as UTF-8 JSONL."
+            f"dataset files must be UTF-8 text (optionally gzipped), but {name} could not be decoded (a byte at offset "
+            f"{exc.start} is not UTF-8); re-encode it as UTF-8 JSONL."
         ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise ValueError(

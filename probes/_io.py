@@ -72,8 +72,6 @@ def read_table(path: str | os.PathLike):
     undecodable CSV, ...) becomes one contract ``ValueError``; so do two columns whose names are
     equal once lower-cased.
     """
-    import pandas as pd
-
     fmt = table_format(path)
     p = Path(path)
     shown = str(path)
@@ -81,6 +79,7 @@ def read_table(path: str | os.PathLike):
         raise ValueError(f"input table must exist, but got {shown!r}; check the path.")
     if not p.is_file():
         raise ValueError(f"input table must be a file, but got {shown!r}, which is not a regular file; pass a CSV or Parquet file.")
+    import pandas as pd  # after the cheap checks: a wrong path is refused without loading pandas
     try:
         if fmt == "csv":
             frame = pd.read_csv(p, encoding="utf-8-sig", low_memory=False)

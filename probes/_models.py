@@ -49,7 +49,7 @@ def default_device(device=None):
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device must be available on this machine, but got {device=} and torch sees no CUDA GPU; "
-                         "pass --device cpu or leave --device out.")
+                         "use the cpu device (--device cpu, or device = \"cpu\" in a portfolio) or leave it out.")
     return dev
 
 
