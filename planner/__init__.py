@@ -1,6 +1,9 @@
-"""plan-probe planner: risk estimator, regimes, budgets, predictor, plan and CLI.
+"""plan-probe: how many probe steps each LLM fine-tuning candidate deserves, its predicted final
+score with an honest interval, and why it may fail.
 
-The public objects load on first use, so ``import planner`` (and ``plan-probe --help``) stays light.
+The public objects load on first use, so ``import plan_probe`` (and ``plan-probe --help``) stays light.
+Subpackages: ``plan_probe.theory`` (closed forms), ``plan_probe.probes`` (static descriptors, LoRA
+probe, Trainer callback), ``plan_probe.experiments`` (meta-dataset builders and checks).
 """
 
 from plan_probe.probes._version import __version__
@@ -36,4 +39,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'planner' has no attribute {name!r}")
+    raise AttributeError(f"module 'plan_probe' has no attribute {name!r}")

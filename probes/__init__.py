@@ -38,4 +38,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    raise AttributeError(f"module 'plan_probe.probes' has no attribute {name!r}")

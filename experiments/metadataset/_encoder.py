@@ -37,7 +37,7 @@ def _seed_int(*parts) -> int:
 
 
 def static_features(texts_train, emb_train, labels, label_emb, n_classes, dataset, eval_size, rng) -> dict:
-    """Cheap task descriptors of a training set (names prefixed ``static_``; see the README)."""
+    """Cheap task descriptors of a training set (names prefixed ``static_``; see docs/guide/metadatasets.md)."""
     n = len(texts_train)
     lengths = np.array([len(t.split()) for t in texts_train], dtype=float)
     tokens = [w.lower() for t in texts_train for w in t.split()]
