@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -132,12 +133,56 @@ def check_risk_model_payload(payload: dict, source: str) -> None:
 _SCALE_MODES = ("none", "depth", "risk")
 
 
+def _check_vector_dict(value, what: str, keys: tuple, p: int, bad, positive: tuple = ()) -> None:
+    """``value`` is None or a dict whose ``keys`` are finite vectors of length p (``positive`` ones > 0)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise bad(f"{what} must be an object or null", type(value).__name__)
+    for key in keys:
+        if key not in value:
+            raise bad(f"{what} must have {key!r}", f"keys {sorted(value)}")
+        arr = _array(value[key], f"{what}.{key}", (p,), bad)
+        if key in positive and np.any(arr <= 0):
+            raise bad(f"{what}.{key} must be positive", "a value <= 0")
+
+
+def _check_member(doc, where: str, p: int, files: list, bad) -> None:
+    """One blend member of a schema-3 sidecar: kind, finite weight, linear part, booster file, clip."""
+    if not isinstance(doc, dict):
+        raise bad(f"{where} must be an object", type(doc).__name__)
+    if not (isinstance(doc.get("kind"), str) and doc["kind"]):
+        raise bad(f"{where}.kind must name the learner", repr(doc.get("kind")))
+    weight = doc.get("weight")
+    if not (_is_number(weight) and math.isfinite(weight)):
+        raise bad(f"{where}.weight must be a finite number", repr(weight))
+    _check_vector_dict(doc.get("linear"), f"{where}.linear", ("mean", "scale", "coef"), p, bad, positive=("scale",))
+    linear = doc.get("linear")
+    if linear is not None and not (_is_number(linear.get("intercept")) and math.isfinite(linear["intercept"])):
+        raise bad(f"{where}.linear.intercept must be a finite number", repr(linear.get("intercept")))
+    _check_vector_dict(doc.get("standardise"), f"{where}.standardise", ("mean", "scale"), p, bad, positive=("scale",))
+    clip = doc.get("clip")
+    _check_vector_dict(clip, f"{where}.clip", ("lo", "hi"), p, bad)
+    if clip is not None and np.any(np.asarray(clip["lo"], dtype=float) > np.asarray(clip["hi"], dtype=float)):
+        raise bad(f"{where}.clip must have lo <= hi", "lo > hi")
+    name = doc.get("model_file")
+    if name is not None and name not in files:
+        raise bad(f"{where}.model_file must be listed in model_files", repr(name))
+    if name is None and linear is None:
+        raise bad(f"{where} must have a linear part or a model file", "neither")
+    n_iter = doc.get("num_iteration")
+    if n_iter is not None and not (isinstance(n_iter, int) and not isinstance(n_iter, bool) and n_iter >= 1):
+        raise bad(f"{where}.num_iteration must be a positive integer or null", repr(n_iter))
+
+
 def check_predictor_sidecar(side: dict, source: str) -> None:
-    """Check a predictor's ``predictor.json`` (after its schema check) for a usable layout and values.
+    """Check a predictor's ``predictor.json`` (after its schema check and migration) for usable content.
 
     Fields present with the right types; feature names unique, each with a known group; a config
-    of known settings; label name; scale mode; positive finite depth scales (present in depth
-    mode); sorted finite calibration scores; finite feature ranges with lo <= hi.
+    of known settings; a label name; the scale mode (depth mode: positive depth scales and a
+    ``depth`` feature); every blend member and CV+ fold member (finite weight, linear parts and
+    standardisation of the feature count with positive scales, clip ranges with lo <= hi, a listed
+    model file); finite calibration scores, each with an existing fold; finite feature ranges.
     """
     from plan_probe._meta import GROUPS
     from plan_probe._predictor import PredictorConfig
@@ -146,24 +191,25 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
         return ValueError(f"predictor {source} {rule}, but got {got}; {_PRED_FIX}.")
 
     kinds = {"config": dict, "params": dict, "cv_scores": dict, "feature_names": list, "feature_groups": dict,
-             "label": dict, "scale_mode": str, "depth_scale": list, "calibration_scores": list}
+             "label": dict, "scale_mode": str, "depth_scale": list, "members": list, "cv_plus": dict}
     for key, kind in kinds.items():
         if key not in side:
             raise bad(f"must have the field {key!r}", "no such field")
         if not isinstance(side[key], kind):
             raise bad(f"field {key!r} must be a {kind.__name__}", type(side[key]).__name__)
-    for key, kind in (("feature_ranges", dict), ("extra", dict), ("members", list), ("scope", str)):
+    for key, kind in (("feature_ranges", dict), ("extra", dict), ("scope", str)):
         if side.get(key) is not None and not isinstance(side[key], kind):
             raise bad(f"field {key!r} must be a {kind.__name__}", type(side[key]).__name__)
     n_est = side.get("n_estimators")
-    if not (isinstance(n_est, int) and not isinstance(n_est, bool) and n_est >= 1):
-        raise bad("n_estimators must be a positive integer", repr(n_est))
+    if not (isinstance(n_est, int) and not isinstance(n_est, bool) and n_est >= 0):
+        raise bad("n_estimators must be a non-negative integer", repr(n_est))
     cv = side.get("cv_rmse")
     if not (_is_number(cv) and math.isfinite(cv) and cv >= 0):
         raise bad("cv_rmse must be a finite number >= 0", repr(cv))
     names = side["feature_names"]
     if not names or not all(isinstance(f, str) and f for f in names) or len(set(names)) != len(names):
         raise bad("feature_names must be unique non-empty names (at least one)", repr(names[:5]))
+    p = len(names)
     groups = side["feature_groups"]
     missing = [f for f in names if groups.get(f) not in GROUPS]
     if missing:
@@ -174,22 +220,40 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
         raise bad("label must have a name", repr(label.get("name")))
     if side["scale_mode"] not in _SCALE_MODES:
         raise bad(f"scale_mode must be one of {list(_SCALE_MODES)}", repr(side["scale_mode"]))
-    pairs = side["depth_scale"]
-    if not all(isinstance(pr, list) and len(pr) == 2 for pr in pairs):
-        raise bad("depth_scale must be [depth, scale] pairs", repr(pairs[:3]))
-    if pairs:
-        ds = _array(pairs, "depth_scale", (None, 2), bad)
-        if np.any(ds <= 0):
-            raise bad("depth_scale depths and scales must be positive", repr(pairs[:3]))
-    if side["scale_mode"] == "depth" and not pairs:
+    _check_depth_table(side["depth_scale"], "depth_scale", bad)
+    if side["scale_mode"] == "depth" and not side["depth_scale"]:
         raise bad("depth_scale must be given in depth scale mode", "none")
     if side["scale_mode"] == "depth" and "depth" not in names:
         raise bad("a predictor in depth scale mode must have a 'depth' feature", f"features {names[:5]}")
-    scores = _array(side["calibration_scores"], "calibration_scores", (None,), bad)
+    files, shas = side.get("model_files"), side.get("model_sha256")
+    if not (isinstance(files, list) and isinstance(shas, list) and len(files) == len(shas)
+            and all(isinstance(f, str) and re.fullmatch(r"model(_[0-9]+)?\.txt", f) for f in files)):
+        raise ValueError(f"predictor.json must list model files named model.txt / model_<i>.txt with one checksum each, "
+                         f"but got model_files={files!r}; {_PRED_FIX}.")
+    if not side["members"]:
+        raise bad("members must list at least one learner", "none")
+    for i, doc in enumerate(side["members"]):
+        _check_member(doc, f"members[{i}]", p, files, bad)
+    cvp = side["cv_plus"]
+    for key, kind in (("method", str), ("folds", list), ("scores", list), ("score_folds", list)):
+        if not isinstance(cvp.get(key), kind):
+            raise bad(f"cv_plus.{key} must be a {kind.__name__}", type(cvp.get(key)).__name__)
+    for k, fold in enumerate(cvp["folds"]):
+        if not isinstance(fold, list) or not fold:
+            raise bad(f"cv_plus.folds[{k}] must list the fold's learners", repr(fold)[:40])
+        for i, doc in enumerate(fold):
+            _check_member(doc, f"cv_plus.folds[{k}][{i}]", p, files, bad)
+    for k, table in enumerate(cvp.get("fold_depth_scale") or []):
+        _check_depth_table(table, f"cv_plus.fold_depth_scale[{k}]", bad)
+    scores = _array(cvp["scores"], "cv_plus.scores", (None,), bad)
     if scores.size == 0:
-        raise bad("calibration_scores must not be empty", "none")
-    if np.any(np.diff(scores) < 0):
-        raise bad("calibration_scores must be sorted ascending", "an unsorted list")
+        raise bad("cv_plus.scores must not be empty", "none")
+    folds = cvp["score_folds"]
+    if len(folds) != scores.size or not all(isinstance(k, int) and not isinstance(k, bool) for k in folds):
+        raise bad("cv_plus.score_folds must give one integer fold per score", f"{len(folds)} for {scores.size} scores")
+    if folds and (min(folds) < -1 or max(folds) >= len(cvp["folds"])):
+        raise bad("every calibration score's fold must be -1 (the final model) or a listed fold",
+                  f"folds {min(folds)}..{max(folds)} for {len(cvp['folds'])} fold models")
     for name, rng in (side.get("feature_ranges") or {}).items():
         if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) and math.isfinite(v) for v in rng)
                 and rng[0] <= rng[1]):
@@ -199,6 +263,15 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
         PredictorConfig.from_dict(side["config"])
     except (TypeError, ValueError) as exc:
         raise bad("config must be valid settings", " ".join(str(exc).split())) from None
+
+
+def _check_depth_table(pairs, what: str, bad) -> None:
+    if not isinstance(pairs, list) or not all(isinstance(pr, list) and len(pr) == 2 for pr in pairs):
+        raise bad(f"{what} must be [depth, scale] pairs", repr(pairs)[:60])
+    if pairs:
+        ds = _array(pairs, what, (None, 2), bad)
+        if np.any(ds <= 0):
+            raise bad(f"{what} depths and scales must be positive", repr(pairs[:3]))
 
 
 @contextlib.contextmanager
@@ -219,7 +292,8 @@ def booster_from_text(path: Path, text: str, feature_names: list):
     """A LightGBM booster from model text, checked against the sidecar's feature list.
 
     A model file whose text LightGBM cannot parse, or whose features differ from ``feature_names``
-    (order included), is one contract ``ValueError``.
+    (order included; a model fitted without names must have as many features), is one contract
+    ``ValueError``.
     """
     import lightgbm as lgb
 
@@ -230,7 +304,8 @@ def booster_from_text(path: Path, text: str, feature_names: list):
         raise ValueError(f"a predictor model file must be a LightGBM text model, but {str(path)!r} could not be parsed "
                          f"({type(exc).__name__}); {_PRED_FIX}.") from None
     names = list(booster.feature_name())
-    if names != list(feature_names):
+    auto = [f"Column_{i}" for i in range(len(names))]  # LightGBM's names for a model fitted without names
+    if names != list(feature_names) and not (names == auto and len(names) == len(feature_names)):
         extra = sorted(set(names) - set(feature_names))[:3]
         missing = sorted(set(feature_names) - set(names))[:3]
         detail = f"{len(names)} features" + (f", not in predictor.json: {extra}" if extra else "") + \

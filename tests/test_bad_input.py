@@ -311,8 +311,10 @@ CASES = [
     # -- predict, fit-predictor, evaluate, screen --------------------------------------------------------
     Case("predict-output-is-input", ["predict", "{d}/meta.csv", "--predictor", "{fx}/predictor", "-o", "{d}/meta.csv"],
          _write("meta.csv", lambda fx: (fx / "meta.csv").read_text()), "must not overwrite an input"),
-    Case("predict-sidecar-missing-key", PREDICT, _pred_edit(_drop("calibration_scores")), "calibration_scores"),
-    Case("predict-sidecar-unsorted-scores", PREDICT, _pred_edit(_set("calibration_scores", lambda v: v[::-1])), "sorted"),
+    Case("predict-sidecar-missing-key", PREDICT, _pred_edit(_drop("cv_plus")), "cv_plus"),
+    Case("predict-sidecar-score-fold-unknown", PREDICT, _pred_edit(_set("cv_plus.score_folds", lambda v: [99] * len(v))),
+         "fold"),
+    Case("predict-sidecar-nan-weight", PREDICT, _pred_edit(lambda doc: doc["members"][0].update(weight=None)), "weight"),
     Case("predict-features-differ-from-model", PREDICT, _pred_edit(_set("feature_names", lambda v: v[::-1])),
          "feature_names"),
     Case("predict-coverage-nan", ["predict", "{fx}/meta.csv", "--predictor", "{fx}/predictor", "-o", "{d}/p.csv",

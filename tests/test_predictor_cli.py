@@ -171,8 +171,11 @@ def test_risk_model_scale_via_stand_in(tables, tmp_path, monkeypatch):
     pred = pd.read_csv(out)
     width = (pred["upper"] - pred["lower"]).to_numpy()
     expected = np.sqrt(4.0 + 100.0 / pred["depth"].to_numpy())
-    # Interval half-width = q * sqrt(L(c)): the ratio to the scale is one constant q.
-    np.testing.assert_allclose(width / expected, (width / expected)[0], rtol=1e-9)
+    # CV+ half-width ~ q * sqrt(L(c)): the ratio to the scale is nearly one constant q (the fold models'
+    # predictions differ a little, so not exactly), while the scale itself varies 1.7-fold over depths.
+    ratio = width / expected
+    assert expected.max() / expected.min() > 1.5
+    np.testing.assert_allclose(ratio, np.median(ratio), rtol=0.15)
 
 
 @pytest.mark.parametrize("flag", ["--seeds", "--top"])
