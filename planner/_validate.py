@@ -38,7 +38,7 @@ def _array(value, what: str, shape: tuple, bad) -> np.ndarray:
     except (TypeError, ValueError):
         raise bad(f"{what} must be a numeric array", "a ragged or non-numeric value") from None
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
+        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
         raise bad(f"{what} must have shape {want}", f"shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise bad(f"{what} must be finite", f"{int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
