@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -152,7 +152,6 @@ class Case:
     args: list
     setup: Callable | None = None
     expect: str = ""  # a fragment the error line must contain (the rule or the fix)
-    result: dict = field(default_factory=dict)
 
 
 def _write(name: str, data):
@@ -392,31 +391,58 @@ CASES = [
     Case("click-bad-int", ["evaluate", "{fx}/meta.csv", "--label", "label", "--cv", "five"], None, "integer"),
     Case("click-missing-value", ["static", "{fx}/d.jsonl", "-o"], None, "-o"),
 ]
+CASES_BY_ID = {c.id: c for c in CASES}
 
 
-def _run_case(case: Case, root: Path, fx: Path, cache: Path) -> None:
+#: Run also as fresh interpreters in the default suite (one or two per command): they see start-up and
+#: shutdown, which the forked children of the batch runner do not. ``-m slow`` runs every case fresh.
+FRESH = {"run-lr-true", "run-model-pickle-weights", "plan-risk-std-zero", "plan-output-is-input", "predict-sidecar-missing-key",
+         "static-gz-damaged", "model-custom-code", "probe-lr-nan", "evaluate-scale-inf", "fit-predictor-top-zero",
+         "fit-risk-chains-zero", "screen-full-cost-inf", "build-meta-bad-toml", "click-no-such-option",
+         "click-missing-argument"}
+
+
+def _prepare(case: Case, root: Path, fx: Path, cache: Path) -> dict:
+    """Make the case's folder and inputs; return its job (command line, folder, environment)."""
     d = root / case.id
-    d.mkdir()
+    d.mkdir(parents=True)
     if case.setup is not None:
         case.setup(d, fx)
-    before = _snapshot(d)
-    args = [a.format(d=d, fx=fx) for a in case.args]
     env = {**os.environ, "PLAN_PROBE_CACHE": str(cache / case.id), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    rc, stdout, stderr, cpu = _run_timed(CLI + args, cwd=d, env=env)
-    case.result = {"rc": rc, "stderr": stderr, "stdout": stdout, "seconds": time.perf_counter() - start, "cpu_seconds": cpu,
-                   "before": before, "after": _snapshot(d),
-                   "cache": sorted(p.name for p in (cache / case.id).glob("*")) if (cache / case.id).exists() else []}
+    return {"args": [a.format(d=d, fx=fx) for a in case.args], "cwd": str(d), "env": env, "before": _snapshot(d),
+            "cache": str(cache / case.id)}
+
+
+def _finish(job: dict, result: dict) -> dict:
+    cache = Path(job["cache"])
+    return {**result, "before": job["before"], "after": _snapshot(Path(job["cwd"])),
+            "cache": sorted(p.name for p in cache.glob("*")) if cache.exists() else []}
+
+
+def _run_batch(jobs: list[dict], scratch: Path, workers: int = 2) -> list[dict]:
+    """All jobs through tests/_cli_batch.py: one interpreter imports the CLI, a forked child per job."""
+    (scratch / "jobs.json").write_text(json.dumps([{k: job[k] for k in ("args", "cwd", "env")} for job in jobs]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    subprocess.run([sys.executable, str(REPO / "tests" / "_cli_batch.py"), str(scratch / "jobs.json"),
+                    str(scratch / "results.json"), str(workers)], env=env, check=True, timeout=1800)
+    return [_finish(job, r) for job, r in zip(jobs, json.loads((scratch / "results.json").read_text()))]
+
+
+def _run_fresh(job: dict) -> dict:
+    rc, stdout, stderr, cpu, seconds = _run_timed(CLI + job["args"], cwd=job["cwd"], env=job["env"])
+    return _finish(job, {"rc": rc, "stdout": stdout, "stderr": stderr, "cpu_seconds": cpu, "seconds": seconds,
+                         "imported": None})
 
 
 def _run_timed(cmd, *, cwd, env, timeout: float = 180.0):
-    """Run ``cmd``; return (exit status, stdout, stderr, CPU seconds of the process).
+    """Run ``cmd``; return (exit status, stdout, stderr, CPU seconds of the process, wall seconds).
 
     CPU time (from ``wait4``) does not grow with the load of a shared machine, unlike wall time.
     """
     import threading
 
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killer = threading.Timer(timeout, proc.kill)
     killer.start()
@@ -428,39 +454,62 @@ def _run_timed(cmd, *, cwd, env, timeout: float = 180.0):
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
     proc.stderr.close()
-    return proc.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime
+    return proc.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime, time.perf_counter() - start
+
+
+def _battery(fx: Path, root: Path, cache: Path, fresh_ids) -> dict:
+    fx_before = _snapshot(fx)
+    batch = [_prepare(c, root / "batch", fx, cache / "batch") for c in CASES]
+    fresh = {c.id: _prepare(c, root / "fresh", fx, cache / "fresh") for c in CASES if c.id in fresh_ids}
+    with ThreadPoolExecutor(1) as pool:  # fresh processes beside the batch runner's two children
+        fresh_results = pool.map(_run_fresh, fresh.values())
+        batch_results = _run_batch(batch, root)
+        fresh_results = dict(zip(fresh, fresh_results))
+    return {"batch": {c.id: r for c, r in zip(CASES, batch_results)}, "fresh": fresh_results,
+            "fx_before": fx_before, "fx_after": _snapshot(fx)}
 
 
 @pytest.fixture(scope="session")
 def battery(fx, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cases")
-    cache = tmp_path_factory.mktemp("cache")
-    fx_before = _snapshot(fx)
-    workers = max(2, min(4, (os.cpu_count() or 2) + 1))
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda c: _run_case(c, root, fx, cache), CASES))
-    return {"cases": {c.id: c for c in CASES}, "fx_before": fx_before, "fx_after": _snapshot(fx)}
+    return _battery(fx, tmp_path_factory.mktemp("cases"), tmp_path_factory.mktemp("cache"), FRESH)
 
 
-@pytest.mark.parametrize("case_id", [c.id for c in CASES])
-def test_rejection_is_one_clean_line(battery, case_id):
-    case = battery["cases"][case_id]
-    r = case.result
+def _check_clean_rejection(case: Case, r: dict) -> None:
     lines = r["stderr"].strip().splitlines()
     assert r["rc"] == 2, f"exit {r['rc']}; stderr: {r['stderr'][-2000:]}"
     assert "Traceback" not in r["stderr"], r["stderr"][-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), r["stderr"][-2000:]
     assert ", but " in lines[0] and "; " in lines[0], lines[0]
     assert case.expect in lines[0], lines[0]
+    assert r["stdout"] == "", r["stdout"][-2000:]
     assert r["after"] == r["before"], "an output was left behind or an input changed"
     assert r["cache"] == [], "a model was converted or cached"
+    assert not {"torch", "transformers", "peft"} & set(r["imported"] or ()), f"a model library was loaded: {r['imported']}"
     assert r["cpu_seconds"] < LIMIT_S, f"{r['cpu_seconds']:.1f} s of CPU"
     assert r["seconds"] < 4 * LIMIT_S, f"{r['seconds']:.1f} s wall"
 
 
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_rejection_is_one_clean_line(battery, case_id):
+    _check_clean_rejection(CASES_BY_ID[case_id], battery["batch"][case_id])
+
+
+@pytest.mark.parametrize("case_id", sorted(FRESH))
+def test_rejection_is_one_clean_line_in_a_fresh_process(battery, case_id):
+    _check_clean_rejection(CASES_BY_ID[case_id], battery["fresh"][case_id])
+
+
+@pytest.mark.slow
+def test_every_case_in_a_fresh_process(fx, tmp_path):
+    """The whole battery as fresh interpreters (what a user runs), one case after another."""
+    result = _battery(fx, tmp_path / "cases", tmp_path / "cache", {c.id for c in CASES})
+    for case in CASES:
+        _check_clean_rejection(case, result["fresh"][case.id])
+
+
 def test_battery_is_large_and_shared_inputs_are_untouched(battery):
-    assert len(battery["cases"]) >= 40
-    slow = sorted(((c.result["cpu_seconds"], c.result["seconds"], c.id) for c in battery["cases"].values()), reverse=True)
+    assert len(CASES) >= 40 and len(CASES_BY_ID) == len(CASES) and FRESH <= set(CASES_BY_ID)
+    slow = sorted(((r["cpu_seconds"], r["seconds"], i) for i, r in battery["batch"].items()), reverse=True)
     print("slowest cases (CPU, wall):", ", ".join(f"{i} {c:.1f}/{w:.1f} s" for c, w, i in slow[:6]))
     assert battery["fx_after"] == battery["fx_before"]
 
