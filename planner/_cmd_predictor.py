@@ -205,6 +205,11 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
     out["pred"] = pred
     out["lower"] = lower
     out["upper"] = upper
+    # the predictive variance (mean squared calibration residual x row scale^2): with a static-only
+    # predictor, pred and pred_var are the prior_mean and prior_var of plan --objective decision
+    from plan_probe._decision_plan import predictive_variance
+
+    out["pred_var"] = predictive_variance(model, X, scale)
     out["coverage"] = coverage
     if threshold is not None:
         p = model.prob_at_least(X, threshold, scale)

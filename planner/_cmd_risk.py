@@ -14,6 +14,8 @@ import time
 
 import click
 
+from plan_probe._decision_cli import decision_options, prepare_decision
+
 log = logging.getLogger(__name__)
 
 
@@ -77,11 +79,17 @@ def _plan_options(f):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the posterior draws.")
 @click.option("--draws", "n_draws", default=256, show_default=True, type=int, help="Posterior draws per task.")
 @click.option("--format", "fmt", default=None, type=click.Choice(["json", "table"]), help="Also print the rows to stdout.")
-def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt):
+@decision_options
+def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt,
+         **decision_opts):
     """Plan probe lengths for the tasks in TASKS (task_id, static_*, optional pilot rows).
 
     Writes PLAN with columns task_id, regime, p_static_sufficient, p_dynamic_critical,
-    p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt.
+    p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt. With --objective decision
+    the probe lengths minimise the expected go/no-go loss plus probe cost, and PLAN adds
+    prior_mean, prior_var, launch_cost, kill_cost, p_success_now, decision_now, loss_now,
+    loss_at_c_opt, value_of_probe, loss_at_probe_steps, p_flip, loss_floor, reason
+    (docs/guide/decision.md).
     """
     from plan_probe.probes._io import read_table, table_format, write_table
     from plan_probe._plan import PlanSettings, compute_plan
@@ -96,12 +104,18 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     settings = PlanSettings(step_cost=step_cost, risk_weight=risk_weight, target_rmse=target_rmse, min_depth=min_depth,
                             max_depth=max_depth, budget=budget, seed=seed, n_draws=n_draws)
     frame = read_table(tasks)
+    decision = prepare_decision(decision_opts, frame)
+    frame = frame if decision is None else decision.risk_frame
     task_rows, _ = validate_tasks(frame)
-    settings.check_budget(len(task_rows))
+    if decision is None:  # the decision objective may leave tasks unprobed, so B < c_min x n is fine there
+        settings.check_budget(len(task_rows))
     model = RiskModel.load(risk_model)
     validate_tasks(frame, model.static_features_)
     start = time.perf_counter()
-    result, draws = compute_plan(model, frame, settings)
+    if decision is None:
+        result, draws = compute_plan(model, frame, settings)
+    else:
+        result, draws, warning = decision.plan(model, frame, settings, seed=seed)
     log.info("planned %d tasks in %.3f s", len(result), time.perf_counter() - start)
     low = draws["ess"] < 0.05 * settings.n_draws * 8
     if low.any():
@@ -114,9 +128,11 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
         click.echo(result.to_string(index=False))
     else:
         counts = result["regime"].value_counts().to_dict()
-        click.echo(json.dumps({"plan": str(output), "n_tasks": len(result), "regimes": counts,
-                               "total_probe_steps": int(result["probe_steps"].sum()), "settings": settings.to_dict()},
-                              sort_keys=True))
+        summary = {"plan": str(output), "n_tasks": len(result), "regimes": counts,
+                   "total_probe_steps": int(result["probe_steps"].sum()), "settings": settings.to_dict()}
+        if decision is not None:
+            summary.update(decision.summary(result, warning))
+        click.echo(json.dumps(summary, sort_keys=True))
 
 
 @click.command("phase-diagram")

@@ -282,6 +282,28 @@ def plan_settings(portfolio):
                         seed=portfolio.seed)
 
 
+def decision_settings(portfolio):
+    """The decision objective's settings of a portfolio (τ and the error costs)."""
+    from plan_probe._decision_plan import DecisionSettings
+
+    return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost)
+
+
+def _static_priors(prepared: PreparedRun, static: dict):
+    """Each candidate's static-only predictive (m0, S0): the static predictor's prediction and variance."""
+    import pandas as pd
+
+    from plan_probe._decision_plan import predictive_variance
+
+    portfolio = prepared.portfolio
+    model = prepared.predictor_static
+    frame = pd.DataFrame([{**static[c.name], **probe_config_for(c, 2, portfolio.seed).hp_features()}
+                          for c in portfolio.candidates])
+    X = frame[model.feature_names_]
+    scale = _risk_scale(prepared.risk_model, frame, 1, portfolio.seed) if model.scale_mode_ == "risk" else None
+    return model.predict(X), predictive_variance(model, X, scale)
+
+
 def _stage_plan(prepared: PreparedRun, static: dict):
     """The plan over all candidates (docs/theory.md §3 columns + ``candidate``) and the posterior draws."""
     import pandas as pd
@@ -292,13 +314,23 @@ def _stage_plan(prepared: PreparedRun, static: dict):
     feats = list(prepared.risk_model.static_features_)
     tasks = pd.DataFrame([{"task_id": c.name, **{f: static[c.name][f] for f in feats}} for c in portfolio.candidates])
     settings = plan_settings(portfolio)
-    plan, draws = compute_plan(prepared.risk_model, tasks, settings)
+    columns = list(PLAN_COLUMNS)
+    if portfolio.objective == "decision":
+        from plan_probe._decision_plan import DECISION_COLUMNS, compute_decision_plan, warn_cost_scale
+
+        m0, s0 = _static_priors(prepared, static)
+        decision, full = decision_settings(portfolio), np.asarray(portfolio.full_costs(), dtype=float)
+        warn_cost_scale(*decision.costs(len(full), full), portfolio.step_cost, portfolio.max_depth)
+        plan, draws = compute_decision_plan(prepared.risk_model, tasks, settings, decision, m0, s0, full)
+        columns += list(DECISION_COLUMNS)
+    else:
+        plan, draws = compute_plan(prepared.risk_model, tasks, settings)
     plan = plan.set_index("task_id").loc[[c.name for c in portfolio.candidates]].reset_index()
     order = {t: i for i, t in enumerate(draws["task_id"])}
     idx = [order[c.name] for c in portfolio.candidates]
     draws = {k: (v[idx] if k != "task_id" else np.asarray(v)[idx]) for k, v in draws.items()}
     plan.insert(0, "candidate", plan["task_id"])
-    plan = plan[["candidate", *PLAN_COLUMNS]]
+    plan = plan[["candidate", *columns]]
     total = int(plan["probe_steps"].sum())
     if portfolio.budget is not None and total > portfolio.budget:
         raise RuntimeError(f"the plan must respect the budget, but it asks for {total} > {portfolio.budget:g} steps")
@@ -376,9 +408,17 @@ def _predict_rows(predictor, frame, prepared: PreparedRun, depth):
     return pred, lower, upper, p, predictor.explain(X)
 
 
-def _reason(p: float, portfolio, expl_row) -> str:
+def go_probability(portfolio, plan_row) -> float:
+    """The P(score >= tau) a candidate needs for "go": the decision costs' C_lb / (C_lb + C_kg) (the Bayes
+    rule) under the decision objective, else the portfolio's ``go_probability``."""
+    if portfolio.objective == "decision":
+        return float(plan_row.launch_cost / (plan_row.launch_cost + plan_row.kill_cost))
+    return portfolio.go_probability
+
+
+def _reason(p: float, portfolio, expl_row, need: float) -> str:
     downs = [f"{expl_row[f'down_{k}']} ({expl_row[f'down_{k}_value']:+.2f})" for k in (1, 2, 3) if expl_row[f"down_{k}"]]
-    text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {portfolio.go_probability:g}"
+    text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {need:g}"
     return text + ("; pushed down by " + ", ".join(downs) if downs else "")
 
 
@@ -416,8 +456,9 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
         if status == "diverged":
             go, reason = False, f"probe diverged at step {rec['diverged_step']}"
         else:
-            go = p0 >= portfolio.go_probability
-            reason = "" if go else _reason(p0, portfolio, e)
+            need = go_probability(portfolio, prow)
+            go = p0 >= need
+            reason = "" if go else _reason(p0, portfolio, e, need)
         row = {
             "candidate": cand.name, "regime": prow.regime, "probe_steps": steps, "probe_status": status,
             "predictor": which, "depth": depth, "pred": float(pred[0]), "lower": float(lower[0]), "upper": float(upper[0]),
@@ -504,5 +545,17 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
             "no_go": int((~predictions["go"]).sum()),
             "failed_probes": int((predictions["probe_status"] == "failed").sum()),
             "diverged_probes": int((predictions["probe_status"] == "diverged").sum()),
+            "objective": portfolio.objective,
+            **_decision_totals(portfolio, plan),
         },
     })
+
+
+def _decision_totals(portfolio, plan) -> dict:
+    """Expected decision losses of the plan (decision objective only), in the unit of ``step_cost``."""
+    if portfolio.objective != "decision":
+        return {}
+    now, after = float(plan["loss_now"].sum()), float(plan["loss_at_probe_steps"].sum())
+    cost = float(portfolio.step_cost * plan["probe_steps"].sum())
+    return {"expected_loss_now": now, "expected_loss_after_probes": after, "probe_cost": cost,
+            "expected_loss_avoided": now - after - cost}

@@ -96,8 +96,20 @@ PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConf
 STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 1, "rerun plan-probe run")
-PORTFOLIO = FileFormat("plan-probe/portfolio", 1, "rerun plan-probe run")
+def _summary_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 records the plan's objective (schema 1 runs all used the risk objective)."""
+    return {**doc, "totals": {**doc.get("totals", {}), "objective": "risk"}}
+
+
+def _portfolio_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds the objective, the decision costs and each candidate's full_cost."""
+    settings = {"objective": "risk", "launch_cost": None, "kill_cost": None, **doc.get("settings", {})}
+    candidates = [{"full_cost": None, **c} for c in doc.get("candidates", [])]
+    return {**doc, "settings": settings, "candidates": candidates}
+
+
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 2, "rerun plan-probe run", migrations={1: _summary_v1_to_v2})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 2, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2})
 #: Planning settings as stored next to a plan.
 PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 1, "recreate them with PlanSettings")
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).

@@ -240,3 +240,45 @@ def test_ray_backend_gives_the_same_predictions_as_local(budget_run, tmp_path):
         a = json.loads((out / "probes" / f"{name}.json").read_text())
         b = json.loads((budget_run["out"] / "probes" / f"{name}.json").read_text())
         assert a["key"] == b["key"] and a["status"] == b["status"] and a["diverged_step"] == b["diverged_step"]
+
+
+DECISION_CANDIDATES = [
+    # score = 60 - 10 log10(lr / 1e-4): lr 6.3e-4 sits at tau = 52, 1e-4 far above, 3e-3 far below; n = 60
+    # gives a risk curve that falls to L_int = 1 within the first steps (tests/_run_helpers.py)
+    {"name": "near-tau", "dataset": sentiment(60, seed=2), "lr": 6.3e-4, "full_steps": 400},
+    {"name": "far-above", "dataset": sentiment(60, seed=6), "lr": 1e-4, "full_steps": 400},
+    {"name": "far-below", "dataset": sentiment(60, seed=7), "lr": 3e-3, "full_steps": 400},
+]
+
+
+@pytest.fixture(scope="module")
+def decision_run(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("decision")
+    portfolio = write_portfolio(root / "portfolio.toml", assets, DECISION_CANDIDATES, budget=5, **SETTINGS)
+    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return {"portfolio": portfolio, "out": root / "out", "stdout": res.output}
+
+
+def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run):
+    out = decision_run["out"]
+    plan = pd.read_csv(out / "plan.csv").set_index("candidate")
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["totals"]
+    assert t["objective"] == "decision" and summary["portfolio"]["settings"]["objective"] == "decision"
+    # the budget (5 < c_min x 3 = 9) is fine for this objective; only the candidate at tau is probed
+    # (its risk curve is at its floor from c_min on, so the shortest probe is the best one)
+    assert dict(plan["probe_steps"]) == {"near-tau": 3, "far-above": 0, "far-below": 0}
+    assert plan.loc["far-above", "decision_now"] == "go" and plan.loc["far-below", "decision_now"] == "no-go"
+    assert plan.loc["near-tau", "reason"].startswith("near τ") and "can flip the decision" in plan.loc["near-tau", "reason"]
+    assert plan.loc["far-above", "reason"].startswith("far above τ") or "no probe" in plan.loc["far-above", "reason"]
+    expected = (plan["loss_now"] - plan["loss_at_probe_steps"]).sum() - plan["probe_steps"].sum()
+    assert t["expected_loss_avoided"] == pytest.approx(expected) and t["expected_loss_avoided"] > 0
+    report = (out / "report.md").read_text()
+    assert "### Why each candidate got its steps" in report and "avoided** (net" in report
+    for cand, row in plan.iterrows():
+        assert f"- **{cand}** ({int(row['probe_steps'])} steps): {row['reason']}" in report
+    assert "avoided" in decision_run["stdout"]
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
+    assert pred.loc["near-tau", "predictor"] == "depth_aware" and int(pred.loc["near-tau", "depth"]) == 3
+    assert pred.loc["far-above", "decision"] == "go" and pred.loc["far-below", "decision"] == "no-go"

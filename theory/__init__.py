@@ -1,4 +1,4 @@
-"""Closed forms and bounds of the risk-decomposition theory (docs/theory.md §1)."""
+"""Closed forms and bounds of the risk-decomposition theory (docs/theory.md §1) and decision-aware probing (§2)."""
 
 from plan_probe.theory._budget import (
     depth_for_marginal_gain,
@@ -8,6 +8,16 @@ from plan_probe.theory._budget import (
     optimal_probe_length,
     probe_objective,
     risk_curve,
+)
+from plan_probe.theory._decision import (
+    DecisionCurves,
+    allocate_decision_budget,
+    bivariate_normal_cdf,
+    decision_curves,
+    decision_loss,
+    decision_loss_now,
+    expected_decision_loss,
+    success_probability,
 )
 from plan_probe.theory._decomposition import (
     ForkEstimate,
@@ -31,16 +41,23 @@ from plan_probe.theory._regimes import REGIMES, RegimeThresholds, classify_regim
 
 __all__ = [
     "REGIMES",
+    "DecisionCurves",
     "ForkEstimate",
     "NQMTransfer",
     "PowerLawFit",
     "RegimeThresholds",
     "RiskDecomposition",
+    "allocate_decision_budget",
+    "bivariate_normal_cdf",
     "classify_regimes",
     "decay_bound",
+    "decision_curves",
+    "decision_loss",
+    "decision_loss_now",
     "decompose_risk",
     "depth_for_marginal_gain",
     "efficiency_frontier",
+    "expected_decision_loss",
     "expected_optimal_depth",
     "fit_power_law",
     "flat_future_variance",
@@ -55,4 +72,5 @@ __all__ = [
     "regime_probabilities",
     "risk_curve",
     "sgd_step_sizes",
+    "success_probability",
 ]

@@ -94,3 +94,33 @@ def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out
 
         write_json(result, out_file)
     click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@click.command("decision")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.json and table.md.")
+@click.option("--quick", is_flag=True, help="5 portfolios x 200 tasks x 16 outcomes, 3 depths (about a minute).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random stream (recorded in results.json).")
+def decision(out_dir: Path, quick: bool, seed: int) -> None:
+    """Realised decision loss + probe cost: decision objective vs the risk objective and fixed depths at
+    the same total steps, on synthetic portfolios with known truth (docs/results/decision.md).
+
+    Writes OUT/results.json and OUT/table.md; prints the table.
+    """
+    from plan_probe.experiments.synthetic.decision_check import (
+        DecisionExperimentSettings,
+        format_table,
+        run_decision_experiment,
+    )
+    from plan_probe.probes._io import atomic_path, write_json
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out must be a folder, but got the file {str(out_dir)!r}; pass a folder path.")
+    settings = DecisionExperimentSettings.quick(seed) if quick else DecisionExperimentSettings(seed=seed)
+    start = time.perf_counter()
+    results = run_decision_experiment(settings)
+    log.info("decision experiment computed in %.1f s", time.perf_counter() - start)
+    table = format_table(results)
+    write_json(results, out_dir / "results.json")
+    with atomic_path(out_dir / "table.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    click.echo(table)
