@@ -129,6 +129,8 @@ def _per_task(frame, task_ids, column: str):
     """One value of ``column`` per task (first row of each task; must be constant within a task)."""
     import pandas as pd
 
+    if pd.api.types.is_bool_dtype(frame[column]):
+        raise ValueError(f"{column} must be numeric, but got booleans (True/False); write numbers.")
     values = pd.to_numeric(frame[column], errors="coerce")
     ids = frame["task_id"].astype(str)
     spread = values.groupby(ids).nunique(dropna=False)

@@ -140,15 +140,22 @@ def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
 
 def _number(where: str, value: Any, *, positive: bool = True, integer: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
+    if ok and integer:  # numpy, torch and JAX sizes and seeds are 64-bit at most
+        ok = float(value).is_integer() and abs(value) < 2**63
     if ok and positive:
         ok = value > 0
     if not ok:
         kind = "a positive integer" if integer and positive else "an integer" if integer else (
             "a positive number" if positive else "a finite number")
+        kind += " below 2**63" if integer and isinstance(value, int) and not isinstance(value, bool) else ""
         raise _err(where, f"must be {kind}", value, f"set {where} to {kind}")
     return int(value) if integer else float(value)
+
+
+def _check_seed(where: str, seed: int) -> None:
+    """Seeds feed numpy, torch and JAX keys: the range all of them take, as the CLI's --seed."""
+    if not 0 <= seed < 2**32:
+        raise _err(where, "must be a non-negative integer below 2**32", seed, "use e.g. 0")
 
 
 def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
@@ -170,8 +177,7 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
             options["n"] = _number(f"{where}.n", options["n"], integer=True)
         if "seed" in options:
             options["seed"] = _number(f"{where}.seed", options["seed"], positive=False, integer=True)
-            if options["seed"] < 0:
-                raise _err(f"{where}.seed", "must be non-negative", options["seed"], "use e.g. 0")
+            _check_seed(f"{where}.seed", options["seed"])
         for key in ("label_noise", "duplicate_rate", "imbalance"):
             if key in options:
                 options[key] = _number(f"{where}.{key}", options[key], positive=False)
@@ -305,8 +311,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
     for key in ("coverage", "go_probability"):
         if not 0 < getattr(portfolio, key) < 1:
             raise _err(key, "must be in (0, 1)", getattr(portfolio, key), "use e.g. 0.9 for coverage, 0.5 for go_probability")
-    if portfolio.seed < 0:
-        raise _err("seed", "must be non-negative", portfolio.seed, "use e.g. 0")
+    _check_seed("seed", portfolio.seed)
     if portfolio.max_retries < 0:
         raise _err("max_retries", "must be non-negative", portfolio.max_retries, "use e.g. 1")
     if portfolio.min_depth < 2:

@@ -86,6 +86,7 @@ _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 _GGUF_LIMIT = 10_000_000  # more tensors, keys or array items than any real model has: the header is garbage
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model")
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                        "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -316,6 +317,12 @@ def check_model(spec: str, *, trust_remote_code: bool = False, need_weights: boo
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
         raise ValueError(f"a model folder must hold a tokenizer ({', '.join(_TOKENIZER_FILES[:3])}, ...), but {spec!r} has none; "
                          "save the tokenizer with save_pretrained into the folder.")
+    for name in _TOKENIZER_JSON:  # parsed now: damaged, they would fail only after the weights loaded
+        if (path / name).is_file():
+            doc = read_json(path / name, what=f"a model's {name}", fix="save the tokenizer again with save_pretrained")
+            if not isinstance(doc, dict):
+                raise ValueError(f"a model's {name} must be a JSON object, but {str(path / name)!r} holds a "
+                                 f"{type(doc).__name__}; save the tokenizer again with save_pretrained.")
     if need_weights:
         _check_weights(path)
 
