@@ -31,7 +31,8 @@ def _first_bad(frame, mask, col):
     i = int(np.flatnonzero(np.asarray(mask))[0])
     row = frame.iloc[i]
     tid = row["task_id"] if "task_id" in frame.columns else "?"
-    return f"row {i + 1} (task_id={tid!r}, {col}={row[col]!r})"
+    value = row[col].item() if hasattr(row[col], "item") else row[col]  # numpy scalars shown as plain numbers
+    return f"row {i + 1} (task_id={tid!r}, {col}={value!r})"
 
 
 def _numeric(frame, col: str, *, what: str):
