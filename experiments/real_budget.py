@@ -5,8 +5,9 @@ Protocol (grouped K-fold over tasks, so a held-out task is never seen in trainin
 
 1. On the training tasks fit the shared depth-aware predictor (all recorded depths) and a
    static-only predictor (static + hyperparameter features).
-2. The predictor's out-of-fold squared residuals at each depth are risk observations with one
-   degree of freedom (docs/theory.md §2, "predictor residuals"); fit the Bayesian risk model on them.
+2. The predictor's out-of-fold residuals of each run at its depths are one nested residual vector
+   (docs/theory.md §2, "Nested residuals"; :func:`plan_probe._residuals.residual_observations`);
+   fit the Bayesian risk model on them.
 3. Plan the held-out tasks from their static features only, with a total budget of
    ``budget_share`` x (fixed depth x number of held-out tasks), or per task without a budget.
 4. Each held-out run is predicted from its features at the deepest recorded depth within its
@@ -35,19 +36,13 @@ def _feature_columns(meta, prefixes):
 
 
 def residual_risk_observations(meta, oof_pred, *, label: str = "label", task_col: str = "task_id"):
-    """Squared out-of-fold residuals as risk observations (dof 1) with the tasks' static features."""
-    import pandas as pd
+    """The predictor's out-of-fold residuals as nested residual observations (one vector per ``run_id``).
 
-    statics = _feature_columns(meta, ("static_",))
-    obs = pd.DataFrame({
-        "task_id": meta[task_col].astype(str).to_numpy(),
-        "depth": meta["depth"].astype(int).to_numpy(),
-        "risk_obs": (meta[label].to_numpy(dtype=float) - np.asarray(oof_pred, dtype=float)) ** 2,
-        "dof": 1.0,
-    })
-    for col in statics:
-        obs[col] = meta[col].to_numpy(dtype=float)
-    return obs
+    A thin wrapper of :func:`plan_probe._residuals.residual_observations` kept for this script's callers.
+    """
+    from plan_probe._residuals import residual_observations
+
+    return residual_observations(meta, oof_pred, label=label, task_col=task_col, run_col="run_id")
 
 
 def _fit_predictors(train, label, seed):
@@ -79,7 +74,7 @@ def _predict_at(test, steps_by_task, full, full_cols, static, static_cols, label
 
 
 def budget_check(meta, *, label: str = "label", fixed_depth: int = 100, budget_share: float = 0.4, folds: int = 4,
-                 seed: int = 0, min_depth: int | None = None, target_rmse: float = 3.0) -> dict:
+                 seed: int = 0, min_depth: int | None = None, target_rmse: float | None = None) -> dict:
     """Run the protocol of the module docstring; return RMSEs and steps for planned vs fixed probing."""
     from plan_probe._plan import PlanSettings, compute_plan
     from plan_probe._predictor import group_folds
@@ -126,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-share", type=float, default=0.4)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-rmse", type=float, default=3.0)
+    parser.add_argument("--target-rmse", type=float, default=None, help="epsilon (label units); default: relative to the risk model's label scale")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from plan_probe.probes._io import read_table

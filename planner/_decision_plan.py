@@ -321,6 +321,9 @@ def compute_decision_plan(model, tasks_df, settings, decision: DecisionSettings,
                         decision, full_cost)
     for col in ("c_opt", "probe_steps", "risk_at_c_opt"):
         plan[col] = dec[col].to_numpy()
+    # at_bound follows the decision's c_opt; 0 (decide now, no probe) is a choice, not a probe limit
+    c_opt, (c_lo, c_hi) = plan["c_opt"].to_numpy(), settings.int_range
+    plan["at_bound"] = np.where((c_opt > 0) & (c_opt <= c_lo), "c_min", np.where(c_opt >= c_hi, "c_max", "none"))
     for col in DECISION_COLUMNS:
         plan[col] = dec[col].to_numpy()
     return plan[[*PLAN_COLUMNS, *DECISION_COLUMNS]], draws

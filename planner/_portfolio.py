@@ -68,7 +68,9 @@ class Portfolio:
     coverage : nominal coverage of the prediction intervals.
     go_probability : a run is "go" when P(score >= threshold) reaches it.
     step_cost, risk_weight, target_rmse, min_depth, max_depth : the plan's lambda, gamma, epsilon,
-        c_min, c_max (docs/theory.md §1).
+        c_min, c_max (docs/theory.md §1). ``risk_weight`` and ``target_rmse`` left out (None) are
+        relative to the risk model's label scale S (gamma = 1e-3 S, epsilon = sqrt(S/2); see
+        ``plan_probe.PlanSettings.resolve``); given values are in label units.
     risk_model, predictor, predictor_static : ``"default"`` (shipped with the package) or a path.
     static_sample : examples used by the model/encoder-based static descriptors (seeded).
     fixed_probe_steps : the fixed probe the report compares the plan against (TuneAhead: 100).
@@ -92,8 +94,8 @@ class Portfolio:
     go_probability: float = 0.5
     seed: int = 0
     step_cost: float = 1.0
-    risk_weight: float = 0.01
-    target_rmse: float = 3.0
+    risk_weight: float | None = None
+    target_rmse: float | None = None
     min_depth: int = 10
     max_depth: int = 1000
     risk_model: str = "default"
@@ -292,8 +294,8 @@ def load_portfolio(path: str | Path) -> Portfolio:
         go_probability=_number("go_probability", settings.get("go_probability", 0.5)),
         seed=_number("seed", settings.get("seed", 0), positive=False, integer=True),
         step_cost=_number("step_cost", settings.get("step_cost", 1.0)),
-        risk_weight=_number("risk_weight", settings.get("risk_weight", 0.01)),
-        target_rmse=_number("target_rmse", settings.get("target_rmse", 3.0)),
+        risk_weight=None if settings.get("risk_weight") is None else _number("risk_weight", settings["risk_weight"]),
+        target_rmse=None if settings.get("target_rmse") is None else _number("target_rmse", settings["target_rmse"]),
         min_depth=_number("min_depth", settings.get("min_depth", 10), integer=True),
         max_depth=_number("max_depth", settings.get("max_depth", 1000), integer=True),
         risk_model=str(settings.get("risk_model", "default")),

@@ -275,6 +275,7 @@ def _stage_static(portfolio, data: dict, out: Path, model_id: dict, settings: Ru
 
 
 def plan_settings(portfolio):
+    """The portfolio's plan settings as given (relative defaults unresolved: ``PlanSettings.resolve``)."""
     from plan_probe._plan import PlanSettings
 
     return PlanSettings(step_cost=portfolio.step_cost, risk_weight=portfolio.risk_weight, target_rmse=portfolio.target_rmse,
@@ -308,12 +309,12 @@ def _stage_plan(prepared: PreparedRun, static: dict):
     """The plan over all candidates (docs/theory.md §3 columns + ``candidate``) and the posterior draws."""
     import pandas as pd
 
-    from plan_probe._plan import PLAN_COLUMNS, compute_plan
+    from plan_probe._plan import PLAN_COLUMNS, bound_warning, compute_plan
 
     portfolio = prepared.portfolio
     feats = list(prepared.risk_model.static_features_)
     tasks = pd.DataFrame([{"task_id": c.name, **{f: static[c.name][f] for f in feats}} for c in portfolio.candidates])
-    settings = plan_settings(portfolio)
+    settings = plan_settings(portfolio).resolve(prepared.risk_model.label_scale_)
     columns = list(PLAN_COLUMNS)
     if portfolio.objective == "decision":
         from plan_probe._decision_plan import DECISION_COLUMNS, compute_decision_plan, warn_cost_scale
@@ -325,6 +326,9 @@ def _stage_plan(prepared: PreparedRun, static: dict):
         columns += list(DECISION_COLUMNS)
     else:
         plan, draws = compute_plan(prepared.risk_model, tasks, settings)
+        warning = bound_warning(plan, settings)
+        if warning:
+            log.warning(warning)
     plan = plan.set_index("task_id").loc[[c.name for c in portfolio.candidates]].reset_index()
     order = {t: i for i, t in enumerate(draws["task_id"])}
     idx = [order[c.name] for c in portfolio.candidates]
@@ -533,6 +537,10 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
             "predictor": {"source": portfolio.predictor, "sha256": _tree_sha(prepared.predictor_path)},
             "predictor_static": {"source": portfolio.predictor_static, "sha256": _tree_sha(prepared.predictor_static_path)},
         },
+        "plan_settings": {**plan_settings(portfolio).resolve(prepared.risk_model.label_scale_).to_dict(),
+                          "label_scale": prepared.risk_model.label_scale_,
+                          "relative_defaults": plan_settings(portfolio).relative_keys()},
+        "risk_model_ok": bool(prepared.risk_model.diagnostics_.get("ok", True)),
         "candidates": per,
         "totals": {
             "candidates": n,

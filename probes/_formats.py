@@ -108,10 +108,15 @@ def _portfolio_v1_to_v2(doc: dict) -> dict:
     return {**doc, "settings": settings, "candidates": candidates}
 
 
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 2, "rerun plan-probe run", migrations={1: _summary_v1_to_v2})
-PORTFOLIO = FileFormat("plan-probe/portfolio", 2, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2})
-#: Planning settings as stored next to a plan.
-PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 1, "recreate them with PlanSettings")
+#: Schema 2 (issue #20): the plan's objective, decision costs and full_cost. Schema 3 (issue #14): the
+#: portfolio's risk_weight / target_rmse may be null (relative defaults) and the summary adds
+#: plan_settings (resolved) and risk_model_ok; schema-2 documents are valid as they are (identity).
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 3, "rerun plan-probe run", migrations={1: _summary_v1_to_v2, 2: dict})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 3, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2, 2: dict})
+#: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
+#: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
+#: holds numbers, which mean the same in schema 2, so the migration is the identity.
+PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 2, "recreate them with PlanSettings", migrations={1: dict})
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
 META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
 #: The completion marker of a converted model in the cache (written last, so its presence means complete).

@@ -26,6 +26,8 @@ from plan_probe.theory._decomposition import (
     decompose_risk,
     fit_power_law,
     fork_risk,
+    power_law_alpha_interval,
+    power_law_deviance,
 )
 from plan_probe.theory._envelope import (
     NQMTransfer,
@@ -60,6 +62,8 @@ __all__ = [
     "expected_decision_loss",
     "expected_optimal_depth",
     "fit_power_law",
+    "power_law_alpha_interval",
+    "power_law_deviance",
     "flat_future_variance",
     "fork_risk",
     "log_expected_marginal_gain",
