@@ -89,7 +89,7 @@ class RiskFitSettings:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, but got {name}={getattr(self, name)}; pass a positive integer.")
         if not 0.5 <= self.target_accept < 1:
-            raise ValueError(f"target_accept must be in [0.5, 1), but got {self.target_accept=}; 0.8-0.95 is usual.")
+            raise ValueError(f"target_accept must be in [0.5, 1), but got target_accept={self.target_accept}; 0.8-0.95 is usual.")
         if self.svi_lr <= 0 or self.lkj_eta <= 0:
             raise ValueError(f"svi_lr and lkj_eta must be positive, but got {self.svi_lr=}, {self.lkj_eta=}; pass values > 0.")
 

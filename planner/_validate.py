@@ -78,8 +78,8 @@ def check_risk_model_payload(payload: dict, source: str) -> None:
     """Check a risk-model document (after its checksum) for a layout and values the planner can use.
 
     Fields present with the right types; ``static_features`` unique names; ``feature_mean`` and
-    ``feature_std`` of length p, finite, ``feature_std > 0``; ``risk_scale`` finite and > 0; draws
-    ``b`` (n, 3), ``B`` (n, 3, p), ``sigma_chol`` (n, 3, 3) with the same n >= 1, finite, and a
+    ``feature_std`` of length p, finite, ``feature_std > 0``; ``risk_scale`` and ``label_scale``
+    finite and > 0; ``diagnostics.ok`` a boolean; draws ``b`` (n, 3), ``B`` (n, 3, p), ``sigma_chol`` (n, 3, 3) with the same n >= 1, finite, and a
     Cholesky factor with a positive diagonal; known fit settings of the right types.
     """
     from plan_probe._risk_model import RiskFitSettings
@@ -98,9 +98,16 @@ def check_risk_model_payload(payload: dict, source: str) -> None:
         value = payload.get(key)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise bad(f"field {key!r} must be a non-negative integer", repr(value))
-    scale = payload.get("risk_scale")
-    if not (_is_number(scale) and math.isfinite(scale) and scale > 0):
-        raise bad("risk_scale must be a positive finite number", repr(scale))
+    for key in ("risk_scale", "label_scale"):
+        scale = payload.get(key)
+        if not (_is_number(scale) and math.isfinite(scale) and scale > 0):
+            raise bad(f"{key} must be a positive finite number", repr(scale))
+    diagnostics = payload["diagnostics"]
+    if not isinstance(diagnostics.get("ok", True), bool):
+        raise bad("diagnostics.ok must be true or false", repr(diagnostics.get("ok")))
+    problems = diagnostics.get("problems", [])
+    if not (isinstance(problems, list) and all(isinstance(x, str) for x in problems)):
+        raise bad("diagnostics.problems must be a list of strings", repr(problems)[:80])
     feats = payload["static_features"]
     if not all(isinstance(f, str) and f for f in feats) or len(set(feats)) != len(feats):
         raise bad("static_features must be unique non-empty names", repr(feats[:5]))

@@ -82,7 +82,12 @@ class FileFormat:
             if version not in self.migrations:
                 raise ValueError(f"{source} has schema_version={version}, which this plan-probe no longer reads; "
                                  f"{self.regenerate}.")
-            doc = self.migrations[version](doc)
+            try:
+                doc = self.migrations[version](doc)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a damaged older document
+                raise ValueError(f"{source} must be a well-formed schema-{version} document to be migrated, but its migration "
+                                 f"to schema {version + 1} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                                 f"{self.regenerate}.") from None
             version += 1
         doc["format"], doc["schema_version"] = self.name, self.schema_version
         return doc

@@ -190,6 +190,21 @@ def _risk_edit(edit):
     return setup
 
 
+def _risk_schema_1(edit):
+    """A schema-1 copy of the shared risk model (the layout plan-probe 0.1.0 wrote), edited and re-checksummed."""
+    def setup(d, fx):
+        from plan_probe._risk_model import _checksum
+
+        doc = json.loads((fx / "risk_model.json").read_text())
+        for key in ("label_scale", "label_scale_rule"):
+            doc.pop(key, None)
+        doc["schema_version"], doc["diagnostics"] = 1, {"method": "known_population"}
+        edit(doc)
+        doc["checksum"] = _checksum(doc)
+        (d / "risk.json").write_text(json.dumps(doc))
+    return setup
+
+
 def _pred_edit(edit):
     """A copy of the shared predictor whose predictor.json is edited (model files keep their checksums)."""
     def setup(d, fx):
@@ -403,6 +418,22 @@ CASES = [
                           'duplicate_rate = [0.0]\nimbalance = [0.0]\nlr = [1e-4]\nbatch_size = [4]\nlora_r = [4]\n'),
          "steps must be an integer"),
     Case("build-meta-output-is-spec", ["build-meta", "{d}/s.toml", "-o", "{d}/s.toml"], _write("s.toml", 'tier = "llm"\n'), ""),
+    # -- round 3: risk-model schema 2 (#14) content, damaged schema-1 files, nested-residual columns -------
+    Case("plan-risk-label-scale-zero", PLAN, _risk_edit(_set("label_scale", 0.0)), "label_scale must be a positive"),
+    Case("plan-risk-diagnostics-ok-text", PLAN, _risk_edit(lambda doc: doc["diagnostics"].update(ok="yes")),
+         "diagnostics.ok"),
+    Case("plan-risk-schema-newer", PLAN, _risk_edit(_set("schema_version", 99)), "schema_version"),
+    Case("plan-risk-schema-1-damaged-diagnostics", PLAN, _risk_schema_1(_set("diagnostics", "x")), "migrated"),
+    Case("plan-risk-schema-1-r-hat-text", PLAN,
+         _risk_schema_1(_set("diagnostics", {"method": "nuts", "max_r_hat": "abc", "min_ess": 5})), "migrated"),
+    Case("fit-risk-target-accept-one", ["fit-risk", "{fx}/obs.csv", "-o", "{d}/m.json", "--target-accept", "1"], None,
+         "target_accept must be in [0.5, 1)"),
+    Case("fit-risk-residual-bool", ["fit-risk", "{d}/o.csv", "-o", "{d}/m.json"],
+         _write("o.csv", "task_id,depth,dof,static_x,run_id,residual\n" + "".join(
+             f"t{i},{c},1,{i},r{i},{c == 5}\n" for i in range(8) for c in (5, 10))), "booleans"),
+    Case("fit-risk-run-in-two-tasks", ["fit-risk", "{d}/o.csv", "-o", "{d}/m.json"],
+         _write("o.csv", "task_id,depth,risk_obs,dof,static_x,run_id\n" + "".join(
+             f"t{i},{c},1.0,1,{i},r0\n" for i in range(4) for c in (5, 10))), "one task"),
     # -- round 3: the decision objective (plan --objective decision, portfolio keys) ------------------------
     Case("decision-no-threshold", DECISION + ["--full-cost", "100"], _tasks_dec(str), "needs the go threshold"),
     Case("decision-no-full-cost", DECISION + ["--threshold", "50"], _tasks_dec(str), "cost of a full run"),
