@@ -100,6 +100,10 @@ def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limi
     sizes = {k: _sample_option(v, k) for k, v in (("sample", sample), ("embed_sample", embed_sample), ("ppl_sample", ppl_sample))}
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive integer, but got {threads=}; pass e.g. 2 or leave it out.")
+    if model_spec is not None:
+        from plan_probe.probes._models import check_model
+
+        check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only: fails fast, loads nothing
     examples = load_examples(dataset, limit=limit)
     import torch
 
@@ -159,7 +163,16 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     check_backend(backend, ray_address)
     seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
     configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
+    from plan_probe.probes._models import check_device, check_model
+
+    check_device(device)
+    check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only, before any worker starts
     load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
+    if backend == "local":  # the jobs of this process reuse it: a model that does not load is one error line
+        from plan_probe.probes._jobs import cached_model
+        from plan_probe.probes._models import check_target_modules
+
+        check_target_modules(cached_model(model_spec, device, trust_remote_code)[0], configs[0].target_modules)
     gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
     jobs = [
         Job(f"seed{cfg.seed}", probe_job, (str(dataset), model_spec, cfg.to_json()),
@@ -203,7 +216,12 @@ def bench_cmd(model_spec, dataset, steps, record_at, seed, repeats, device, rand
     config = _config(steps, record_at, seed, dict(hp))
     from plan_probe.probes._bench import bench_probe
     from plan_probe.probes._data import Example, load_examples
-    from plan_probe.probes._models import resolve_model
+    from plan_probe.probes._models import check_device, check_model, resolve_model
+
+    check_device(device)
+    check_model(model_spec, need_weights=not random_init)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, but got {repeats=}; pass --repeats 1 or more.")
 
     if dataset is not None:
         examples = load_examples(dataset)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["FileFormat", "STATIC_DESCRIPTORS", "PROBE_CONFIG", "STATIC_RECORD", "PROBE_RECORD", "RUN_SUMMARY",
-           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD"]
+           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD", "MODEL_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,12 @@ class FileFormat:
             if version not in self.migrations:
                 raise ValueError(f"{source} has schema_version={version}, which this plan-probe no longer reads; "
                                  f"{self.regenerate}.")
-            doc = self.migrations[version](doc)
+            try:
+                doc = self.migrations[version](doc)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a damaged older document
+                raise ValueError(f"{source} must be a well-formed schema-{version} document to be migrated, but its migration "
+                                 f"to schema {version + 1} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                                 f"{self.regenerate}.") from None
             version += 1
         doc["format"], doc["schema_version"] = self.name, self.schema_version
         return doc
@@ -147,3 +152,5 @@ PORTFOLIO = FileFormat("plan-probe/portfolio", 3, "rerun plan-probe run", migrat
 PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 2, "recreate them with PlanSettings", migrations={1: dict})
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
 META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
+#: The completion marker of a converted model in the cache (written last, so its presence means complete).
+MODEL_CACHE = FileFormat("plan-probe/model-cache", 1, "delete the cache folder; the next load converts the model again")
