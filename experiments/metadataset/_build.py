@@ -211,6 +211,7 @@ def assemble_tables(out: str | Path) -> dict:
     risk = pd.DataFrame(risk_rows)
     if len(meta):
         meta = meta.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
+    if len(risk):  # records without forks (e.g. a live run history) give no risk rows
         risk = risk.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
     write_table(meta, out / "meta.parquet")
     write_table(risk, out / "risk_obs.parquet")
