@@ -191,3 +191,17 @@ def test_label_nll_shared_prompt_matches_one_sequence_at_a_time(with_lora):
                 want[i, j] = float(nll[0])
     assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
     assert len({round(v, 3) for v in got.ravel()}) > 10  # real, distinct NLLs, not a constant
+
+
+def test_llm_tier_probes_pin_the_exact_flatness_and_forgetting(tmp_path):
+    """The shipped LLM meta-dataset measured flatness and OOD forgetting on every example; rebuilt or
+    extended runs must stay comparable, so the tier pins the exact definitions whatever the product
+    default (seeded subsets since probe-config schema 2) is."""
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec, probe_config
+    from plan_probe.probes import ProbeConfig
+
+    spec = load_llm_spec(_spec(tmp_path, "unused-model-folder"))
+    for cand in candidates(spec):
+        cfg = probe_config(spec, cand)
+        assert cfg.flatness_sample is None and cfg.ood_sample is None
+        assert ProbeConfig.from_json(cfg.to_json()) == cfg  # what the run records store reads back as exact

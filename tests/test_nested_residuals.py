@@ -136,41 +136,22 @@ def test_residual_observations_from_out_of_fold_predictions():
         residual_observations(meta.assign(depth=5), pred)
 
 
-def test_real_budget_observations_are_nested_per_run():
-    """experiments/real_budget.py hands the risk model one nested vector per run (not 5 independent rows)."""
-    from plan_probe.experiments.real_budget import residual_risk_observations
+def test_benchmark_observations_are_nested_per_run():
+    """plan-probe benchmark hands the risk model one nested vector per run (not 3 independent rows),
+    with one value per task of each risk feature (the hyperparameter enters as static_hp_lr)."""
+    from plan_probe.experiments.benchmark._core import BenchData, risk_observations
 
     rng = np.random.default_rng(0)
     runs = [f"run{i}" for i in range(6)]
-    meta = pd.DataFrame([{"run_id": r, "task_id": f"task{i // 2}", "depth": d, "label": 50 + i, "static_a": i // 2}
-                         for i, r in enumerate(runs) for d in (5, 10, 20)])
+    meta = pd.DataFrame([{"run_id": r, "task_id": f"task{i // 2}", "depth": d, "label": 50 + i, "static_a": i // 2 + 0.1 * i,
+                          "hp_lr": 1e-4} for i, r in enumerate(runs) for d in (5, 10, 20)])
     pred = meta["label"].to_numpy() + rng.normal(0, 1, len(meta))
-    obs = residual_risk_observations(meta, pred)
+    data = BenchData(frame=meta, label="label", id_col="run_id", task_col="task_id", grid=np.array([5.0, 10.0, 20.0]),
+                     features=["static_a", "hp_lr"], static_features=["static_a", "hp_lr"])
+    obs = risk_observations(meta, data, pred)
     assert obs.groupby("run_id").size().eq(3).all() and obs["run_id"].nunique() == 6
     np.testing.assert_allclose(obs["residual"], meta["label"] - pred)
+    assert {"static_a", "static_hp_lr"} <= set(obs.columns)
+    assert obs.groupby("task_id")["static_a"].nunique().eq(1).all()  # task means
     arrays = observation_arrays(validate_risk_observations(obs), {f"task{i}": i for i in range(3)})
     assert arrays.counts == {"gamma_terms": 6 + 12, "increments_signed": 12, "runs_sign_unknown": 0}
-
-
-@pytest.mark.slow
-def test_real_budget_check_runs_end_to_end_on_a_small_meta_dataset():
-    """experiments/real_budget.py's protocol on synthetic run x depth data whose label depends on a
-    dynamic feature that sharpens with depth: planned and fixed probing both predict, the budget holds."""
-    from plan_probe.experiments.real_budget import budget_check
-
-    rng = np.random.default_rng(1)
-    rows = []
-    for t in range(12):
-        s = rng.normal()
-        for r in range(3):
-            label = 50 + 5 * s + rng.normal(0, 3)
-            for d in (5, 10, 20, 50, 100):
-                noise = rng.normal(0, 3.0 * 5 / d)  # the probe's view of the outcome sharpens with depth
-                rows.append({"run_id": f"t{t}r{r}", "task_id": f"t{t}", "depth": d, "label": label, "static_s": s,
-                             "hp_lr": 1e-4, "dyn_view": label - 50 + noise})
-    meta = pd.DataFrame(rows)
-    res = budget_check(meta, fixed_depth=50, budget_share=0.4, folds=2, seed=0)
-    assert res["n_runs"] == 36 and res["depths"] == [5, 10, 20, 50, 100]
-    for name in ("planned_budget", "planned_free", "fixed"):
-        assert np.isfinite(res[name]["rmse"]) and res[name]["steps_used"] >= 0
-    assert res["planned_budget"]["steps_share_of_fixed"] <= 0.4 + 1e-9

@@ -31,6 +31,8 @@ from plan_probe.theory._decomposition import (
 )
 from plan_probe.theory._envelope import (
     NQMTransfer,
+    curved_decay_exponent,
+    curved_future_variance,
     decay_bound,
     flat_future_variance,
     loglog_slope,
@@ -46,6 +48,8 @@ __all__ = [
     "DecisionCurves",
     "ForkEstimate",
     "NQMTransfer",
+    "curved_decay_exponent",
+    "curved_future_variance",
     "PowerLawFit",
     "RegimeThresholds",
     "RiskDecomposition",

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: float, c_min: float, c_max: float) -> None:
     """Check the theory on the noisy quadratic model (exact moments vs Monte Carlo).
 
-    Writes OUT/results.json (identity_max_z, envelope, regimes, seed, settings, version),
-    OUT/envelope.png, OUT/phase_diagram.png and OUT/fork_fits.png; prints a summary JSON.
+    Writes OUT/results.json (identity_max_z, envelope, regimes, decay_families, seed, settings,
+    version), OUT/envelope.png, OUT/phase_diagram.png, OUT/fork_fits.png and OUT/decay_families.png;
+    prints a summary JSON.
     """
     from plan_probe.theory import RegimeThresholds
 
@@ -39,7 +40,13 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
 
     from plan_probe._figures import subplots
 
-    from plan_probe.experiments.synthetic._experiment import plot_envelope, plot_fork_fits, plot_phase_diagram, run_synthetic
+    from plan_probe.experiments.synthetic._experiment import (
+        plot_decay_families,
+        plot_envelope,
+        plot_fork_fits,
+        plot_phase_diagram,
+        run_synthetic,
+    )
     from plan_probe.probes._io import atomic_path, write_json
 
     start = time.perf_counter()
@@ -50,6 +57,7 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
         "envelope.png": lambda ax: plot_envelope(ax, data["curves"]),
         "phase_diagram.png": lambda ax: plot_phase_diagram(ax, data["regimes"], data["thresholds"]),
         "fork_fits.png": lambda ax: plot_fork_fits(ax, data["regimes"]),
+        "decay_families.png": lambda ax: plot_decay_families(ax, data["families"]),
     }
     for name, draw in figures.items():
         fig, ax = subplots(figsize=(7, 5))
@@ -62,6 +70,8 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
         "identity_max_z": results["identity_max_z"],
         "envelope": results["envelope"],
         "regimes": [{k: r[k] for k in ("family", "intended", "classified")} for r in results["regimes"]],
+        "decay_families": [{k: f[k] for k in ("family", "rho", "bound", "alpha", "alpha_se", "alpha_exact_fit", "alpha_closed_form", "relation")}
+                           for f in results["decay_families"]],
         "checks": results["checks"],
         "out": str(out_dir),
     }
