@@ -59,6 +59,7 @@ class LLMTierSpec:
     lora_alpha_ratio: float = 2.0
     label_metric: str = "accuracy"
     task: str = "three_way"
+    lr_decay_steps: int = 0
     references: tuple = ()
     source_text: str = ""
 
@@ -124,6 +125,7 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         lora_alpha_ratio=float(proto.get("lora_alpha_ratio", 2.0)),
         label_metric=str(proto.get("label_metric", "accuracy")),
         task=task,
+        lr_decay_steps=int(proto.get("lr_decay_steps", 0)),
         references=tuple(references),
         source_text=text,
     )
@@ -136,6 +138,11 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         )
     if max(spec.record_at) > spec.steps:
         raise ValueError(f"record_at must not exceed steps, but got max {max(spec.record_at)} > steps={spec.steps}; raise steps.")
+    if not 0 <= spec.lr_decay_steps <= spec.steps - max(spec.record_at):
+        raise ValueError(
+            f"lr_decay_steps must be in [0, steps - max(record_at)] = [0, {spec.steps - max(spec.record_at)}] (the decay comes after "
+            f"every probe depth), but got lr_decay_steps={spec.lr_decay_steps}; shorten it."
+        )
     return spec
 
 
@@ -182,6 +189,7 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
         steps=spec.steps,
         record_at=spec.record_at,
         seed=cand.seed,
+        lr_decay_steps=spec.lr_decay_steps,
     )
 
 

@@ -297,6 +297,7 @@ def test_binary_tier_with_references_base_score_and_brier_label(tiny_folder, tmp
         (lambda t: t.replace("lora_r = [2]", "lora_r = [2]\noff_task = [0.0, 0.2]"), "off_task needs protocol task"),
         (lambda t: t.replace("max_length = 48", 'max_length = 48\ntask = "five_way"'), "task must be one of"),
         (lambda t: t + "\n[[reference]]\nn = 30\nlr = 1e-3\n", "each [[reference]] must set"),
+        (lambda t: t.replace("max_length = 48", "max_length = 48\nlr_decay_steps = 2"), "the decay comes after every probe depth"),
     ],
 )
 def test_llm_spec_rejects_bad_task_grid_and_reference(tiny_folder, tmp_path, edit, message):

@@ -193,3 +193,29 @@ def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeyp
         for a, b in zip((fast[0][0], fast[1][0]), (full[0][0], full[1][0])):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
         assert int(fast[0][1]) == int(full[0][1]) and torch.equal(fast[1][1], full[1][1])
+
+
+def test_lr_decay_after_the_record_depths(tok, examples, monkeypatch):
+    """``lr_decay_steps``: the optimiser sees lr for the first steps - lr_decay_steps steps, then
+    lr * (D + 1 - k) / (D + 1) at the k-th decay step; the rows (all before the decay) equal those of
+    the constant-lr probe, so a run that anneals after its probe depths records what a probe sees."""
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    decayed = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,), lr_decay_steps=3))
+    assert seen == pytest.approx([5e-3, 5e-3, 5e-3, 5e-3 * 3 / 4, 5e-3 * 2 / 4, 5e-3 / 4], rel=1e-12)
+    seen.clear()
+    constant = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,)))
+    assert seen == [5e-3] * 6
+    assert decayed.rows.equals(constant.rows)
+    with pytest.raises(ValueError, match="before the learning-rate decay"):
+        _config(steps=6, record_at=(3, 6), lr_decay_steps=2)
+    with pytest.raises(ValueError, match=r"lr_decay_steps must be an integer in \[0, steps\)"):
+        _config(steps=6, record_at=(3,), lr_decay_steps=6)
+    cfg = _config(steps=6, record_at=(3,), lr_decay_steps=3)
+    assert ProbeConfig.from_json(cfg.to_json()) == cfg
