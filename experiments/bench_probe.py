@@ -1,6 +1,6 @@
 """Probe-overhead benchmark: bare LoRA loop vs the same steps with feature recording.
 
-    python experiments/bench_probe.py [plan-probe bench-probe options]
+    python -m plan_probe.experiments.bench_probe [plan-probe bench-probe options]
 
 Thin wrapper around ``plan-probe bench-probe`` (probes/_bench.py), which prints a JSON object
 whose ``overhead`` is median(recorded time) / median(bare time) - 1 over ``--repeats`` pairs.
@@ -12,6 +12,6 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    from planner.cli import main
+    from plan_probe.cli import main
 
     main(["bench-probe", *sys.argv[1:]], prog_name="bench_probe.py")

@@ -5,7 +5,7 @@ needs no download and measures scheduling plus compute; each probe is an indepen
 ``plan-probe probe --seeds`` or ``plan-probe run``. Ray's start-up is included in its time,
 because a user pays it too. Prints JSON.
 
-Run as ``python -m experiments.bench_ray [--probes 4] [--steps 30]``.
+Run as ``python -m plan_probe.experiments.bench_ray [--probes 4] [--steps 30]``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 def _model_folder(folder: Path, hidden: int, layers: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from probes._testing import tiny_tokenizer
+    from plan_probe.probes._testing import tiny_tokenizer
 
     tok = tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
@@ -32,7 +32,7 @@ def _model_folder(folder: Path, hidden: int, layers: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_ray", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.bench_ray", description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=256)
@@ -40,9 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from planner._executor import Job, execute
-    from probes._config import ProbeConfig
-    from probes._jobs import probe_job
+    from plan_probe.probes._executor import Job, execute
+    from plan_probe.probes._config import ProbeConfig
+    from plan_probe.probes._jobs import probe_job
 
     with tempfile.TemporaryDirectory() as tmp:
         model = _model_folder(Path(tmp) / "model", args.hidden, args.layers)

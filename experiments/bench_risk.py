@@ -8,7 +8,7 @@ Prints JSON with
   (target <= 2 s), without and with a portfolio budget.
 
 Times include JAX compilation (what a user waits for). Run:
-``python -m experiments.bench_risk [--skip-nuts] [--repeats N]``; pin cores with
+``python -m plan_probe.experiments.bench_risk [--skip-nuts] [--repeats N]``; pin cores with
 ``taskset -c 0,1`` to measure "2 cores" on a bigger machine.
 """
 
@@ -24,8 +24,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def _fit(n_tasks: int, depths, seed: int):
-    from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations
-    from planner._risk_model import RiskModel
+    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations
+    from plan_probe._risk_model import RiskModel
 
     cfg = RiskGeneratorConfig(depths=tuple(depths))
     obs = risk_observations(generate_tasks(n_tasks, cfg, seed=seed), cfg, seed=seed + 1)
@@ -41,9 +41,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
-    from planner._plan import PlanSettings, compute_plan
-    from planner._risk_model import RiskModel
+    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
+    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._risk_model import RiskModel
 
     out = {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
            "loadavg_start": os.getloadavg()}

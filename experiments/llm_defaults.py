@@ -7,7 +7,7 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
   ``label_se``, which is not a feature);
 * ``predictor/``: the shared depth-aware predictor (all features), LightGBM text + JSON;
 * ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
-* ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, DESIGN.md Sec. 2,
+* ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, docs/theory.md §2,
   "predictor residuals") with the risk features below;
 * ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
 
@@ -16,7 +16,7 @@ descriptors a user's candidate always has: dataset size, duplicate rate, referen
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m experiments.llm_defaults BUILD_DIR DEST [--seed 0]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0]``.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ def gain_share_by_group(predictor) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.llm_defaults", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_defaults", description=__doc__.split("\n\n")[0])
     parser.add_argument("build_dir")
     parser.add_argument("dest")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from experiments.real_budget import residual_risk_observations
-    from planner._io import read_table, write_table
-    from planner._predictor import PredictorConfig, ProbePredictor
-    from planner._risk_model import RiskFitSettings, RiskModel
+    from plan_probe.experiments.real_budget import residual_risk_observations
+    from plan_probe.probes._io import read_table, write_table
+    from plan_probe._predictor import PredictorConfig, ProbePredictor
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     build, dest = Path(args.build_dir), Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,8 @@ def label_nll(model, tokenizer, examples, labels: Sequence[str], *, max_length: 
     """
     import torch
 
-    from probes._data import Example
-    from probes._tokenize import encode_example
+    from plan_probe.probes._data import Example
+    from plan_probe.probes._tokenize import encode_example
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [[encode_example(tokenizer, Example(ex.input, lab), max_length) for lab in labels] for ex in examples]
@@ -65,7 +65,7 @@ def label_nll(model, tokenizer, examples, labels: Sequence[str], *, max_length: 
 
 
 def _prompt_length(labels: list[int]) -> int:
-    from probes._tokenize import IGNORE
+    from plan_probe.probes._tokenize import IGNORE
 
     return next((i for i, lab in enumerate(labels) if lab != IGNORE), len(labels))
 
@@ -85,8 +85,8 @@ def _pairwise_nll(model, chunk, pad: int) -> np.ndarray:
     """Each (example, label) sequence in full: ``(len(chunk), n_labels)``."""
     import torch
 
-    from probes._probe import _to
-    from probes._tokenize import batch_nll, collate
+    from plan_probe.probes._probe import _to
+    from plan_probe.probes._tokenize import batch_nll, collate
 
     device = next(model.parameters()).device
     flat = [pair for pairs in chunk for pair in pairs]
@@ -105,7 +105,7 @@ def _shared_prompt_nll(model, chunk, pad: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from probes._tokenize import collate, logits_at
+    from plan_probe.probes._tokenize import collate, logits_at
 
     device = next(model.parameters()).device
     n_labels = len(chunk[0])

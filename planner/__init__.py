@@ -1,9 +1,12 @@
-"""plan-probe planner: risk estimator, regimes, budgets, predictor, plan and CLI.
+"""plan-probe: how many probe steps each LLM fine-tuning candidate deserves, its predicted final
+score with an honest interval, and why it may fail.
 
-The public objects load on first use, so ``import planner`` (and ``plan-probe --help``) stays light.
+The public objects load on first use, so ``import plan_probe`` (and ``plan-probe --help``) stays light.
+Subpackages: ``plan_probe.theory`` (closed forms), ``plan_probe.probes`` (static descriptors, LoRA
+probe, Trainer callback), ``plan_probe.experiments`` (meta-dataset builders and checks).
 """
 
-from planner._version import __version__
+from plan_probe.probes._version import __version__
 
 __all__ = [
     "__version__",
@@ -11,6 +14,9 @@ __all__ = [
     "RiskModel",
     "PlanSettings",
     "compute_plan",
+    "DecisionSettings",
+    "decision_plan",
+    "compute_decision_plan",
     "PredictorConfig",
     "ProbePredictor",
     "load_portfolio",
@@ -19,15 +25,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "RiskFitSettings": "planner._risk_model",
-    "RiskModel": "planner._risk_model",
-    "PlanSettings": "planner._plan",
-    "compute_plan": "planner._plan",
-    "PredictorConfig": "planner._predictor",
-    "ProbePredictor": "planner._predictor",
-    "load_portfolio": "planner._portfolio",
-    "prepare_run": "planner._run",
-    "run_portfolio": "planner._run",
+    "RiskFitSettings": "plan_probe._risk_model",
+    "RiskModel": "plan_probe._risk_model",
+    "PlanSettings": "plan_probe._plan",
+    "compute_plan": "plan_probe._plan",
+    "DecisionSettings": "plan_probe._decision_plan",
+    "decision_plan": "plan_probe._decision_plan",
+    "compute_decision_plan": "plan_probe._decision_plan",
+    "PredictorConfig": "plan_probe._predictor",
+    "ProbePredictor": "plan_probe._predictor",
+    "load_portfolio": "plan_probe._portfolio",
+    "prepare_run": "plan_probe._run",
+    "run_portfolio": "plan_probe._run",
 }
 
 
@@ -36,4 +45,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'planner' has no attribute {name!r}")
+    raise AttributeError(f"module 'plan_probe' has no attribute {name!r}")

@@ -22,10 +22,10 @@ def _risk_scale(path, frame):
     import numpy as np
 
     try:
-        from planner._risk_model import RiskModel
+        from plan_probe._risk_model import RiskModel
     except ImportError:
         raise ValueError(
-            "a risk model needs planner._risk_model, but it is not available in this install; drop --risk-model."
+            "a risk model needs plan_probe._risk_model, but it is not available in this install; drop --risk-model."
         ) from None
     if "depth" not in frame.columns:
         raise ValueError("a risk model scale needs a depth column, but the meta-dataset has none; drop --risk-model.")
@@ -40,7 +40,7 @@ def _risk_scale(path, frame):
 
 
 def _emit(obj, fmt: str, output) -> None:
-    from planner._io import write_json
+    from plan_probe.probes._io import write_json
 
     if output:
         write_json(obj, output)
@@ -59,24 +59,42 @@ def _fmt(v) -> str:
 
 
 def _table(obj: dict) -> str:
-    """Plain-text rendering: evaluate results as a model x metric table, anything else as key: value."""
-    from planner._evaluate import METRICS, MODELS
+    """Plain-text rendering: evaluate results as model x metric and paired-difference tables, else key: value."""
+    from plan_probe._evaluate import INTERVAL_METRICS, METRICS, MODELS
 
     if all(m in obj for m in ("full", "tuneahead_recipe")):
-        cols = list(METRICS) + ["coverage_80", "coverage_90"]
-        lines = ["model".ljust(18) + "".join(c.rjust(20) for c in cols)]
+        cols = list(METRICS) + list(INTERVAL_METRICS)
+        lines = ["model".ljust(18) + "".join(c.rjust(24) for c in cols)]
         for m in MODELS:
             if m not in obj:
                 continue
             cells = []
             for c in cols:
                 v, se = obj[m].get(c), obj[m].get(f"{c}_se")
-                cells.append((f"{_fmt(v)} ± {_fmt(se)}" if v is not None else "-").rjust(20))
+                cells.append((" " + f"{_fmt(v)} ± {_fmt(se)}" if v is not None else "-").rjust(24))
             lines.append(m.ljust(18) + "".join(cells))
+        lines.append("")
+        lines.append("full − X".ljust(18) + "".join(c.rjust(22) for c in ("rmse_diff ± se", "se_corrected", "rmse_ratio",
+                                                                          "r2_diff ± se")))
+        for m, entry in obj.get("paired", {}).items():
+            lines.append(m.ljust(18) + f"{_fmt(entry['rmse_diff'])} ± {_fmt(entry['rmse_diff_se'])}".rjust(22)
+                         + _fmt(entry["rmse_diff_se_corrected"]).rjust(22) + _fmt(entry["rmse_ratio"]).rjust(22)
+                         + f"{_fmt(entry['r2_diff'])} ± {_fmt(entry['r2_diff_se'])}".rjust(22))
         lines.append(f"rmse_gain_vs_recipe: {_fmt(obj.get('rmse_gain_vs_recipe'))}")
         lines.append("settings: " + json.dumps(obj["settings"], sort_keys=True))
         return "\n".join(lines)
     return "\n".join(f"{k}: {_fmt(v)}" for k, v in obj.items())
+
+
+def _jobs(value):
+    from plan_probe._search import available_cpus
+
+    if value is not None and value < 1:
+        raise ValueError(f"jobs must be at least 1, but got jobs={value}; pass --jobs 1 or more.")
+    return value or available_cpus()
+
+
+_JOBS_HELP = "Processes for independent fits (default: every CPU this process may use); results do not depend on it."
 
 
 @click.command("fit-predictor")
@@ -88,28 +106,31 @@ def _table(obj: dict) -> str:
 @click.option("--risk-model", type=click.Path(dir_okay=False), default=None,
               help="Risk model JSON; conformal scores are normalised by its sqrt(L(c)).")
 @click.option("--tune/--no-tune", default=True, show_default=True,
-              help="Choose num_leaves/n_estimators by grouped inner CV (off: TuneAhead's settings exactly).")
+              help="Blend ridge, LightGBM, linear-tree and ridge+boosted-residual learners chosen by grouped "
+                   "inner CV (off: TuneAhead's LightGBM settings exactly).")
 @click.option("--top", "n_top", type=int, default=None,
-              help="Best inner-CV candidates averaged [default: 3 with --tune, 1 without].")
+              help="Most learners in the blend [default: 3 with --tune, 1 without].")
 @click.option("--seeds", "n_seeds", type=int, default=None,
-              help="Seeds per averaged candidate: SEED, SEED+1, ... [default: 5 with --tune, 1 without].")
+              help="Seeds averaged per LightGBM learner: SEED, SEED+1, ... [default: 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=int, default=None, help=_JOBS_HELP)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, out_dir):
-    """Fit the shared depth-aware LightGBM predictor on META and save it to a directory."""
-    from planner._meta import check_folds, load_meta, select_features
-    from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
+def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, jobs, out_dir):
+    """Fit the shared depth-aware predictor on META with CV+ intervals and save it to a directory."""
+    from plan_probe._meta import check_folds, load_meta, select_features
+    from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
 
     for name, value in (("top", n_top), ("seeds", n_seeds)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, but got {name}={value}; pass --{name} 1 or more.")
+    n_jobs = _jobs(jobs)
     data = load_meta(meta, label=label, id_col=id_col)
     config = PredictorConfig(seed=seed, tune=tune, n_top=n_top or (FULL_TOP if tune else 1),
                              n_seeds=n_seeds or (FULL_SEEDS if tune else 1))
     check_folds(len(set(data.ids)), config.calibration_folds, "distinct ids (calibration folds)")
     feats = list(select_features(data, features))
     scale = _risk_scale(risk_model, data.frame) if risk_model else None
-    model = ProbePredictor(config, data.groups).fit(data.frame[feats], data.frame[data.label_col], groups=data.ids,
+    model = ProbePredictor(config, data.groups, n_jobs=n_jobs).fit(data.frame[feats], data.frame[data.label_col], groups=data.ids,
                                                     scale=scale)
     extra = {"id": data.id_col, "features_option": features, "seed": seed,
              "risk_model": str(risk_model) if risk_model else None}
@@ -125,7 +146,9 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_
         "cv_rmse": model.cv_rmse_,
         "scale_mode": model.scale_mode_,
         "seed": seed,
-        "members": len(model.boosters_),
+        "members": len(model.blend_),
+        "blend": [{k: m[k] for k in ("kind", "scope", "weight") if k in m} for m in model.members_],
+        "interval_method": model.calibration_method_,
     }
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
 
@@ -147,9 +170,9 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
     """Predict final scores with conformal intervals, P(score >= tau), go/no-go and grouped SHAP."""
     import numpy as np
 
-    from planner._io import table_format, write_table
-    from planner._meta import load_meta
-    from planner._predictor import ProbePredictor
+    from plan_probe.probes._io import table_format, write_table
+    from plan_probe._meta import load_meta
+    from plan_probe._predictor import ProbePredictor
 
     table_format(out_path)
     if not 0 < coverage < 1:
@@ -182,6 +205,11 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
     out["pred"] = pred
     out["lower"] = lower
     out["upper"] = upper
+    # the predictive variance (mean squared calibration residual x row scale^2): with a static-only
+    # predictor, pred and pred_var are the prior_mean and prior_var of plan --objective decision
+    from plan_probe._decision_plan import predictive_variance
+
+    out["pred_var"] = predictive_variance(model, X, scale)
     out["coverage"] = coverage
     if threshold is not None:
         p = model.prob_at_least(X, threshold, scale)
@@ -204,15 +232,12 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
         figs = _predict_figures(model, X, data, pred, lower, upper, scale)
     write_table(out, out_path)
     if figures:
-        from planner._io import atomic_path
-
-        import matplotlib.pyplot as plt
+        from plan_probe.probes._io import atomic_path
 
         Path(figures).mkdir(parents=True, exist_ok=True)
         for name, fig in figs.items():
             with atomic_path(Path(figures) / f"{name}.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-            plt.close(fig)
     summary = {"rows": len(out), "output": str(out_path), "coverage": coverage, "mean_pred": float(np.mean(pred))}
     if threshold is not None:
         summary.update({"threshold": threshold, "go": int(out["go"].sum())})
@@ -222,31 +247,28 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
 
 
 def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plan_probe._figures import subplots
     import numpy as np
 
-    from planner._plots_predictor import (coverage_curve, plot_calibration, plot_pred_vs_true, plot_shap_summary,
+    from plan_probe._plots_predictor import (coverage_curve, plot_calibration, plot_pred_vs_true, plot_shap_summary,
                                           plot_waterfall)
 
     figs = {}
     if data.label_col is not None and np.all(np.isfinite(data.frame[data.label_col].to_numpy(dtype=float))):
         y = data.frame[data.label_col].to_numpy(dtype=float)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = subplots(figsize=(5, 5))
         plot_pred_vs_true(ax, y, pred, lower, upper, label=data.label_col)
         figs["pred_vs_true"] = fig
         nominal, empirical = coverage_curve(model, X, y, scale=scale)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = subplots(figsize=(5, 5))
         plot_calibration(ax, nominal, empirical, n=len(y))
         figs["calibration"] = fig
     contrib, base = model.shap_values(X)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_shap_summary(ax, contrib, X.to_numpy(dtype=float), model.feature_names_)
     figs["shap_summary"] = fig
     worst = int(np.argmin(pred))
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_waterfall(ax, contrib[worst], float(base[worst]), model.feature_names_,
                    title=f"why {data.ids[worst]} is predicted lowest")
     figs["waterfall_lowest"] = fig
@@ -263,16 +285,23 @@ def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiply errors by this for Acc@k (e.g. 100 for labels in [0, 1]).")
 @click.option("--depth", type=float, default=None, help="Evaluation depth (default 100 if present, else deepest).")
+@click.option("--group-by", "group_by", default=None,
+              help="Group the folds by this column instead of the id (e.g. a dataset family: leave-family-out).")
+@click.option("--jobs", type=int, default=None, help=_JOBS_HELP)
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
-def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, fmt, out_path):
-    """Repeated grouped K-fold: full predictor vs static-only, dynamic-only and TuneAhead's recipe."""
-    from planner._evaluate import evaluate
-    from planner._meta import check_folds, load_meta
+def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by, jobs, fmt, out_path):
+    """Repeated grouped K-fold: the full predictor vs ridge, tuned and released TuneAhead recipes, ablations
+    and the mean, on identical folds, with paired differences and CV+ interval coverage."""
+    from plan_probe._evaluate import evaluate
+    from plan_probe._meta import check_folds, load_meta
 
+    n_jobs = _jobs(jobs)
     data = load_meta(meta, label=label, id_col=id_col)
-    check_folds(len(set(data.ids)), cv)
-    result = evaluate(data, cv=cv, repeats=repeats, seed=seed, scale=scale, depth=depth)
+    if group_by is None:
+        check_folds(len(set(data.ids)), cv)
+    result = evaluate(data, cv=cv, repeats=repeats, seed=seed, scale=scale, depth=depth, group_by=group_by,
+                      n_jobs=n_jobs)
     _emit(result, fmt, out_path)
 
 
@@ -289,8 +318,8 @@ def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, fmt, out_
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
 def screen_cmd(pred, label, threshold, full_cost, probe_cost, rule, depth, fmt, out_path):
     """TuneAhead Table 4 accounting: runs launched, compute saved, successes retained, false kills."""
-    from planner._io import read_table
-    from planner._screen import screen
+    from plan_probe.probes._io import read_table
+    from plan_probe._screen import screen
 
     frame = read_table(pred)
     if depth is not None:

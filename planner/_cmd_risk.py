@@ -14,6 +14,8 @@ import time
 
 import click
 
+from plan_probe._decision_cli import decision_options, prepare_decision
+
 log = logging.getLogger(__name__)
 
 
@@ -31,13 +33,13 @@ log = logging.getLogger(__name__)
 def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi_steps, keep_draws):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
-    OBS columns: task_id, depth, risk_obs, dof, static_* (DESIGN.md Sec. 3). Writes MODEL.json
+    OBS columns: task_id, depth, risk_obs, dof, static_* (docs/theory.md §3). Writes MODEL.json
     (population posterior draws, feature standardisation, settings, diagnostics, version,
     checksum) and prints a JSON summary with the convergence diagnostics.
     """
-    from planner._io import read_table, table_format
-    from planner._risk_model import RiskFitSettings, RiskModel
-    from planner._tables import validate_risk_observations
+    from plan_probe.probes._io import read_table, table_format
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
+    from plan_probe._tables import validate_risk_observations
 
     if not str(output).lower().endswith(".json"):
         raise ValueError(f"the model file must end in .json, but got {output!r}; pass -o MODEL.json.")
@@ -77,16 +79,22 @@ def _plan_options(f):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the posterior draws.")
 @click.option("--draws", "n_draws", default=256, show_default=True, type=int, help="Posterior draws per task.")
 @click.option("--format", "fmt", default=None, type=click.Choice(["json", "table"]), help="Also print the rows to stdout.")
-def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt):
+@decision_options
+def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_depth, max_depth, budget, seed, n_draws, fmt,
+         **decision_opts):
     """Plan probe lengths for the tasks in TASKS (task_id, static_*, optional pilot rows).
 
     Writes PLAN with columns task_id, regime, p_static_sufficient, p_dynamic_critical,
-    p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt.
+    p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt. With --objective decision
+    the probe lengths minimise the expected go/no-go loss plus probe cost, and PLAN adds
+    prior_mean, prior_var, launch_cost, kill_cost, p_success_now, decision_now, loss_now,
+    loss_at_c_opt, value_of_probe, loss_at_probe_steps, p_flip, loss_floor, reason
+    (docs/guide/decision.md).
     """
-    from planner._io import read_table, table_format, write_table
-    from planner._plan import PlanSettings, compute_plan
-    from planner._risk_model import RiskModel
-    from planner._tables import validate_tasks
+    from plan_probe.probes._io import read_table, table_format, write_table
+    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._risk_model import RiskModel
+    from plan_probe._tables import validate_tasks
 
     if output is None and fmt is None:
         raise ValueError("plan needs somewhere to put the plan, but got neither -o nor --format; pass -o PLAN.csv or --format json.")
@@ -96,12 +104,18 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     settings = PlanSettings(step_cost=step_cost, risk_weight=risk_weight, target_rmse=target_rmse, min_depth=min_depth,
                             max_depth=max_depth, budget=budget, seed=seed, n_draws=n_draws)
     frame = read_table(tasks)
+    decision = prepare_decision(decision_opts, frame)
+    frame = frame if decision is None else decision.risk_frame
     task_rows, _ = validate_tasks(frame)
-    settings.check_budget(len(task_rows))
+    if decision is None:  # the decision objective may leave tasks unprobed, so B < c_min x n is fine there
+        settings.check_budget(len(task_rows))
     model = RiskModel.load(risk_model)
     validate_tasks(frame, model.static_features_)
     start = time.perf_counter()
-    result, draws = compute_plan(model, frame, settings)
+    if decision is None:
+        result, draws = compute_plan(model, frame, settings)
+    else:
+        result, draws, warning = decision.plan(model, frame, settings, seed=seed)
     log.info("planned %d tasks in %.3f s", len(result), time.perf_counter() - start)
     low = draws["ess"] < 0.05 * settings.n_draws * 8
     if low.any():
@@ -114,9 +128,11 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
         click.echo(result.to_string(index=False))
     else:
         counts = result["regime"].value_counts().to_dict()
-        click.echo(json.dumps({"plan": str(output), "n_tasks": len(result), "regimes": counts,
-                               "total_probe_steps": int(result["probe_steps"].sum()), "settings": settings.to_dict()},
-                              sort_keys=True))
+        summary = {"plan": str(output), "n_tasks": len(result), "regimes": counts,
+                   "total_probe_steps": int(result["probe_steps"].sum()), "settings": settings.to_dict()}
+        if decision is not None:
+            summary.update(decision.summary(result, warning))
+        click.echo(json.dumps(summary, sort_keys=True))
 
 
 @click.command("phase-diagram")
@@ -138,10 +154,10 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
 
     import numpy as np
 
-    from planner._io import atomic_path, read_table
-    from planner._plan import PLAN_COLUMNS, PlanSettings
-    from planner._risk_model import RiskModel
-    from planner._tables import validate_tasks
+    from plan_probe.probes._io import atomic_path, read_table
+    from plan_probe._plan import PLAN_COLUMNS, PlanSettings
+    from plan_probe._risk_model import RiskModel
+    from plan_probe._tables import validate_tasks
 
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".png", ".pdf", ".svg"):
@@ -167,24 +183,20 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
     elif curves_dir is not None:
         log.warning("risk curves without --tasks show the posterior-mean curve only (no band)")
 
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plan_probe._plots_risk import plot_phase_diagram, plot_risk_curve
 
-    from planner._plots_risk import plot_phase_diagram, plot_risk_curve
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     plot_phase_diagram(ax, plan_df, settings, draws=draws)
     fig.tight_layout()
     with atomic_path(output) as tmp:
         fig.savefig(tmp, format=suffix[1:], dpi=130)
-    plt.close(fig)
     written = [str(output)]
     if curves_dir is not None:
         os.makedirs(curves_dir, exist_ok=True)
         for i, row in enumerate(plan_df.itertuples(index=False)):
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = subplots(figsize=(5, 3.5))
             task_draws = None if draws is None else {k: draws[k][i] for k in ("l_int", "k", "alpha")}
             plot_risk_curve(ax, row._asdict(), settings, draws=task_draws)
             fig.tight_layout()
@@ -192,7 +204,6 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
             path = os.path.join(curves_dir, f"risk_curve_{name}.png")
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=110)
-            plt.close(fig)
             written.append(path)
     click.echo(json.dumps({"figures": len(written), "phase_diagram": str(output), "risk_curves": curves_dir}))
     sys.stdout.flush()

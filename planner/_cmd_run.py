@@ -30,8 +30,8 @@ def run_cmd(portfolio, out_dir, backend, ray_address, ray_num_cpus, fmt, progres
     the resumable records DIR/data/, DIR/static/, DIR/probes/. Kill it at any moment and rerun:
     finished work is reused.
     """
-    from planner._report import format_summary
-    from planner._run import RunSettings, prepare_run, run_portfolio
+    from plan_probe._report import format_summary
+    from plan_probe._run import RunSettings, prepare_run, run_portfolio
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -37,7 +37,7 @@ def default_path(kind: str) -> Path:
     """
     if kind not in DEFAULT_FILES:
         raise ValueError(f"default kind must be one of {sorted(DEFAULT_FILES)}, but got {kind!r}; pick one of those.")
-    root = resources.files("planner").joinpath("defaults", "llm", DEFAULT_FILES[kind])
+    root = resources.files("plan_probe").joinpath("defaults", "llm", DEFAULT_FILES[kind])
     path = Path(str(root))
     marker = path / "predictor.json" if kind != "risk_model" else path
     if not marker.is_file():

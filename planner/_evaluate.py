@@ -1,40 +1,58 @@
-"""Repeated grouped K-fold evaluation of the predictor against ablations and TuneAhead's recipe.
+"""Repeated grouped K-fold evaluation of the predictor against baselines and ablations.
 
-All models see IDENTICAL folds (grouped by the id column, so rows of one run never straddle train
-and test) and are scored on the same evaluation rows: the rows at the evaluation depth (``--depth``,
-default 100 when present, else the deepest probe) of the test fold.
+All models see IDENTICAL folds (grouped by the id column, or by ``group_by``, so rows of one run
+or group never straddle train and test) and are scored on the same evaluation rows: the rows at
+the evaluation depth (``--depth``, default 100 when present, else the deepest probe) of the test
+fold. Every model's intervals are CV+ intervals of that model (see :mod:`plan_probe._predictor`),
+calibrated on its training fold only.
 
 Models
 ------
 full
-    :class:`ProbePredictor` with ``tune=True``: one depth-aware model on all depths of the training
-    fold, (bagging, num_leaves, n_estimators, training scope) chosen by grouped inner CV on the
-    training fold only; the ``FULL_TOP`` best candidates, each with ``FULL_SEEDS`` seeds, are averaged.
+    :class:`ProbePredictor` with ``tune=True``: a blend of ridge, LightGBM, linear-tree and
+    ridge + boosted-residual learners chosen by grouped inner CV on the training fold only, on all
+    depths of the training fold (or the evaluation depth's rows alone, if the inner CV prefers).
+full_no_dynamic
+    The same pipeline without the ``dyn_*`` (dynamic, probe) features: ``full − full_no_dynamic``
+    is what the probe adds.
+ridge
+    Standardised ridge regression (alpha by grouped inner CV) on the evaluation-depth rows, all
+    features except depth.
+recipe_tuned
+    TuneAhead's model family (LightGBM, 4 leaves, bagging off) with min_child_samples ∈ {5, 10, 20}
+    and the tree count chosen by the same nested inner CV as ``full``; evaluation-depth rows.
+tuneahead_recipe
+    TuneAhead's recipe as released: learning rate 0.05, 4 leaves, 140 trees, min_child_samples 20,
+    subsample without bagging_freq (so no bagging), trained only on evaluation-depth rows, all
+    features except depth.
 static_only / dynamic_only
     The default predictor (TuneAhead settings, bagging on) on static+hp features at the evaluation
     depth / on dynamic+hp+depth features over all depths.
-tuneahead_recipe
-    TuneAhead's recipe as released: the same LightGBM settings with bagging NOT enabled (subsample
-    without bagging_freq), trained only on evaluation-depth rows, all features except depth.
+mean
+    The training fold's mean label.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
-from planner._meta import MetaDataset, check_folds, select_features
-from planner._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor, group_folds
+from plan_probe._meta import MetaDataset, check_folds, select_features
+from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor, group_folds
 
-__all__ = ["MODELS", "METRICS", "evaluate", "regression_metrics", "eval_depth"]
+__all__ = ["MODELS", "METRICS", "INTERVAL_METRICS", "evaluate", "regression_metrics", "eval_depth"]
 
 log = logging.getLogger(__name__)
 
-MODELS = ("full", "static_only", "dynamic_only", "tuneahead_recipe")
+MODELS = ("full", "full_no_dynamic", "ridge", "recipe_tuned", "tuneahead_recipe", "static_only", "dynamic_only",
+          "mean")
 METRICS = ("rmse", "r2", "pearson", "acc_at_1", "acc_at_2", "acc_at_3")
 COVERAGES = (0.8, 0.9)
+INTERVAL_METRICS = ("coverage_80", "coverage_90", "width_80", "width_90")
+_PAIRED = ("rmse", "r2")
 
 
 def regression_metrics(y, pred, scale: float = 1.0) -> dict:
@@ -70,6 +88,76 @@ def eval_depth(meta: MetaDataset, depth: float | None) -> float | None:
     return 100.0 if 100.0 in set(levels.tolist()) else float(levels.max())
 
 
+@dataclass(frozen=True)
+class _Spec:
+    config: PredictorConfig
+    features: tuple
+    all_depths: bool  # train on every depth (else only the evaluation depth's rows)
+
+
+def _specs(meta: MetaDataset, seed: int) -> dict:
+    feats_all = tuple(meta.features)
+    no_depth = tuple(f for f in feats_all if f != "depth")
+    no_dynamic = tuple(f for f in feats_all if meta.groups[f] != "dynamic")
+    static_feats = tuple(select_features(meta, "static")) if any(meta.groups[f] == "static" for f in feats_all) else ()
+    try:
+        dynamic_feats = tuple(select_features(meta, "dynamic"))
+    except ValueError:
+        dynamic_feats = ()
+    tuned = PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS)
+    base = PredictorConfig(seed=seed)
+    specs = {
+        "full": _Spec(tuned, feats_all, True),
+        "full_no_dynamic": _Spec(tuned, no_dynamic, True),
+        "ridge": _Spec(PredictorConfig(seed=seed, tune=True, search="ridge"), no_depth, False),
+        "recipe_tuned": _Spec(PredictorConfig(seed=seed, tune=True, search="recipe", n_top=1, subsample_freq=0),
+                              no_depth, False),
+        "tuneahead_recipe": _Spec(PredictorConfig(seed=seed, subsample_freq=0), no_depth, False),
+        "static_only": _Spec(base, static_feats, False),
+        "dynamic_only": _Spec(base, dynamic_feats, True),
+        "mean": _Spec(PredictorConfig(seed=seed, tune=True, search="mean"), no_depth, False),
+    }
+    if not dynamic_feats or len(no_dynamic) == len(feats_all) or not [f for f in no_dynamic if f != "depth"]:
+        specs.pop("full_no_dynamic")
+    return {name: spec for name, spec in specs.items() if [f for f in spec.features if f != "depth"]}
+
+
+def _fold_task(data: dict, r: int, k: int) -> dict:
+    """Train every model on one outer training fold and score it on the fold's evaluation rows."""
+    import pandas as pd
+
+    X = pd.DataFrame(data["X"], columns=data["columns"])
+    y, groups, at_eval, d_eval = data["y"], data["groups"], data["at_eval"], data["d_eval"]
+    folds = data["folds"][r]
+    train, test = folds != k, (folds == k) & at_eval
+    out = {}
+    for name, spec in data["specs"].items():
+        rows = train if spec.all_depths else train & at_eval
+        cfg = spec.config
+        n_groups = len(np.unique(groups[rows]))
+        calib = min(cfg.calibration_folds, n_groups)
+        need = 4 if cfg.tune and cfg.search not in ("mean", "ridge") else 2
+        if n_groups < need:
+            raise ValueError(f"each training fold needs at least {need} distinct ids (groups), but got {n_groups} "
+                             f"(cv={int(folds.max()) + 1}); lower --cv or add runs.")
+        if calib != cfg.calibration_folds:
+            cfg = dataclasses.replace(cfg, calibration_folds=calib)
+        feats = list(spec.features)
+        target = d_eval if (spec.all_depths and d_eval is not None) else None
+        model = ProbePredictor(cfg, data["feature_groups"]).fit(X.loc[rows, feats], y[rows], groups=groups[rows],
+                                                                 target_depth=target)
+        Xt = X.loc[test, feats]
+        entry = regression_metrics(y[test], model.predict(Xt), data["scale"])
+        for c in COVERAGES:
+            tag = int(round(c * 100))
+            _, lo, hi = model.predict_interval(Xt, c)
+            entry[f"coverage_{tag}"] = float(np.mean((y[test] >= lo) & (y[test] <= hi)))
+            entry[f"width_{tag}"] = float(np.mean(hi - lo))
+        out[name] = entry
+    log.info("repeat %d fold %d done", r, k)
+    return out
+
+
 def evaluate(
     meta: MetaDataset,
     *,
@@ -78,92 +166,59 @@ def evaluate(
     seed: int = 0,
     scale: float = 1.0,
     depth: float | None = None,
+    group_by: str | None = None,
+    n_jobs: int = 1,
 ) -> dict:
-    """Repeated grouped K-fold CV of the four models on identical folds.
+    """Repeated grouped K-fold CV of every model of :data:`MODELS` on identical folds.
+
+    Parameters
+    ----------
+    group_by : str, optional
+        A column of ``meta.frame`` whose values group the folds (and the inner CV) instead of the
+        id: all runs of a group are held out together (e.g. leave-family-out). It must be constant
+        within each id.
+    n_jobs : int
+        Processes for the outer folds (results do not depend on it).
 
     Returns
     -------
     dict
-        ``{model: {metric: mean, metric_se: standard error over folds, ...}}`` plus, for ``full``,
-        ``coverage_80``/``coverage_90`` (held-out interval coverage) with standard errors, and a
-        ``settings`` entry (cv, repeats, seed, scale, depth, rows, ids, folds). The standard error is
-        std over the cv·repeats folds / sqrt(cv·repeats); folds of different repeats overlap, so it
-        is a rough (optimistic) guide, not an exact one.
+        ``{model: {metric: mean over folds, metric_se: its standard error, ...}}`` with the
+        metrics of :data:`METRICS` and :data:`INTERVAL_METRICS`; ``paired``: for every model X,
+        ``full − X`` per fold for RMSE and R² (``rmse_diff``, ``rmse_diff_se``,
+        ``rmse_diff_se_corrected``, ``rmse_ratio``, ``r2_diff``, ...); ``settings``; and
+        ``rmse_gain_vs_recipe``. ``_se`` is the std over the cv·repeats folds / sqrt(cv·repeats):
+        folds of different repeats share rows, so it is optimistic; ``_se_corrected`` is the
+        Nadeau–Bengio (2003) corrected resampled SE sqrt((1/J + n_test/n_train)·var).
     """
+    from plan_probe._search import parallel_map
+
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, but got {repeats=}; pass --repeats 1 or more.")
     if not scale > 0:
         raise ValueError(f"scale must be positive, but got {scale=}; pass e.g. --scale 100 for labels in [0, 1].")
     d_eval = eval_depth(meta, depth)
-    ids = meta.ids
-    check_folds(len(np.unique(ids)), cv)
+    groups = _fold_groups(meta, group_by)
+    check_folds(len(np.unique(groups)), cv, "distinct ids" if group_by is None else f"distinct {group_by!r} groups")
     X = meta.X
     y = meta.y
     d = X["depth"].to_numpy(dtype=float) if meta.has_depth else None
     at_eval = np.ones(len(y), dtype=bool) if d is None else (d == d_eval)
-    if len(np.unique(ids[at_eval])) < cv:
+    if len(np.unique(groups[at_eval])) < cv:
         raise ValueError(
             f"cross-validation needs at least as many ids at the evaluation depth as folds, but got "
-            f"{len(np.unique(ids[at_eval]))} for cv={cv}; lower --cv or pick another --depth."
+            f"{len(np.unique(groups[at_eval]))} for cv={cv}; lower --cv or pick another --depth."
         )
-    feats_all = list(meta.features)
-    no_depth = [f for f in feats_all if f != "depth"]
-    static_feats = [f for f in select_features(meta, "static")]
-    try:
-        dynamic_feats = list(select_features(meta, "dynamic"))
-    except ValueError:
-        dynamic_feats = []
-    base = PredictorConfig(seed=seed)
-    specs = {
-        # name: (config, features, train on all depths?)
-        "full": (PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS), feats_all, True),
-        "static_only": (base, static_feats, False),
-        "dynamic_only": (base, dynamic_feats, True),
-        "tuneahead_recipe": (PredictorConfig(seed=seed, subsample_freq=0), no_depth, False),
+    specs = _specs(meta, seed)
+    data = {
+        "X": X.to_numpy(dtype=float), "columns": list(X.columns), "y": y, "groups": groups, "at_eval": at_eval,
+        "d_eval": d_eval, "scale": scale, "specs": specs, "feature_groups": dict(meta.groups),
+        "folds": [group_folds(groups, cv, seed + 1000 * r) for r in range(repeats)],
     }
-    per_fold = {m: {k: [] for k in METRICS} for m in MODELS}
-    cover = {c: [] for c in COVERAGES}
-    for r in range(repeats):
-        folds = group_folds(ids, cv, seed + 1000 * r)
-        for k in range(cv):
-            train, test = folds != k, (folds == k) & at_eval
-            if not test.any():
-                continue
-            for name, (cfg, feats, all_depths) in specs.items():
-                if not feats:
-                    continue
-                rows = train if all_depths else train & at_eval
-                calib = min(cfg.calibration_folds, len(np.unique(ids[rows])))
-                if calib < 2:
-                    raise ValueError(
-                        f"each training fold needs at least 2 distinct ids, but got {calib} (cv={cv}); lower --cv."
-                    )
-                if calib != cfg.calibration_folds:
-                    cfg = dataclasses.replace(cfg, calibration_folds=calib)
-                # the full model knows where it will be used: the evaluation depth (scored there by its inner CV)
-                target = d_eval if (name == "full" and d is not None) else None
-                model = ProbePredictor(cfg, meta.groups).fit(X.loc[rows, feats], y[rows], groups=ids[rows], target_depth=target)
-                Xt = X.loc[test, feats]
-                if name == "full":
-                    for c in COVERAGES:
-                        _, lo, hi = model.predict_interval(Xt, c)
-                        cover[c].append(float(np.mean((y[test] >= lo) & (y[test] <= hi))))
-                pred = model.predict(Xt)
-                for key, value in regression_metrics(y[test], pred, scale).items():
-                    per_fold[name][key].append(value)
-            log.info("repeat %d fold %d done", r, k)
-    n_folds = len(per_fold["full"]["rmse"])
-    out = {}
-    for name in MODELS:
-        if not per_fold[name]["rmse"]:
-            continue
-        entry = {}
-        for key in METRICS:
-            entry[key], entry[f"{key}_se"] = _mean_se(per_fold[name][key])
-        out[name] = entry
-    for c in COVERAGES:
-        tag = f"coverage_{int(round(c * 100))}"
-        out["full"][tag], out["full"][f"{tag}_se"] = _mean_se(cover[c])
+    tasks = [(r, k) for r in range(repeats) for k in range(cv) if ((data["folds"][r] == k) & at_eval).any()]
+    per_fold = parallel_map(_fold_task, tasks, data, n_jobs)
+    out = {name: _summary([f[name] for f in per_fold]) for name in specs}
+    out["paired"] = _paired(per_fold, specs, cv)
     out["settings"] = {
         "cv": cv,
         "repeats": repeats,
@@ -172,15 +227,71 @@ def evaluate(
         "depth": d_eval,
         "rows": int(len(y)),
         "eval_rows": int(at_eval.sum()),
-        "ids": int(len(np.unique(ids))),
-        "folds": n_folds,
+        "ids": int(len(np.unique(meta.ids))),
+        "groups": int(len(np.unique(groups))),
+        "group_by": group_by or meta.id_col,
+        "folds": len(per_fold),
         "label": meta.label_col,
         "id": meta.id_col,
+        "models": list(specs),
+        "interval_method": "cv+ (Barber et al. 2021) over grouped folds; tuned models choose their blend on a "
+                           "selection split first",
+        "calibration_folds": PredictorConfig().calibration_folds,
     }
     out["rmse_gain_vs_recipe"] = (
         1.0 - out["full"]["rmse"] / out["tuneahead_recipe"]["rmse"] if out.get("tuneahead_recipe") else None
     )
     return out
+
+
+def _fold_groups(meta: MetaDataset, group_by: str | None) -> np.ndarray:
+    ids = meta.ids
+    if group_by is None:
+        return ids
+    col = group_by.strip().lower()
+    if col not in meta.frame.columns:
+        raise ValueError(f"--group-by must name a column of the meta-dataset, but got {group_by!r}; "
+                         f"pick one of {list(meta.frame.columns)[:8]}.")
+    values = meta.frame[col].astype(str).to_numpy()
+    per_id = {}
+    for i, v in zip(ids, values):
+        if per_id.setdefault(i, v) != v:
+            raise ValueError(f"--group-by must be constant within each id, but {meta.id_col}={i!r} has several "
+                             f"{col!r} values; group by a coarser column.")
+    return values
+
+
+def _summary(entries: list) -> dict:
+    out = {}
+    for key in METRICS + INTERVAL_METRICS:
+        out[key], out[f"{key}_se"] = _mean_se([e[key] for e in entries])
+    return out
+
+
+def _paired(per_fold: list, specs: dict, cv: int) -> dict:
+    """``full − X`` per fold for every model X, with naive and corrected standard errors."""
+    out = {}
+    for name in specs:
+        if name == "full":
+            continue
+        entry = {}
+        for key in _PAIRED:
+            diff = [f["full"][key] - f[name][key] for f in per_fold]
+            entry[f"{key}_diff"], entry[f"{key}_diff_se"] = _mean_se(diff)
+            entry[f"{key}_diff_se_corrected"] = _corrected_se(diff, cv)
+        full = np.mean([f["full"]["rmse"] for f in per_fold])
+        other = np.mean([f[name]["rmse"] for f in per_fold])
+        entry["rmse_ratio"] = float(full / other) if other > 0 else None
+        out[name] = entry
+    return out
+
+
+def _corrected_se(values, cv: int) -> float | None:
+    """Nadeau & Bengio (2003): Var ≈ (1/J + n_test/n_train)·s² for J resampled train/test splits."""
+    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if arr.size < 2:
+        return None
+    return float(np.sqrt((1.0 / arr.size + 1.0 / (cv - 1)) * arr.var(ddof=1)))
 
 
 def _mean_se(values) -> tuple[float | None, float | None]:

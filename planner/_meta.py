@@ -1,4 +1,4 @@
-"""Meta-dataset loading and validation for the shared predictor (DESIGN §3, "Meta-dataset").
+"""Meta-dataset loading and validation for the shared predictor (docs/theory.md §3, "Meta-dataset").
 
 A meta-dataset has one row per run (or per run x probe depth): an id column, a label column, an
 optional ``depth`` column and numeric feature columns. Feature groups come from the prefixes
@@ -42,7 +42,7 @@ _TA_STATIC = (
     "approximate_duplicates", "semantic_diversity", "io_similarity", "semantic_consistency",
     "reference_perplexity", "base_model_perplexity", "perplexity_change_rate", "reference_perplexity_std",
     "base_perplexity_std", "static_coverage", "static_skipped_count", "static_valid_count",
-    # DESIGN §4 spellings that TuneAhead's CSV does not use (our probes may emit them unprefixed).
+    # docs/theory.md §4 spellings that TuneAhead's CSV does not use (our probes may emit them unprefixed).
     "dataset_size", "num_examples", "token_length_mean", "token_length_std", "type_token_ratio",
     "ngram_repetition", "instruction_complexity", "duplicate_rate", "io_semantic_similarity",
     "output_semantic_diversity", "kl_to_reference", "unigram_kl", "groundedness",
@@ -51,7 +51,7 @@ _TA_DYNAMIC = (
     "initial_loss", "loss_decay_rate", "loss_stability", "avg_grad_norm", "gradient_consistency",
     "avg_grad_sparsity", "avg_param_change", "landscape_flatness", "catastrophic_forgetting",
     "avg_activation_sparsity",
-    # DESIGN §4 spellings.
+    # docs/theory.md §4 spellings.
     "loss_decay", "loss_variance", "grad_norm_mean", "grad_norm_var", "gradient_sparsity",
     "param_change_norm", "flatness", "forgetting",
 )
@@ -185,7 +185,7 @@ def load_meta(
     -------
     MetaDataset
     """
-    from planner._io import read_table
+    from plan_probe.probes._io import read_table
 
     if isinstance(source, (str, os.PathLike)):
         frame = read_table(source)

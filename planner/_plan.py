@@ -1,4 +1,4 @@
-r"""The probe plan: regimes, budget-optimal probe lengths and portfolio budgets (DESIGN.md Sec. 1-2).
+r"""The probe plan: regimes, budget-optimal probe lengths and portfolio budgets (docs/theory.md §1-2).
 
 For each task, from posterior draws of :math:`(L_\mathrm{int}, K, \alpha)`:
 
@@ -17,13 +17,13 @@ For each task, from posterior draws of :math:`(L_\mathrm{int}, K, \alpha)`:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from planner._version import __version__
+from plan_probe.probes._formats import PLAN_SETTINGS
 
-__all__ = ["PlanSettings", "PLAN_COLUMNS", "compute_plan", "plan_from_draws", "allocate_budget", "expected_gain_depth"]
+__all__ = ["PlanSettings", "PLAN_COLUMNS", "compute_plan", "plan_from_draws", "allocate_budget"]
 
 PLAN_COLUMNS = (
     "task_id", "regime", "p_static_sufficient", "p_dynamic_critical", "p_noise_dominant",
@@ -87,64 +87,20 @@ class PlanSettings:
             )
 
     def to_dict(self) -> dict:
-        return {"plan_probe_version": __version__, **asdict(self)}
+        return PLAN_SETTINGS.stamp(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanSettings":
-        d = dict(d)
-        version = d.pop("plan_probe_version", None)
-        if version != __version__:
-            raise ValueError(f"plan settings must come from plan-probe {__version__}, but got version {version!r}; recreate them.")
-        return cls(**d)
-
-
-def expected_gain_depth(log_ak, ap1, log_mu, u_lo: float, u_hi: float, u0=None, *, tol: float = 1e-10, max_iter: int = 100):
-    r"""Per task, the log depth u where :math:`\log \mathbb E[\alpha K e^{-(\alpha+1)u}] = \log\mu`, clipped.
-
-    ``log_ak`` = log(alpha K) and ``ap1`` = alpha + 1, shape (n_tasks, n_draws); ``log_mu`` scalar or
-    (n_tasks,). The left side :math:`\varphi(u)` is convex and decreasing, so Newton's method never
-    overshoots once left of the root; a warm start ``u0`` right of the root lands left of it in one
-    step. (A local solver rather than :func:`theory.depth_for_marginal_gain` for the warm start the
-    budget search needs.)
-    """
-    n, d = log_ak.shape
-    log_mu = np.broadcast_to(np.asarray(log_mu, dtype=float), (n,))
-    log_d = np.log(d)
-
-    def phi_and_slope(rows, u):
-        z = log_ak[rows] - ap1[rows] * u[:, None]
-        zmax = z.max(axis=1, keepdims=True)
-        w = np.exp(z - zmax)
-        sw = w.sum(axis=1)
-        return np.log(sw) + zmax[:, 0] - log_d, (w * ap1[rows]).sum(axis=1) / sw
-
-    u = np.full(n, u_lo) if u0 is None else np.clip(np.asarray(u0, dtype=float), u_lo, u_hi).copy()
-    rows = np.arange(n)
-    for _ in range(max_iter):
-        if rows.size == 0:
-            break
-        phi, slope = phi_and_slope(rows, u[rows])
-        step = (phi - log_mu[rows]) / slope
-        new = np.clip(u[rows] + step, u_lo, u_hi)
-        moved = np.abs(new - u[rows])
-        u[rows] = new
-        rows = rows[moved > tol]
-    return u
+        if isinstance(d, dict) and "format" not in d and "plan_probe_version" in d:  # schema 1 had no format
+            d = {**d, "format": PLAN_SETTINGS.name, "schema_version": 1}
+        d = PLAN_SETTINGS.read(d, "plan settings")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _expected_decay(k, alpha, c):
     """E over draws of K c^-alpha, for per-task depths c (n_tasks,)."""
     return (k * np.exp(-alpha * np.log(np.asarray(c, dtype=float))[:, None])).mean(axis=1)
-
-
-def _regime_probabilities(l_int, log_ak, ap1, settings: "PlanSettings"):
-    """Shares of draws per regime, the DESIGN.md Sec. 1 rule of :func:`theory.classify_regimes`
-    written in log space on the precomputed log(alpha K) and alpha+1 (one pass, for the 2 s plan
-    target); tests check it equals :func:`theory.regime_probabilities`."""
-    noise = l_int >= settings.target_rmse**2
-    # c* <= c_min  <=>  log(alpha K / cost) / (alpha + 1) <= log c_min
-    static = ~noise & ((log_ak - math.log(settings.cost)) / ap1 <= math.log(settings.min_depth))
-    return np.stack([static.mean(axis=1), (~noise & ~static).mean(axis=1), noise.mean(axis=1)], axis=1)
 
 
 def allocate_budget(k, alpha, budget: float, c_min: int, c_max: int, *, max_iter: int = 100):
@@ -154,25 +110,21 @@ def allocate_budget(k, alpha, budget: float, c_min: int, c_max: int, *, max_iter
     sum is decreasing in mu), round down, then give the leftover steps one at a time to the tasks
     whose next step lowers E[L_i] most (exact greedy). Returns an int array.
     """
+    from plan_probe.theory import depth_for_marginal_gain, log_expected_marginal_gain
+
     n = k.shape[0]
     if budget < c_min * n:
         raise ValueError(f"budget must be at least c_min x n_tasks = {c_min * n}, but got budget={budget:g}; raise it.")
     if budget >= c_max * n:
         return np.full(n, c_max, dtype=np.int64)
-    log_ak, ap1 = np.log(alpha) + np.log(k), alpha + 1.0
-    u_lo, u_hi = math.log(c_min), math.log(c_max)
+    # every task at c_min / at c_max: the bracket of log mu
+    t_hi = float(log_expected_marginal_gain(k, alpha, c_min).max())
+    t_lo = float(log_expected_marginal_gain(k, alpha, c_max).min())
+    state = {"c": None}
 
-    def lmg(u):  # log expected marginal gain at log depth u, per task
-        z = log_ak - ap1 * u
-        zmax = z.max(axis=1)
-        return np.log(np.exp(z - zmax[:, None]).sum(axis=1)) + zmax - np.log(z.shape[1])
-
-    t_hi, t_lo = float(lmg(u_lo).max()), float(lmg(u_hi).min())  # every task at c_min / at c_max
-    state = {"u": None}
-
-    def total(t):
-        state["u"] = expected_gain_depth(log_ak, ap1, t, u_lo, u_hi, state["u"])
-        return np.floor(np.exp(state["u"]) + 1e-9).clip(c_min, c_max)
+    def total(t):  # warm start from the previous solution: the search moves mu a little each time
+        state["c"] = depth_for_marginal_gain(k, alpha, math.exp(t), c_min, c_max, c_start=state["c"])
+        return np.floor(state["c"] + 1e-9).clip(c_min, c_max)
 
     f = lambda c: math.log(c.sum()) - math.log(budget)  # noqa: E731
     a, b = t_lo - 1e-9, t_hi + 1e-9
@@ -225,18 +177,15 @@ def plan_from_draws(task_ids, l_int, k, alpha, settings: PlanSettings):
     """The plan table (columns :data:`PLAN_COLUMNS`) from per-task posterior draws (n_tasks, n_draws)."""
     import pandas as pd
 
-    from theory import REGIMES
+    from plan_probe.theory import REGIMES, RegimeThresholds, expected_optimal_depth, regime_probabilities
 
     c_lo, c_hi = settings.int_range
     settings.check_budget(len(task_ids))
-    log_ak, ap1 = np.log(alpha) + np.log(k), alpha + 1.0
-    probs = _regime_probabilities(l_int, log_ak, ap1, settings)
+    thresholds = RegimeThresholds(cost=settings.cost, target_rmse=settings.target_rmse,
+                                  c_min=settings.min_depth, c_max=settings.max_depth)
+    probs = regime_probabilities(l_int, k, alpha, thresholds)
     regime_idx = np.argmax(probs, axis=1)
-    u = expected_gain_depth(log_ak, ap1, math.log(settings.cost), math.log(c_lo), math.log(c_hi))
-    c_cont = np.exp(u)
-    cand = np.stack([np.floor(c_cont), np.ceil(c_cont)]).clip(c_lo, c_hi)
-    obj = np.stack([_expected_decay(k, alpha, c) + settings.cost * c for c in cand])
-    c_opt = np.where(obj[1] < obj[0], cand[1], cand[0]).astype(np.int64)  # ties: the shorter probe
+    c_opt = expected_optimal_depth(k, alpha, settings.cost, c_lo, c_hi, integer=True)
     risk = l_int.mean(axis=1) + _expected_decay(k, alpha, c_opt)
     if settings.budget is not None:
         steps = allocate_budget(k, alpha, settings.budget, c_lo, c_hi)
@@ -261,8 +210,8 @@ def plan_from_draws(task_ids, l_int, k, alpha, settings: PlanSettings):
 
 
 def compute_plan(model, tasks_df, settings: PlanSettings = PlanSettings()):
-    """Plan every task of ``tasks_df`` with a fitted :class:`planner.RiskModel`; returns (plan, draws)."""
-    from planner._tables import validate_tasks
+    """Plan every task of ``tasks_df`` with a fitted :class:`plan_probe.RiskModel`; returns (plan, draws)."""
+    from plan_probe._tables import validate_tasks
 
     tasks, _ = validate_tasks(tasks_df, model.static_features_)
     settings.check_budget(len(tasks))

@@ -97,8 +97,9 @@ def plot_risk_curve(ax, row, settings, draws=None):
     ax.plot(d["c"], d["mean"], color=colour, label="posterior mean L(c)")
     if d["lo"] is not None:
         ax.fill_between(d["c"], d["lo"], d["hi"], color=colour, alpha=0.2, label="80% band")
-    ax.axvline(d["c_opt"], color="k", ls="--", lw=1, label=f"c_opt = {d['c_opt']}")
-    ax.plot([d["c_opt"]], [d["risk_at_c_opt"]], "ko", ms=4)
+    if d["c_opt"] > 0:  # c_opt = 0 (decide without a probe) has no place on a log axis
+        ax.axvline(d["c_opt"], color="k", ls="--", lw=1, label=f"c_opt = {d['c_opt']}")
+        ax.plot([d["c_opt"]], [d["risk_at_c_opt"]], "ko", ms=4)
     ax.axhline(settings.target_rmse**2, color="grey", ls=":", lw=1, label=r"$\varepsilon^2$")
     ax.set_xscale("log")
     ax.set_yscale("log")

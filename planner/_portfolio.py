@@ -23,6 +23,7 @@ _BUILTIN_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "seed")
 # Hyperparameters a candidate may set (names of probes.ProbeConfig).
 _HP_KEYS = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_length")
 _DEVICES = ("cpu", "cuda")
+_OBJECTIVES = ("auto", "decision", "risk")
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,12 @@ class Candidate:
     dataset: DatasetSource
     hyperparameters: dict
     full_steps: int
+    full_cost: float | None = None
 
     def to_dict(self) -> dict:
         hps = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.hyperparameters.items())}
-        return {"name": self.name, "dataset": self.dataset.to_dict(), "hyperparameters": hps, "full_steps": self.full_steps}
+        return {"name": self.name, "dataset": self.dataset.to_dict(), "hyperparameters": hps, "full_steps": self.full_steps,
+                "full_cost": self.full_cost}
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,19 @@ class Portfolio:
     coverage : nominal coverage of the prediction intervals.
     go_probability : a run is "go" when P(score >= threshold) reaches it.
     step_cost, risk_weight, target_rmse, min_depth, max_depth : the plan's lambda, gamma, epsilon,
-        c_min, c_max (DESIGN.md Sec. 1).
+        c_min, c_max (docs/theory.md §1).
     risk_model, predictor, predictor_static : ``"default"`` (shipped with the package) or a path.
     static_sample : examples used by the model/encoder-based static descriptors (seeded).
     fixed_probe_steps : the fixed probe the report compares the plan against (TuneAhead: 100).
     device : ``"cpu"``, ``"cuda"`` or None (CUDA when available); ``"cuda"`` makes each Ray probe
         task ask for one GPU.
     max_retries : retries of a failing probe before it is recorded as failed.
+    objective : ``"decision"`` (probe lengths minimise the expected go/no-go loss plus probe cost,
+        docs/guide/decision.md) or ``"risk"`` (Thm. 6.1). The file's ``"auto"`` (default) resolves
+        to decision when every candidate has ``full_steps`` or ``full_cost`` (its own or from
+        [defaults]), else risk.
+    launch_cost, kill_cost : decision costs of launching a run that ends below τ and of not launching
+        one that would reach it, in the unit of ``step_cost`` (None: each candidate's full cost).
     """
 
     name: str
@@ -95,7 +104,14 @@ class Portfolio:
     fixed_probe_steps: int = 100
     device: str | None = None
     max_retries: int = 1
+    objective: str = "risk"
+    launch_cost: float | None = None
+    kill_cost: float | None = None
     base_dir: str = "."
+
+    def full_costs(self) -> list[float]:
+        """Each candidate's full-run cost: its ``full_cost``, else ``full_steps`` x ``step_cost``."""
+        return [c.full_cost if c.full_cost is not None else c.full_steps * self.step_cost for c in self.candidates]
 
     def resolve(self, path: str) -> Path:
         """A path from the portfolio file, relative to the file's folder."""
@@ -103,8 +119,8 @@ class Portfolio:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def model_spec(self) -> str:
-        """The model as ``probes.resolve_model`` takes it: a built-in name or a resolved path."""
-        from probes._models import BUILTIN_MODELS
+        """The model as ``plan_probe.probes.resolve_model`` takes it: a built-in name or a resolved path."""
+        from plan_probe.probes._models import BUILTIN_MODELS
 
         return self.model if self.model in BUILTIN_MODELS else str(self.resolve(self.model))
 
@@ -113,15 +129,10 @@ class Portfolio:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("candidates", "base_dir")}
 
     def to_dict(self) -> dict:
-        """JSON-ready description with the plan-probe version (settings and candidates)."""
-        from planner._version import __version__
+        """JSON-ready description (format ``plan-probe/portfolio``): settings and candidates."""
+        from plan_probe.probes._formats import PORTFOLIO
 
-        return {
-            "kind": "portfolio",
-            "plan_probe_version": __version__,
-            "settings": self.settings_dict(),
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
+        return PORTFOLIO.stamp({"settings": self.settings_dict(), "candidates": [c.to_dict() for c in self.candidates]})
 
 
 def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
@@ -167,7 +178,7 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
                 options[key] = _number(f"{where}.{key}", options[key], positive=False)
         if options.get("imbalance") == 0:
             options["imbalance"] = None  # 0 means "keep the corpus proportions", as in the meta-dataset specs
-        from experiments.instruct_data import SentimentVariant
+        from plan_probe.probes._instruct_data import SentimentVariant
 
         try:
             SentimentVariant(**options)
@@ -178,8 +189,8 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
 
 
 def _hyperparameters(where: str, hps: dict) -> dict:
-    """Validate hyperparameters with ``probes.ProbeConfig`` itself (one source of truth)."""
-    from probes._config import ProbeConfig
+    """Validate hyperparameters with ``plan_probe.probes.ProbeConfig`` itself (one source of truth)."""
+    from plan_probe.probes._config import ProbeConfig
 
     hps = dict(hps)
     if "target_modules" in hps:
@@ -209,16 +220,19 @@ def _candidate(index: int, raw: Any, defaults: dict, seen: set[str], base_dir: P
     if name in seen:
         raise _err(f"{where}.name", "must be unique", name, "rename one of the candidates")
     seen.add(name)
-    unknown = sorted(set(raw) - {"name", "dataset", "full_steps", *_HP_KEYS})
+    unknown = sorted(set(raw) - {"name", "dataset", "full_steps", "full_cost", *_HP_KEYS})
     if unknown:
-        raise _err(f"candidate {name!r}", f"has unknown keys (allowed: name, dataset, full_steps, {', '.join(_HP_KEYS)})", unknown, "remove or rename them")
+        raise _err(f"candidate {name!r}", f"has unknown keys (allowed: name, dataset, full_steps, full_cost, {', '.join(_HP_KEYS)})",
+                   unknown, "remove or rename them")
     if "dataset" not in raw:
         raise _err(f"candidate {name!r}", "must set dataset", None, 'add dataset = "path.jsonl" or a builtin table')
     hps = {k: raw.get(k, defaults.get(k)) for k in _HP_KEYS if k in raw or k in defaults}
     hps = _hyperparameters(f"candidate {name!r}", hps)
     full_steps = _number(f"candidate {name!r}.full_steps", raw.get("full_steps", defaults.get("full_steps", 1000)), integer=True)
+    full_cost = raw.get("full_cost", defaults.get("full_cost"))
+    full_cost = None if full_cost is None else _number(f"candidate {name!r}.full_cost", full_cost)
     dataset = _dataset(f"candidate {name!r}.dataset", raw["dataset"], base_dir)
-    return Candidate(name=name, dataset=dataset, hyperparameters=hps, full_steps=full_steps)
+    return Candidate(name=name, dataset=dataset, hyperparameters=hps, full_steps=full_steps, full_cost=full_cost)
 
 
 def load_portfolio(path: str | Path) -> Portfolio:
@@ -238,9 +252,9 @@ def load_portfolio(path: str | Path) -> Portfolio:
     if not isinstance(settings, dict) or not isinstance(defaults, dict):
         raise _err("[portfolio] and [defaults]", "must be tables", type(settings).__name__, "write them as [portfolio] / [defaults] sections")
     settings, defaults = dict(settings), dict(defaults)
-    bad_defaults = sorted(set(defaults) - {*_HP_KEYS, "full_steps"})
+    bad_defaults = sorted(set(defaults) - {*_HP_KEYS, "full_steps", "full_cost"})
     if bad_defaults:
-        raise _err("[defaults]", f"may only set {', '.join(_HP_KEYS)}, full_steps", bad_defaults, "remove the others")
+        raise _err("[defaults]", f"may only set {', '.join(_HP_KEYS)}, full_steps, full_cost", bad_defaults, "remove the others")
     allowed = {f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
@@ -259,6 +273,13 @@ def load_portfolio(path: str | Path) -> Portfolio:
     device = settings.get("device")
     if device is not None and device not in _DEVICES:
         raise _err("device", f"must be one of {_DEVICES} (or left out)", device, 'use device = "cuda" for a GPU')
+    objective = settings.get("objective", "auto")
+    if objective not in _OBJECTIVES:
+        raise _err("objective", f"must be one of {_OBJECTIVES}", objective, 'use objective = "decision"')
+    if objective == "auto":
+        # decision needs a full-run cost per candidate: full_steps or full_cost, set in the file
+        costed = all(any(k in raw for k in ("full_steps", "full_cost")) for raw in raw_candidates if isinstance(raw, dict))
+        objective = "decision" if costed or any(k in defaults for k in ("full_steps", "full_cost")) else "risk"
     portfolio = Portfolio(
         name=str(settings.get("name", p.stem)),
         model=str(settings.get("model", "smollm2-135m-instruct")),
@@ -280,6 +301,9 @@ def load_portfolio(path: str | Path) -> Portfolio:
         fixed_probe_steps=_number("fixed_probe_steps", settings.get("fixed_probe_steps", 100), integer=True),
         device=device,
         max_retries=_number("max_retries", settings.get("max_retries", 1), positive=False, integer=True),
+        objective=objective,
+        launch_cost=None if settings.get("launch_cost") is None else _number("launch_cost", settings["launch_cost"]),
+        kill_cost=None if settings.get("kill_cost") is None else _number("kill_cost", settings["kill_cost"]),
         base_dir=str(base_dir),
     )
     for key in ("coverage", "go_probability"):
@@ -294,7 +318,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
     if portfolio.min_depth > portfolio.max_depth:
         raise _err("min_depth", "must not exceed max_depth", (portfolio.min_depth, portfolio.max_depth), "swap them")
     need = portfolio.min_depth * len(candidates)
-    if portfolio.budget is not None and portfolio.budget < need:
+    if portfolio.objective == "risk" and portfolio.budget is not None and portfolio.budget < need:
         raise ValueError(
             f"budget must cover min_depth for every candidate ({portfolio.min_depth} x {len(candidates)} = {need} steps), "
             f"but got budget={portfolio.budget:g}; raise budget to at least {need} or lower min_depth."
@@ -308,7 +332,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
 
 
 def _builtin_models() -> tuple[str, ...]:
-    from probes._models import BUILTIN_MODELS
+    from plan_probe.probes._models import BUILTIN_MODELS
 
     return tuple(BUILTIN_MODELS)
 

@@ -1,12 +1,33 @@
-"""The shared LightGBM predictor (DESIGN §5): one regressor for every probe depth, conformal
-intervals, P(score >= tau), grouped TreeSHAP, saved as LightGBM text plus a JSON sidecar.
+"""The shared predictor (docs/theory.md §5): one regressor for every probe depth, CV+ intervals,
+P(score >= tau), exact grouped SHAP, saved as LightGBM text plus a JSON sidecar (no pickle).
 
-Conformal calibration uses out-of-fold (OOF) residuals from an internal grouped K-fold at fit time
-(CV+-style): every training row serves as a calibration point without giving up training data, and
-the folds are grouped by run id so rows of one run at several depths never calibrate each other.
-Residuals are normalised by a per-row scale: sqrt(L(c)) from a risk model when one is given,
-otherwise (when ``depth`` is a feature) the root-mean-square OOF residual at that depth, because
-the residual spread falls with depth; without either the scale is 1 (plain split conformal).
+Model. Without ``tune`` the model is TuneAhead's LightGBM configuration (bagging actually on).
+With ``tune`` it is a convex blend of learners chosen by grouped inner cross-validation on the
+training rows only (:mod:`plan_probe._search`): a standardised ridge, LightGBM trees, LightGBM
+linear trees and a ridge + boosted-residual stack (:mod:`plan_probe._learners`), so the model is
+linear where the data are linear and non-linear where they are not.
+
+Intervals: CV+ (Barber, Candès, Ramdas & Tibshirani 2021, "Predictive inference with the
+jackknife+", Ann. Statist. 49(1), §3.4). The runs are split into K grouped folds; the fold model
+μ₋ₖ is the *whole* training algorithm (search and blend included) applied to the runs outside fold
+k, and R_i = |y_i − μ₋ₖ₍ᵢ₎(x_i)| / s₋ₖ₍ᵢ₎(x_i) is its normalised residual on run i. At x the interval is
+
+    [ q⁻_α{ μ₋ₖ₍ᵢ₎(x) − s₋ₖ₍ᵢ₎(x) R_i },  q⁺_α{ μ₋ₖ₍ᵢ₎(x) + s₋ₖ₍ᵢ₎(x) R_i } ]
+
+with q⁻ the ⌊α(n+1)⌋-th smallest and q⁺ the ⌈(1−α)(n+1)⌉-th smallest of the n values. Guarantee
+(their Theorem 4): for a new run exchangeable with the n training runs, P(y ∈ interval) ≥ 1 − 2α −
+√(2/n) in the worst case, and ≈ 1 − α in practice (slightly above: fold models train on (K−1)/K of
+the data). The guarantee needs one calibration row per run, which holds when every run has one
+row or the model is used at one ``target_depth`` (calibrated on that depth's rows). With several
+depths per run pooled, scores are normalised by a per-fold depth scale and the guarantee is
+approximate. Because every fold model repeats the selection, the selection's optimism does not
+enter the residuals. ``P(score >= tau)`` comes from the same CV+ values with signed residuals:
+(1 + #{i: μ₋ₖ₍ᵢ₎(x) + s₋ₖ₍ᵢ₎(x) r_i ≥ τ}) / (n + 2).
+
+Scale s: sqrt(L(c)) from a risk model when one is given (normalised scores, fixed in advance);
+otherwise, with several depths pooled, the root-mean-square of the fold model's own inner
+out-of-fold residuals at each depth (fitted within D \\ F_k, so it is part of the fold's algorithm);
+otherwise 1.
 """
 
 from __future__ import annotations
@@ -21,21 +42,77 @@ from pathlib import Path
 
 import numpy as np
 
-from planner._meta import GROUPS, feature_group
+from plan_probe._learners import Family, Member, blend_predict, blend_shap, group_folds
+from plan_probe._meta import GROUPS, feature_group
+from plan_probe.probes._formats import FileFormat
 
-__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "group_folds", "TUNE_GRID", "FULL_TOP", "FULL_SEEDS"]
+__all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "PREDICTOR_FORMAT", "group_folds", "SEARCH_SPACES",
+           "FULL_TOP", "FULL_SEEDS"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "plan-probe-predictor/2"
-_FORMAT_V1 = "plan-probe-predictor/1"  # single booster; still loaded
-# Inner-CV grid of ``tune=True``: (num_leaves, n_estimators) at the configured learning rate.
-TUNE_GRID = {"bagging": (True, False), "num_leaves": (4, 8), "n_estimators": (60, 140, 300, 600, 1000)}
+FORMAT = "plan-probe/predictor"
+
+
+def _predictor_v1_to_v2(side: dict) -> dict:
+    """Schema 1 held one booster: ``model_file`` / ``model_sha256`` were strings."""
+    return {**side, "model_files": [side.get("model_file")], "model_sha256": [side.get("model_sha256")]}
+
+
+def _predictor_v2_to_v3(side: dict) -> dict:
+    """Schema 2: LightGBM boosters averaged, calibrated on the refitted model's OOF residuals.
+
+    Schema 3 describes every member (kind, weight, linear part, booster file) and the CV+ fold
+    models. A schema-2 predictor keeps its intervals exactly: no fold models (``folds`` empty), every
+    calibration score refers to the final model (fold -1), i.e. the refitted model ± a quantile of
+    its residuals, as before.
+    """
+    side = dict(side)
+    files = list(side.get("model_files") or [])
+    old = list(side.get("members") or [{"scope": side.get("scope", "all"), "n_estimators": side.get("n_estimators")}])
+    if len(old) != len(files):
+        old = [dict(old[0]) for _ in files]
+    side["members"] = [
+        {"kind": "gbdt", "weight": 1.0 / max(len(files), 1), "model_file": f, "num_iteration": None, "linear": None,
+         "standardise": None, "clip": None, **{k: v for k, v in m.items() if k != "kind"}}
+        for m, f in zip(old, files)
+    ]
+    scores = list(side.pop("calibration_scores", []))
+    side["cv_plus"] = {"method": "oof-split (schema 2: no coverage guarantee)", "folds": [], "fold_depth_scale": [],
+                       "scores": scores, "score_folds": [-1] * len(scores)}
+    return side
+
+
+#: Schemas 1 and 2 are the layouts of plan-probe 0.1.0 ("plan-probe-predictor/1" and "/2").
+PREDICTOR_FORMAT = FileFormat(FORMAT, 3, "refit it with plan-probe fit-predictor",
+                              migrations={1: _predictor_v1_to_v2, 2: _predictor_v2_to_v3},
+                              legacy_names={"plan-probe-predictor/1": 1, "plan-probe-predictor/2": 2})
+
+_GBDT_TREES = (25, 50, 100, 200, 350, 500)
+_SHORT = (10, 25, 50, 100, 200)
+_RECIPE_TREES = (60, 140, 300, 600)
+#: Candidate families of ``tune=True`` by ``PredictorConfig.search``; each family's tree count is
+#: chosen from its path by the inner CV (one fit per path). The searched boosters use learning
+#: rate 0.1 (half the trees of TuneAhead's 0.05 for the same fit); the recipe keeps 0.05.
+SEARCH_SPACES = {
+    "full": (
+        Family("ridge"),
+        Family("stack", min_child_samples=10, trees=_SHORT, learning_rate=0.1),
+        Family("gbdt", min_child_samples=5, trees=_GBDT_TREES, learning_rate=0.1),
+        Family("gbdt", min_child_samples=20, trees=_GBDT_TREES, learning_rate=0.1),
+        Family("linear_tree", min_child_samples=20, trees=_SHORT, learning_rate=0.1),
+    ),
+    # TuneAhead's family (4 leaves, learning rate 0.05, bagging off as released) with
+    # min_child_samples and the tree count tuned
+    "recipe": tuple(Family("gbdt", bagging=False, min_child_samples=m, trees=_RECIPE_TREES) for m in (5, 10, 20)),
+    "ridge": (Family("ridge"),),
+    "mean": (Family("mean"),),
+}
 _MIN_ROWS_PER_DEPTH = 20
-# The tuned ("full") predictor of fit-predictor and evaluate averages the FULL_TOP best inner-CV
-# candidates, each with FULL_SEEDS seeds.
+# The tuned ("full") predictor of fit-predictor and evaluate blends at most FULL_TOP members,
+# each averaged over FULL_SEEDS seeds.
 FULL_TOP = 3
-FULL_SEEDS = 5
+FULL_SEEDS = 1
 
 
 @dataclass(frozen=True)
@@ -43,12 +120,11 @@ class PredictorConfig:
     """Settings of :class:`ProbePredictor`; defaults are TuneAhead's released configuration.
 
     ``subsample_freq=1`` actually enables bagging (TuneAhead set ``subsample`` without it, so its
-    bagging never ran). ``tune`` picks (num_leaves, n_estimators) from :data:`TUNE_GRID` by grouped
-    inner cross-validation on the training data only. The model averages ``n_top`` × ``n_seeds``
-    boosters: the ``n_top`` best candidates of that search, each with seeds ``seed, seed+1, ...``
-    (different row and column samples). On meta-datasets of a few hundred runs the search's
-    choice and one booster's sampling are both visible parts of the error; averaging removes much
-    of it. ``go_probability``: a run is "go" when P(score >= tau) reaches it.
+    bagging never ran). ``tune`` searches the families of ``SEARCH_SPACES[search]`` by grouped
+    inner CV on the training data only and blends at most ``n_top`` of them (``n_top = 1``: the best
+    one); each LightGBM member is averaged over ``n_seeds`` seeds ``seed, seed+1, ...``.
+    ``calibration_folds`` is K of the grouped CV+ folds (and of the nested search).
+    ``go_probability``: a run is "go" when P(score >= tau) reaches it.
     """
 
     learning_rate: float = 0.05
@@ -60,12 +136,13 @@ class PredictorConfig:
     min_child_samples: int = 20
     reg_lambda: float = 1.0
     seed: int = 0
-    calibration_folds: int = 10
+    calibration_folds: int = 5
     depth_scale: bool = True
     tune: bool = False
     go_probability: float = 0.5
     n_top: int = 1
     n_seeds: int = 1
+    search: str = "full"
 
     def __post_init__(self):
         checks = [
@@ -81,6 +158,7 @@ class PredictorConfig:
             ("go_probability", 0 < self.go_probability < 1, "pass a value in (0, 1)"),
             ("n_top", int(self.n_top) >= 1, "pass 1 or more"),
             ("n_seeds", int(self.n_seeds) >= 1, "pass 1 or more"),
+            ("search", self.search in SEARCH_SPACES, f"pick one of {sorted(SEARCH_SPACES)}"),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -107,10 +185,15 @@ class PredictorConfig:
         params.update(override)
         return params
 
-    def to_dict(self) -> dict:
-        from planner._version import __version__
+    def families(self) -> tuple:
+        """The candidate families: the search space with ``tune``, else TuneAhead's single model."""
+        if self.tune:
+            return SEARCH_SPACES[self.search]
+        return (Family("gbdt", num_leaves=int(self.num_leaves), min_child_samples=int(self.min_child_samples),
+                       bagging=int(self.subsample_freq) > 0, trees=(int(self.n_estimators),)),)
 
-        return {**dataclasses.asdict(self), "plan_probe_version": __version__}
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictorConfig":
@@ -119,28 +202,6 @@ class PredictorConfig:
         if unknown:
             raise ValueError(f"predictor config keys must be known, but got {sorted(unknown)}; remove them.")
         return cls(**{k: v for k, v in data.items() if k in fields})
-
-
-def group_folds(ids, k: int, seed: int) -> np.ndarray:
-    """Fold index per row with all rows of one id in the same fold (ids shuffled by ``seed``)."""
-    ids = np.asarray(ids).astype(str)
-    uniq = np.unique(ids)
-    if len(uniq) < k:
-        raise ValueError(
-            f"grouped folds need at least as many distinct ids as folds, but got {len(uniq)} ids for {k} folds; "
-            "lower the number of folds or add runs."
-        )
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    fold_of = np.empty(len(uniq), dtype=int)
-    fold_of[order] = np.arange(len(uniq)) % k
-    return fold_of[np.searchsorted(uniq, ids)]
-
-
-def _train(params: dict, X: np.ndarray, y: np.ndarray, n_estimators: int, names):
-    import lightgbm as lgb
-
-    data = lgb.Dataset(X, label=y, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
-    return lgb.train(params, data, num_boost_round=int(n_estimators))
 
 
 def _as_frame(X, names=None):
@@ -155,41 +216,82 @@ def _as_frame(X, names=None):
     return pd.DataFrame(X, columns=list(names))
 
 
+def _members_from(entries: list, blend: list, cands: list) -> list:
+    """Member objects of a blend: each entry's weight split evenly over its seeds."""
+    import lightgbm as lgb
+
+    out = []
+    for (c, t, w), runs in zip(blend, entries):
+        fam, scope = cands[c].family, cands[c].scope
+        for run in runs:
+            booster = run.get("booster")
+            if isinstance(booster, str):
+                booster = lgb.Booster(model_str=booster)
+            info = {"scope": scope, "seed": run.get("seed"), **_family_info(fam, t)}
+            if run.get("linear") and run["linear"].get("alpha") is not None:
+                info["alpha"] = run["linear"]["alpha"]
+            out.append(Member(fam.kind, w / len(runs), run.get("linear"), run.get("standardise"), booster,
+                              run.get("num_iteration"), info, run.get("clip")))
+    return out
+
+
+def _family_info(fam: Family, trees: int) -> dict:
+    if fam.kind in ("mean", "ridge"):
+        return {"kind": fam.kind}
+    info = {"kind": fam.kind, "bagging": bool(fam.bagging), "num_leaves": int(fam.num_leaves),
+            "min_child_samples": int(fam.min_child_samples), "n_estimators": int(trees)}
+    if fam.learning_rate is not None:
+        info["learning_rate"] = float(fam.learning_rate)
+    return info
+
+
+def _rank(n: int, coverage: float) -> tuple[int, int]:
+    """CV+ ranks (⌊α(n+1)⌋, ⌈(1−α)(n+1)⌉) with α = 1 − coverage (rounded against float noise)."""
+    lo = math.floor(round((1.0 - coverage) * (n + 1), 9))
+    hi = math.ceil(round(coverage * (n + 1), 9))
+    return lo, hi
+
+
 class ProbePredictor:
-    """One LightGBM regressor shared by all probe depths, with conformal intervals and grouped SHAP.
+    """The shared predictor of every probe depth, with CV+ intervals and exact grouped SHAP.
 
     Parameters
     ----------
     config : PredictorConfig, optional
         Settings (TuneAhead's configuration with bagging on by default).
     feature_groups : dict, optional
-        Feature -> group; default from :func:`planner._meta.feature_group`.
+        Feature -> group; default from :func:`plan_probe._meta.feature_group`.
+    n_jobs : int
+        Processes for the independent fits of :meth:`fit` (the result does not depend on it).
 
     Attributes
     ----------
-    boosters_ : list of lightgbm.Booster
-        ``config.n_top`` × ``config.n_seeds`` boosters whose predictions are averaged; ``members_``
-        says which candidate and seed each one is.
-    feature_names_, feature_groups_ : list, dict
-    params_ : dict
-        The LightGBM parameters used (after tuning), ``n_estimators_`` the number of trees.
-    scores_ : ndarray
-        Sorted signed OOF residuals divided by the row scale (the conformal calibration scores).
+    blend_ : list of Member
+        The final model: ``sum(weight × member(x))``; ``members_`` describes each (kind, scope,
+        weight, seed, settings) and ``boosters_`` lists the LightGBM boosters among them.
+    fold_models_ : list of list of Member
+        The CV+ fold models (the training algorithm on the runs outside each fold).
+    scores_, score_folds_ : ndarray
+        Signed normalised calibration residuals r_i = (y_i − μ₋ₖ₍ᵢ₎(x_i)) / s₋ₖ₍ᵢ₎(x_i) and their
+        fold k(i) (-1: the final model, for predictors migrated from schema 2).
     scale_mode_ : str
         ``"risk"`` (external scale, e.g. sqrt(L(c)) of a risk model), ``"depth"`` or ``"none"``.
-    depth_scale_ : dict
-        Depth -> RMS OOF residual (``scale_mode_ == "depth"``).
+    fold_depth_scale_ : list of dict
+        Per fold, depth -> RMS inner OOF residual (``scale_mode_ == "depth"``); ``depth_scale_`` the
+        same from the nested OOF residuals of all rows.
     oof_pred_ : ndarray
-        Out-of-fold predictions of the training rows; ``cv_rmse_`` their RMSE.
+        μ₋ₖ₍ᵢ₎(x_i), the nested out-of-fold predictions (NaN off the calibration rows' scope);
+        ``cv_rmse_`` their RMSE on the scored rows. ``cv_scores_``: inner-CV RMSE of every candidate.
     """
 
-    def __init__(self, config: PredictorConfig | None = None, feature_groups: dict | None = None):
+    def __init__(self, config: PredictorConfig | None = None, feature_groups: dict | None = None, n_jobs: int = 1):
         self.config = config
         self.feature_groups = feature_groups
+        self.n_jobs = n_jobs
 
     # ----------------------------------------------------------------------------------------- fit
     def fit(self, X, y, *, groups=None, scale=None, target_depth=None) -> "ProbePredictor":
-        """Fit the shared regressor and its conformal calibration.
+        """Fit the model, its CV+ fold models and calibration.
 
         Parameters
         ----------
@@ -198,15 +300,16 @@ class ProbePredictor:
         y : array (n,)
             Label; a named pandas Series records its name.
         groups : array (n,), optional
-            Run ids for the grouped calibration folds (default: every row its own group).
+            Run ids: folds never split a run (default: every row its own run).
         scale : array (n,), optional
             Positive per-row scale (e.g. sqrt of a risk model's expected L(c)) for normalised scores.
         target_depth : float, optional
-            With ``tune`` and a ``depth`` feature: the model will be used at this depth only, so the
-            inner CV scores candidates on that depth's rows, and it may also choose to train on
-            that depth's rows alone (scope ``"target"``) instead of every depth (``"all"``) when
-            the other depths do not help there.
+            With a ``depth`` feature: the model will be used at this depth only, so candidates are
+            scored and the intervals calibrated on that depth's rows; with ``tune`` a candidate may
+            also train on those rows alone (scope ``"target"``) instead of every depth (``"all"``).
         """
+        from plan_probe._search import Candidate, search
+
         cfg = self.config or PredictorConfig()
         frame = _as_frame(X)
         names = [str(c) for c in frame.columns]
@@ -224,8 +327,6 @@ class ProbePredictor:
         self.label_name_ = getattr(y, "name", None)
         self.n_features_in_ = len(names)
 
-        folds = group_folds(groups, cfg.calibration_folds, cfg.seed)
-        base = cfg.lgbm_params()
         at_target = np.ones(len(ya), dtype=bool)
         scopes = ["all"]
         if target_depth is not None and "depth" in names:
@@ -234,113 +335,82 @@ class ProbePredictor:
                 raise ValueError(f"target_depth must be a depth present in the data, but got {target_depth=}; pick a recorded depth.")
             if cfg.tune and not at_target.all():
                 scopes.append("target")
-        if cfg.tune:
-            grid = [(bag, nl, ne) for bag in TUNE_GRID["bagging"] for nl in TUNE_GRID["num_leaves"] for ne in TUNE_GRID["n_estimators"]]
-        else:
-            grid = [(int(cfg.subsample_freq) > 0, int(cfg.num_leaves), int(cfg.n_estimators))]
-        candidates = [(scope, *g) for scope in scopes for g in grid]
-        oof = {c: np.full(len(ya), np.nan) for c in candidates}
-        for scope in scopes:
-            rows = at_target if scope == "target" else np.ones(len(ya), dtype=bool)
-            for bag, nl in sorted({g[:2] for g in grid}):
-                trees = [ne for (b, l, ne) in grid if (b, l) == (bag, nl)]
-                params = self._candidate_params(base, (scope, bag, nl, None), cfg)
-                for k in range(cfg.calibration_folds):
-                    tr, te = (folds != k) & rows, (folds == k) & rows
-                    if not te.any() or not tr.any():
-                        continue
-                    booster = _train(params, Xa[tr], ya[tr], max(trees), names)
-                    for ne in trees:  # one fit serves every tree count (predict with fewer iterations)
-                        oof[(scope, bag, nl, ne)][te] = booster.predict(Xa[te], num_iteration=ne)
-        # candidates are scored where the model will be used (the target depth, or every row); ties
-        # go to the shared model, bagging on, fewer trees, fewer leaves
-        rmse = {c: float(np.sqrt(np.nanmean((ya[at_target] - p[at_target]) ** 2))) for c, p in oof.items()}
-        ranked = sorted(candidates, key=lambda c: (rmse[c], c[0] != "all", not c[1], c[3], c[2]))
-        self.cv_scores_ = {_candidate_name(c): rmse[c] for c in candidates}
-        top = ranked[: int(cfg.n_top)]
-        best = top[0]
-        # one target-scoped member makes the whole ensemble a model of the target depth only
-        self.scope_ = "target" if any(c[0] == "target" for c in top) else "all"
-        self.params_ = self._candidate_params(base, best, cfg)
-        self.n_estimators_ = best[3]
-        self.members_ = [
-            {"scope": c[0], "bagging": bool(c[1]), "num_leaves": int(c[2]), "n_estimators": int(c[3]), "seed": int(cfg.seed) + i}
-            for c in top for i in range(int(cfg.n_seeds))
-        ]
-        train_rows = at_target if self.scope_ == "target" else np.ones(len(ya), dtype=bool)
-        self.oof_pred_ = self._ensemble_oof(oof, base, Xa, ya, folds, at_target, names, cfg)
-        self.cv_rmse_ = float(np.sqrt(np.nanmean((ya[at_target] - self.oof_pred_[at_target]) ** 2)))
-        resid = ya - self.oof_pred_
+        cands = [Candidate(f, s) for s in scopes for f in cfg.families()]
+        self.scale_mode_ = self._scale_mode(ext_scale, Xa, names, target_depth is not None, cfg)
+        res = search(Xa, ya, groups, cands, {"all": np.ones(len(ya), dtype=bool), "target": at_target}, at_target,
+                     cfg.lgbm_params(), seed=int(cfg.seed), n_top=int(cfg.n_top), n_seeds=int(cfg.n_seeds),
+                     calibration_folds=int(cfg.calibration_folds), depth_scale=self.scale_mode_ == "depth",
+                     n_jobs=int(self.n_jobs), names=names)
+        blend = res.blend
+        self.blend_ = _members_from(res.members, blend, cands)
+        self.fold_models_ = [_members_from(fm, blend, cands) for fm in res.fold_members]
+        self.cv_scores_ = res.cv_scores
+        self.oof_pred_ = res.oof_pred
+        self.scope_ = "target" if any(cands[c].scope == "target" for c, _, _ in blend) else "all"
+        self._describe_members()
 
-        self.depth_scale_ = {}
-        if ext_scale is not None:
-            self.scale_mode_ = "risk"
-            s = ext_scale
-        elif cfg.depth_scale and "depth" in names and self.scope_ == "all":
+        # per-fold depth scale from residuals learnt without that fold (part of its algorithm)
+        self.fold_depth_scale_, self.depth_scale_ = [], {}
+        if self.scale_mode_ == "depth" and res.scale_pred:
             depth = Xa[:, names.index("depth")]
-            levels, counts = np.unique(depth, return_counts=True)
-            if len(levels) > 1 and counts.min() >= _MIN_ROWS_PER_DEPTH:
-                self.scale_mode_ = "depth"
-                self.depth_scale_ = {
-                    float(d): max(float(np.sqrt(np.mean(resid[depth == d] ** 2))), 1e-12) for d in levels
-                }
-                s = self._depth_scale(depth)
-            else:
-                self.scale_mode_ = "none"
-                s = np.ones_like(ya)
-        else:
+            self.fold_depth_scale_ = [_depth_rms(ya - p, depth) for p in res.scale_pred]
+            self.depth_scale_ = _depth_rms(ya - self.oof_pred_, depth)
+        elif self.scale_mode_ == "depth":
             self.scale_mode_ = "none"
-            s = np.ones_like(ya)
-        self.scores_ = np.sort((resid / s)[train_rows])
-        self.boosters_ = []
-        for member in self.members_:
-            rows = at_target if member["scope"] == "target" else np.ones(len(ya), dtype=bool)
-            params = self._member_params(base, member, cfg)
-            self.boosters_.append(_train(params, Xa[rows], ya[rows], member["n_estimators"], names))
-        # the training range of every feature, to flag rows the model can only extrapolate to
+        calib = (res.calib_folds >= 0) & at_target & np.isfinite(res.fold_pred)
+        folds = res.calib_folds[calib]
+        s = self._fold_scales(Xa[calib], ext_scale[calib] if ext_scale is not None else None, folds)
+        self.cv_rmse_ = float(np.sqrt(np.mean((ya[calib] - res.fold_pred[calib]) ** 2)))
+        scores = (ya[calib] - res.fold_pred[calib]) / s
+        order = np.argsort(scores, kind="stable")
+        self.scores_ = scores[order]
+        self.score_folds_ = folds[order]
+        self.calibration_method_ = f"cv+ ({res.design})"
         self.feature_ranges_ = {n: [float(Xa[:, j].min()), float(Xa[:, j].max())] for j, n in enumerate(names)}
-        self.label_stats_ = {
-            "min": float(ya.min()),
-            "max": float(ya.max()),
-            "mean": float(ya.mean()),
-            "std": float(ya.std()),
-            "n": int(len(ya)),
-        }
+        self.label_stats_ = {"min": float(ya.min()), "max": float(ya.max()), "mean": float(ya.mean()),
+                             "std": float(ya.std()), "n": int(len(ya))}
         return self
 
     # ------------------------------------------------------------------------------------ helpers
     @staticmethod
-    def _candidate_params(base: dict, cand: tuple, cfg: PredictorConfig) -> dict:
-        _, bagging, leaves, _ = cand
-        return {**base, "num_leaves": int(leaves), "bagging_freq": int(cfg.subsample_freq or 1) if bagging else 0}
+    def _scale_mode(ext_scale, Xa, names, has_target: bool, cfg) -> str:
+        if ext_scale is not None:
+            return "risk"
+        if not cfg.depth_scale or "depth" not in names or has_target:
+            return "none"
+        levels, counts = np.unique(Xa[:, names.index("depth")], return_counts=True)
+        return "depth" if len(levels) > 1 and counts.min() >= _MIN_ROWS_PER_DEPTH else "none"
 
-    def _member_params(self, base: dict, member: dict, cfg: PredictorConfig) -> dict:
-        cand = (member["scope"], member["bagging"], member["num_leaves"], member["n_estimators"])
-        return {**self._candidate_params(base, cand, cfg), "seed": member["seed"]}
+    def _describe_members(self) -> None:
+        self.members_ = [{**m.info, "weight": float(m.weight)} for m in self.blend_]
+        self.boosters_ = [m.booster for m in self.blend_ if m.booster is not None]
+        trees = sorted((m for m in self.blend_ if m.booster is not None), key=lambda m: -m.weight)
+        cfg = self.config or PredictorConfig()
+        if trees:
+            info = trees[0].info
+            self.params_ = cfg.lgbm_params(num_leaves=info.get("num_leaves", cfg.num_leaves),
+                                           min_data_in_leaf=info.get("min_child_samples", cfg.min_child_samples),
+                                           bagging_freq=int(cfg.subsample_freq or 1) if info.get("bagging", True) else 0)
+            self.n_estimators_ = int(info.get("n_estimators") or trees[0].booster.current_iteration())
+        else:
+            self.params_ = cfg.lgbm_params()
+            self.n_estimators_ = 0
 
-    def _ensemble_oof(self, oof: dict, base: dict, Xa, ya, folds, at_target, names, cfg) -> np.ndarray:
-        """Out-of-fold predictions of the averaged members, on the calibration folds of the search.
+    def _fold_scales(self, Xa, ext, folds) -> np.ndarray:
+        """Scale of each calibration row under its own fold's algorithm."""
+        if self.scale_mode_ == "risk":
+            return ext
+        if self.scale_mode_ == "depth":
+            depth = Xa[:, self.feature_names_.index("depth")]
+            out = np.ones(len(depth))
+            for k in np.unique(folds):
+                sel = folds == k
+                out[sel] = _interp_depth(self._depth_table(int(k)), depth[sel])
+            return out
+        return np.ones(Xa.shape[0])
 
-        The conformal scores must come from the model that predicts, so members with a seed other
-        than the search's are refitted on the same folds (the search's own fits are reused).
-        """
-        everywhere = np.ones(len(ya), dtype=bool)
-        total = np.zeros(len(ya))
-        for member in self.members_:
-            cand = (member["scope"], member["bagging"], member["num_leaves"], member["n_estimators"])
-            if member["seed"] == int(cfg.seed):
-                total += oof[cand]
-                continue
-            rows = at_target if member["scope"] == "target" else everywhere
-            scored = at_target if self.scope_ == "target" else everywhere
-            pred = np.full(len(ya), np.nan)
-            params = self._member_params(base, member, cfg)
-            for k in range(cfg.calibration_folds):
-                tr, te = (folds != k) & rows, (folds == k) & scored
-                if te.any() and tr.any():
-                    pred[te] = _train(params, Xa[tr], ya[tr], member["n_estimators"], names).predict(Xa[te])
-            total += pred
-        return total / len(self.members_)
+    def _depth_table(self, k: int) -> dict:
+        return self.depth_scale_ if k < 0 or not self.fold_depth_scale_ else self.fold_depth_scale_[k]
 
     @staticmethod
     def _check_scale(scale, n):
@@ -355,7 +425,7 @@ class ProbePredictor:
         return s
 
     def _check_fitted(self):
-        if not hasattr(self, "boosters_"):
+        if not hasattr(self, "blend_"):
             raise ValueError("the predictor must be fitted first, but it is not; call fit or load.")
 
     def _matrix(self, X) -> np.ndarray:
@@ -372,14 +442,12 @@ class ProbePredictor:
             raise ValueError("feature values must be finite, but got NaN/inf; clean the table before predicting.")
         return Xa
 
-    def _depth_scale(self, depth) -> np.ndarray:
-        levels = np.array(sorted(self.depth_scale_))
-        values = np.array([self.depth_scale_[d] for d in levels])
-        return np.interp(np.log(np.asarray(depth, dtype=float)), np.log(levels), values)
-
     def row_scale(self, X, scale=None) -> np.ndarray:
-        """Per-row interval scale for ``X`` (external ``scale`` required when calibrated with one)."""
+        """Per-row interval scale for ``X`` under the final model (external ``scale`` when calibrated with one)."""
         Xa = self._matrix(X)
+        return self._scale_at(Xa, scale, -1)
+
+    def _scale_at(self, Xa, scale, k: int) -> np.ndarray:
         if self.scale_mode_ == "risk":
             if scale is None:
                 raise ValueError(
@@ -387,55 +455,83 @@ class ProbePredictor:
                 )
             return self._check_scale(scale, Xa.shape[0])
         if self.scale_mode_ == "depth":
-            return self._depth_scale(Xa[:, self.feature_names_.index("depth")])
+            return _interp_depth(self._depth_table(k), Xa[:, self.feature_names_.index("depth")])
         return np.ones(Xa.shape[0])
 
     # ---------------------------------------------------------------------------------- predicting
     def predict(self, X) -> np.ndarray:
-        """Point predictions (label units): the mean of the boosters' predictions."""
+        """Point predictions (label units) of the final model (the weighted blend)."""
+        return blend_predict(self.blend_, self._matrix(X))
+
+    def _cv_plus_parts(self, X, scale):
+        """Point prediction, and per calibration fold: μ₋ₖ(x) and s₋ₖ(x) (fold -1: the final model)."""
         Xa = self._matrix(X)
-        return np.mean([b.predict(Xa) for b in self.boosters_], axis=0)
+        pred = blend_predict(self.blend_, Xa)
+        mus, scales = {}, {}
+        for k in np.unique(self.score_folds_):
+            k = int(k)
+            mus[k] = pred if k < 0 else blend_predict(self.fold_models_[k], Xa)
+            scales[k] = self._scale_at(Xa, scale, k)
+        return pred, mus, scales
+
+    def _values(self, mus, scales, rows, signed: bool, sign: float) -> np.ndarray:
+        """Matrix (len(rows), n) of μ₋ₖ₍ᵢ₎(x) + sign · s₋ₖ₍ᵢ₎(x) · r_i (|r_i| unless ``signed``)."""
+        r = self.scores_ if signed else np.abs(self.scores_)
+        out = np.empty((len(rows), r.size))
+        for k in mus:
+            sel = self.score_folds_ == k
+            out[:, sel] = mus[k][rows, None] + sign * scales[k][rows, None] * r[None, sel]
+        return out
 
     def conformal_quantile(self, coverage: float) -> float:
-        """The ceil((n+1)·coverage)-th smallest absolute calibration score (split conformal)."""
+        """The ⌈coverage·(n+1)⌉-th smallest |calibration score| (raises when there are too few scores)."""
         self._check_fitted()
         if not 0 < coverage < 1:
             raise ValueError(f"coverage must be in (0, 1), but got {coverage=}; pass e.g. 0.9.")
-        abs_scores = np.sort(np.abs(self.scores_))
-        n = abs_scores.size
-        k = math.ceil((n + 1) * coverage)
-        if k > n:
+        n = self.scores_.size
+        lo, hi = _rank(n, coverage)
+        if hi > n or lo < 1:
+            need = max(hi, math.ceil(1.0 / (1.0 - coverage)) - 1)
             raise ValueError(
-                f"coverage needs at least {k} calibration scores, but the predictor has {n} (coverage={coverage}); "
+                f"coverage needs at least {need} calibration scores, but the predictor has {n} (coverage={coverage}); "
                 "lower --coverage or fit on more rows."
             )
-        return float(abs_scores[k - 1])
+        return float(np.sort(np.abs(self.scores_))[hi - 1])
 
     def predict_interval(self, X, coverage: float = 0.9, scale=None):
-        """Point prediction and conformal interval ``(pred, lower, upper)`` at ``coverage``."""
-        q = self.conformal_quantile(coverage)
-        pred = self.predict(X)
-        s = self.row_scale(X, scale)
-        return pred, pred - q * s, pred + q * s
+        """Point prediction and the CV+ interval ``(pred, lower, upper)`` at ``coverage``."""
+        self.conformal_quantile(coverage)  # validates coverage against the number of scores
+        lo_rank, hi_rank = _rank(self.scores_.size, coverage)
+        pred, mus, scales = self._cv_plus_parts(X, scale)
+        lower, upper = np.empty(len(pred)), np.empty(len(pred))
+        for rows in _chunks(len(pred), self.scores_.size):
+            low = self._values(mus, scales, rows, False, -1.0)
+            high = self._values(mus, scales, rows, False, 1.0)
+            lower[rows] = np.partition(low, lo_rank - 1, axis=1)[:, lo_rank - 1]
+            upper[rows] = np.partition(high, hi_rank - 1, axis=1)[:, hi_rank - 1]
+        return pred, lower, upper
 
     def prob_at_least(self, X, threshold: float, scale=None) -> np.ndarray:
-        """P(score >= threshold) from the conformal residual distribution.
+        """P(score >= threshold) from the CV+ predictive distribution.
 
-        Share of calibration residuals r_j with pred + s·r_j >= threshold, with a +1/+2 (Laplace)
-        correction so that a finite calibration set never claims certainty.
+        (1 + #{i: μ₋ₖ₍ᵢ₎(x) + s₋ₖ₍ᵢ₎(x)·r_i ≥ threshold}) / (n + 2) with signed residuals r_i: the
+        share of the same values that form the intervals, with a +1/+2 (Laplace) correction so that
+        a finite calibration set never claims certainty.
         """
-        pred = self.predict(X)
-        s = self.row_scale(X, scale)
-        need = (threshold - pred) / s
+        pred, mus, scales = self._cv_plus_parts(X, scale)
         n = self.scores_.size
-        count = n - np.searchsorted(self.scores_, need, side="left")
-        return (count + 1.0) / (n + 2.0)
+        out = np.empty(len(pred))
+        for rows in _chunks(len(pred), n):
+            vals = self._values(mus, scales, rows, True, 1.0)
+            out[rows] = ((vals >= threshold).sum(axis=1) + 1.0) / (n + 2.0)
+        return out
 
     def outside_range(self, X, *, margin: float = 0.1) -> list[list[str]]:
         """Per row, the features outside their training range widened by ``margin`` × its width.
 
-        Trees predict a constant beyond the last split, so such rows are extrapolations whatever the
-        interval says. Empty lists for a predictor saved without ranges.
+        Tree members predict a constant beyond the last split and linear members extrapolate, so
+        such rows are extrapolations whatever the interval says. Empty lists for a predictor saved
+        without ranges.
         """
         Xa = self._matrix(X)
         out = [[] for _ in range(Xa.shape[0])]
@@ -449,15 +545,14 @@ class ProbePredictor:
         return out
 
     def shap_values(self, X):
-        """Exact TreeSHAP (LightGBM ``pred_contrib``): ``(contributions (n, p), base value (n,))``.
+        """Exact SHAP ``(contributions (n, p), base value (n,))`` of the final model.
 
-        Contributions plus the base value equal the prediction exactly (local accuracy). SHAP
-        values are linear in the model, so those of the seed average are the average of each
-        booster's.
+        TreeSHAP (LightGBM ``pred_contrib``) for tree members, coef × (x − mean) for linear parts,
+        exact baseline Shapley values for linear-tree members (:mod:`plan_probe._learners`); the
+        blend's values are the weighted sum (SHAP is linear in the model), so contributions plus
+        the base value equal the prediction exactly (local accuracy).
         """
-        Xa = self._matrix(X)
-        contrib = np.mean([b.predict(Xa, pred_contrib=True) for b in self.boosters_], axis=0)
-        return contrib[:, :-1], contrib[:, -1]
+        return blend_shap(self.blend_, self._matrix(X))
 
     def explain(self, X, top: int = 3):
         """SHAP contributions summed by group plus the ``top`` features pushing the prediction down.
@@ -485,48 +580,57 @@ class ProbePredictor:
         return pd.DataFrame(out)
 
     # ---------------------------------------------------------------------------------- save/load
-    def _sidecar(self, model_shas: list) -> dict:
+    def save(self, directory, extra: dict | None = None) -> Path:
+        """Write every booster as LightGBM text (``model.txt``, ``model_<i>.txt``) and ``predictor.json``."""
         import lightgbm
 
-        from planner._version import __version__
+        from plan_probe.probes._io import atomic_path, write_json
 
-        return {
-            "format": FORMAT,
-            "plan_probe_version": __version__,
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files: list = []
+
+        def member_json(m: Member) -> dict:
+            doc = {"kind": m.kind, "weight": float(m.weight), "linear": m.linear, "standardise": m.standardise,
+                   "clip": m.clip, "num_iteration": None, "model_file": None,
+                   **{k: v for k, v in m.info.items() if k != "kind"}}
+            if m.booster is not None:
+                name = "model.txt" if not files else f"model_{len(files)}.txt"
+                text = m.booster.model_to_string(num_iteration=m.num_iteration)
+                with atomic_path(directory / name) as tmp:
+                    tmp.write_text(text)
+                files.append((name, hashlib.sha256(text.encode()).hexdigest()))
+                doc["model_file"] = name
+            return doc
+
+        members = [member_json(m) for m in self.blend_]
+        folds = [[member_json(m) for m in fold] for fold in self.fold_models_]
+        sidecar = PREDICTOR_FORMAT.stamp({
             "lightgbm_version": lightgbm.__version__,
             "config": (self.config or PredictorConfig()).to_dict(),
             "params": self.params_,
             "n_estimators": self.n_estimators_,
             "scope": self.scope_,
-            "members": self.members_,
+            "members": members,
+            "cv_plus": {
+                "method": self.calibration_method_,
+                "folds": folds,
+                "fold_depth_scale": [_depth_json(d) for d in self.fold_depth_scale_],
+                "scores": [float(v) for v in self.scores_],
+                "score_folds": [int(k) for k in self.score_folds_],
+            },
             "cv_scores": self.cv_scores_,
             "cv_rmse": self.cv_rmse_,
             "feature_names": self.feature_names_,
             "feature_groups": self.feature_groups_,
             "label": {"name": self.label_name_, **self.label_stats_},
             "scale_mode": self.scale_mode_,
-            "depth_scale": [[d, s] for d, s in sorted(self.depth_scale_.items())],
-            "calibration_scores": [float(v) for v in self.scores_],
+            "depth_scale": _depth_json(self.depth_scale_),
             "feature_ranges": self.feature_ranges_,
-            "model_files": [name for name, _ in model_shas],
-            "model_sha256": [sha for _, sha in model_shas],
-        }
-
-    def save(self, directory, extra: dict | None = None) -> Path:
-        """Write ``model.txt`` (``model_<i>.txt`` per further member; LightGBM text) and ``predictor.json``."""
-        from planner._io import atomic_path, write_json
-
-        self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        model_shas = []
-        for i, booster in enumerate(self.boosters_):
-            name = "model.txt" if i == 0 else f"model_{i}.txt"
-            text = booster.model_to_string()
-            with atomic_path(directory / name) as tmp:
-                tmp.write_text(text)
-            model_shas.append((name, hashlib.sha256(text.encode()).hexdigest()))
-        sidecar = self._sidecar(model_shas)
+            "model_files": [name for name, _ in files],
+            "model_sha256": [sha for _, sha in files],
+        })
         if extra:
             sidecar["extra"] = extra
         write_json(sidecar, directory / "predictor.json")
@@ -534,11 +638,10 @@ class ProbePredictor:
 
     @classmethod
     def load(cls, directory) -> "ProbePredictor":
-        """Load a saved predictor, checking format, plan-probe version and model checksum (no pickle)."""
+        """Load a saved predictor, checking its format and schema and the model checksums (no pickle)."""
         import lightgbm as lgb
 
-        from planner._io import read_json
-        from planner._version import __version__
+        from plan_probe.probes._io import read_json
 
         directory = Path(directory)
         side_path = directory / "predictor.json"
@@ -547,33 +650,45 @@ class ProbePredictor:
                 f"a predictor directory must contain predictor.json, but {str(directory)!r} does not; "
                 "pass the -o directory of plan-probe fit-predictor."
             )
-        side = read_json(side_path)
-        if not isinstance(side, dict) or side.get("format") not in (FORMAT, _FORMAT_V1):
-            got = side.get("format") if isinstance(side, dict) else None
-            raise ValueError(f"predictor format must be {FORMAT!r}, but got {got!r}; refit with plan-probe fit-predictor.")
-        if side["format"] == _FORMAT_V1:  # one booster: model_file / model_sha256 are strings
-            side = {**side, "model_files": [side.get("model_file")], "model_sha256": [side.get("model_sha256")]}
-        if side.get("plan_probe_version") != __version__:
-            raise ValueError(
-                f"the predictor must come from this plan-probe version ({__version__}), but got "
-                f"{side.get('plan_probe_version')!r}; refit with plan-probe fit-predictor."
-            )
+        side = PREDICTOR_FORMAT.read(read_json(side_path), str(side_path))
         self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
         files, shas = side.get("model_files"), side.get("model_sha256")
-        if not (isinstance(files, list) and isinstance(shas, list) and files and len(files) == len(shas)
+        if not (isinstance(files, list) and isinstance(shas, list) and len(files) == len(shas)
                 and all(isinstance(f, str) and re.fullmatch(r"model(_[0-9]+)?\.txt", f) for f in files)):
             raise ValueError(
                 f"predictor.json must list model files named model.txt / model_<i>.txt with one checksum each, "
                 f"but got model_files={files!r}; refit with plan-probe fit-predictor."
             )
-        self.boosters_ = [lgb.Booster(model_str=_read_checked(directory / f, sha)) for f, sha in zip(files, shas)]
+        boosters = {f: lgb.Booster(model_str=_read_checked(directory / f, sha)) for f, sha in zip(files, shas)}
+
+        def member(doc: dict) -> Member:
+            name = doc.get("model_file")
+            if name is not None and name not in boosters:
+                raise ValueError(f"every member's model file must be listed in model_files, but got {name!r}; "
+                                 "refit with plan-probe fit-predictor.")
+            info = {k: v for k, v in doc.items()
+                    if k not in ("weight", "linear", "standardise", "clip", "num_iteration", "model_file")}
+            return Member(str(doc["kind"]), float(doc["weight"]), doc.get("linear"), doc.get("standardise"),
+                          boosters.get(name) if name else None, None, info, doc.get("clip"))
+
+        cvp = side["cv_plus"]
+        self.blend_ = [member(d) for d in side["members"]]
+        if not self.blend_:
+            raise ValueError("predictor.json must list at least one member, but lists none; refit with plan-probe fit-predictor.")
+        self.fold_models_ = [[member(d) for d in fold] for fold in cvp["folds"]]
+        self.fold_depth_scale_ = [{float(d): float(s) for d, s in table} for table in cvp.get("fold_depth_scale", [])]
+        self.scores_ = np.asarray(cvp["scores"], dtype=float)
+        self.score_folds_ = np.asarray(cvp["score_folds"], dtype=int)
+        if self.score_folds_.size and self.score_folds_.max() >= len(self.fold_models_):
+            raise ValueError("every calibration score's fold must have a fold model, but some do not; refit the predictor.")
+        self.calibration_method_ = str(cvp["method"])
         self.feature_names_ = list(side["feature_names"])
         self.feature_groups_ = dict(side["feature_groups"])
         self.n_features_in_ = len(self.feature_names_)
+        self.scope_ = str(side.get("scope", "all"))
+        self._describe_members()
         self.params_ = dict(side["params"])
         self.n_estimators_ = int(side["n_estimators"])
-        self.scope_ = str(side.get("scope", "all"))
-        self.members_ = list(side.get("members") or [{"scope": self.scope_, "n_estimators": self.n_estimators_}])
         self.cv_scores_ = dict(side["cv_scores"])
         self.cv_rmse_ = float(side["cv_rmse"])
         label = dict(side["label"])
@@ -581,13 +696,34 @@ class ProbePredictor:
         self.label_stats_ = label
         self.scale_mode_ = side["scale_mode"]
         self.depth_scale_ = {float(d): float(s) for d, s in side["depth_scale"]}
-        self.scores_ = np.asarray(side["calibration_scores"], dtype=float)
         self.extra_ = side.get("extra", {})
         self.feature_ranges_ = {str(k): [float(a), float(b)] for k, (a, b) in side.get("feature_ranges", {}).items()}
         return self
 
     def __repr__(self) -> str:
         return f"ProbePredictor(config={self.config!r})"
+
+
+def _depth_rms(resid: np.ndarray, depth: np.ndarray) -> dict:
+    ok = np.isfinite(resid)
+    return {float(d): max(float(np.sqrt(np.mean(resid[ok & (depth == d)] ** 2))), 1e-12)
+            for d in np.unique(depth[ok])}
+
+
+def _depth_json(table: dict) -> list:
+    return [[d, s] for d, s in sorted(table.items())]
+
+
+def _interp_depth(table: dict, depth) -> np.ndarray:
+    levels = np.array(sorted(table))
+    values = np.array([table[d] for d in levels])
+    return np.interp(np.log(np.asarray(depth, dtype=float)), np.log(levels), values)
+
+
+def _chunks(m: int, n: int, budget: int = 4_000_000):
+    step = max(1, budget // max(n, 1))
+    for start in range(0, m, step):
+        yield np.arange(start, min(m, start + step))
 
 
 def _read_checked(path: Path, sha: str) -> str:
@@ -597,8 +733,3 @@ def _read_checked(path: Path, sha: str) -> str:
     if hashlib.sha256(text.encode()).hexdigest() != sha:
         raise ValueError(f"the model checksum must match predictor.json, but {str(path)!r} differs; refit the predictor.")
     return text
-
-
-def _candidate_name(c: tuple) -> str:
-    scope, bagging, leaves, trees = c
-    return f"scope={scope},bagging={'on' if bagging else 'off'},num_leaves={leaves},n_estimators={trees}"

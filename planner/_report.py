@@ -1,6 +1,6 @@
 """The report of ``plan-probe run``: ``report.md`` with PNG figures beside it, and the stdout summary.
 
-Figure data come from the plotting modules (``planner._plots_risk``); the functions here draw on a
+Figure data come from the plotting modules (``plan_probe._plots_risk``); the functions here draw on a
 given ``Axes``; only :func:`write_report` saves files (Agg backend, atomic writes). The report holds
 no wall times and no absolute paths, so the same inputs give the same bytes.
 """
@@ -73,23 +73,19 @@ def plot_shap_groups(ax, predictions):
 
 
 def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from planner._io import atomic_path
-    from planner._plots_risk import plot_phase_diagram, plot_risk_curve
+    from plan_probe.probes._io import atomic_path
+    from plan_probe._plots_risk import plot_phase_diagram, plot_risk_curve
 
     saved = []
 
     def save(fig, name):
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
         saved.append(name)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     plot_phase_diagram(ax, plan, settings, draws)
     for x, y, name in zip(plan["l_int"], plan["alpha"], plan["candidate"]):
         ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -98,7 +94,7 @@ def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
     n = len(plan)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for i, row in enumerate(plan.to_dict("records")):
         task_draws = {k: draws[k][i] for k in ("l_int", "k", "alpha")}
         plot_risk_curve(axes[i // cols][i % cols], row, settings, task_draws)
@@ -107,7 +103,7 @@ def _figures(out: Path, plan, draws, settings, predictions) -> list[str]:
     fig.tight_layout()
     save(fig, "risk_curves.png")
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * n + 1.6))
+    fig, ax = subplots(figsize=(7, 0.45 * n + 1.6))
     plot_shap_groups(ax, predictions)
     save(fig, "shap_groups.png")
     return saved
@@ -119,26 +115,39 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     fixed = p.fixed_probe_steps
     t = summary["totals"]
     budget = "none (each candidate's own optimum)" if p.budget is None else f"{p.budget:g} probe steps"
+    decision = getattr(p, "objective", "risk") == "decision"
+    go_rule = ("go when C_lb·P(score < τ) ≤ C_kg·P(score ≥ τ)" if decision
+               else f"go when P(score ≥ τ) ≥ {p.go_probability:g}")
+    objective = ("Objective: decision (expected go/no-go loss + probe cost, costs in the unit of λ)" if decision
+                 else "Objective: risk (expected L(c) + γλc)")
     lines = [
         f"# plan-probe run: {p.name}",
         "",
         f"Model `{p.model}`, {len(p.candidates)} candidates, go threshold τ = {p.threshold:g} "
-        f"(go when P(score ≥ τ) ≥ {p.go_probability:g}), interval coverage {p.coverage:g}, budget {budget}. "
+        f"({go_rule}), interval coverage {p.coverage:g}, budget {budget}. {objective}. "
         f"Plan settings: λ = {p.step_cost:g}, γ = {p.risk_weight:g}, ε = {p.target_rmse:g}, "
         f"c ∈ [{p.min_depth}, {p.max_depth}]; seed {p.seed}. plan-probe {summary['versions']['plan-probe']}.",
         "",
         f"**Result:** {t['go']} go, {t['no_go']} no-go; {t['probed']} candidates probed with {t['probe_steps']} steps in total "
         f"versus {t['fixed_probe_steps_total']} for a fixed {fixed}-step probe of every candidate "
         f"({100 * t['share_saved_vs_fixed']:.1f} % saved)."
+        + (f" Expected decision loss avoided by the probes: {_f(t['expected_loss_avoided'])} net of their cost."
+           if decision else "")
         + (f" {t['failed_probes']} probe(s) failed." if t["failed_probes"] else "")
         + (f" {t['diverged_probes']} probe(s) diverged." if t["diverged_probes"] else ""),
         "",
         "## Plan",
         "",
-        "Regime probabilities are shares of posterior draws; `c_opt` minimises the expected risk plus cost; "
-        "probe steps are `c_opt` for Dynamic-Critical candidates and 0 otherwise"
-        + (", then the budget is shared by equal marginal gains." if p.budget is not None else "."),
-        "",
+    ]
+    if decision:
+        lines += _decision_section(p, plan, t) + ["### Risk diagnosis", "",
+                  "Regimes are a diagnosis of each risk curve (shares of posterior draws); with the decision "
+                  "objective they do not set the probe steps.", ""]
+    else:
+        lines += ["Regime probabilities are shares of posterior draws; `c_opt` minimises the expected risk plus cost; "
+                  "probe steps are `c_opt` for Dynamic-Critical candidates and 0 otherwise"
+                  + (", then the budget is shared by equal marginal gains." if p.budget is not None else "."), ""]
+    lines += [
         _table(
             ["candidate", "regime", "P(static)", "P(dynamic)", "P(noise)", "L_int", "K", "α", "c_opt", "probe steps", "risk at c_opt"],
             [[r["candidate"], _REGIME_LABELS.get(r["regime"], r["regime"]), r["p_static_sufficient"], r["p_dynamic_critical"],
@@ -209,9 +218,37 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     return "\n".join(lines)
 
 
+def _decision_section(p, plan, t) -> list[str]:
+    """The decision objective's plan: per candidate the numbers and the reason for its steps, and the totals."""
+    lam = p.step_cost
+    rows = [[r["candidate"], r["p_success_now"], r["decision_now"], r["loss_now"], r["probe_steps"],
+             r["loss_at_probe_steps"], r["loss_now"] - r["loss_at_probe_steps"] - lam * r["probe_steps"], r["p_flip"]]
+            for r in plan.to_dict("records")]
+    lines = [
+        "Each candidate's probe length minimises the expected loss of the go/no-go decision at τ plus the probe's "
+        "cost (preposterior analysis: before probing, the static-only prediction N(m₀, S₀); a c-step probe leaves "
+        "the risk model's L(c) and moves the mean by N(0, S₀ − L(c)); docs/guide/decision.md). Costs are in the "
+        f"unit of λ = {lam:g} per probe step: a launched run that ends below τ costs C_lb, a killed run that would "
+        "have reached τ costs C_kg (default for both: the candidate's full run, `full_steps` × λ or `full_cost`)"
+        + (", and the budget is shared by equal marginal value of information." if p.budget is not None else "."),
+        "",
+        _table(["candidate", "P(score ≥ τ) now", "decide now", "expected loss now", "probe steps",
+                "expected loss after", "loss avoided (net)", "P(probe flips it)"], rows),
+        "",
+        f"Expected decision loss: {_f(t['expected_loss_now'])} deciding every candidate now, "
+        f"{_f(t['expected_loss_after_probes'])} after the planned probes, which cost {_f(t['probe_cost'])}: "
+        f"**{_f(t['expected_loss_avoided'])} avoided** (net, in the unit of λ).",
+        "",
+        "### Why each candidate got its steps",
+        "",
+    ]
+    lines += [f"- **{r['candidate']}** ({int(r['probe_steps'])} steps): {r['reason']}" for r in plan.to_dict("records")]
+    return lines + [""]
+
+
 def write_report(out: Path, prepared, plan, draws, settings, predictions, summary) -> Path:
     """Write the figures and ``report.md`` into ``out`` (atomically)."""
-    from planner._io import atomic_path
+    from plan_probe.probes._io import atomic_path
 
     figures = _figures(Path(out), plan, draws, settings, predictions)
     text = render_report(prepared, plan, predictions, summary, figures)
@@ -232,4 +269,7 @@ def format_summary(summary: dict) -> str:
     t = summary["totals"]
     lines.append(f"probe steps {t['probe_steps']} vs {t['fixed_probe_steps_total']} for a fixed probe "
                  f"({100 * t['share_saved_vs_fixed']:.1f} % saved); {t['go']} go, {t['no_go']} no-go")
+    if t.get("objective") == "decision":
+        lines.append(f"expected decision loss {_f(t['expected_loss_now'])} now -> {_f(t['expected_loss_after_probes'])} "
+                     f"after probes costing {_f(t['probe_cost'])}: {_f(t['expected_loss_avoided'])} avoided")
     return "\n".join(lines)

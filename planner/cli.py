@@ -1,9 +1,11 @@
 """The ``plan-probe`` command line.
 
 Only click and the standard library are imported here; every command imports torch, JAX,
-LightGBM, ... inside its own body, so ``plan-probe --help`` is instant. Commands live in
-per-area modules (``planner/_cmd_*.py``, ``probes/_cmd.py``, ``experiments/*/_cmd.py``) and are
-attached below. Any ``ValueError`` raised for bad input becomes one line on stderr and exit code 2.
+LightGBM, ... inside its own body, so ``plan-probe --help`` is instant. The product's commands live
+in per-area modules (``planner/_cmd_*.py``, ``probes/_cmd.py``) and are attached below. Commands of
+higher layers (``plan_probe.experiments``) or of other distributions plug in through the entry-point
+groups ``plan_probe.commands`` and ``plan_probe.experiment_commands`` (see ``pyproject.toml``), so
+this module never imports upward. Any ``ValueError`` raised for bad input becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 
 import click
 
-from planner import _version
+from plan_probe.probes import _version
 
 __all__ = ["main"]
 
@@ -46,17 +48,21 @@ def experiment() -> None:
     """Experiments that check the theory (synthetic) and reproduce it on real runs (real)."""
 
 
-def _attach() -> None:
-    from experiments.metadataset import _cmd as metadataset_cmds
-    from experiments.synthetic import _cmd as synthetic_cmds
-    from planner import _cmd_predictor, _cmd_risk, _cmd_run
-    from probes import _cmd as probe_cmds
+PLUGIN_GROUPS = {"plan_probe.commands": main, "plan_probe.experiment_commands": experiment}
 
-    for module in (_cmd_risk, _cmd_predictor, _cmd_run, probe_cmds, synthetic_cmds, metadataset_cmds):
+
+def _attach() -> None:
+    from importlib.metadata import entry_points
+
+    from plan_probe import _cmd_predictor, _cmd_risk, _cmd_run
+    from plan_probe.probes import _cmd as probe_cmds
+
+    for module in (_cmd_risk, _cmd_predictor, _cmd_run, probe_cmds):
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)
-        for command in getattr(module, "EXPERIMENT_COMMANDS", []):
-            experiment.add_command(command)
+    for group_name, group in PLUGIN_GROUPS.items():
+        for entry in sorted(entry_points(group=group_name), key=lambda e: e.name):
+            group.add_command(entry.load(), entry.name)
 
 
 _attach()

@@ -1,13 +1,13 @@
 """Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback.
 
 Heavy libraries (torch, transformers, peft) load on first use of the probe, model and callback
-objects, so ``import probes`` stays light.
+objects, so ``import plan_probe.probes`` stays light.
 """
 
-from probes._config import HP_COLUMNS, ProbeConfig
-from probes._data import Example, load_examples
-from probes._dynamics import DYN_COLUMNS
-from probes._static import STATIC_COLUMNS
+from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
+from plan_probe.probes._data import Example, load_examples
+from plan_probe.probes._dynamics import DYN_COLUMNS
+from plan_probe.probes._static import STATIC_COLUMNS
 
 __all__ = [
     "DYN_COLUMNS",
@@ -24,11 +24,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ProbeRecorderCallback": "probes._callback",
-    "ProbeResult": "probes._probe",
-    "run_probe": "probes._probe",
-    "resolve_model": "probes._models",
-    "static_descriptors": "probes._static",
+    "ProbeRecorderCallback": "plan_probe.probes._callback",
+    "ProbeResult": "plan_probe.probes._probe",
+    "run_probe": "plan_probe.probes._probe",
+    "resolve_model": "plan_probe.probes._models",
+    "static_descriptors": "plan_probe.probes._static",
 }
 
 
@@ -37,4 +37,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    raise AttributeError(f"module 'plan_probe.probes' has no attribute {name!r}")

@@ -13,8 +13,8 @@ import platform
 import statistics
 import time
 
-from probes._config import ProbeConfig
-from probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
+from plan_probe.probes._config import ProbeConfig
+from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
 __all__ = ["bench_probe"]
 

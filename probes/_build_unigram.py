@@ -1,6 +1,6 @@
 """Build the shipped unigram reference table (``probes/data/unigram_wordnet.json``) from WordNet glosses.
 
-Run once by maintainers: ``python -m probes._build_unigram ../shared/data/wordnet/glosses.tsv.gz``.
+Run once by maintainers: ``python -m plan_probe.probes._build_unigram ../shared/data/wordnet/glosses.tsv.gz``.
 The source is WordNet 3.0 (Princeton University; the same glosses ship in Debian's ``wordnet-base``),
 whose licence allows redistribution with its notice, kept in the output file.
 """
@@ -12,8 +12,8 @@ import csv
 import gzip
 import sys
 
-from planner._io import write_json
-from probes._static import words
+from plan_probe.probes._io import write_json
+from plan_probe.probes._static import words
 
 TOP_K = 20000
 NOTICE = (

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from transformers import TrainerCallback
 
-from probes._dynamics import StepRecorder, dynamic_features, first_bad_step, nan_features
+from plan_probe.probes._dynamics import StepRecorder, dynamic_features, first_bad_step, nan_features
 
 __all__ = ["ProbeRecorderCallback"]
 
@@ -92,7 +92,7 @@ class ProbeRecorderCallback(TrainerCallback):
     def _forward_hook(self, module, args, kwargs, output) -> None:
         import torch
 
-        from probes._tokenize import IGNORE
+        from plan_probe.probes._tokenize import IGNORE
 
         if not module.training:
             return
@@ -122,7 +122,7 @@ class ProbeRecorderCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         import torch
 
-        from probes._probe import _ood_texts, flat_params, mean_loss, ood_batches
+        from plan_probe.probes._probe import _ood_texts, flat_params, mean_loss, ood_batches
 
         self._model = model
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -162,7 +162,7 @@ class ProbeRecorderCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         import torch
 
-        from probes._probe import flat_params, flatness, mean_loss
+        from plan_probe.probes._probe import flat_params, flatness, mean_loss
 
         step = state.global_step
         if step > self.record_at[-1] or self._diverged is not None:
@@ -201,7 +201,7 @@ class ProbeRecorderCallback(TrainerCallback):
             handle.remove()
         self._handles.clear()
         if self.output is not None and self._rows:
-            from planner._io import write_table
+            from plan_probe.probes._io import write_table
 
             write_table(self.rows, self.output)
 
@@ -209,7 +209,7 @@ class ProbeRecorderCallback(TrainerCallback):
     def rows(self):
         import pandas as pd
 
-        from probes._probe import ROW_COLUMNS
+        from plan_probe.probes._probe import ROW_COLUMNS
 
         frame = pd.DataFrame(self._rows, columns=list(ROW_COLUMNS))
         frame["diverged_step"] = frame["diverged_step"].astype("Int64")

@@ -36,7 +36,7 @@ def _hp_options(func):
 
 
 def _config(steps, record_at, seed, hp):
-    from probes._config import ProbeConfig, parse_int_list
+    from plan_probe.probes._config import ProbeConfig, parse_int_list
 
     modules = tuple(m.strip() for m in hp.pop("target_modules").split(",") if m.strip())
     return ProbeConfig(steps=steps, record_at=parse_int_list("record_at", record_at), seed=seed, target_modules=modules, **hp)
@@ -54,9 +54,9 @@ def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, outp
     """Compute the 14 static descriptors of DATASET (16 columns) and write them as JSON."""
     from pathlib import Path
 
-    from planner._io import write_json
-    from planner._version import __version__
-    from probes._data import load_examples
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes._formats import STATIC_DESCRIPTORS
+    from plan_probe.probes._data import load_examples
 
     if not str(output).lower().endswith(".json"):
         raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o static.json.")
@@ -65,21 +65,19 @@ def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, outp
     examples = load_examples(dataset, limit=limit)
     model = tokenizer = None
     if model_spec is not None:
-        from probes._models import resolve_model
+        from plan_probe.probes._models import resolve_model
 
         model, tokenizer = resolve_model(model_spec, trust_remote_code=trust_remote_code)
-    from probes._static import static_descriptors
+    from plan_probe.probes._static import static_descriptors
 
     result = static_descriptors(examples, model=model, tokenizer=tokenizer, sample=sample, seed=seed)
-    doc = {
-        "kind": "static_descriptors",
-        "plan_probe_version": __version__,
+    doc = STATIC_DESCRIPTORS.stamp({
         "dataset": str(dataset),
         "dataset_name": Path(dataset).name,
         "model": model_spec,
         "descriptors": dict(result),
         "metadata": result.metadata,
-    }
+    })
     write_json(doc, output)
     click.echo(json.dumps(dict(result), indent=2, sort_keys=False))
 
@@ -106,11 +104,11 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth."""
     import pandas as pd
 
-    from planner._executor import Job, check_backend, execute
-    from planner._io import table_format, write_table
-    from probes._config import parse_int_list
-    from probes._data import load_examples
-    from probes._jobs import probe_job
+    from plan_probe.probes._executor import Job, check_backend, execute
+    from plan_probe.probes._io import table_format, write_table
+    from plan_probe.probes._config import parse_int_list
+    from plan_probe.probes._data import load_examples
+    from plan_probe.probes._jobs import probe_job
 
     table_format(output)
     check_backend(backend, ray_address)
@@ -128,12 +126,13 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     failed = [{"seed": int(j.key[4:]), "status": "failed", "error": outcomes[j.key].error} for j in jobs if not outcomes[j.key].ok]
     if not done:
         raise ValueError(f"every probe failed (first error: {failed[0]['error']}); check the model, data and hyperparameters.")
-    write_table(pd.concat([r["rows"] for r in done], ignore_index=True), output)
+    write_table(pd.DataFrame([row for r in done for row in r["rows"]]), output)
     summary = {
         "output": str(output),
         "backend": backend,
         "config": configs[0].to_json(),
-        "runs": [{k: r[k] for k in ("seed", "status", "diverged_step", "wall_time_s")} for r in done] + failed,
+        "runs": [{"seed": r["seed"], "status": r["status"], "diverged_step": r["diverged_step"],
+                  "wall_time_s": round(r["wall_time_s"], 3)} for r in done] + failed,
     }
     click.echo(json.dumps(summary, indent=2))
 
@@ -151,15 +150,15 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
 @click.option("-o", "--output", default=None, help="Also write the result JSON here.")
 def bench_cmd(model_spec, dataset, steps, record_at, seed, repeats, device, random_init, output, **hp):
     """Time a bare LoRA loop against the same steps with feature recording; print the overhead ratio."""
-    from planner._io import write_json
-    from planner._version import __version__
+    from plan_probe.probes._io import write_json
+    from plan_probe.probes._version import __version__
 
     if output is not None and not str(output).lower().endswith(".json"):
         raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o bench.json.")
     config = _config(steps, record_at, seed, dict(hp))
-    from probes._bench import bench_probe
-    from probes._data import Example, load_examples
-    from probes._models import resolve_model
+    from plan_probe.probes._bench import bench_probe
+    from plan_probe.probes._data import Example, load_examples
+    from plan_probe.probes._models import resolve_model
 
     if dataset is not None:
         examples = load_examples(dataset)

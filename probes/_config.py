@@ -137,21 +137,26 @@ class ProbeConfig:
         return ProbeConfig(**{**asdict(self), **changes})
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict, with the plan-probe version that wrote it."""
-        from planner._version import __version__
+        """A JSON-ready dict (format ``plan-probe/probe-config``, with the writing plan-probe version)."""
+        from plan_probe.probes._formats import PROBE_CONFIG
 
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
         data["record_at"] = list(self.record_at)
-        return {"kind": "probe_config", "plan_probe_version": __version__, "config": data}
+        return PROBE_CONFIG.stamp({"config": data})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ProbeConfig":
         """Inverse of :meth:`to_json` (unknown keys are an error, missing keys take defaults)."""
-        if not isinstance(data, dict) or data.get("kind") != "probe_config" or not isinstance(data.get("config"), dict):
+        from plan_probe.probes._formats import PROBE_CONFIG
+
+        if isinstance(data, dict) and data.get("kind") == "probe_config" and "format" not in data:  # schema 1
+            data = {**data, "format": PROBE_CONFIG.name, "schema_version": 1}
+        data = PROBE_CONFIG.read(data, "a probe config JSON")
+        if not isinstance(data.get("config"), dict):
             raise ValueError(
-                "a probe config JSON must be an object with kind='probe_config' and a 'config' object, "
-                f"but got keys {sorted(data) if isinstance(data, dict) else type(data).__name__}; write it with ProbeConfig.to_json()."
+                "a probe config JSON must have a 'config' object, "
+                f"but got keys {sorted(data)}; write it with ProbeConfig.to_json()."
             )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data["config"]) - known)

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from probes._config import HP_COLUMNS, ProbeConfig
-from probes._data import Example
-from probes._dynamics import DYN_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
-from probes._tokenize import batch_nll, collate, encode_example, encode_plain
+from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
+from plan_probe.probes._data import Example
+from plan_probe.probes._dynamics import DYN_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
+from plan_probe.probes._tokenize import batch_nll, collate, encode_example, encode_plain
 
 __all__ = ["ProbeResult", "run_probe", "probe_loop", "default_ood_texts", "ROW_COLUMNS"]
 
@@ -37,7 +37,7 @@ _OOD_CHUNK = 8
 
 def default_ood_texts() -> list[str]:
     """The fixed out-of-domain sentences shipped in ``probes/data/ood_sentences.json``."""
-    text = resources.files("probes").joinpath("data/ood_sentences.json").read_text(encoding="utf-8")
+    text = resources.files("plan_probe.probes").joinpath("data/ood_sentences.json").read_text(encoding="utf-8")
     return list(json.loads(text)["sentences"])
 
 
@@ -70,7 +70,7 @@ def _check_examples(examples: Sequence[Example]) -> None:
     if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, Example) for e in examples):
         raise ValueError(
             f"examples must be a non-empty list of Example, but got {type(examples).__name__} of length "
-            f"{len(examples) if hasattr(examples, '__len__') else '?'}; load them with probes.load_examples."
+            f"{len(examples) if hasattr(examples, '__len__') else '?'}; load them with plan_probe.probes.load_examples."
         )
 
 

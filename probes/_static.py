@@ -1,4 +1,4 @@
-"""The 14 static dataset descriptors of DESIGN.md §4 (16 columns: two mean/std pairs).
+"""The 14 static dataset descriptors of docs/theory.md §4 (16 columns: two mean/std pairs).
 
 Cheap descriptors use every example; the four model/encoder ones (embedding outliers, IO
 similarity, output diversity, reference perplexity) use a seeded sample of ``sample`` examples when
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from probes._data import Example
+from plan_probe.probes._data import Example
 
 __all__ = ["STATIC_COLUMNS", "MODEL_STATIC_COLUMNS", "StaticDescriptors", "static_descriptors", "MiniLMEncoder", "words"]
 
@@ -212,7 +212,7 @@ def duplicate_rate(texts: Sequence[str], *, threshold: float = DUP_THRESHOLD, nu
 
 
 def _reference_unigrams() -> dict:
-    text = resources.files("probes").joinpath("data/unigram_wordnet.json").read_text(encoding="utf-8")
+    text = resources.files("plan_probe.probes").joinpath("data/unigram_wordnet.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -258,7 +258,7 @@ def reference_nll(examples: Sequence[Example], model, tokenizer) -> np.ndarray:
     """Per-example mean NLL (nats/token) of the response given the prompt under the frozen model, batched."""
     import torch
 
-    from probes._tokenize import batch_nll, collate, encode_example
+    from plan_probe.probes._tokenize import batch_nll, collate, encode_example
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_example(tokenizer, e, PPL_MAX_LENGTH) for e in examples]
@@ -308,7 +308,7 @@ def static_descriptors(
         ``dict`` of float values (all finite) with a ``metadata`` attribute.
     """
     if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, Example) for e in examples):
-        raise ValueError("examples must be a non-empty list of Example, but got something else; load them with probes.load_examples.")
+        raise ValueError("examples must be a non-empty list of Example, but got something else; load them with plan_probe.probes.load_examples.")
     if sample is not None and (not isinstance(sample, int) or sample < 1):
         raise ValueError(f"sample must be a positive integer, but got {sample=}; pass e.g. 1000 or leave it out.")
     if model is not None and tokenizer is None:

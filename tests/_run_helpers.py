@@ -2,7 +2,7 @@
 predictors fitted on synthetic data whose columns are exactly what the pipeline produces.
 
 The risk model is a known population (``RiskModel.from_population``), built so the regimes of the
-test candidates are known in advance (DESIGN.md Sec. 1 rule, with gamma*lambda = 0.01, eps = 3,
+test candidates are known in advance (docs/theory.md §1 rule, with gamma*lambda = 0.01, eps = 3,
 c_min = 3):
 
 * log L_int = 3.5 * z_dup       (z_dup = static_duplicate_rate / 0.5): duplicate rate 0.5 gives
@@ -26,11 +26,11 @@ RISK_FEATURES = ("static_duplicate_rate", "static_n_examples")
 
 
 def make_tiny_model(folder: Path) -> Path:
-    """A random 2-layer LLaMA with the character tokenizer of ``probes._testing``, saved to ``folder``."""
+    """A random 2-layer LLaMA with the character tokenizer of ``plan_probe.probes._testing``, saved to ``folder``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from probes._testing import tiny_tokenizer
+    from plan_probe.probes._testing import tiny_tokenizer
 
     tok = tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -45,7 +45,7 @@ def make_tiny_model(folder: Path) -> Path:
 
 
 def make_risk_model(path: Path) -> Path:
-    from planner._risk_model import RiskModel
+    from plan_probe._risk_model import RiskModel
 
     B = np.zeros((3, 2))
     B[0, 0] = 3.5  # log L_int on the duplicate rate
@@ -61,7 +61,7 @@ def synthetic_meta(n_runs: int = 300, depths=(3, 5), seed: int = 0):
     """A run x depth meta-dataset with the pipeline's columns (static_*, hp_*, dyn_*, depth, label)."""
     import pandas as pd
 
-    from probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
+    from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -80,8 +80,8 @@ def synthetic_meta(n_runs: int = 300, depths=(3, 5), seed: int = 0):
 
 def make_predictors(folder: Path) -> tuple[Path, Path]:
     """Fit the depth-aware (all features) and static-only predictors; return their folders."""
-    from planner._meta import feature_group
-    from planner._predictor import PredictorConfig, ProbePredictor
+    from plan_probe._meta import feature_group
+    from plan_probe._predictor import PredictorConfig, ProbePredictor
 
     meta = synthetic_meta()
     feats = [c for c in meta.columns if c not in ("run_id", "label")]

@@ -27,7 +27,7 @@ def shared_data() -> Path:
 def tiny_folder(tmp_path_factory):
     """A tiny random LLaMA + character tokenizer saved as a local HF folder (what --model accepts)."""
     pytest.importorskip("torch")
-    from probes._testing import tiny_model, tiny_tokenizer
+    from plan_probe.probes._testing import tiny_model, tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny")
     tok = tiny_tokenizer()

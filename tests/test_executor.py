@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from planner._executor import Job, check_backend, execute
+from plan_probe.probes._executor import Job, check_backend, execute
 
 
 def _square(x: int) -> int:
@@ -31,6 +31,17 @@ class _Flaky:
         return x + 1
 
 
+class _Buggy:
+    """A job with a programming error; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x: int) -> int:
+        self.calls += 1
+        return x.no_such_attribute
+
+
 def _jobs():
     return [Job(f"j{i}", _square, (i,)) for i in range(4)] + [Job("bad", _boom, (7,))]
 
@@ -49,6 +60,16 @@ def test_local_backend_retries_transient_errors_a_bounded_number_of_times():
     flaky = _Flaky(n_fail=5)
     (outcome,) = execute([Job("f", flaky, (1,))], backend="local", max_retries=2)
     assert not outcome.ok and flaky.calls == 3 and "MemoryError" in outcome.error
+
+
+def test_programming_errors_are_re_raised_not_retried_or_recorded():
+    buggy = _Buggy()
+    outcomes = execute([Job("ok", _square, (3,)), Job("bug", buggy, (1,)), Job("never", _square, (4,))],
+                       backend="local", max_retries=3)
+    assert next(outcomes).value == 9
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        next(outcomes)
+    assert buggy.calls == 1
 
 
 @pytest.mark.parametrize(
@@ -72,3 +93,14 @@ def test_ray_backend_matches_local_backend_and_isolates_failures():
     remote = {o.key: (o.ok, o.value) for o in execute(_jobs(), backend="ray", max_retries=1, num_cpus=2)}
     assert remote == local
     assert local["bad"] == (False, None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'plan-probe[ray]')")
+def test_ray_backend_re_raises_a_programming_error_in_the_driver():
+    import cloudpickle
+
+    import tests.test_executor as this_module
+
+    cloudpickle.register_pickle_by_value(this_module)
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        list(execute([Job("bug", _Buggy(), (1,))], backend="ray", max_retries=2, num_cpus=1))

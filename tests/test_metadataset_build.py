@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from experiments.metadataset._build import KILL_AFTER_ENV, build, load_records, record_for_comparison
-from experiments.metadataset._spec import load_spec, spec_from_dict
-from planner.cli import main
+from plan_probe.experiments.metadataset._build import build, load_records, record_for_comparison
+from plan_probe.experiments.metadataset._spec import load_spec, spec_from_dict
+from plan_probe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "experiments" / "metadataset" / "specs" / "encoder_quick.toml"
@@ -63,7 +63,7 @@ def test_uninterrupted_build_records_and_tables(quick_build):
     r0 = recs[0]
     row = risk[(risk.run_id == r0["run_id"]) & (risk.depth == spec.protocol.fork_depths[0])]
     assert row["risk_obs"].item() == pytest.approx(np.var(r0["result"]["forks"][str(spec.protocol.fork_depths[0])], ddof=1))
-    # static features are constant within a task (DESIGN Sec. 3)
+    # static features are constant within a task (docs/theory.md §3)
     static = [c for c in risk.columns if c.startswith("static_")]
     assert (risk.groupby("task_id")[static].nunique() == 1).all().all()
 
@@ -93,19 +93,33 @@ def test_rerun_skips_every_finished_run(quick_build, tmp_path):
     assert before == after
 
 
+# A build that SIGKILLs itself when the 3rd run has finished computing, before its record is written.
+KILL_BEFORE_THIRD_RECORD = """
+import os, signal, sys
+from plan_probe.experiments.metadataset._build import build
+from plan_probe.experiments.metadataset._spec import load_spec
+
+def kill_at_two(written):
+    if written >= 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+build(load_spec(sys.argv[1]), sys.argv[2], cache_dir=sys.argv[3], progress=False, before_write=kill_at_two)
+"""
+
+
 def test_kill_midway_and_rerun_gives_the_same_records(quick_build, tmp_path):
     """SIGKILL after 2 runs (the 3rd computed but not written); the rerun finishes the rest only."""
     ref_out, _ = quick_build
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from planner.cli import main; main()", "build-meta", str(QUICK), "--out", str(out),
-           "--cache", str(ref_out / "cache"), "--no-progress"]
-    env = {**os.environ, KILL_AFTER_ENV: "2", "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    first = subprocess.run([sys.executable, "-c", KILL_BEFORE_THIRD_RECORD, str(QUICK), str(out), str(ref_out / "cache")],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == -9, first.stderr[-2000:]  # killed by SIGKILL
     done = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "records").glob("*.json")}
     assert len(done) == 2
     assert not list((out / "records").glob(".*.tmp"))  # no half-written record
-    env.pop(KILL_AFTER_ENV)
+    cmd = [sys.executable, "-c", "from plan_probe.cli import main; main()", "build-meta", str(QUICK), "--out", str(out),
+           "--cache", str(ref_out / "cache"), "--no-progress"]
     second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads(second.stdout)

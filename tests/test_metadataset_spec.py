@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from experiments.metadataset._spec import load_spec, spec_from_dict
-from planner.cli import main
+from plan_probe.experiments.metadataset._spec import load_spec, spec_from_dict
+from plan_probe.cli import main
 
 SPECS = Path(__file__).resolve().parents[1] / "experiments" / "metadataset" / "specs"
 
@@ -48,7 +48,7 @@ def test_grid_pairs_only_named_blocks():
 def test_shipped_specs_load(name):
     spec = load_spec(SPECS / name)
     assert spec.tasks
-    assert spec.protocol.n_forks - 1 >= 15  # DESIGN: fork variances need >= 15 dof per observation
+    assert spec.protocol.n_forks - 1 >= 15  # docs/theory.md: fork variances need >= 15 dof per observation
 
 
 def _mutate(path, value):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
-from planner._plan import PlanSettings, allocate_budget, compute_plan, plan_from_draws
-from planner._risk_model import RiskModel
-from theory import RegimeThresholds, regime_probabilities
+from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
+from plan_probe._plan import PlanSettings, allocate_budget, compute_plan, plan_from_draws
+from plan_probe._risk_model import RiskModel
+from plan_probe.theory import RegimeThresholds, regime_probabilities
 
 CFG = RiskGeneratorConfig(margin=0.3)
 

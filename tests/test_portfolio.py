@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from planner._portfolio import load_portfolio
-from planner.cli import main
+from plan_probe._portfolio import load_portfolio
+from plan_probe.cli import main
 
 GOOD = """
 [portfolio]
@@ -58,11 +58,26 @@ def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
     assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
     assert p.model_spec() == "smollm2-135m-instruct"
     d = p.to_dict()
-    assert d["kind"] == "portfolio" and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 2 and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert p.objective == "risk"  # no candidate states its full-run size: the risk objective
+
+
+def test_objective_is_decision_when_candidates_carry_their_full_run_cost(tmp_path):
+    text = GOOD.replace("budget = 60", "budget = 9")  # below min_depth x 2: fine for the decision objective
+    p = load_portfolio(_write(tmp_path, text.replace("lora_r = 8", "lora_r = 8\nfull_steps = 800", 1)))
+    assert p.objective == "decision" and p.full_costs() == [800.0, 800.0]
+    both = text.replace('lr = 2e-4', 'lr = 2e-4\nfull_cost = 50.0').replace('lr = 1e-3', 'lr = 1e-3\nfull_steps = 300')
+    p = load_portfolio(_write(tmp_path, both.replace("budget = 9", "budget = 9\nstep_cost = 2.0")))
+    assert p.objective == "decision" and p.full_costs() == [50.0, 600.0]
+    forced = load_portfolio(_write(tmp_path, GOOD.replace("budget = 60", 'budget = 60\nobjective = "decision"\nkill_cost = 30')))
+    assert forced.objective == "decision" and forced.kill_cost == 30.0 and forced.launch_cost is None
+    risk = load_portfolio(_write(tmp_path, GOOD.replace("lora_r = 8", 'lora_r = 8\nfull_steps = 800', 1)
+                                 .replace("budget = 60", 'budget = 60\nobjective = "risk"')))
+    assert risk.objective == "risk"
 
 
 def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
-    from planner._run import probe_config_for
+    from plan_probe._run import probe_config_for
 
     p = load_portfolio(_write(tmp_path, GOOD))
     cfg = probe_config_for(p.candidates[1], 17, seed=3)
@@ -86,6 +101,11 @@ BAD = [
     (GOOD.replace('model = "smollm2-135m-instruct"', 'model = "no/such/model"'), "model must be a built-in name"),
     (GOOD.replace("[[candidate]]", "[[candidate]]\nwarmup = 3", 1), "has unknown keys"),
     (GOOD.replace('[portfolio]', '[portfolio]\nrisk_model = "nope.json"'), "risk_model must be"),
+    (GOOD.replace('[portfolio]', '[portfolio]\nobjective = "magic"'), "objective must be one of"),
+    (GOOD.replace('[portfolio]', '[portfolio]\nlaunch_cost = 0'), "launch_cost must be a positive number"),
+    (GOOD.replace('[portfolio]', '[portfolio]\nkill_cost = -3.0'), "kill_cost must be a positive number"),
+    (GOOD.replace("lr = 2e-4", "lr = 2e-4\nfull_cost = -5.0"), "full_cost must be a positive number"),
+    (GOOD.replace("lora_r = 8", "lora_r = 8\nfull_cost = 0", 1), "full_cost must be a positive number"),
 ]
 
 
@@ -125,14 +145,14 @@ def test_missing_portfolio_file_and_output_that_is_a_file(tmp_path):
 
 
 def test_defaults_resolve_in_the_package_or_name_the_missing_file(tmp_path, monkeypatch):
-    from planner import _defaults
+    from plan_probe import _defaults
 
     monkeypatch.setattr(_defaults.resources, "files", lambda pkg: tmp_path / pkg)
     with pytest.raises(ValueError, match=r"default risk model must ship with plan-probe at .*risk_model\.json"):
         _defaults.default_path("risk_model")
     with pytest.raises(ValueError, match=r"default predictor static must ship .*predictor_static/predictor\.json"):
         _defaults.default_path("predictor_static")
-    folder = tmp_path / "planner" / "defaults" / "llm"
+    folder = tmp_path / "plan_probe" / "defaults" / "llm"
     (folder / "predictor").mkdir(parents=True)
     (folder / "predictor" / "predictor.json").write_text("{}")
     (folder / "risk_model.json").write_text("{}")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from experiments.synthetic.meta_generator import make_meta_dataset
-from planner.cli import main
+from plan_probe.experiments.synthetic.meta_generator import make_meta_dataset
+from plan_probe.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +110,14 @@ def test_bad_predict_inputs(tables, predictor_dir, tmp_path):
     test.assign(dyn_0=np.inf).to_csv(tmp_path / "inf.csv", index=False)
     assert "'dyn_0' has" in _bad(["predict", str(tmp_path / "inf.csv"), "--predictor", str(predictor_dir),
                                   "-o", str(out)], out)
-    # A predictor directory from another version.
+    # A predictor directory of a newer schema than this plan-probe reads.
     other = tmp_path / "other"
     other.mkdir()
     (other / "model.txt").write_text((predictor_dir / "model.txt").read_text())
     side = json.loads((predictor_dir / "predictor.json").read_text())
-    side["plan_probe_version"] = "9.9.9"
+    side["schema_version"] = 99
     (other / "predictor.json").write_text(json.dumps(side))
-    assert "plan-probe version" in _bad(["predict", str(tables / "test.csv"), "--predictor", str(other),
+    assert "schema_version" in _bad(["predict", str(tables / "test.csv"), "--predictor", str(other),
                                          "-o", str(out)], out)
     assert "predictor.json" in _bad(["predict", str(tables / "test.csv"), "--predictor", str(tmp_path),
                                      "-o", str(out)], out)
@@ -153,9 +153,9 @@ def test_risk_model_scale_via_stand_in(tables, tmp_path, monkeypatch):
         def expected_risk(self, frame, depth_col="depth"):
             return 4.0 + 100.0 / frame[depth_col].to_numpy(dtype=float)
 
-    module = types.ModuleType("planner._risk_model")
+    module = types.ModuleType("plan_probe._risk_model")
     module.RiskModel = StandIn
-    monkeypatch.setitem(sys.modules, "planner._risk_model", module)
+    monkeypatch.setitem(sys.modules, "plan_probe._risk_model", module)
     (tmp_path / "risk.json").write_text("{}")
     out_dir = tmp_path / "rp"
     res = CliRunner().invoke(main, ["fit-predictor", str(tables / "train.csv"), "--label", "score", "--no-tune",
@@ -171,8 +171,11 @@ def test_risk_model_scale_via_stand_in(tables, tmp_path, monkeypatch):
     pred = pd.read_csv(out)
     width = (pred["upper"] - pred["lower"]).to_numpy()
     expected = np.sqrt(4.0 + 100.0 / pred["depth"].to_numpy())
-    # Interval half-width = q * sqrt(L(c)): the ratio to the scale is one constant q.
-    np.testing.assert_allclose(width / expected, (width / expected)[0], rtol=1e-9)
+    # CV+ half-width ~ q * sqrt(L(c)): the ratio to the scale is nearly one constant q (the fold models'
+    # predictions differ a little, so not exactly), while the scale itself varies 1.7-fold over depths.
+    ratio = width / expected
+    assert expected.max() / expected.min() > 1.5
+    np.testing.assert_allclose(ratio, np.median(ratio), rtol=0.15)
 
 
 @pytest.mark.parametrize("flag", ["--seeds", "--top"])

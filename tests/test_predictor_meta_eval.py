@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.synthetic.meta_generator import TUNEAHEAD_RENAME, make_meta_dataset, make_tuneahead_layout
-from planner._evaluate import evaluate, regression_metrics
-from planner._meta import TUNEAHEAD_FEATURE_GROUPS, load_meta, select_features
-from planner._screen import screen
+from plan_probe.experiments.synthetic.meta_generator import make_meta_dataset, make_tuneahead_layout
+from plan_probe._evaluate import MODELS, evaluate, regression_metrics
+from plan_probe._meta import TUNEAHEAD_FEATURE_GROUPS, load_meta, select_features
+from plan_probe._predictor import PredictorConfig, ProbePredictor
+from plan_probe._screen import screen
 
 # The 33 feature columns of TuneAhead's released meta-dataset sample and model sidecar
 # (data/metadataset_sample.csv, models/model_TuneAhead_Full.meta.json) with the groups of its
@@ -40,17 +41,32 @@ def test_tuneahead_released_columns_all_mapped():
 
 
 def test_tuneahead_layout_loads_unchanged(tmp_path, caplog):
-    frame = make_tuneahead_layout(50, seed=0)
+    frame = make_tuneahead_layout(60, seed=0)
     path = tmp_path / "ta.csv"
     frame.to_csv(path, index=False)
     with caplog.at_level(logging.WARNING):
         meta = load_meta(path, label="overall_accuracy")
     assert not caplog.records  # every column is a known TuneAhead name
     assert meta.id_col == "dataset_name" and meta.label_col == "overall_accuracy" and not meta.has_depth
-    expected = {new: {"static": "static", "dyn": "dynamic", "hp": "hyperparameter"}[old.split("_")[0]]
-                for old, new in TUNEAHEAD_RENAME.items()}
-    assert meta.groups == expected
+    expected = {col: group for group, cols in TUNEAHEAD_COLUMNS.items() for col in cols}
+    assert meta.groups == expected  # exactly TuneAhead's 33 released feature columns
     assert set(select_features(meta, "static")) == {c for c, g in expected.items() if g != "dynamic"}
+
+
+def test_tuneahead_generator_450_runs_mmlu_like_and_reproducible(tmp_path):
+    """The generator's default TuneAhead table: 450 runs, datasets shared by 3 runs, accuracy-like labels,
+    a linear signal (ridge far better than the mean) and a non-linear one (learning-rate collapse)."""
+    from plan_probe.experiments.synthetic.meta_generator import _main
+
+    assert _main([str(tmp_path / "a.csv"), "--tuneahead"]) == 0
+    frame = pd.read_csv(tmp_path / "a.csv")
+    assert frame.shape == (450, 35) and frame["dataset_name"].nunique() == 150
+    acc = frame["overall_accuracy"]
+    assert 0.25 < acc.min() and acc.max() < 0.65 and 0.015 < acc.std() < 0.05
+    pd.testing.assert_frame_equal(frame, make_tuneahead_layout(450, seed=0), check_dtype=False)
+    # the top learning rates lose accuracy far beyond a linear trend in log(lr): a collapse
+    by_lr = frame.groupby("learning_rate")["overall_accuracy"].mean()
+    assert by_lr.iloc[-1] < by_lr.iloc[-3] - 0.02
 
 
 def test_prefixed_layout_and_unknown_columns_warn(caplog):
@@ -93,19 +109,70 @@ def test_regression_metrics_known_values():
     assert regression_metrics(y / 100, pred / 100, scale=100)["acc_at_1"] == 0.75
 
 
-def test_full_beats_tuneahead_recipe_on_synthetic():
-    """full <= recipe RMSE on identical folds of the synthetic meta-dataset (300 runs, 3-fold)."""
+def test_evaluate_all_models_paired_differences_and_coverage_on_synthetic():
+    """Every model on identical folds of a synthetic meta-dataset (300 runs x 6 depths, 3-fold): full beats
+    TuneAhead's recipe and static features alone (the probe matters here), paired differences are the
+    fold-wise differences, and each model's CV+ coverage is within a binomial tolerance of nominal."""
     meta = load_meta(make_meta_dataset(300, seed=2), label="score")
     res = evaluate(meta, cv=3, repeats=1, seed=0)
-    assert set(res) >= {"full", "static_only", "dynamic_only", "tuneahead_recipe"}
-    for model in ("full", "static_only", "dynamic_only", "tuneahead_recipe"):
-        for key in ("rmse", "r2", "pearson", "acc_at_1", "acc_at_2", "acc_at_3", "rmse_se"):
-            assert res[model][key] is not None
+    assert set(MODELS) <= set(res)
+    for model in MODELS:
+        for key in ("rmse", "r2", "pearson", "acc_at_1", "acc_at_2", "acc_at_3", "rmse_se", "coverage_80",
+                    "coverage_90", "width_80", "width_90"):
+            assert res[model][key] is not None, (model, key)
+        assert res[model]["width_80"] < res[model]["width_90"]
     assert res["full"]["rmse"] <= res["tuneahead_recipe"]["rmse"]
-    # The probe matters: the full model is far better than static features alone.
     assert res["full"]["rmse"] < res["static_only"]["rmse"]
+    assert res["full"]["rmse"] < res["full_no_dynamic"]["rmse"]
+    paired = res["paired"]["full_no_dynamic"]
+    assert paired["rmse_diff"] == pytest.approx(res["full"]["rmse"] - res["full_no_dynamic"]["rmse"])
+    assert paired["rmse_diff_se_corrected"] > paired["rmse_diff_se"] > 0
     assert res["settings"]["depth"] == 100.0 and res["settings"]["folds"] == 3
-    assert 0.0 <= res["full"]["coverage_90"] <= 1.0
+    # 300 held-out runs per model: binomial SD sqrt(p(1-p)/300) = 2.3 pts (p=0.8), 1.7 pts (p=0.9); the
+    # calibration sets (~100-200 runs) add about as much; 3 combined SDs.
+    for model in ("full", "ridge", "tuneahead_recipe", "mean"):
+        for nominal in (0.8, 0.9):
+            cov = res[model][f"coverage_{int(nominal * 100)}"]
+            tol = 3 * np.sqrt(2 * nominal * (1 - nominal) / 300)
+            assert abs(cov - nominal) <= tol, (model, nominal, cov)
+
+
+def test_cv_plus_coverage_on_data_with_known_noise():
+    """Held-out coverage of the CV+ intervals over 20 independent training sets (150 runs each, fresh
+    test runs): y = x0 + 0.5·x1 + sin(2·x2) + N(0, 0.5²). CV+ guarantees >= 1 − 2α and is ≈ 1 − α in
+    practice; the average over 20 x 400 test points has SD about 0.8 pts (test binomial 0.3 pts,
+    calibration-set spread sqrt(p(1-p)/150)/sqrt(20) = 0.7 pts), so ±3 pts is ~4 SD: an interval
+    built from in-sample residuals or with a wrong rank fails it."""
+    cover = {0.8: [], 0.9: []}
+    for r in range(20):
+        rng = np.random.default_rng(100 + r)
+
+        def make(n):
+            X = rng.normal(size=(n, 6))
+            return X, X[:, 0] + 0.5 * X[:, 1] + np.sin(2 * X[:, 2]) + 0.5 * rng.standard_normal(n)
+
+        X, y = make(150)
+        Xt, yt = make(400)
+        model = ProbePredictor(PredictorConfig(seed=r)).fit(X, y)
+        for nominal in cover:
+            _, lo, hi = model.predict_interval(Xt, nominal)
+            cover[nominal].append(np.mean((yt >= lo) & (yt <= hi)))
+    for nominal, values in cover.items():
+        assert abs(np.mean(values) - nominal) <= 0.03, (nominal, np.mean(values))
+
+
+def test_group_by_holds_out_whole_groups_and_must_be_constant_within_ids():
+    frame = make_tuneahead_layout(90, seed=1)
+    frame["family"] = [f"fam{int(name[2:]) % 6}" for name in frame["dataset_name"]]
+    meta = load_meta(frame, label="overall_accuracy")
+    res = evaluate(meta, cv=3, repeats=1, seed=0, scale=100, group_by="family")
+    assert res["settings"]["group_by"] == "family" and res["settings"]["groups"] == 6
+    assert res["full"]["rmse"] is not None
+    frame.loc[frame.index[0], "family"] = "odd"  # one run of ds0000 in another family
+    with pytest.raises(ValueError, match="constant within each id"):
+        evaluate(load_meta(frame, label="overall_accuracy"), cv=3, repeats=1, group_by="family")
+    with pytest.raises(ValueError, match="--group-by must name a column"):
+        evaluate(meta, cv=3, repeats=1, group_by="nope")
 
 
 def test_screen_matches_hand_computed_example():
@@ -123,3 +190,11 @@ def test_screen_matches_hand_computed_example():
     assert out["runs_launched"] == 2 and out["false_kills"] == 1 and out["compute_saved"] == pytest.approx(250.0)
     with pytest.raises(ValueError, match="same threshold"):
         screen(go, label="score", threshold=60, full_cost=100, probe_cost=10, rule="go")
+
+
+@pytest.mark.slow  # two spawned workers each import LightGBM; the fit-level twin runs by default
+def test_evaluate_gives_the_same_result_with_one_or_two_processes():
+    meta = load_meta(make_tuneahead_layout(60, seed=3), label="overall_accuracy")
+    one = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=1)
+    two = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=2)
+    assert one == two

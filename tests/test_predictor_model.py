@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.synthetic.meta_generator import make_meta_dataset
-from planner._meta import load_meta
-from planner._predictor import FORMAT, PredictorConfig, ProbePredictor, group_folds
+from plan_probe.experiments.synthetic.meta_generator import make_meta_dataset
+from plan_probe._meta import load_meta
+from plan_probe._predictor import FORMAT, PredictorConfig, ProbePredictor, group_folds
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,6 @@ def test_contract_fit_returns_self_and_learned_attributes(train_meta):
 def test_config_json_round_trip_and_validation():
     cfg = PredictorConfig(learning_rate=0.1, seed=9, tune=True)
     data = json.loads(json.dumps(cfg.to_dict()))
-    assert "plan_probe_version" in data
     assert PredictorConfig.from_dict(data) == cfg
     with pytest.raises(ValueError, match="num_leaves"):
         PredictorConfig(num_leaves=1)
@@ -57,7 +56,9 @@ def test_config_json_round_trip_and_validation():
 def test_save_load_identical_predictions_without_pickle(fitted, train_meta, tmp_path):
     fitted.save(tmp_path / "p")
     files = sorted(p.name for p in (tmp_path / "p").iterdir())
-    assert files == ["model.txt", "predictor.json"]
+    # the final model and one booster per CV+ fold model, LightGBM text only
+    n_boosters = 1 + len(fitted.fold_models_)
+    assert files == sorted(["predictor.json", "model.txt", *[f"model_{i}.txt" for i in range(1, n_boosters)]])
     assert (tmp_path / "p" / "model.txt").read_text().startswith("tree")  # LightGBM text format
     side = json.loads((tmp_path / "p" / "predictor.json").read_text())
     assert side["format"] == FORMAT and side["feature_groups"]["dyn_0"] == "dynamic"
@@ -77,13 +78,17 @@ def test_same_seed_gives_byte_identical_model(train_meta, tmp_path):
     assert (tmp_path / "a" / "predictor.json").read_bytes() == (tmp_path / "b" / "predictor.json").read_bytes()
 
 
-def test_load_rejects_other_version_and_tampered_model(fitted, tmp_path):
+def test_load_accepts_other_package_version_rejects_newer_schema_and_tampered_model(fitted, tmp_path):
     fitted.save(tmp_path / "p")
     side_path = tmp_path / "p" / "predictor.json"
     side = json.loads(side_path.read_text())
+    assert side["format"] == "plan-probe/predictor" and side["schema_version"] == 3
     side["plan_probe_version"] = "0.0.1-other"
     side_path.write_text(json.dumps(side))
-    with pytest.raises(ValueError, match="plan-probe version"):
+    np.testing.assert_array_equal(ProbePredictor.load(tmp_path / "p").scores_, fitted.scores_)
+    side["schema_version"] = 4
+    side_path.write_text(json.dumps(side))
+    with pytest.raises(ValueError, match="schema_version"):
         ProbePredictor.load(tmp_path / "p")
     fitted.save(tmp_path / "q")
     with open(tmp_path / "q" / "model.txt", "a") as fh:
@@ -174,13 +179,9 @@ def test_group_folds_keep_ids_together():
 
 
 def test_target_depth_scores_candidates_where_the_model_is_used():
-    """With target_depth, inner CV scores every (scope, leaves, trees) candidate on that depth's rows
-    only, may train on those rows alone, and picks the best; a depth absent from the data is an error."""
-    import numpy as np
-    import pandas as pd
-    import pytest
-
-    from planner._predictor import TUNE_GRID, PredictorConfig, ProbePredictor
+    """With target_depth, the selection CV scores every (scope, family, trees) candidate on that depth's
+    rows only, may train on those rows alone, and CV+ calibrates on that depth; an absent depth is an error."""
+    from plan_probe._predictor import SEARCH_SPACES
 
     rng = np.random.default_rng(0)
     n_runs, depths = 120, (10, 100)
@@ -193,15 +194,17 @@ def test_target_depth_scores_candidates_where_the_model_is_used():
         rows.append(pd.DataFrame({"depth": float(d), "static_x": static, "dyn_z": dyn, "run": np.arange(n_runs)}))
     frame = pd.concat(rows, ignore_index=True)
     y = 2.0 * frame["static_x"] + 5.0 * np.tile(latent, len(depths)) + rng.normal(scale=0.2, size=len(frame))
-    cfg = PredictorConfig(tune=True, calibration_folds=5)
+    cfg = PredictorConfig(tune=True, n_top=2)
     model = ProbePredictor(cfg).fit(frame[["depth", "static_x", "dyn_z"]], y, groups=frame["run"], target_depth=100)
-    n_grid = len(TUNE_GRID["num_leaves"]) * len(TUNE_GRID["n_estimators"])
-    assert len(model.cv_scores_) == 2 * 2 * n_grid  # scopes "all" and "target", bagging on and off
-    assert model.cv_rmse_ == min(model.cv_scores_.values())
+    n_paths = sum(len(f.path) for f in SEARCH_SPACES["full"])
+    assert len(model.cv_scores_) == 2 * n_paths  # scopes "all" and "target"
+    assert {k.split(",")[0] for k in model.cv_scores_} == {"scope=all", "scope=target"}
     assert model.scope_ in ("all", "target")
-    at_100 = frame["depth"] == 100
-    resid = y[at_100] - model.oof_pred_[at_100.to_numpy()]
-    assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_)
+    # calibration rows are depth-100 rows of the calibration part only; cv_rmse_ is their RMSE
+    at_100 = (frame["depth"] == 100).to_numpy()
+    assert 0 < model.scores_.size < at_100.sum()  # the selection part is not a calibration part
+    assert np.isfinite(model.oof_pred_[at_100]).all()
+    assert 0.1 < model.cv_rmse_ < 2.0  # the probe reveals the latent at depth 100 (label sd ~5.4)
     with pytest.raises(ValueError, match="target_depth must be a depth present"):
         ProbePredictor(cfg).fit(frame[["depth", "static_x", "dyn_z"]], y, groups=frame["run"], target_depth=50)
 
@@ -223,7 +226,7 @@ def test_seed_ensemble_averages_boosters_and_round_trips(train_meta, tmp_path):
     single = ProbePredictor(PredictorConfig(seed=2), m.groups).fit(m.X, m.frame["score"], groups=m.ids)
     np.testing.assert_array_equal(single.predict(X), each[0])  # seed 2 is the ensemble's first member
     model.save(tmp_path / "e")
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["model.txt", "model_1.txt", "model_2.txt", "predictor.json"]
+    assert len(list((tmp_path / "e").glob("model*.txt"))) == 3 * (1 + len(model.fold_models_))
     loaded = ProbePredictor.load(tmp_path / "e")
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     with open(tmp_path / "e" / "model_2.txt", "a") as fh:
@@ -240,24 +243,30 @@ def test_seed_ensemble_averages_boosters_and_round_trips(train_meta, tmp_path):
         PredictorConfig(n_seeds=0)
 
 
-def test_top_candidates_ensemble_members_and_oof(train_meta):
-    """With tune and n_top=2, n_seeds=2 the model averages the two best inner-CV candidates with two
-    seeds each; its OOF RMSE is reported as cv_rmse_ and the members are recorded."""
+def test_tuned_blend_members_weights_and_exact_shap(train_meta, tmp_path):
+    """With tune and n_top=3 the model is a convex blend of at most 3 learners (weights sum to 1),
+    predict is the weighted sum of the members, SHAP columns plus base equal the prediction exactly,
+    and save/load round-trips every member (ridge coefficients in JSON, boosters as LightGBM text)."""
     m = train_meta
     small = m.frame[m.frame["depth"].isin([20, 100])]
-    model = ProbePredictor(PredictorConfig(seed=0, tune=True, n_top=2, n_seeds=2, calibration_folds=5), m.groups)
+    model = ProbePredictor(PredictorConfig(seed=0, tune=True, n_top=3), m.groups)
     model.fit(small[list(m.features)], small["score"], groups=small[m.id_col], target_depth=100)
-    ranked = sorted(model.cv_scores_, key=model.cv_scores_.get)
-    assert len(model.boosters_) == 4 and [mb["seed"] for mb in model.members_] == [0, 1, 0, 1]
-    names = [f"scope={mb['scope']},bagging={'on' if mb['bagging'] else 'off'},num_leaves={mb['num_leaves']},"
-             f"n_estimators={mb['n_estimators']}" for mb in model.members_[::2]]
-    assert names == ranked[:2]
-    at = small["depth"].to_numpy() == 100
-    resid = small["score"].to_numpy()[at] - model.oof_pred_[at]
-    assert np.sqrt(np.mean(resid**2)) == pytest.approx(model.cv_rmse_, rel=1e-12)
-    X = small[list(m.features)].iloc[:50]
-    contrib, base = model.shap_values(X)
-    np.testing.assert_allclose(contrib.sum(axis=1) + base, model.predict(X), rtol=0, atol=1e-9)
+    assert 1 <= len(model.blend_) <= 3
+    assert sum(mb["weight"] for mb in model.members_) == pytest.approx(1.0)
+    X = small[list(m.features)].iloc[:60]
+    Xa = model._matrix(X)
+    np.testing.assert_allclose(model.predict(X), sum(mb.weight * mb.raw(Xa) for mb in model.blend_), atol=1e-12)
+    expl = model.explain(X)
+    groups = [c for c in expl.columns if c.startswith("shap_") and c != "shap_base"]
+    np.testing.assert_allclose(expl["shap_base"] + expl[groups].sum(axis=1), model.predict(X), rtol=0, atol=1e-8)
+    model.save(tmp_path / "t")
+    side = json.loads((tmp_path / "t" / "predictor.json").read_text())
+    assert side["cv_plus"]["method"].startswith("cv+") and len(side["cv_plus"]["folds"]) == len(model.fold_models_)
+    loaded = ProbePredictor.load(tmp_path / "t")
+    np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=0, atol=1e-9)
+    for a, b in zip(loaded.predict_interval(X, 0.8), model.predict_interval(X, 0.8)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(loaded.shap_values(X)[0], model.shap_values(X)[0], rtol=0, atol=1e-9)
 
 
 def test_outside_range_flags_extrapolated_rows_and_survives_save(fitted, train_meta, tmp_path):

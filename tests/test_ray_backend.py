@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
+from plan_probe.cli import main
 
 pytest.importorskip("torch")
 ray_missing = importlib.util.find_spec("ray") is None
@@ -48,8 +48,8 @@ def test_ray_address_without_ray_backend_is_one_line_error(tiny_folder, data, tm
 def test_build_meta_ray_backend_same_records_and_isolated_failures(tmp_path):
     """Encoder-tier runs as Ray tasks: the records equal the local build's; a run that raises on its
     worker is recorded ``failed`` with its error while the other runs finish."""
-    from experiments.metadataset._build import build, load_records, record_for_comparison
-    from experiments.metadataset._spec import spec_from_dict
+    from plan_probe.experiments.metadataset._build import build, load_records, record_for_comparison
+    from plan_probe.experiments.metadataset._spec import spec_from_dict
 
     raw = {
         "name": "ray",

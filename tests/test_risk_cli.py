@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
-from planner._risk_model import RiskModel
-from planner.cli import main
+from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
+from plan_probe._risk_model import RiskModel
+from plan_probe.cli import main
 
 CFG = RiskGeneratorConfig(margin=0.3)
 
@@ -74,14 +74,14 @@ def test_fit_risk_bad_input(files, tmp_path, how, needle):
 
 def _tamper(src, dst, how):
     payload = json.loads(src.read_text())
-    if how == "version":
-        payload["plan_probe_version"] = "0.0.1"
+    if how == "schema":
+        payload["schema_version"] = payload["schema_version"] + 1
     else:
         payload["draws"]["b"][0][0] += 0.1
     dst.write_text(json.dumps(payload))
 
 
-@pytest.mark.parametrize("how, needle", [("version", "version"), ("tampered", "checksum")])
+@pytest.mark.parametrize("how, needle", [("schema", "schema_version"), ("tampered", "checksum")])
 def test_plan_rejects_foreign_or_tampered_model(files, tmp_path, how, needle):
     d, _, _ = files
     model = tmp_path / "m.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, oracle_depth, risk_observations, tasks_table
-from planner._tables import validate_risk_observations, validate_tasks
-from theory import REGIMES, RegimeThresholds, classify_regimes
+from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, oracle_depth, risk_observations, tasks_table
+from plan_probe._tables import validate_risk_observations, validate_tasks
+from plan_probe.theory import REGIMES, RegimeThresholds, classify_regimes
 
 
 def test_observations_are_scaled_chi_square():
@@ -23,7 +23,7 @@ def test_observations_are_scaled_chi_square():
     # sd of the sample variance of chi2_7/7: sqrt((m4 - var^2)/n), m4 = 12(nu+4)/nu^3 + 3 var^2 ... use 10 % tolerance
     assert abs(ratio.var() / var - 1) < 0.1
     assert set(obs["depth"]) == set(cfg.depths) and (obs["dof"] == 7.0).all()
-    validate_risk_observations(obs)  # follows the DESIGN.md Sec. 3 contract
+    validate_risk_observations(obs)  # follows the docs/theory.md §3 contract
 
 
 def test_regression_and_noise_as_configured():

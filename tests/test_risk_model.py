@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from experiments.synthetic.planning_check import per_task_least_squares, run_planning_check
-from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
-from planner._plan import PlanSettings, compute_plan
-from planner._risk_model import RiskFitSettings, RiskModel
-from planner.cli import main
+from plan_probe.experiments.synthetic.planning_check import per_task_least_squares, run_planning_check
+from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
+from plan_probe._plan import PlanSettings, compute_plan
+from plan_probe._risk_model import RiskFitSettings, RiskModel
+from plan_probe.cli import main
 
 N_TRAIN = 80
 FAST_NUTS = RiskFitSettings(method="nuts", num_warmup=200, num_samples=200, num_chains=2)

@@ -20,8 +20,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from planner._run import KILL_AFTER_ENV, PROBE_LOG_ENV
-from planner.cli import main
+from plan_probe.cli import main
 from tests._run_helpers import make_assets, sentiment, write_portfolio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +54,41 @@ def _run(args, env=None):
                 os.environ[k] = v
 
 
+class ProbeCounter:
+    """Counts the probes this process finishes, by wrapping ``run_probe`` (no hook in the library).
+
+    A probe that raises (``bad-modules``: a failed record, retried on every rerun) is not counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __enter__(self):
+        import plan_probe.probes._probe as probe_module
+
+        self._patch = pytest.MonkeyPatch()
+        original = probe_module.run_probe
+
+        def counting(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.calls += 1
+            return result
+
+        self._patch.setattr(probe_module, "run_probe", counting)
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.undo()
+
+
+# A run that SIGKILLs itself right after its first probe record is on disk (RunSettings.on_record).
+KILL_AFTER_FIRST_RECORD = """
+import os, signal, sys
+from plan_probe._run import RunSettings, prepare_run, run_portfolio
+settings = RunSettings(progress=False, on_record=lambda name: os.kill(os.getpid(), signal.SIGKILL))
+run_portfolio(prepare_run(sys.argv[1], settings), sys.argv[2], settings)
+"""
+
+
 def _probe_record_sans_time(path: Path) -> dict:
     rec = json.loads(path.read_text())
     rec.pop("wall_time_s")
@@ -70,10 +104,10 @@ def assets(tmp_path_factory):
 def main_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("main")
     portfolio = write_portfolio(root / "portfolio.toml", assets, MAIN_CANDIDATES, **SETTINGS)
-    log = root / "probe_log.txt"
-    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    return {"portfolio": portfolio, "out": root / "out", "log": log, "stdout": res.output}
+    return {"portfolio": portfolio, "out": root / "out", "probes_run": counter.calls, "stdout": res.output}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +163,7 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
 
 
 def test_depth_aware_prediction_matches_the_predictor_on_the_recorded_features(main_run, assets):
-    from planner._predictor import ProbePredictor
+    from plan_probe._predictor import ProbePredictor
 
     out = main_run["out"]
     static = json.loads((out / "static" / "dyn-lowlr.json").read_text())["descriptors"]
@@ -145,10 +179,10 @@ def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_pa
     out = main_run["out"]
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
     probe_before = (out / "probes" / "dyn-lowlr.json").read_bytes()
-    log_before = main_run["log"].read_text()
-    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(main_run["log"])})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert main_run["log"].read_text() == log_before  # no probe ran again
+    assert main_run["probes_run"] == 1 and counter.calls == 0  # dyn-lowlr's probe did not run again
     assert (out / "probes" / "dyn-lowlr.json").read_bytes() == probe_before
     for name in OUTPUTS:
         assert (out / name).read_bytes() == before[name], name
@@ -156,18 +190,16 @@ def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_pa
 
 def test_kill_and_rerun_finishes_with_the_same_outputs_and_repeats_no_probe(main_run, tmp_path):
     out = tmp_path / "out"
-    log = tmp_path / "probe_log.txt"
-    env = {**os.environ, KILL_AFTER_ENV: "1", PROBE_LOG_ENV: str(log), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", "from planner.cli import main; main()",
-           "run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", KILL_AFTER_FIRST_RECORD, str(main_run["portfolio"]), str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in (out / "probes").glob("*.json")] == ["dyn-lowlr.json"]
     assert not (out / "predictions.csv").exists()
-    res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"], {PROBE_LOG_ENV: str(log)})
+    with ProbeCounter() as counter:
+        res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    keys = log.read_text().split()
-    assert len(keys) == len(set(keys)) == 1  # the finished probe was never repeated
+    assert counter.calls == 0  # the recorded probe was never repeated (only bad-modules, which fails, ran)
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
     for name in ("dyn-lowlr.json", "bad-modules.json"):
@@ -208,3 +240,45 @@ def test_ray_backend_gives_the_same_predictions_as_local(budget_run, tmp_path):
         a = json.loads((out / "probes" / f"{name}.json").read_text())
         b = json.loads((budget_run["out"] / "probes" / f"{name}.json").read_text())
         assert a["key"] == b["key"] and a["status"] == b["status"] and a["diverged_step"] == b["diverged_step"]
+
+
+DECISION_CANDIDATES = [
+    # score = 60 - 10 log10(lr / 1e-4): lr 6.3e-4 sits at tau = 52, 1e-4 far above, 3e-3 far below; n = 60
+    # gives a risk curve that falls to L_int = 1 within the first steps (tests/_run_helpers.py)
+    {"name": "near-tau", "dataset": sentiment(60, seed=2), "lr": 6.3e-4, "full_steps": 400},
+    {"name": "far-above", "dataset": sentiment(60, seed=6), "lr": 1e-4, "full_steps": 400},
+    {"name": "far-below", "dataset": sentiment(60, seed=7), "lr": 3e-3, "full_steps": 400},
+]
+
+
+@pytest.fixture(scope="module")
+def decision_run(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("decision")
+    portfolio = write_portfolio(root / "portfolio.toml", assets, DECISION_CANDIDATES, budget=5, **SETTINGS)
+    res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return {"portfolio": portfolio, "out": root / "out", "stdout": res.output}
+
+
+def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run):
+    out = decision_run["out"]
+    plan = pd.read_csv(out / "plan.csv").set_index("candidate")
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["totals"]
+    assert t["objective"] == "decision" and summary["portfolio"]["settings"]["objective"] == "decision"
+    # the budget (5 < c_min x 3 = 9) is fine for this objective; only the candidate at tau is probed
+    # (its risk curve is at its floor from c_min on, so the shortest probe is the best one)
+    assert dict(plan["probe_steps"]) == {"near-tau": 3, "far-above": 0, "far-below": 0}
+    assert plan.loc["far-above", "decision_now"] == "go" and plan.loc["far-below", "decision_now"] == "no-go"
+    assert plan.loc["near-tau", "reason"].startswith("near τ") and "can flip the decision" in plan.loc["near-tau", "reason"]
+    assert plan.loc["far-above", "reason"].startswith("far above τ") or "no probe" in plan.loc["far-above", "reason"]
+    expected = (plan["loss_now"] - plan["loss_at_probe_steps"]).sum() - plan["probe_steps"].sum()
+    assert t["expected_loss_avoided"] == pytest.approx(expected) and t["expected_loss_avoided"] > 0
+    report = (out / "report.md").read_text()
+    assert "### Why each candidate got its steps" in report and "avoided** (net" in report
+    for cand, row in plan.iterrows():
+        assert f"- **{cand}** ({int(row['probe_steps'])} steps): {row['reason']}" in report
+    assert "avoided" in decision_run["stdout"]
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
+    assert pred.loc["near-tau", "predictor"] == "depth_aware" and int(pred.loc["near-tau", "depth"]) == 3
+    assert pred.loc["far-above", "decision"] == "go" and pred.loc["far-below", "decision"] == "no-go"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from experiments.synthetic._experiment import identity_config
-from experiments.synthetic.nqm import NQMConfig, simulate_fork_table, simulate_forks
-from planner.cli import main
-from theory import fork_risk, nqm_conditional_moments
+from plan_probe.experiments.synthetic._experiment import identity_config
+from plan_probe.experiments.synthetic.nqm import NQMConfig, simulate_fork_table, simulate_forks
+from plan_probe.cli import main
+from plan_probe.theory import fork_risk, nqm_conditional_moments
 
 
 def test_exact_risk_matches_monte_carlo():

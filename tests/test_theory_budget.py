@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from theory import (
+from plan_probe.theory import (
     depth_for_marginal_gain,
     efficiency_frontier,
     expected_optimal_depth,
@@ -92,7 +92,7 @@ def test_expected_optimal_depth_many_tasks_converging_at_different_speeds():
     """
     import numpy as np
 
-    from theory import expected_optimal_depth
+    from plan_probe.theory import expected_optimal_depth
 
     rng = np.random.default_rng(0)
     k = np.exp(rng.normal(2.0, 1.5, (40, 150)))

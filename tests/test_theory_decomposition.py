@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from theory import decompose_risk, fit_power_law, fork_risk
+from plan_probe.theory import decompose_risk, fit_power_law, fork_risk
 
 
 def _forks(rng, n_prefixes, n_forks, mean_sd, within_var):
@@ -57,7 +57,7 @@ def test_decompose_risk_floor_from_fit():
 
 
 def test_power_law_fit_recovers_truth_and_se_covers():
-    # Gamma observations exactly as DESIGN.md Sec. 2: u = L(c) chi2_nu / nu.
+    # Gamma observations exactly as docs/theory.md §2: u = L(c) chi2_nu / nu.
     rng = np.random.default_rng(4)
     c = np.array([5, 10, 20, 40, 80, 160, 320.0])
     nu = np.full(c.size, 500.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from theory import decay_bound, flat_future_variance, loglog_slope, nqm_risk, nqm_transfer, sgd_step_sizes
+from plan_probe.theory import decay_bound, flat_future_variance, loglog_slope, nqm_risk, nqm_transfer, sgd_step_sizes
 
 H = np.array([0.0, 1e-3, 0.5, 1.5])
 S2 = np.array([1.0, 2.0, 0.5, 1.0])

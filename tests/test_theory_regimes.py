@@ -1,11 +1,11 @@
-"""Regime rule of DESIGN.md Sec. 1 against hand-computed cases."""
+"""Regime rule of docs/theory.md §1 against hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from theory import REGIMES, RegimeThresholds, classify_regimes, regime_probabilities
+from plan_probe.theory import REGIMES, RegimeThresholds, classify_regimes, regime_probabilities
 
 
 def test_hand_cases():

@@ -1,14 +1,25 @@
-"""Closed forms and bounds of the risk-decomposition theory (DESIGN.md Sec. 1)."""
+"""Closed forms and bounds of the risk-decomposition theory (docs/theory.md §1) and decision-aware probing (§2)."""
 
-from theory._budget import (
+from plan_probe.theory._budget import (
     depth_for_marginal_gain,
     efficiency_frontier,
     expected_optimal_depth,
+    log_expected_marginal_gain,
     optimal_probe_length,
     probe_objective,
     risk_curve,
 )
-from theory._decomposition import (
+from plan_probe.theory._decision import (
+    DecisionCurves,
+    allocate_decision_budget,
+    bivariate_normal_cdf,
+    decision_curves,
+    decision_loss,
+    decision_loss_now,
+    expected_decision_loss,
+    success_probability,
+)
+from plan_probe.theory._decomposition import (
     ForkEstimate,
     PowerLawFit,
     RiskDecomposition,
@@ -16,7 +27,7 @@ from theory._decomposition import (
     fit_power_law,
     fork_risk,
 )
-from theory._envelope import (
+from plan_probe.theory._envelope import (
     NQMTransfer,
     decay_bound,
     flat_future_variance,
@@ -26,24 +37,32 @@ from theory._envelope import (
     nqm_transfer,
     sgd_step_sizes,
 )
-from theory._regimes import REGIMES, RegimeThresholds, classify_regimes, regime_probabilities
+from plan_probe.theory._regimes import REGIMES, RegimeThresholds, classify_regimes, regime_probabilities
 
 __all__ = [
     "REGIMES",
+    "DecisionCurves",
     "ForkEstimate",
     "NQMTransfer",
     "PowerLawFit",
     "RegimeThresholds",
     "RiskDecomposition",
+    "allocate_decision_budget",
+    "bivariate_normal_cdf",
     "classify_regimes",
     "decay_bound",
+    "decision_curves",
+    "decision_loss",
+    "decision_loss_now",
     "decompose_risk",
     "depth_for_marginal_gain",
     "efficiency_frontier",
+    "expected_decision_loss",
     "expected_optimal_depth",
     "fit_power_law",
     "flat_future_variance",
     "fork_risk",
+    "log_expected_marginal_gain",
     "loglog_slope",
     "nqm_conditional_moments",
     "nqm_risk",
@@ -53,4 +72,5 @@ __all__ = [
     "regime_probabilities",
     "risk_curve",
     "sgd_step_sizes",
+    "success_probability",
 ]

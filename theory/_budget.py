@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from theory._validate import as_float_array, check_depth_range, check_nonnegative, check_positive
+from plan_probe.theory._validate import as_float_array, check_depth_range, check_nonnegative, check_positive
 
 __all__ = [
     "risk_curve",
@@ -13,6 +13,7 @@ __all__ = [
     "optimal_probe_length",
     "expected_optimal_depth",
     "depth_for_marginal_gain",
+    "log_expected_marginal_gain",
     "efficiency_frontier",
 ]
 
@@ -64,7 +65,22 @@ def optimal_probe_length(k, alpha, cost, c_min: float | None = None, c_max: floa
     return c_star
 
 
-def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max_iter: int = 60):
+def log_expected_marginal_gain(k, alpha, c):
+    r"""Per task, the log posterior expected marginal gain of one more probe step at depth ``c``.
+
+    .. math:: \log \mathbb E\left[\alpha K c^{-(\alpha+1)}\right]
+              = \log \mathbb E\left[-\mathrm d V_\mathrm{opt}/\mathrm dc\right]
+
+    (the slope of the decay envelope, Prop. 5.1 / Thm. 6.1), computed in log space over the draws
+    (rows are tasks, columns draws); ``c`` is a scalar or one depth per task.
+    """
+    k = np.atleast_2d(check_positive("k", k))
+    alpha = np.atleast_2d(check_positive("alpha", alpha))
+    log_c = np.broadcast_to(np.log(check_positive("c", c)), (k.shape[0],))
+    return logsumexp(np.log(alpha) + np.log(k) - (alpha + 1.0) * log_c[:, None], axis=1) - np.log(k.shape[1])
+
+
+def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, c_start=None, max_iter: int = 60):
     r"""Depth where the posterior expected marginal gain equals ``target``, per task.
 
     Solves, for each row (task) of the draw arrays,
@@ -77,7 +93,9 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
     equal-marginal-gain allocation of a portfolio budget.
 
     In :math:`u = \log c`, :math:`\varphi(u) = \log \mathbb E[\exp(\log\alpha K - (\alpha+1)u)]` is
-    convex and decreasing, so Newton's method started left of the root converges monotonically.
+    convex and decreasing, so Newton's method started left of the root converges monotonically, and
+    a start right of the root lands left of it after one step: any ``c_start`` (a warm start, e.g.
+    the previous solution of a budget search over ``target``) converges.
 
     Parameters
     ----------
@@ -85,6 +103,8 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
         Posterior draws.
     target : float or array_like, shape (n_tasks,)
         The marginal gain :math:`\mu` (> 0).
+    c_start : array_like, shape (n_tasks,), optional
+        Starting depths (default ``c_min``).
     """
     k = np.atleast_2d(check_positive("k", k))
     alpha = np.atleast_2d(check_positive("alpha", alpha))
@@ -98,10 +118,10 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
         return logsumexp(log_ak[rows] - (alpha[rows] + 1.0) * u[:, None], axis=1) - np.log(n_draws)
 
     u_lo, u_hi = np.log(lo), np.log(hi)
-    u = np.full(k.shape[0], u_lo)
-    at_lo = phi(u) <= log_t  # marginal gain already below the target at c_min
-    at_hi = phi(np.full_like(u, u_hi)) >= log_t  # still above the target at c_max
+    at_lo = phi(np.full(k.shape[0], u_lo)) <= log_t  # marginal gain already below the target at c_min
+    at_hi = phi(np.full(k.shape[0], u_hi)) >= log_t  # still above the target at c_max
     active = ~(at_lo | at_hi)
+    u = np.full(k.shape[0], u_lo) if c_start is None else np.clip(np.log(np.asarray(c_start, dtype=float)), u_lo, u_hi)
     for _ in range(max_iter):
         if not active.any():
             break
@@ -111,7 +131,7 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
         w /= w.sum(axis=1, keepdims=True)
         slope = (w * (alpha[active] + 1.0)).sum(axis=1)  # -phi'(u)
         step = (phi(ua, active) - log_t[active]) / slope
-        u[active] = np.minimum(ua + step, u_hi)
+        u[active] = np.clip(ua + step, u_lo, u_hi)
         still = np.abs(step) > 1e-12
         idx = np.flatnonzero(active)
         active[idx[~still]] = False
@@ -119,15 +139,24 @@ def depth_for_marginal_gain(k, alpha, target, c_min: float, c_max: float, *, max
     return np.exp(u)
 
 
-def expected_optimal_depth(k, alpha, cost, c_min: float, c_max: float):
+def expected_optimal_depth(k, alpha, cost, c_min: float, c_max: float, *, integer: bool = False):
     r"""Minimiser over ``[c_min, c_max]`` of the posterior expected objective.
 
     .. math:: c_\mathrm{opt} = \arg\min_c\; \mathbb E[L_\mathrm{int} + K c^{-\alpha}] + \gamma\lambda c
 
     Not the plug-in of posterior means: the expectation is over the draws (rows are tasks,
-    columns draws). See :func:`depth_for_marginal_gain`.
+    columns draws). See :func:`depth_for_marginal_gain`. With ``integer=True`` the result is the
+    better of the floor and ceiling of the continuous minimiser within ``[ceil(c_min), floor(c_max)]``
+    (the objective is convex, so one of them is the integer optimum; ties go to the shorter probe).
     """
-    return depth_for_marginal_gain(k, alpha, cost, c_min, c_max)
+    c = depth_for_marginal_gain(k, alpha, cost, c_min, c_max)
+    if not integer:
+        return c
+    k, alpha = np.atleast_2d(k), np.atleast_2d(alpha)
+    lo, hi = np.ceil(c_min), np.floor(c_max)
+    cand = np.stack([np.floor(c), np.ceil(c)]).clip(lo, hi)
+    obj = [(k * cand_i[:, None] ** -alpha).mean(axis=1) + cost * cand_i for cand_i in cand]
+    return np.where(obj[1] < obj[0], cand[1], cand[0]).astype(np.int64)
 
 
 def efficiency_frontier(c, l_int, k, alpha):

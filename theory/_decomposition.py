@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory._validate import as_float_array, check_positive
+from plan_probe.theory._validate import as_float_array, check_positive
 
 __all__ = [
     "ForkEstimate",
@@ -37,7 +37,7 @@ class ForkEstimate:
         Standard error from the spread of the per-prefix variances across prefixes.
     dof : float
         Nominal degrees of freedom ``n_prefixes * (n_forks - 1)`` (exact for Gaussian scores with a
-        prefix-independent variance; the ``dof`` column of DESIGN.md Sec. 3).
+        prefix-independent variance; the ``dof`` column of docs/theory.md §3).
     n_prefixes, n_forks : int
     """
 
@@ -207,7 +207,7 @@ _LOG_ALPHA_BOUNDS = (np.log(1e-3), np.log(20.0))
 def fit_power_law(depths, risk, dof=None, se=None) -> PowerLawFit:
     r"""Fit :math:`\hat U(c) \approx L_\mathrm{int} + K c^{-\alpha}` (the paper's protocol, Prop. 5.1 envelope).
 
-    With degrees of freedom (the fork protocol's ``dof``, DESIGN.md Sec. 2) the likelihood is Gamma:
+    With degrees of freedom (the fork protocol's ``dof``, docs/theory.md §2) the likelihood is Gamma:
     :math:`\nu_i \hat U_i / L(c_i) \sim \chi^2_{\nu_i}`, i.e. minimise
 
     .. math:: \sum_i \frac{\nu_i}{2}\Big(\log L(c_i) + \frac{\hat U_i}{L(c_i)}\Big), \qquad L(c) = L_\mathrm{int} + K c^{-\alpha};

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import zeta
 
-from theory._validate import as_float_array, check_nonnegative, check_positive
+from plan_probe.theory._validate import as_float_array, check_nonnegative, check_positive
 
 __all__ = [
     "decay_bound",

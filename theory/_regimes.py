@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory._budget import optimal_probe_length
-from theory._validate import check_depth_range, check_nonnegative, check_positive
+from plan_probe.theory._budget import optimal_probe_length
+from plan_probe.theory._validate import check_depth_range, check_nonnegative, check_positive
 
 __all__ = ["REGIMES", "RegimeThresholds", "classify_regimes", "regime_probabilities"]
 
@@ -17,7 +17,7 @@ REGIMES = ("static_sufficient", "dynamic_critical", "noise_dominant")
 
 @dataclass(frozen=True)
 class RegimeThresholds:
-    """Operational regime boundaries (DESIGN.md Sec. 1), validated on construction.
+    """Operational regime boundaries (docs/theory.md §1), validated on construction.
 
     cost : gamma * lambda, the risk-equivalent cost of one probe step.
     target_rmse : epsilon, the RMSE the user needs, in score units.
@@ -38,7 +38,7 @@ class RegimeThresholds:
 def classify_regimes(l_int, k, alpha, thresholds: RegimeThresholds = RegimeThresholds()):
     r"""Regime of each parameter draw, as an integer index into :data:`REGIMES`.
 
-    Rule (DESIGN.md Sec. 1, with :math:`c^\ast = (\alpha K/\gamma\lambda)^{1/(\alpha+1)}`, Thm. 6.1):
+    Rule (docs/theory.md §1, with :math:`c^\ast = (\alpha K/\gamma\lambda)^{1/(\alpha+1)}`, Thm. 6.1):
 
     * Noise-Dominant if :math:`L_\mathrm{int} \ge \varepsilon^2`;
     * else Static-Sufficient if :math:`c^\ast \le c_\min`;

@@ -6,7 +6,7 @@ Layout of ``OUT``::
     OUT/records/<key>.json   one record per run (key: hash of the canonical task config + seed)
     OUT/cache/emb-*.npz      embedding cache
     OUT/meta.parquet         one row per run x probe depth (predictor meta-dataset)
-    OUT/risk_obs.parquet     one row per run x fork depth (DESIGN Sec. 3 risk observations)
+    OUT/risk_obs.parquet     one row per run x fork depth (docs/theory.md §3 risk observations)
 
 Every file is written atomically (temporary file + rename), so a build killed at any moment leaves
 only finished records behind; a rerun skips them and redoes the rest.
@@ -20,12 +20,14 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from experiments.metadataset._spec import BuildSpec, TaskConfig, canonical_json, config_hash
-from planner._io import atomic_path, read_json, write_json, write_table
-from planner._version import package_versions
+from plan_probe.experiments.metadataset._spec import BuildSpec, TaskConfig, canonical_json, config_hash
+from plan_probe.probes._formats import META_RUN_RECORD
+from plan_probe.probes._io import atomic_path, read_json, write_json, write_table
+from plan_probe.probes._version import package_versions
 
 __all__ = ["RUNNERS", "make_runner", "run_job", "build", "run_key", "run_seed", "assemble_tables", "load_records"]
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def _encoder_runner(cache_dir):
-    from experiments.metadataset._encoder import EncoderRunner
+    from plan_probe.experiments.metadataset._encoder import EncoderRunner
 
     return EncoderRunner(cache_dir)
 
@@ -67,12 +69,9 @@ def _versions() -> dict:
 def load_records(out: str | Path) -> list[dict]:
     """All records under ``OUT/records``, sorted by key."""
     folder = Path(out) / "records"
-    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
-#: Test hook: SIGKILL this process after this many runs were recorded in one call, right after the
-#: next run finished computing and before its record is written (a kill at the worst moment).
-KILL_AFTER_ENV = "PLAN_PROBE_META_KILL_AFTER"
+    if not folder.is_dir():
+        return []
+    return [META_RUN_RECORD.read(read_json(p), str(p)) for p in sorted(folder.glob("*.json"))]
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,7 +89,8 @@ def run_job(tier: str, cache_dir: str, task: TaskConfig, prefix_index: int, seed
 
 def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit: int | None = None,
           progress: bool = True, cache_dir: str | Path | None = None, backend: str = "local",
-          ray_address: str | None = None, max_retries: int = 0) -> dict:
+          ray_address: str | None = None, max_retries: int = 0,
+          before_write: Callable[[int], None] | None = None) -> dict:
     """Run every pending run of ``spec`` into ``out`` and assemble the tables.
 
     Finished records (``ok``, ``diverged``; also ``failed`` unless ``retry_failed``) are skipped.
@@ -98,17 +98,15 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
     ``cache_dir`` holds the embedding cache (default ``out/cache``). ``backend`` runs the runs in
     this process (``local``) or as Ray tasks (``ray``, at ``ray_address`` or a local instance);
     either way this driver writes every record. A run that raises is retried ``max_retries``
-    times, then recorded ``failed``. Returns a summary dict.
+    times, then recorded ``failed``. ``before_write(n)`` is called when a run has finished
+    computing, just before its record is written, with the number of records this call has
+    written so far (the worst moment for a kill, which tests use). Returns a summary dict.
     """
-    import os
-    import signal
-
     from tqdm import tqdm
 
-    from planner._executor import Job, check_backend, execute
+    from plan_probe.probes._executor import Job, check_backend, execute
 
     check_backend(backend, ray_address)
-    kill_after = int(os.environ[KILL_AFTER_ENV]) if os.environ.get(KILL_AFTER_ENV) else None
 
     out = Path(out)
     records = out / "records"
@@ -143,9 +141,9 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
         else:  # a failing run is recorded and the build goes on
             log.warning("run %s prefix %d failed: %s", task.task_id, p, outcome.error)
             result, status, error, wall = {}, "failed", outcome.error, 0.0
-        if kill_after is not None and i >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        record = {
+        if before_write is not None:
+            before_write(i)
+        record = META_RUN_RECORD.stamp({
             "key": path.stem,
             "run_id": f"{task.task_id}--p{p}",
             "task_id": task.task_id,
@@ -158,7 +156,7 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
             "wall_time_s": round(wall, 3),
             "versions": versions,
             "result": result,
-        }
+        })
         write_json(record, path)
         counts[status] += 1
     tables = assemble_tables(out)

@@ -12,9 +12,6 @@ import os
 
 import click
 
-COMMANDS: list = []
-EXPERIMENT_COMMANDS: list = []
-
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +35,9 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
     static_*, dyn_*, hp_*, label) and OUT/risk_obs.parquet (task_id, depth, risk_obs, dof, static_*)
     are assembled. A JSON summary goes to stdout.
     """
-    from experiments.metadataset._spec import load_spec
+    from plan_probe.experiments.metadataset._spec import load_spec
 
-    from planner._executor import check_backend
+    from plan_probe.probes._executor import check_backend
 
     check_backend(backend, ray_address)
     if _spec_tier(spec_path) == "llm":
@@ -55,7 +52,7 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from experiments.metadataset._build import build
+    from plan_probe.experiments.metadataset._build import build
 
     summary = build(spec, out, retry_failed=retry_failed, limit=limit, progress=not no_progress,
                     cache_dir=cache, backend=backend, ray_address=ray_address, max_retries=max_retries)
@@ -78,11 +75,11 @@ def _build_llm(spec_path, out, backend, ray_address, max_retries, limit):
     tables (all resumable).
 
     The runs stage can also be sharded over processes or machines with
-    ``python -m experiments.llm_tier runs SPEC --out DIR --shard i/m``.
+    ``python -m plan_probe.experiments.llm_tier runs SPEC --out DIR --shard i/m``.
     """
     from pathlib import Path
 
-    from experiments.llm_tier import assemble, load_llm_spec, run_base, run_runs, run_static
+    from plan_probe.experiments.llm_tier import assemble, load_llm_spec, run_base, run_runs, run_static
 
     if limit is not None:
         raise ValueError(f"--limit is for the encoder tier, but got {limit=} for tier llm; leave it out.")
@@ -113,21 +110,17 @@ def real(meta, out, n_boot, level, seed, cost, target_rmse, c_min, c_max):
         raise ValueError(f"--n-boot must be at least 10, but got {n_boot=}; pass 10 or more.")
     if not 0.5 <= level < 1.0:
         raise ValueError(f"--level must be in [0.5, 1), but got {level=}; pass e.g. 0.9.")
-    from theory import RegimeThresholds
+    from plan_probe.theory import RegimeThresholds
 
     thresholds = RegimeThresholds(cost=cost, target_rmse=target_rmse, c_min=c_min, c_max=c_max)
     risk_path = Path(meta) / "risk_obs.parquet"
     if not risk_path.is_file():
         raise ValueError(f"--meta must hold risk_obs.parquet, but got {meta!r} without it; run plan-probe build-meta first.")
-    from planner._io import read_table
+    from plan_probe.probes._io import read_table
 
     risk = read_table(risk_path)
-    from experiments.metadataset._real import check_risk_table, run_real
+    from plan_probe.experiments.metadataset._real import check_risk_table, run_real
 
     check_risk_table(risk)
     results = run_real(risk, Path(out), thresholds=thresholds, n_boot=n_boot, level=level, seed=seed)
     click.echo(json.dumps(results["summary"], indent=2, sort_keys=True))
-
-
-COMMANDS.append(build_meta)
-EXPERIMENT_COMMANDS.append(real)

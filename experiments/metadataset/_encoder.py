@@ -5,7 +5,7 @@ held-out accuracy is the run's label) while per-step dynamics are recorded; at e
 ``c`` the prefix state is continued to ``T`` by ``n_forks`` forks with their own seeds (data
 order, dropout masks and, for ``eval_size > 0``, the benchmark sample), all forks in one
 vectorised call (``jax.vmap``). The forks' sample variance of the final score is an unbiased
-estimate of Var(R | I_c) with ``n_forks - 1`` degrees of freedom (DESIGN.md Sec. 2).
+estimate of Var(R | I_c) with ``n_forks - 1`` degrees of freedom (docs/theory.md §2).
 
 The step size is ``lr * (1 + t / t0) ** -rho``; with rho > 1/2 the not-yet-determined part of the
 final parameters at step c shrinks like a power of c (Prop. 5.1).
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.metadataset._data import load_slice, make_variant
-from experiments.metadataset._embed import Embedder
-from experiments.metadataset._spec import TaskConfig, canonical_json
+from plan_probe.experiments.metadataset._data import load_slice, make_variant
+from plan_probe.experiments.metadataset._embed import Embedder
+from plan_probe.experiments.metadataset._spec import TaskConfig, canonical_json
 
 __all__ = ["EncoderRunner", "dynamic_features", "static_features"]
 
@@ -37,7 +37,7 @@ def _seed_int(*parts) -> int:
 
 
 def static_features(texts_train, emb_train, labels, label_emb, n_classes, dataset, eval_size, rng) -> dict:
-    """Cheap task descriptors of a training set (names prefixed ``static_``; see the README)."""
+    """Cheap task descriptors of a training set (names prefixed ``static_``; see docs/guide/metadatasets.md)."""
     n = len(texts_train)
     lengths = np.array([len(t.split()) for t in texts_train], dtype=float)
     tokens = [w.lower() for t in texts_train for w in t.split()]
@@ -79,7 +79,7 @@ def static_features(texts_train, emb_train, labels, label_emb, n_classes, datase
 
 
 def dynamic_features(stats: dict[str, np.ndarray], depth: int, flatness: float | None) -> dict:
-    """DESIGN Sec. 4 dynamic features from the first ``depth`` steps of the prefix."""
+    """docs/theory.md §4 dynamic features from the first ``depth`` steps of the prefix."""
     loss = stats["loss"][:depth].astype(float)
     gn = stats["grad_norm"][:depth].astype(float)
     t = np.arange(depth, dtype=float)

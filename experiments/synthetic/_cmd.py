@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-COMMANDS: list = []
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +27,9 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
     Writes OUT/results.json (identity_max_z, envelope, regimes, seed, settings, version),
     OUT/envelope.png, OUT/phase_diagram.png and OUT/fork_fits.png; prints a summary JSON.
     """
-    from theory import RegimeThresholds
+    from plan_probe.theory import RegimeThresholds
 
-    from experiments.synthetic._experiment import SyntheticSettings
+    from plan_probe.experiments.synthetic._experiment import SyntheticSettings
 
     # validate everything before any work or output
     thresholds = RegimeThresholds(cost=cost, target_rmse=target_rmse, c_min=c_min, c_max=c_max)
@@ -38,13 +37,10 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out must be a folder, but got the file {str(out_dir)!r}; pass a folder path.")
 
-    import matplotlib
+    from plan_probe._figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from experiments.synthetic._experiment import plot_envelope, plot_fork_fits, plot_phase_diagram, run_synthetic
-    from planner._io import atomic_path, write_json
+    from plan_probe.experiments.synthetic._experiment import plot_envelope, plot_fork_fits, plot_phase_diagram, run_synthetic
+    from plan_probe.probes._io import atomic_path, write_json
 
     start = time.perf_counter()
     results, data = run_synthetic(settings)
@@ -56,12 +52,11 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
         "fork_fits.png": lambda ax: plot_fork_fits(ax, data["regimes"]),
     }
     for name, draw in figures.items():
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig, ax = subplots(figsize=(7, 5))
         draw(ax)
         fig.tight_layout()
         with atomic_path(out_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-        plt.close(fig)
     write_json(results, out_dir / "results.json")
     summary = {
         "identity_max_z": results["identity_max_z"],
@@ -85,20 +80,47 @@ def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out
     """Check the planner on synthetic tasks: regime accuracy, objective vs oracle, budgeted risk (issue #3)."""
     import json
 
-    from experiments.synthetic.planning_check import run_planning_check
+    from plan_probe.experiments.synthetic.planning_check import run_planning_check
 
     fit_settings = None
     if quick:
-        from planner._risk_model import RiskFitSettings
+        from plan_probe._risk_model import RiskFitSettings
 
         n_train, n_test = 120, 400
         fit_settings = RiskFitSettings(method=method, num_warmup=250, num_samples=250)
     result = run_planning_check(n_train, n_test, seed=seed, method=method, fit_settings=fit_settings)
     if out_file is not None:
-        from planner._io import write_json
+        from plan_probe.probes._io import write_json
 
         write_json(result, out_file)
     click.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
-EXPERIMENT_COMMANDS: list = [synthetic, planning]
+@click.command("decision")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.json and table.md.")
+@click.option("--quick", is_flag=True, help="5 portfolios x 200 tasks x 16 outcomes, 3 depths (about a minute).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random stream (recorded in results.json).")
+def decision(out_dir: Path, quick: bool, seed: int) -> None:
+    """Realised decision loss + probe cost: decision objective vs the risk objective and fixed depths at
+    the same total steps, on synthetic portfolios with known truth (docs/results/decision.md).
+
+    Writes OUT/results.json and OUT/table.md; prints the table.
+    """
+    from plan_probe.experiments.synthetic.decision_check import (
+        DecisionExperimentSettings,
+        format_table,
+        run_decision_experiment,
+    )
+    from plan_probe.probes._io import atomic_path, write_json
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out must be a folder, but got the file {str(out_dir)!r}; pass a folder path.")
+    settings = DecisionExperimentSettings.quick(seed) if quick else DecisionExperimentSettings(seed=seed)
+    start = time.perf_counter()
+    results = run_decision_experiment(settings)
+    log.info("decision experiment computed in %.1f s", time.perf_counter() - start)
+    table = format_table(results)
+    write_json(results, out_dir / "results.json")
+    with atomic_path(out_dir / "table.md") as tmp:
+        tmp.write_text(table + "\n", encoding="utf-8")
+    click.echo(table)

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from experiments.synthetic.nqm import NQMConfig, simulate_fork_table
-from theory import (
+from plan_probe.experiments.synthetic.nqm import NQMConfig, simulate_fork_table
+from plan_probe.theory import (
     REGIMES,
     RegimeThresholds,
     classify_regimes,
@@ -313,7 +313,7 @@ def run_synthetic(settings: SyntheticSettings) -> tuple[dict, dict]:
     The seed is split with :class:`numpy.random.SeedSequence` into independent streams for the
     identity and regime parts, so the same seed gives byte-identical results.
     """
-    from planner._version import __version__
+    from plan_probe.probes._version import __version__
 
     identity_seq, regime_seq = np.random.SeedSequence(settings.seed).spawn(2)
     identity = run_identity(settings, np.random.default_rng(identity_seq))
@@ -375,7 +375,7 @@ def _boundary_alphas(k: float, thresholds: RegimeThresholds, alpha_max: float) -
 
 
 def plot_phase_diagram(ax, regimes: list[dict], thresholds: RegimeThresholds, reference_k=REFERENCE_K):
-    """Families on the (L_int, alpha) plane with the DESIGN.md Sec. 1 boundaries.
+    """Families on the (L_int, alpha) plane with the docs/theory.md §1 boundaries.
 
     Vertical line: L_int = eps^2 (Noise-Dominant to its right). Horizontal lines: the alphas where
     c* = c_min for each reference K; between a K's two lines a task with that K is Dynamic-Critical.

@@ -4,46 +4,26 @@ Each run (a candidate fine-tuning job) has static dataset features and hyperpara
 expected final score through a nonlinear function, a run-specific latent deviation ``delta`` that no
 static feature explains, and label noise. Dynamic features are noisy views of ``delta`` (plus some
 static information) whose noise shrinks as the probe gets deeper, so the signal-to-noise ratio grows
-with depth, as the risk decomposition (DESIGN §1) assumes: L(c) = L_int + K c^(-alpha) with
+with depth, as the risk decomposition (docs/theory.md §1) assumes: L(c) = L_int + K c^(-alpha) with
 L_int = label noise variance.
 
 Two writers: :func:`make_meta_dataset` (prefixed columns ``static_*``, ``dyn_*``, ``hp_*``, id
 ``run_id``, ``depth``, label ``score`` in percentage points) and :func:`make_tuneahead_layout`
-(TuneAhead's released CSV layout: unprefixed names, id ``dataset_name``, label
-``overall_accuracy`` in [0, 1], one row per dataset at the 100-step probe).
+(TuneAhead's released CSV layout: its 33 unprefixed feature names, id ``dataset_name``, label
+``overall_accuracy`` in [0, 1], one row per run at the 100-step probe, its own simulation).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEPTHS", "make_meta_dataset", "make_tuneahead_layout", "TUNEAHEAD_RENAME"]
+__all__ = ["DEPTHS", "make_meta_dataset", "make_tuneahead_layout", "TUNEAHEAD_STATIC", "TUNEAHEAD_DYNAMIC",
+           "TUNEAHEAD_HP"]
 
 DEPTHS = (5, 10, 20, 50, 100, 200)
 
 _N_STATIC = 8
 _N_DYN = 6
-
-# Prefixed synthetic column -> a TuneAhead released column name of the same group.
-TUNEAHEAD_RENAME = {
-    "static_0": "avg_input_length",
-    "static_1": "output_ttr",
-    "static_2": "approximate_duplicates",
-    "static_3": "io_similarity",
-    "static_4": "reference_perplexity",
-    "static_5": "semantic_diversity",
-    "static_6": "special_char_ratio",
-    "static_7": "dataset_num_items",
-    "dyn_0": "loss_decay_rate",
-    "dyn_1": "gradient_consistency",
-    "dyn_2": "avg_param_change",
-    "dyn_3": "initial_loss",
-    "dyn_4": "avg_grad_norm",
-    "dyn_5": "landscape_flatness",
-    "hp_learning_rate": "learning_rate",
-    "hp_batch_size": "batch_size",
-}
-
 
 def _expected_score(s: np.ndarray, log_lr: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """Nonlinear expected score (pp) from static features and hyperparameters."""
@@ -135,33 +115,147 @@ def make_meta_dataset(
     return out.sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
 
 
-def make_tuneahead_layout(n_runs: int = 400, *, seed: int = 0, depth: int = 100, **kwargs):
-    """The same simulation in TuneAhead's released CSV layout (one row per dataset, no prefixes).
+#: The 33 feature columns of TuneAhead's released meta-dataset, by group (its feature pipeline).
+TUNEAHEAD_STATIC = (
+    "dataset_num_items", "dataset_total_chars", "approximate_duplicates", "avg_input_length", "avg_output_length",
+    "base_model_perplexity", "base_perplexity_std", "embedding_outlier_ratio", "input_length_std", "input_ttr",
+    "io_length_ratio", "io_similarity", "output_length_std", "output_ngram_repetition", "output_ttr",
+    "reference_perplexity", "reference_perplexity_std", "semantic_consistency", "semantic_diversity",
+    "special_char_ratio", "vocab_complexity",
+)
+TUNEAHEAD_DYNAMIC = (
+    "avg_activation_sparsity", "avg_grad_norm", "avg_grad_sparsity", "avg_param_change", "catastrophic_forgetting",
+    "gradient_consistency", "initial_loss", "landscape_flatness", "loss_decay_rate", "loss_stability",
+)
+TUNEAHEAD_HP = ("learning_rate", "batch_size")
+_LRS = np.array([1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4])
+_BATCHES = np.array([4, 8, 16, 32])
 
-    Returns a DataFrame with ``dataset_name``, ``overall_accuracy`` (score / 100, in [0, 1]) and the
-    unprefixed TuneAhead feature names of :data:`TUNEAHEAD_RENAME`, at probe depth ``depth``.
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def make_tuneahead_layout(n_runs: int = 450, *, seed: int = 0, runs_per_dataset: int = 3, noise_sd: float = 0.5,
+                          delta_sd: float = 0.7, probe_reveal: float = 0.6):
+    """A meta-dataset in TuneAhead's released CSV layout: MMLU-accuracy-like labels of LoRA runs.
+
+    One row per run: ``dataset_name`` (the id; ``runs_per_dataset`` runs with different
+    hyperparameters share a dataset and its static features), ``overall_accuracy`` in [0, 1] and
+    TuneAhead's 33 unprefixed features (:data:`TUNEAHEAD_STATIC`, :data:`TUNEAHEAD_DYNAMIC`,
+    :data:`TUNEAHEAD_HP`), the dynamic ones from a 100-step probe.
+
+    The accuracy (percentage points before /100) mixes structures a predictor must handle:
+
+    * additive linear effects of latent data quality q, domain match m, log size, duplicate share,
+      output length and semantic diversity, seen through 21 correlated, noisy, partly redundant
+      static descriptors (some pure nuisance);
+    * a non-linear hyperparameter effect: forgetting 2.0·softplus((log η − log 2e-4)/0.45) with
+      η = lr·sqrt(16/batch), larger when the data match the benchmark less (an interaction), and
+      an undertraining penalty for tiny learning rates on high-quality data;
+    * a run-specific deviation (sd ``delta_sd`` pp) that no static feature explains and the probe
+      reveals partly (``probe_reveal`` of its variance, through catastrophic_forgetting and the
+      loss features), plus evaluation noise (sd ``noise_sd`` pp).
+
+    The probe features are noisy, nearly linear read-outs of the forgetting and of the deviation,
+    so a linear model on the probe recovers much of the non-linear hyperparameter effect.
     """
-    frame = make_meta_dataset(n_runs, seed=seed, depths=(depth,), **kwargs)
-    frame = frame.drop(columns=["depth", "hp_lora_rank"]).rename(columns=TUNEAHEAD_RENAME)
-    frame = frame.rename(columns={"run_id": "dataset_name", "score": "overall_accuracy"})
-    frame["overall_accuracy"] = np.clip(frame["overall_accuracy"] / 100.0, 0.0, 1.0)
+    import pandas as pd
+
+    if n_runs < 2 or runs_per_dataset < 1:
+        raise ValueError(f"n_runs must be at least 2 and runs_per_dataset at least 1, but got {n_runs=}, "
+                         f"{runs_per_dataset=}; simulate more runs.")
+    rng = np.random.default_rng(seed)
+    n_sets = -(-n_runs // runs_per_dataset)
+    q, m = rng.standard_normal(n_sets), rng.standard_normal(n_sets)
+    log_n = rng.uniform(np.log(500), np.log(50_000), n_sets)
+    dup = rng.beta(1.2, 8.0, n_sets)
+    in_len = np.exp(rng.normal(4.8, 0.5, n_sets) + 0.15 * m)
+    out_len = np.exp(rng.normal(5.4, 0.6, n_sets) + 0.2 * q)
+    ref_ppl = np.exp(2.3 - 0.25 * m + 0.1 * rng.standard_normal(n_sets))
+
+    def noisy(x, sd):
+        return x + sd * rng.standard_normal(n_sets)
+
+    static = {
+        "dataset_num_items": np.round(np.exp(log_n)),
+        "dataset_total_chars": np.round(np.exp(log_n) * (in_len + out_len) * np.exp(noisy(0, 0.05))),
+        "approximate_duplicates": dup,
+        "avg_input_length": in_len,
+        "avg_output_length": out_len,
+        "base_model_perplexity": ref_ppl * np.exp(noisy(0.05, 0.08)),
+        "base_perplexity_std": np.abs(noisy(0.4 * ref_ppl, 0.6)),
+        "embedding_outlier_ratio": np.clip(noisy(0.02 * np.exp(-0.5 * q), 0.005), 0, None),
+        "input_length_std": in_len * np.exp(noisy(-0.5, 0.2)),
+        "input_ttr": np.clip(noisy(0.45 + 0.03 * q, 0.03), 0.05, 0.95),
+        "io_length_ratio": out_len / in_len,
+        "io_similarity": np.clip(noisy(0.35 + 0.06 * m, 0.05), 0, 1),
+        "output_length_std": out_len * np.exp(noisy(-0.4, 0.2)),
+        "output_ngram_repetition": 0.3 / (1 + np.exp(1.5 + q - 4 * dup + 0.3 * rng.standard_normal(n_sets))),
+        "output_ttr": np.clip(noisy(0.4 + 0.04 * q - 0.2 * dup, 0.03), 0.05, 0.95),
+        "reference_perplexity": ref_ppl,
+        "reference_perplexity_std": np.abs(noisy(0.3 * ref_ppl, 0.5)),
+        "semantic_consistency": np.clip(noisy(0.6 + 0.05 * q, 0.04), 0, 1),
+        "semantic_diversity": np.clip(noisy(0.5 + 0.05 * q - 0.3 * dup, 0.04), 0, 1),
+        "special_char_ratio": np.clip(noisy(0.03, 0.01), 0, None),  # nuisance
+        "vocab_complexity": noisy(6.0 + 0.4 * m, 0.3),
+    }
+    ds = np.repeat(np.arange(n_sets), runs_per_dataset)[:n_runs]
+    lr = rng.choice(_LRS, n_runs)
+    batch = rng.choice(_BATCHES, n_runs).astype(float)
+    eta = lr * np.sqrt(16.0 / batch)
+    forget = 2.0 * _softplus((np.log(eta) - np.log(2e-4)) / 0.45) * (1.0 - 0.25 * m[ds])
+    under = 0.6 * (1.0 + 0.5 * q[ds]) * _softplus((np.log(3e-5) - np.log(lr)) / 0.5)
+    delta = delta_sd * rng.standard_normal(n_runs)
+    # additive effects of several independent facets, each visible in one or two descriptors
+    z_len = (np.log(out_len) - 5.4) / 0.6
+    z_div = (static["semantic_diversity"] - 0.5) / 0.05
+    quality = (1.3 * q + 0.9 * m + 0.45 * (log_n - np.log(5000)) - 6.0 * dup + 0.7 * z_len + 0.5 * z_div)[ds]
+    acc = 46.0 + quality - forget - under + delta + noise_sd * rng.standard_normal(n_runs)
+
+    seen = np.sqrt(probe_reveal) * delta + np.sqrt(1 - probe_reveal) * delta_sd * rng.standard_normal(n_runs)
+
+    def run_noise(sd):
+        return sd * rng.standard_normal(n_runs)
+
+    dynamic = {
+        "initial_loss": 1.2 + 0.35 * np.log(ref_ppl[ds]) + run_noise(0.03),
+        "loss_decay_rate": -0.02 * (eta / 1e-4) ** 0.5 * (1 + 0.1 * q[ds]) + 0.003 * seen + run_noise(0.002),
+        "loss_stability": 0.05 + 0.04 * np.log1p(eta / 5e-5) + run_noise(0.01),
+        "avg_grad_norm": 1.0 + 1.5 * dup[ds] + 0.1 * np.log(batch) + run_noise(0.1),
+        "gradient_consistency": 0.5 + 0.05 * q[ds] - 0.03 * np.log(eta / 1e-4) + run_noise(0.03),
+        "avg_grad_sparsity": 0.3 + run_noise(0.02),  # nuisance
+        "avg_param_change": eta * 1e3 * np.exp(run_noise(0.1)),
+        "landscape_flatness": 0.01 + 0.004 * forget + run_noise(0.003),
+        "catastrophic_forgetting": 0.05 * forget - 0.03 * seen + run_noise(0.02),
+        "avg_activation_sparsity": 0.5 + run_noise(0.02),  # nuisance
+    }
+    frame = pd.DataFrame({"dataset_name": [f"ds{i:04d}" for i in ds], "overall_accuracy": np.clip(acc / 100, 0, 1)})
+    for name in TUNEAHEAD_STATIC:
+        frame[name] = static[name][ds]
+    for name in TUNEAHEAD_DYNAMIC:
+        frame[name] = dynamic[name]
+    frame["learning_rate"] = lr
+    frame["batch_size"] = batch
     return frame
 
 
 def _main(argv=None) -> int:
-    """``python -m experiments.synthetic.meta_generator OUT [--runs N] [--seed S] [--tuneahead]``."""
+    """``python -m plan_probe.experiments.synthetic.meta_generator OUT [--runs N] [--seed S] [--tuneahead]``."""
     import argparse
 
-    from planner._io import write_table
+    from plan_probe.probes._io import write_table
 
     parser = argparse.ArgumentParser(description="Write the synthetic meta-dataset (CSV or Parquet).")
     parser.add_argument("out")
-    parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument("--runs", type=int, default=None, help="Runs (default 400; 450 with --tuneahead).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tuneahead", action="store_true", help="TuneAhead's released layout (depth 100 only).")
+    parser.add_argument("--tuneahead", action="store_true",
+                        help="TuneAhead's released layout (one row per run, 33 unprefixed features, MMLU-like accuracy).")
     args = parser.parse_args(argv)
     maker = make_tuneahead_layout if args.tuneahead else make_meta_dataset
-    write_table(maker(args.runs, seed=args.seed), args.out)
+    runs = args.runs if args.runs is not None else (450 if args.tuneahead else 400)
+    write_table(maker(runs, seed=args.seed), args.out)
     return 0
 
 

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from theory import nqm_risk, nqm_transfer, sgd_step_sizes
-from theory._validate import as_float_array, check_nonnegative, check_positive
+from plan_probe.theory import nqm_risk, nqm_transfer, sgd_step_sizes
+from plan_probe.theory._validate import as_float_array, check_nonnegative, check_positive
 
 __all__ = ["NQMConfig", "simulate_forks", "simulate_fork_table"]
 
@@ -104,7 +104,7 @@ class NQMConfig:
         return theta @ b + 0.5 * (theta**2) @ w
 
     def to_dict(self) -> dict:
-        from planner._version import __version__
+        from plan_probe.probes._version import __version__
 
         out = asdict(self)
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

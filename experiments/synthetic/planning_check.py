@@ -11,7 +11,7 @@ Fits the risk model, plans the held-out tasks and prints JSON with
 * ``pooling``: recovery of log K and log alpha on the train tasks, hierarchical posterior mean
   (population prior updated with each task's own observations) against per-task least squares.
 
-Run: ``python -m experiments.synthetic.planning_check [--quick] [--seed N] [--out FILE.json]``.
+Run: ``python -m plan_probe.experiments.synthetic.planning_check [--quick] [--seed N] [--out FILE.json]``.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def per_task_least_squares(obs):
 def run_planning_check(n_train: int = 300, n_test: int = 1000, *, seed: int = 0, method: str = "auto",
                        margin: float = 0.3, fit_settings=None, n_draws: int = 256) -> dict:
     """Run the whole check and return the result dict (see module docstring)."""
-    from experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
-    from planner._plan import PlanSettings, compute_plan
-    from planner._risk_model import RiskFitSettings, RiskModel
+    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, risk_observations, tasks_table
+    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     cfg = RiskGeneratorConfig(margin=margin)
     train = generate_tasks(n_train, cfg, seed=seed, prefix="train")
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     fit_settings = None
     if args.quick:
-        from planner._risk_model import RiskFitSettings
+        from plan_probe._risk_model import RiskFitSettings
 
         args.n_train, args.n_test = 120, 400
         fit_settings = RiskFitSettings(method=args.method, num_warmup=250, num_samples=250)
@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out:
-        from planner._io import write_json
+        from plan_probe.probes._io import write_json
 
         write_json(result, args.out)
 

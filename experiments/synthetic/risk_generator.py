@@ -5,16 +5,16 @@ Each task i has standardised static features s_i ~ N(0, I) and true parameters
     (log L_int, log K, log alpha)_i = B s_i + b + e_i,   e_i ~ N(0, diag(task_noise^2)),
 
 so the population regression the risk model fits is exactly the generating process. At each
-depth c of a grid the generator emits a fork-variance observation (DESIGN.md Sec. 2)
+depth c of a grid the generator emits a fork-variance observation (docs/theory.md §2)
 
     u = L_i(c) * chi2_nu / nu,   L_i(c) = L_int + K c^(-alpha),
 
 the unbiased sample variance of a Gaussian final score over nu + 1 forks. Output tables follow
-DESIGN.md Sec. 3: the risk-observation table (``task_id, depth, risk_obs, dof, static_*``), a TASKS
+docs/theory.md §3: the risk-observation table (``task_id, depth, risk_obs, dof, static_*``), a TASKS
 table for held-out tasks (``task_id, static_*``) and a truth table with the true parameters,
 regime and the oracle probe length.
 
-With ``margin > 0`` a task is kept only if its regime (DESIGN.md Sec. 1 rule) does not change when
+With ``margin > 0`` a task is kept only if its regime (docs/theory.md §1 rule) does not change when
 each of its log-parameters moves by up to ``margin`` (all 27 corners and mid-points of the cube
 {-margin, 0, +margin}^3): tasks "away from regime boundaries".
 """
@@ -79,7 +79,7 @@ class RiskGeneratorConfig:
 
 
 def _regime(l_int, k, alpha, cfg: RiskGeneratorConfig):
-    """DESIGN.md Sec. 1 rule on true parameters (0 static, 1 dynamic, 2 noise)."""
+    """docs/theory.md §1 rule on true parameters (0 static, 1 dynamic, 2 noise)."""
     c_star = np.exp((np.log(alpha) + np.log(k) - np.log(cfg.cost)) / (alpha + 1.0))
     return np.where(l_int >= cfg.target_rmse**2, 2, np.where(c_star <= cfg.c_min, 0, 1))
 
@@ -154,7 +154,7 @@ def generate_tasks(n_tasks: int, cfg: RiskGeneratorConfig = RiskGeneratorConfig(
 def risk_observations(truth, cfg: RiskGeneratorConfig = RiskGeneratorConfig(), *, seed: int = 0, depths=None, dof=None):
     """Fork-variance observations u = L_i(c) chi2_nu / nu for every task of ``truth`` and depth.
 
-    Returns the DESIGN.md Sec. 3 risk-observation table, sorted by task then depth.
+    Returns the docs/theory.md §3 risk-observation table, sorted by task then depth.
     """
     import pandas as pd
 
@@ -181,6 +181,6 @@ def risk_observations(truth, cfg: RiskGeneratorConfig = RiskGeneratorConfig(), *
 
 
 def tasks_table(truth):
-    """The TASKS table (DESIGN.md Sec. 3) of held-out tasks: ``task_id`` and ``static_*`` only."""
+    """The TASKS table (docs/theory.md §3) of held-out tasks: ``task_id`` and ``static_*`` only."""
     cols = ["task_id"] + [c for c in truth.columns if c.startswith("static_")]
     return truth[cols].copy()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["read_table", "write_table", "write_json", "read_json", "atomic_path", "table_format"]
+__all__ = ["read_table", "write_table", "write_json", "read_json", "atomic_path", "table_format", "json_scalar"]
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -89,3 +90,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{str(path)!r} is not valid JSON ({exc}); regenerate it with plan-probe.") from None
+
+
+def json_scalar(value):
+    """A table cell as a JSON value: floats finite or None, numpy scalars as Python numbers, NA as None."""
+    import numpy as np
+
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if value is None or type(value).__name__ == "NAType":
+        return None
+    return value

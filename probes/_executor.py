@@ -3,7 +3,8 @@
 The driver always gets the outcomes back and writes the records itself, so the local and Ray
 backends share one atomic, resumable record format. A job that raises (or whose worker dies, on
 Ray) is retried up to ``max_retries`` times and then reported as failed with its error; the other
-jobs finish regardless.
+jobs finish regardless. A programming error in a job (:data:`PROGRAMMING_ERRORS`) is a bug, not an
+outcome: it is never retried and is re-raised in the driver on either backend.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["Job", "JobOutcome", "BACKENDS", "execute", "check_backend"]
+__all__ = ["Job", "JobOutcome", "BACKENDS", "PROGRAMMING_ERRORS", "execute", "check_backend"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
+#: Exceptions that mean the code is wrong, not that a job failed: re-raised, never recorded or retried.
+PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError)
 _RAY_HINT = "install it with `pip install 'plan-probe[ray]'` (or `pip install ray`)"
 
 
@@ -65,6 +68,8 @@ def _run_local(jobs: Iterable[Job], max_retries: int) -> Iterator[JobOutcome]:
         for attempt in range(1, max_retries + 2):
             try:
                 value = job.fn(*job.args, **job.kwargs)
+            except PROGRAMMING_ERRORS:
+                raise
             except Exception as exc:  # a failing job is a recorded outcome, not a crash of the portfolio
                 log.warning("job %s failed (attempt %d): %s", job.key, attempt, _describe(exc))
                 log.debug("%s", traceback.format_exc())
@@ -73,6 +78,15 @@ def _run_local(jobs: Iterable[Job], max_retries: int) -> Iterator[JobOutcome]:
             else:
                 yield JobOutcome(job.key, ok=True, value=value, attempts=attempt)
                 break
+
+
+def _call_reporting_bugs(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
+    """Run a job on a Ray worker; a programming error comes back as a value, so Ray does not retry
+    it and the driver can re-raise it. Returns ``(is_bug, value_or_exception)``."""
+    try:
+        return False, fn(*args, **kwargs)
+    except PROGRAMMING_ERRORS as exc:
+        return True, exc
 
 
 def _ray_cause(exc: BaseException) -> str:
@@ -93,17 +107,19 @@ def _run_ray(jobs: list[Job], max_retries: int, ray_address: str | None, num_cpu
         for job in jobs:
             remote = ray.remote(
                 num_cpus=job.num_cpus, num_gpus=job.num_gpus, max_retries=max_retries, retry_exceptions=True
-            )(job.fn)
-            pending[remote.remote(*job.args, **job.kwargs)] = job
+            )(_call_reporting_bugs)
+            pending[remote.remote(job.fn, job.args, job.kwargs)] = job
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
             job = pending.pop(ref)
             try:
-                value = ray.get(ref)
+                is_bug, value = ray.get(ref)
             except ray.exceptions.RayError as exc:  # task error after retries, worker crash, lost node, OOM kill
                 yield JobOutcome(job.key, ok=False, error=_ray_cause(exc), attempts=max_retries + 1)
             else:
+                if is_bug:
+                    raise value
                 yield JobOutcome(job.key, ok=True, value=value)
     finally:
         if started_here:

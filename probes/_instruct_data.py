@@ -214,7 +214,7 @@ def sentiment_eval_set(n: int, seed: int = 0, corpus=None, task: str = "three_wa
 
 def write_jsonl(records: list[dict], path: str | Path) -> Path:
     """Write records as JSONL atomically."""
-    from planner._io import atomic_path
+    from plan_probe.probes._io import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")

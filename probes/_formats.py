@@ -1,0 +1,116 @@
+"""Versioned file formats.
+
+Every file plan-probe writes and later reads back (risk model, predictor sidecar, probe config,
+probe and static records, run summary, meta-dataset run records, ...) carries a ``format`` name and
+an integer ``schema_version``. A reader accepts every schema version it knows, migrating older
+documents step by step to the current one, and refuses a newer schema with one clear line. The
+package version that wrote a file is still recorded (``plan_probe_version``) but never compared:
+a new release reads the files of an old one, so the shipped defaults survive a version bump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["FileFormat", "STATIC_DESCRIPTORS", "PROBE_CONFIG", "STATIC_RECORD", "PROBE_RECORD", "RUN_SUMMARY",
+           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD"]
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A named, versioned JSON document shape.
+
+    Parameters
+    ----------
+    name : str
+        The ``format`` value, e.g. ``"plan-probe/risk-model"``.
+    schema_version : int
+        The version this release writes.
+    regenerate : str
+        How a user makes a fresh file (ends the error messages), e.g. ``"refit it with plan-probe fit-risk"``.
+    migrations : dict
+        ``{v: f}`` with ``f`` turning a version-``v`` document into a version-``v + 1`` one.
+    legacy_names : dict
+        Older ``format`` strings that had no ``schema_version``, mapped to the schema version they are.
+    unmarked_version : int, optional
+        The schema version of a document with no ``format`` key at all (files written before their
+        format was named); None refuses such documents.
+    """
+
+    name: str
+    schema_version: int
+    regenerate: str
+    migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
+    legacy_names: dict[str, int] = field(default_factory=dict)
+    unmarked_version: int | None = None
+
+    def stamp(self, document: dict) -> dict:
+        """``document`` with this format's name, current schema version and the writing package version."""
+        from plan_probe.probes._version import __version__
+
+        return {"format": self.name, "schema_version": self.schema_version, "plan_probe_version": __version__, **document}
+
+    def schema_of(self, document, source: str) -> int:
+        """The schema version of ``document``; ``ValueError`` when it is not this format at all."""
+        if not isinstance(document, dict):
+            raise ValueError(f"{source} must be a JSON object of format {self.name!r}, but got {type(document).__name__}; "
+                             f"{self.regenerate}.")
+        name = document.get("format")
+        if name is None and self.unmarked_version is not None:
+            return self.unmarked_version
+        if name in self.legacy_names and "schema_version" not in document:
+            return self.legacy_names[name]
+        if name != self.name:
+            raise ValueError(f"{source} must have format {self.name!r}, but got format={name!r}; {self.regenerate}.")
+        version = document.get("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"{source} must carry a positive integer schema_version, but got schema_version={version!r}; "
+                             f"{self.regenerate}.")
+        return version
+
+    def read(self, document, source: str) -> dict:
+        """Check and migrate ``document`` to the current schema; returns a new dict."""
+        version = self.schema_of(document, source)
+        if version > self.schema_version:
+            raise ValueError(
+                f"{source} must have a schema_version this plan-probe reads (<= {self.schema_version}), but got "
+                f"schema_version={version}; upgrade plan-probe (pip install -U plan-probe) or {self.regenerate}."
+            )
+        doc = dict(document)
+        while version < self.schema_version:
+            if version not in self.migrations:
+                raise ValueError(f"{source} has schema_version={version}, which this plan-probe no longer reads; "
+                                 f"{self.regenerate}.")
+            doc = self.migrations[version](doc)
+            version += 1
+        doc["format"], doc["schema_version"] = self.name, self.schema_version
+        return doc
+
+
+#: Output of ``plan-probe static``: the descriptors of one dataset and their sampling metadata.
+STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 1, "recompute it with plan-probe static")
+#: A probe configuration (``ProbeConfig.to_json``); schema 1 had ``kind: probe_config`` and no format.
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConfig.to_json()")
+#: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
+STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
+PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
+#: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
+def _summary_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 records the plan's objective (schema 1 runs all used the risk objective)."""
+    return {**doc, "totals": {**doc.get("totals", {}), "objective": "risk"}}
+
+
+def _portfolio_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds the objective, the decision costs and each candidate's full_cost."""
+    settings = {"objective": "risk", "launch_cost": None, "kill_cost": None, **doc.get("settings", {})}
+    candidates = [{"full_cost": None, **c} for c in doc.get("candidates", [])]
+    return {**doc, "settings": settings, "candidates": candidates}
+
+
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 2, "rerun plan-probe run", migrations={1: _summary_v1_to_v2})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 2, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2})
+#: Planning settings as stored next to a plan.
+PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 1, "recreate them with PlanSettings")
+#: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
+META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
