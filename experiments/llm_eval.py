@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["label_nll", "metrics_from_nll", "LABEL_METRICS"]
+__all__ = ["label_nll", "metrics_from_nll", "example_scores", "LABEL_METRICS"]
 
 LABEL_METRICS = ("accuracy", "prob_correct", "log_score", "brier_skill")
 
@@ -171,3 +171,25 @@ def metrics_from_nll(nll: np.ndarray, truth: np.ndarray) -> dict:
         "brier_skill_se": 100.0 * sd(brier) / (math.sqrt(n) * brier_uniform),
     }
 
+
+
+def example_scores(nll: np.ndarray, truth: np.ndarray, metric: str) -> np.ndarray:
+    """Each example's share of ``metric`` (pp): their mean is ``metrics_from_nll(nll, truth)[metric]``.
+
+    Two models scored on the same examples can then be compared pairwise: the SE of the mean
+    difference, sd(s_a − s_b)/√n, removes the examples' shared difficulty.
+    """
+    n, n_labels = nll.shape
+    shifted = -nll - (-nll).max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp_true = logp[np.arange(n), truth]
+    if metric == "accuracy":
+        return 100.0 * (nll.argmin(axis=1) == truth).astype(float)
+    if metric == "prob_correct":
+        return 100.0 * np.exp(logp_true)
+    if metric == "log_score":
+        return 100.0 * (1.0 + logp_true / math.log(n_labels))
+    if metric == "brier_skill":
+        brier = ((np.exp(logp) - np.eye(n_labels)[truth]) ** 2).sum(axis=1)
+        return 100.0 * (1.0 - brier / ((n_labels - 1) / n_labels))
+    raise ValueError(f"metric must be one of {list(LABEL_METRICS)}, but got {metric!r}; pick one of those.")

@@ -14,6 +14,7 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
   is compared with) into ``base.json``;
 * ``static``: static descriptors of every distinct dataset variant (frozen base model);
 * ``runs``: the runs (shardable: ``--shard i/m`` runs every m-th run, for parallel workers);
+* ``check``: the design criteria of issue #19 on the records so far (``experiments/llm_design.py``);
 * ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label) and ``runs.parquet``
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
@@ -481,7 +482,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("base", "static", "runs", "assemble"))
+    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
@@ -489,6 +490,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="runs stage: execute at most this many pending runs")
     parser.add_argument("--dry-run", action="store_true",
                         help="runs stage: list the pending runs of this shard (run id, seed, variant, hp) without running them")
+    parser.add_argument("--markdown", action="store_true", help="check stage: print Markdown tables instead of JSON")
     parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
     parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
     args = parser.parse_args(argv)
@@ -514,9 +516,20 @@ def main(argv=None) -> int:
             result = {"skipped": skipped, "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}
         else:
             result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit)
+    elif args.stage == "check":
+        from plan_probe.experiments.llm_design import design_check, design_markdown
+
+        try:
+            result = design_check(spec, out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.markdown:
+            print(design_markdown(result), end="")
+            return 0
     else:
         result = assemble(spec, out)
-    print(json.dumps(result, sort_keys=True))
+    print(json.dumps(_finite(result), sort_keys=True))
     return 0
 
 
