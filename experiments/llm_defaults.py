@@ -9,14 +9,15 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
 * ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
 * ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, docs/theory.md §2,
   "predictor residuals") with the risk features below;
-* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
+* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS);
+* ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them.
 
 The risk model's task features are chosen a priori (not from the data) among the static
 descriptors a user's candidate always has: dataset size, duplicate rate, reference NLL of the
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("build_dir")
     parser.add_argument("dest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-runs", type=int, default=1,
+                        help="refuse to fit on fewer ok runs than this (the v3 tier: 120, issue #19)")
     args = parser.parse_args(argv)
 
     from plan_probe.experiments.real_budget import residual_risk_observations
@@ -54,8 +57,13 @@ def main(argv=None) -> int:
     from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     build, dest = Path(args.build_dir), Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
     meta = read_table(build / "meta.parquet")
+    n_runs = int(meta["run_id"].nunique())
+    if n_runs < args.min_runs:
+        print(f"error: the defaults need at least --min-runs={args.min_runs} ok runs, but got {n_runs} in {build / 'meta.parquet'}; "
+              "build more runs (python -m plan_probe.experiments.llm_tier runs ...) and assemble again.", file=sys.stderr)
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
     statics = [c for c in meta.columns if c.startswith("static_")]
     hps = [c for c in meta.columns if c.startswith("hp_")]
     dyns = [c for c in meta.columns if c.startswith("dyn_")]
@@ -79,9 +87,9 @@ def main(argv=None) -> int:
     write_table(obs, dest / "risk_obs.parquet")
     risk = RiskModel(RiskFitSettings(method="nuts")).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
-    spec = build / "spec.toml"
-    if spec.is_file():
-        shutil.copyfile(spec, dest / "spec.toml")
+    for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
+        if (build / name).is_file():
+            shutil.copyfile(build / name, dest / name)
     summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
                "cv_rmse_static": static.cv_rmse_,
                "gain_share_full": gain_share_by_group(full), "risk_diagnostics": risk.diagnostics_,
