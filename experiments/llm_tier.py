@@ -359,14 +359,21 @@ def pending_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1
 
 
 def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None,
-             backend: str = "local", ray_address: str | None = None, max_retries: int = 0, limit: int | None = None) -> dict:
+             backend: str = "local", ray_address: str | None = None, max_retries: int = 0, limit: int | None = None,
+             time_budget_s: float | None = None) -> dict:
     """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped).
 
     ``backend="ray"`` submits each run as a Ray task (``num_gpus=1`` on a CUDA ``device``); this
     process writes every record either way. A run that raises is retried ``max_retries`` times,
     then recorded ``failed`` with its error. ``limit`` caps the runs executed in this call (the
-    first pending ones, in design order; e.g. a pilot).
+    first pending ones, in design order; e.g. a pilot). ``time_budget_s`` (local backend) starts no
+    further run once the time spent so far plus the longest run so far (model loading included)
+    would exceed it, so a lease of fixed length ends between runs rather than inside one; the runs
+    left out are counted in ``stopped``.
     """
+    if time_budget_s is not None and not (time_budget_s > 0 and backend == "local"):
+        raise ValueError(f"time_budget_s must be a positive number of seconds with the local backend, but got "
+                         f"{time_budget_s=} with {backend=}; drop it or pass e.g. 540.")
     from tqdm import tqdm
 
     from plan_probe.probes._executor import Job, execute
@@ -381,7 +388,9 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
     jobs = [Job(c.run_id, run_job, (spec, c), {"device": device, "model_spec": model_spec}, num_gpus=gpus) for c in todo]
     by_id = {c.run_id: c for c in todo}
     outcomes = execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)
-    for outcome in tqdm(outcomes, total=len(jobs), desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr):
+    start = last = time.monotonic()
+    longest = 0.0
+    for done, outcome in enumerate(tqdm(outcomes, total=len(jobs), desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr), 1):
         cand = by_id[outcome.key]
         if outcome.ok:
             result, wall, where = outcome.value
@@ -395,6 +404,12 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
                   "device": where, "versions": versions, "result": result}
         write_json(_finite(record), folder / f"{cand.run_id}.json")
         counts[status] += 1
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        if time_budget_s is not None and done < len(jobs) and now - start + longest > time_budget_s:
+            counts["stopped"] = len(jobs) - done
+            log.info("time budget: %d runs left for the next call (%.0f s spent, longest run %.0f s)", len(jobs) - done, now - start, longest)
+            break
     return counts
 
 
@@ -488,6 +503,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
     parser.add_argument("--device", default=None)
     parser.add_argument("--limit", type=int, default=None, help="runs stage: execute at most this many pending runs")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="runs stage: start no run that would end after this many seconds (e.g. a GPU lease)")
     parser.add_argument("--dry-run", action="store_true",
                         help="runs stage: list the pending runs of this shard (run id, seed, variant, hp) without running them")
     parser.add_argument("--markdown", action="store_true", help="check stage: print Markdown tables instead of JSON")
@@ -515,7 +532,12 @@ def main(argv=None) -> int:
                 return 2
             result = {"skipped": skipped, "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}
         else:
-            result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit)
+            try:
+                result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit,
+                                  time_budget_s=args.time_budget)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
     elif args.stage == "check":
         from plan_probe.experiments.llm_design import design_check, design_markdown
 

@@ -386,3 +386,19 @@ def test_runs_dry_run_lists_the_pending_runs_and_recognises_records(tmp_path, ca
     assert sorted(p.stem for p in (tmp_path / "records").iterdir()) == sorted(ids[:3] + ids[6:8])  # nothing ran
     assert tier_main(["runs", str(spec_path), "--out", str(tmp_path), "--shard", "2/2", "--dry-run"]) == 2
     assert "shard must be i/m" in capsys.readouterr().err
+
+
+def test_runs_time_budget_stops_between_runs(tiny_folder, tmp_path):
+    """A budget shorter than one run: the first run is built and recorded, the rest are left (counted
+    in `stopped`) for the next call, which resumes with them."""
+    from plan_probe.experiments.llm_tier import load_llm_spec, run_runs
+
+    spec = load_llm_spec(_spec(tmp_path, tiny_folder))
+    out = tmp_path / "out"
+    first = run_runs(spec, out, time_budget_s=1e-3)
+    assert first == {"ok": 1, "diverged": 0, "failed": 0, "skipped": 0, "stopped": 2}
+    assert len(list((out / "records").glob("*.json"))) == 1
+    rest = run_runs(spec, out, time_budget_s=1e6)
+    assert rest == {"ok": 2, "diverged": 0, "failed": 0, "skipped": 1}
+    with pytest.raises(ValueError, match="time_budget_s must be a positive number"):
+        run_runs(spec, out, time_budget_s=10, backend="ray")
