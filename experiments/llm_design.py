@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DesignCriteria", "design_check", "design_markdown"]
+__all__ = ["DesignCriteria", "design_check", "design_markdown", "replace_marked_block"]
+
+BEGIN, END = "<!-- llm-tier-check:begin -->", "<!-- llm-tier-check:end -->"
 
 # grid axis -> the value that means "no defect" (size: the defect is a small set, see clean_min_n)
 _DEFECT_AXES = {"label_noise": 0.0, "duplicate_rate": 0.0, "imbalance": 0.0, "off_task": 0.0}
@@ -170,7 +172,8 @@ def design_markdown(result: dict) -> str:
     """The check as Markdown: the criteria table, then one row per run (design order)."""
     metric = result["label_metric"]
     base = result["base"]
-    lines = [f"Records: {result['records']} of the design's {result['design_size']} ({result['status']}); label `{metric}`."]
+    status = ", ".join(f"{k} {v}" for k, v in result["status"].items())
+    lines = [f"Records: {result['records']} of the design's {result['design_size']} ({status}); label `{metric}`."]
     if base:
         lines.append(f"Base model (no fine-tuning): {metric} {base['label']:.1f} ± {base['label_se']:.1f}, "
                      f"accuracy {base['accuracy']:.1f} ± {base['accuracy_se']:.1f} %.")
@@ -199,3 +202,18 @@ def design_markdown(result: dict) -> str:
             f"{r['label']:.1f} ± {r['label_se']:.1f} | {r['accuracy']:.1f} | {gain} | {paired} | {r['share_first_label']:.2f} | "
             f"{_fmt(r['cpu_time_s'], 0)} | {_fmt(r['wall_time_s'], 0)} |")
     return "\n".join(lines) + "\n"
+
+
+def replace_marked_block(path: str | Path, text: str) -> None:
+    """Write ``text`` between the ``BEGIN`` and ``END`` marker lines of the Markdown file ``path``
+    (atomically; the rest of the file is kept), e.g. a tier README's pilot numbers."""
+    from plan_probe.probes._io import atomic_path
+
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
+        raise ValueError(f"the file must hold one {BEGIN} line before one {END} line, but {path} does not; add the two markers.")
+    head, rest = old.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{head}{BEGIN}\n{text.rstrip()}\n{END}{tail}", encoding="utf-8")

@@ -508,6 +508,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="runs stage: list the pending runs of this shard (run id, seed, variant, hp) without running them")
     parser.add_argument("--markdown", action="store_true", help="check stage: print Markdown tables instead of JSON")
+    parser.add_argument("--into", default=None,
+                        help="check stage: write the Markdown tables between the llm-tier-check markers of this file (e.g. the tier README)")
     parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
     parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
     args = parser.parse_args(argv)
@@ -546,6 +548,14 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if args.into:
+            from plan_probe.experiments.llm_design import replace_marked_block
+
+            try:
+                replace_marked_block(args.into, design_markdown(result))
+            except (ValueError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         if args.markdown:
             print(design_markdown(result), end="")
             return 0

@@ -121,3 +121,22 @@ def test_design_check_refuses_a_base_model_scored_on_other_examples(tmp_path):
         from plan_probe.experiments.llm_design import DesignCriteria
 
         DesignCriteria(max_sds=0)
+
+
+def test_check_into_replaces_only_the_marked_block(tmp_path):
+    from plan_probe.experiments.llm_design import BEGIN, END
+    from plan_probe.experiments.llm_tier import load_llm_spec, main
+
+    spec_path = _spec_file(tmp_path)
+    out = tmp_path / "out"
+    _write(out, load_llm_spec(spec_path), np.random.default_rng(2))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# head\n\n{BEGIN}\nold numbers\n{END}\n\ntail text\n")
+    assert main(["check", str(spec_path), "--out", str(out), "--into", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# head\n\n{BEGIN}\nRecords: 4 of the design") and text.endswith(f"{END}\n\ntail text\n")
+    assert "old numbers" not in text and "| clean_runs_beat_base |" in text
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("no markers\n")
+    assert main(["check", str(spec_path), "--out", str(out), "--into", str(unmarked)]) == 2
+    assert unmarked.read_text() == "no markers\n"
