@@ -39,6 +39,7 @@ LLM_SPEC ?= experiments/metadataset/specs/llm_v3.toml
 LLM_TIER ?= experiments/metadataset/built/llm_v3
 LLM_BUILD ?= build/llm_v3
 LLM_MIN_RUNS ?= 120
+LLM_DEFAULTS ?= planner/defaults/llm
 LLM_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 llm-defaults: venv
@@ -55,7 +56,7 @@ llm-defaults: venv
 	mkdir -p $(LLM_TIER)/static
 	cp $(LLM_BUILD)/static/*.json $(LLM_TIER)/static/
 	cp $(LLM_BUILD)/meta.parquet $(LLM_BUILD)/runs.parquet $(LLM_BUILD)/check.md $(LLM_TIER)/
-	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) planner/defaults/llm --min-runs $(LLM_MIN_RUNS)
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
