@@ -58,5 +58,8 @@ llm-defaults: venv
 	cp $(LLM_BUILD)/meta.parquet $(LLM_BUILD)/runs.parquet $(LLM_BUILD)/check.md $(LLM_TIER)/
 	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS)
 
+bench: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

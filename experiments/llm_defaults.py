@@ -7,17 +7,22 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
   ``label_se``, which is not a feature);
 * ``predictor/``: the shared depth-aware predictor (all features), LightGBM text + JSON;
 * ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
-* ``risk_obs.parquet``: the full predictor's squared out-of-fold residuals (dof 1, docs/theory.md §2,
-  "predictor residuals") with the risk features below;
-* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS);
+* ``risk_obs.parquet``: the full predictor's out-of-fold residuals, one nested residual vector per
+  run (``run_id``, signed ``residual``, ``risk_obs`` = residual², dof 1; docs/theory.md §2,
+  "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
+* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
 * ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them.
+
+``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
+cross-fitted in memory for its out-of-fold predictions (same settings and seed as the shipped one),
+and nothing else in DEST is touched.
 
 The risk model's task features are chosen a priori (not from the data) among the static
 descriptors a user's candidate always has: dataset size, duplicate rate, reference NLL of the
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--min-runs N]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--warmup N --draws N] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -49,9 +54,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-runs", type=int, default=1,
                         help="refuse to fit on fewer ok runs than this (the v3 tier: 120, issue #19)")
+    parser.add_argument("--risk-only", action="store_true", help="refit only risk_obs.parquet and risk_model.json")
+    parser.add_argument("--warmup", type=int, default=400, help="NUTS warm-up steps per chain")
+    parser.add_argument("--draws", type=int, default=400, help="NUTS draws per chain")
+    parser.add_argument("--chains", type=int, default=2, help="NUTS chains")
     args = parser.parse_args(argv)
 
-    from plan_probe.experiments.real_budget import residual_risk_observations
+    from plan_probe._residuals import residual_observations
     from plan_probe.probes._io import read_table, write_table
     from plan_probe._predictor import PredictorConfig, ProbePredictor
     from plan_probe._risk_model import RiskFitSettings, RiskModel
@@ -71,29 +80,32 @@ def main(argv=None) -> int:
     runs = meta.sort_values("depth").groupby("run_id", sort=True).tail(1)[["run_id", *statics, *hps, "label"]]
     runs = runs.sort_values("run_id").reset_index(drop=True)
     runs["label_se"] = label_se.loc[runs["run_id"]].to_numpy(dtype=float)
-    write_table(meta, dest / "meta.parquet")
-    write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
+    if not args.risk_only:
+        write_table(meta, dest / "meta.parquet")
+        write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
 
     full_cols = ["depth", *statics, *hps, *dyns]
     full = ProbePredictor(PredictorConfig(seed=args.seed)).fit(meta[full_cols], meta["label"].rename("label"),
                                                                groups=meta["run_id"].to_numpy())
-    full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
-    static = ProbePredictor(PredictorConfig(seed=args.seed)).fit(runs[[*statics, *hps]], runs["label"].rename("label"),
-                                                                 groups=runs["run_id"].to_numpy())
-    static.save(dest / "predictor_static", extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
+    summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
+               "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
+    if not args.risk_only:
+        full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
+        static = ProbePredictor(PredictorConfig(seed=args.seed)).fit(runs[[*statics, *hps]], runs["label"].rename("label"),
+                                                                     groups=runs["run_id"].to_numpy())
+        static.save(dest / "predictor_static",
+                    extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
+        summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full))
 
-    obs = residual_risk_observations(meta, full.oof_pred_)
-    obs = obs[["task_id", "depth", "risk_obs", "dof", *RISK_FEATURES]]
+    obs = residual_observations(meta, full.oof_pred_, static_features=RISK_FEATURES)
     write_table(obs, dest / "risk_obs.parquet")
-    risk = RiskModel(RiskFitSettings(method="nuts")).fit(obs, seed=args.seed)
+    fit_settings = RiskFitSettings(method="nuts", num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains)
+    risk = RiskModel(fit_settings).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
     for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
-        if (build / name).is_file():
+        if (build / name).is_file() and not args.risk_only:
             shutil.copyfile(build / name, dest / name)
-    summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
-               "cv_rmse_static": static.cv_rmse_,
-               "gain_share_full": gain_share_by_group(full), "risk_diagnostics": risk.diagnostics_,
-               "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
+    summary.update(risk_diagnostics=risk.diagnostics_, label_scale=risk.label_scale_)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

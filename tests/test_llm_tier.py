@@ -402,3 +402,17 @@ def test_runs_time_budget_stops_between_runs(tiny_folder, tmp_path):
     assert rest == {"ok": 2, "diverged": 0, "failed": 0, "skipped": 1}
     with pytest.raises(ValueError, match="time_budget_s must be a positive number"):
         run_runs(spec, out, time_budget_s=10, backend="ray")
+
+
+def test_llm_tier_probes_pin_the_exact_flatness_and_forgetting(tmp_path):
+    """The shipped LLM meta-dataset measured flatness and OOD forgetting on every example; rebuilt or
+    extended runs must stay comparable, so the tier pins the exact definitions whatever the product
+    default (seeded subsets since probe-config schema 2) is."""
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec, probe_config
+    from plan_probe.probes import ProbeConfig
+
+    spec = load_llm_spec(_spec(tmp_path, "unused-model-folder"))
+    for cand in candidates(spec):
+        cfg = probe_config(spec, cand)
+        assert cfg.flatness_sample is None and cfg.ood_sample is None
+        assert ProbeConfig.from_json(cfg.to_json()) == cfg  # what the run records store reads back as exact

@@ -58,8 +58,21 @@ def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
     assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
     assert p.model_spec() == "smollm2-135m-instruct"
     d = p.to_dict()
-    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 2 and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 3 and d["plan_probe_version"] and len(d["candidates"]) == 2
     assert p.objective == "risk"  # no candidate states its full-run size: the risk objective
+
+
+def test_plan_keys_absent_are_relative_and_given_are_label_units(tmp_path):
+    """risk_weight / target_rmse left out resolve against the risk model's label scale S; given ones stay as given."""
+    from plan_probe._run import plan_settings
+
+    p = load_portfolio(_write(tmp_path, GOOD))
+    assert p.risk_weight is None and p.target_rmse is None and p.step_cost == 1.0
+    s = plan_settings(p).resolve(1600.0)
+    assert s.risk_weight == pytest.approx(1.6) and s.target_rmse == pytest.approx(800.0**0.5) and s.cost == pytest.approx(1.6)
+    given = load_portfolio(_write(tmp_path, GOOD.replace("coverage = 0.8", "coverage = 0.8\nrisk_weight = 0.01\ntarget_rmse = 3.0")))
+    r = plan_settings(given).resolve(1600.0)
+    assert (r.risk_weight, r.target_rmse) == (0.01, 3.0)
 
 
 def test_objective_is_decision_when_candidates_carry_their_full_run_cost(tmp_path):
@@ -89,6 +102,7 @@ BAD = [
     ("not toml [", "must be valid TOML"),
     (GOOD.replace('name = "demo"', 'name = "demo"\ncolour = "red"'), "[portfolio] has unknown keys"),
     (GOOD.replace("threshold = 55.0", ""), "must set threshold"),
+    (GOOD.replace("threshold = 55.0", "threshold = 55.0\nrisk_weight = -1.0"), "risk_weight"),
     (GOOD.replace("lr = 2e-4", "lr = -1.0"), "lr must be a positive finite number"),
     (GOOD.replace("seed = 1 }", "seed = 1, colour = 2 }"), "unknown built-in options"),
     (GOOD.replace("label_noise = 0.2", "label_noise = 1.5"), "label_noise must be in [0, 1)"),

@@ -142,7 +142,8 @@ def test_plan_same_seed_byte_identical(files, tmp_path):
     assert outs[0] == outs[1] and outs[2] == outs[3] and outs[2] != outs[4]
     plan = pd.read_csv(tmp_path / "a.csv")
     assert list(plan.columns) == ["task_id", "regime", "p_static_sufficient", "p_dynamic_critical", "p_noise_dominant",
-                                  "l_int", "k", "alpha", "c_opt", "probe_steps", "risk_at_c_opt"]
+                                  "l_int", "k", "alpha", "c_opt", "probe_steps", "risk_at_c_opt",
+                                  "l_int_q10", "l_int_q90", "k_q10", "k_q90", "alpha_q10", "alpha_q90", "at_bound"]
     assert len(plan) == len(tasks)
 
 
@@ -179,3 +180,93 @@ def test_phase_diagram(files, tmp_path):
     pd.read_csv(plan).drop(columns="alpha").to_csv(bad, index=False)
     out = tmp_path / "bad.png"
     _fails(["phase-diagram", bad, "--risk-model", d / "model.json", "-o", out], out)
+
+
+def test_plan_warns_when_most_tasks_sit_at_a_bound(files, tmp_path):
+    d, _, tasks = files
+    r = CliRunner().invoke(main, ["plan", str(d / "tasks.csv"), "--risk-model", str(d / "model.json"), "-o",
+                                  str(tmp_path / "p.csv"), "--risk-weight", "1000"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["at_bound"] == {"c_min": len(tasks)}
+    assert any("c_opt at a probe limit" in w and "c_min" in w for w in summary["warnings"])
+    assert "c_opt at a probe limit" in r.stderr
+    assert (pd.read_csv(tmp_path / "p.csv")["at_bound"] == "c_min").all()
+    # relative defaults are reported with the label scale they were resolved against
+    r = CliRunner().invoke(main, ["plan", str(d / "tasks.csv"), "--risk-model", str(d / "model.json"), "-o",
+                                  str(tmp_path / "q.csv")])
+    summary = json.loads(r.stdout)
+    assert summary["relative_defaults"] == ["risk_weight", "target_rmse"] and summary["label_scale"] == 1.0
+    assert summary["settings"]["risk_weight"] == pytest.approx(1e-3) and summary["settings"]["target_rmse"] == pytest.approx(0.5**0.5)
+
+
+def test_plan_repeats_a_convergence_warning(files, tmp_path):
+    d, _, _ = files
+    model = RiskModel.load(d / "model.json")
+    model.diagnostics_ = {"method": "nuts", "max_r_hat": 1.2, "min_ess": 40.0, "divergences": 3, "ok": False,
+                          "problems": ["max r_hat 1.200 > 1.05", "min bulk ESS 40 < 100", "3 divergent transition(s)"]}
+    model.save(tmp_path / "bad_model.json")
+    r = CliRunner().invoke(main, ["plan", str(d / "tasks.csv"), "--risk-model", str(tmp_path / "bad_model.json"),
+                                  "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert "did not converge cleanly" in r.stderr and "max r_hat 1.200" in r.stderr
+
+
+def test_schema_1_risk_model_migrates(files, tmp_path):
+    """A schema-1 file (no label_scale, no diagnostics.ok) loads: S from risk_scale, ok from today's thresholds."""
+    from plan_probe._risk_model import _checksum
+
+    d, _, _ = files
+    payload = RiskModel.load(d / "model.json").to_dict()
+    for key in ("label_scale", "label_scale_rule", "schema_version", "checksum"):
+        payload.pop(key)
+    payload["format"] = "plan-probe-risk-model/1"
+    payload["risk_scale"] = 7.5
+    payload["diagnostics"] = {"method": "nuts", "max_r_hat": 1.0678, "min_ess": 61.8, "divergences": 4}
+    payload["checksum"] = _checksum(payload)
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    old = RiskModel.load(tmp_path / "old.json")
+    assert old.label_scale_ == 7.5 and old.diagnostics_["ok"] is False
+    assert len(old.diagnostics_["problems"]) == 3
+    assert RiskModel.load(d / "model.json").diagnostics_["ok"] is True
+
+
+def test_fit_risk_warns_on_a_short_chain(tmp_path):
+    """A deliberately short NUTS run cannot reach bulk ESS 100: fit-risk says so and records ok = false."""
+    obs = risk_observations(generate_tasks(10, CFG, seed=5), CFG, seed=6)
+    obs.to_csv(tmp_path / "obs.csv", index=False)
+    r = CliRunner().invoke(main, ["fit-risk", str(tmp_path / "obs.csv"), "-o", str(tmp_path / "m.json"), "--method", "nuts",
+                                  "--warmup", "30", "--draws", "30", "--chains", "1"])
+    assert r.exit_code == 0, r.output
+    diag = json.loads(r.stdout)["diagnostics"]
+    assert diag["ok"] is False and any("ESS" in p for p in diag["problems"])
+    assert diag["min_ess"] < 100 and "did not converge cleanly" in r.stderr
+    assert RiskModel.load(tmp_path / "m.json").diagnostics_["ok"] is False
+
+
+def test_scale_free_plan_from_nested_residuals(tmp_path):
+    """Every label x 100 (residuals x 100, risk observations x 10^4): the same regimes, c_opt and probe_steps
+    with the default (relative) settings, through fit-risk and plan."""
+    from plan_probe.experiments.synthetic.residual_coverage import nested_residual_table
+
+    truth = generate_tasks(40, RiskGeneratorConfig(), seed=8)
+    obs = nested_residual_table(truth, (5, 10, 20, 50, 100), 2, np.random.default_rng(9))
+    tasks = tasks_table(generate_tasks(60, RiskGeneratorConfig(), seed=10, prefix="new"))
+    tasks.to_csv(tmp_path / "tasks.csv", index=False)
+    plans = {}
+    for name, factor in (("pp", 1.0), ("x100", 100.0)):
+        o = obs.assign(residual=obs["residual"] * factor, risk_obs=obs["risk_obs"] * factor**2)
+        o.to_csv(tmp_path / f"obs_{name}.csv", index=False)
+        r = CliRunner().invoke(main, ["fit-risk", str(tmp_path / f"obs_{name}.csv"), "-o", str(tmp_path / f"m_{name}.json"),
+                                      "--method", "nuts", "--warmup", "150", "--draws", "150", "--chains", "1"])
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(main, ["plan", str(tmp_path / "tasks.csv"), "--risk-model", str(tmp_path / f"m_{name}.json"),
+                                      "-o", str(tmp_path / f"plan_{name}.csv")])
+        assert r.exit_code == 0, r.output
+        plans[name] = pd.read_csv(tmp_path / f"plan_{name}.csv")
+    a, b = plans["pp"], plans["x100"]
+    for col in ("regime", "c_opt", "probe_steps"):
+        assert (a[col] == b[col]).all(), col
+    np.testing.assert_allclose(b["l_int"], a["l_int"] * 1e4, rtol=1e-3)
+    scale = {n: RiskModel.load(tmp_path / f"m_{n}.json").label_scale_ for n in plans}
+    assert scale["x100"] == pytest.approx(1e4 * scale["pp"], rel=1e-9)

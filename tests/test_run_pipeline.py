@@ -124,16 +124,20 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
     for name in (*OUTPUTS, "phase_diagram.png", "risk_curves.png", "shap_groups.png"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "static").glob("*.json")) == sorted(f"{c['name']}.json" for c in MAIN_CANDIDATES)
-    assert sorted(p.name for p in (out / "probes").glob("*.json")) == ["bad-modules.json", "dyn-lowlr.json"]
+    # noisy-dup is Noise-Dominant but is probed for c_opt steps (issue #14: only Static-Sufficient skips the probe)
+    assert sorted(p.name for p in (out / "probes").glob("*.json")) == ["bad-modules.json", "dyn-lowlr.json", "noisy-dup.json"]
     plan = pd.read_csv(out / "plan.csv")
     assert list(plan.columns[:2]) == ["candidate", "task_id"]
     # Regimes known from the risk model's closed form (tests/_run_helpers.py): n=24 -> Dynamic-Critical
     # with c* = 47 > c_max, so probe_steps = c_max = 5; n=60 -> Static-Sufficient; duplicates -> Noise-Dominant.
+    # The regime is a diagnosis (issue #14): noisy-dup (n=24, so the same K and alpha as dyn-lowlr) is
+    # Noise-Dominant yet its probe still pays, so it gets c_opt = c_max = 5 steps; only static-big gets 0.
     regimes = dict(zip(plan["candidate"], plan["regime"]))
     assert regimes == {"dyn-lowlr": "dynamic_critical", "static-big": "static_sufficient",
                        "noisy-dup": "noise_dominant", "bad-modules": "dynamic_critical"}
     steps = dict(zip(plan["candidate"], plan["probe_steps"]))
-    assert steps == {"dyn-lowlr": 5, "static-big": 0, "noisy-dup": 0, "bad-modules": 5}
+    assert steps == {"dyn-lowlr": 5, "static-big": 0, "noisy-dup": 5, "bad-modules": 5}
+    assert set(plan["at_bound"]) == {"c_max", "c_min"} and plan.loc[plan["candidate"] == "static-big", "at_bound"].item() == "c_min"
 
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
     p = pred["p_success"].astype(float)
@@ -142,7 +146,8 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
     assert (pred["lower"].astype(float) <= pred["pred"].astype(float)).all()
     assert (pred["pred"].astype(float) <= pred["upper"].astype(float)).all()
     assert pred.loc["dyn-lowlr", "predictor"] == "depth_aware" and int(pred.loc["dyn-lowlr", "depth"]) == 5
-    assert (pred.loc[["static-big", "noisy-dup", "bad-modules"], "predictor"] == "static_only").all()
+    assert pred.loc["noisy-dup", "predictor"] == "depth_aware" and int(pred.loc["noisy-dup", "depth"]) == 5
+    assert (pred.loc[["static-big", "bad-modules"], "predictor"] == "static_only").all()
     assert pred.loc["bad-modules", "probe_status"] == "failed"
     assert "probe failed" in pred.loc["bad-modules", "note"] and "nope_proj" in pred.loc["bad-modules", "note"]
     # The predictors learned score = 60 - 10 log10(lr / 1e-4): lr 1e-4 -> 60 (go at tau = 52),
@@ -156,9 +161,12 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
         assert f"### {cand}" in report and pred.loc[cand, "reason"] in report
     assert "![Phase diagram](phase_diagram.png)" in report and "![Risk curves](risk_curves.png)" in report
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["totals"]["probe_steps"] == 10 and summary["totals"]["fixed_probe_steps_total"] == 400
-    assert summary["totals"]["share_saved_vs_fixed"] == pytest.approx(1 - 10 / 400)
-    assert "| **total** | 10 | 400 | 97.5 % |" in report
+    assert summary["totals"]["probe_steps"] == 15 and summary["totals"]["fixed_probe_steps_total"] == 400
+    assert summary["totals"]["share_saved_vs_fixed"] == pytest.approx(1 - 15 / 400)
+    assert f"| **total** | 15 | 400 | {100 * (1 - 15 / 400):.1f} % |" in report
+    # the settings were given in label units (not relative), and the report says what the regime means
+    assert summary["plan_settings"]["relative_defaults"] == [] and summary["plan_settings"]["risk_weight"] == 0.01
+    assert "Noise-Dominant candidate cannot reach the target RMSE" in report and summary["risk_model_ok"] is True
     assert summary["versions"]["plan-probe"] and summary["seeds"]["portfolio"] == 0
 
 
@@ -182,7 +190,7 @@ def test_rerun_reuses_finished_work_and_gives_identical_outputs(main_run, tmp_pa
     with ProbeCounter() as counter:
         res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert main_run["probes_run"] == 1 and counter.calls == 0  # dyn-lowlr's probe did not run again
+    assert main_run["probes_run"] == 2 and counter.calls == 0  # dyn-lowlr's and noisy-dup's probes did not run again
     assert (out / "probes" / "dyn-lowlr.json").read_bytes() == probe_before
     for name in OUTPUTS:
         assert (out / name).read_bytes() == before[name], name
@@ -199,10 +207,12 @@ def test_kill_and_rerun_finishes_with_the_same_outputs_and_repeats_no_probe(main
     with ProbeCounter() as counter:
         res = _run(["run", str(main_run["portfolio"]), "-o", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert counter.calls == 0  # the recorded probe was never repeated (only bad-modules, which fails, ran)
+    # the recorded probe was never repeated: only noisy-dup's (not recorded before the kill) ran, and
+    # bad-modules (which fails, so it is not counted)
+    assert counter.calls == 1
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (main_run["out"] / name).read_bytes(), name
-    for name in ("dyn-lowlr.json", "bad-modules.json"):
+    for name in ("dyn-lowlr.json", "noisy-dup.json", "bad-modules.json"):
         assert _probe_record_sans_time(out / "probes" / name) == _probe_record_sans_time(main_run["out"] / "probes" / name)
 
 

@@ -93,6 +93,15 @@ def test_cli_quick_run_meets_the_issue_thresholds(tmp_path):
     assert {r["intended"] for r in res["regimes"]} == {"static_sufficient", "dynamic_critical", "noise_dominant"}
     assert all(r["classified"] == r["intended"] for r in res["regimes"])
     assert all(res["checks"].values())
-    for name in ("envelope.png", "phase_diagram.png", "fork_fits.png"):
+    # decay families where alpha is not the flat-direction bound by construction
+    fam = {f["family"]: f for f in res["decay_families"]}
+    assert set(fam) == {"curved_q25", "curved_q40", "mixed", "transition"}
+    for name in ("curved_q25", "curved_q40"):
+        assert fam[name]["alpha_closed_form"] == pytest.approx(1 - 2 * 0.5 * 10 * (0.05 if name == "curved_q25" else 0.08))
+        assert fam[name]["relation"] == "below" and fam[name]["bound"] == 1.0
+    assert fam["curved_q25"]["alpha"] > fam["curved_q40"]["alpha"]  # more curvature, slower decay
+    for f in fam.values():
+        assert abs(f["alpha"] - f["alpha_exact_fit"]) <= 3 * f["alpha_se"] + 0.02
+    for name in ("envelope.png", "phase_diagram.png", "fork_fits.png", "decay_families.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(result.stdout)["checks"] == res["checks"]

@@ -75,3 +75,26 @@ def test_decay_bound_and_errors():
         sgd_step_sizes(0, 0.5, 1.0, 1.0)
     with pytest.raises(ValueError, match="must not be empty"):
         loglog_slope([], [])
+
+
+def test_curved_direction_closed_form_matches_exact_transfer():
+    """rho = 1 with curvature: polynomial contraction, exponent 1 - 2 eta0 h t0 (below the bound 1)."""
+    from plan_probe.theory import curved_decay_exponent, curved_future_variance, nqm_transfer
+
+    c = np.array([5, 20, 80, 320, 1280, 5000])
+    for h, q in ((0.02, 0.1), (0.05, 0.25), (0.08, 0.4)):
+        exact = nqm_transfer(c, 200_000, [h], [2.0], 0.5, 10.0, 1.0).future_var[:, 0]
+        closed = curved_future_variance(c, 200_000, 0.5, 10.0, h, noise_var=2.0)
+        np.testing.assert_allclose(closed, exact, rtol=0.01)  # continuum contraction, eta0*h <= 0.04
+        assert curved_decay_exponent(0.5, 10.0, h) == pytest.approx(1 - 2 * q)
+        # the exact local slope is the closed form's, whose horizon-free part decays like (t0+c)^-(1-2q)
+        far = nqm_transfer([320, 1280], 200_000, [h], [2.0], 0.5, 10.0, 1.0).future_var[:, 0]
+        cf = curved_future_variance([320, 1280], 200_000, 0.5, 10.0, h)
+        assert np.log(far[1] / far[0]) == pytest.approx(np.log(cf[1] / cf[0]), abs=0.01)
+        from scipy.special import zeta
+
+        tail = zeta(2 - 2 * q, np.array([10.0 + 1e4, 10.0 + 1e5]))
+        assert -np.log(tail[1] / tail[0]) / np.log((1e5 + 10) / (1e4 + 10)) == pytest.approx(1 - 2 * q, abs=0.01)
+    assert curved_decay_exponent(0.5, 10.0, 0.2) == 0.0
+    with pytest.raises(ValueError, match="below 1/2"):
+        curved_future_variance([10], 1000, 0.5, 10.0, 0.2)

@@ -22,6 +22,8 @@ __all__ = [
     "decompose_risk",
     "PowerLawFit",
     "fit_power_law",
+    "power_law_deviance",
+    "power_law_alpha_interval",
 ]
 
 
@@ -347,14 +349,15 @@ def _nonneg_wls(design: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.nda
     return min(options, key=lambda o: o[0])[1]
 
 
-def _fisher_scoring(objective, fisher, p0: np.ndarray, max_iter: int = 200) -> tuple[np.ndarray, float]:
+def _fisher_scoring(objective, fisher, p0: np.ndarray, max_iter: int = 200, lo=None, hi=None) -> tuple[np.ndarray, float]:
     """Levenberg-damped Fisher scoring, projected onto the box (L_int >= 0, alpha bounds).
 
     Three parameters and a cheap exact Fisher information make this far faster and steadier than a
-    quasi-Newton method on the curved valleys of the power-law likelihood.
+    quasi-Newton method on the curved valleys of the power-law likelihood. ``lo`` / ``hi`` replace
+    the box (the profile likelihood solves the two-parameter problem at fixed alpha).
     """
-    lo = np.array([0.0, -60.0, _LOG_ALPHA_BOUNDS[0]])
-    hi = np.array([np.inf, 60.0, _LOG_ALPHA_BOUNDS[1]])
+    lo = np.array([0.0, -60.0, _LOG_ALPHA_BOUNDS[0]]) if lo is None else np.asarray(lo, dtype=float)
+    hi = np.array([np.inf, 60.0, _LOG_ALPHA_BOUNDS[1]]) if hi is None else np.asarray(hi, dtype=float)
     p = p0.copy()
     val, grad = objective(p)
     damping = 1e-3
@@ -379,3 +382,92 @@ def _fisher_scoring(objective, fisher, p0: np.ndarray, max_iter: int = 200) -> t
         if moved < 1e-10 or (decrease <= 1e-14 * (1.0 + abs(val)) and damping <= 1e-3):
             break
     return p, float(val)
+
+
+def _profile_nll(logc, us, nu, log_alpha: float) -> float:
+    """min over (L_int >= 0, log K) of the Gamma negative log-likelihood at fixed alpha (scaled units)."""
+    x = np.exp(-np.exp(log_alpha) * logc)
+
+    def parts(q):
+        powc = np.exp(q[1]) * x
+        return q[0] + powc, powc
+
+    def objective(q):
+        lc, powc = parts(q)
+        dl = 0.5 * nu * (1.0 / lc - us / lc**2)
+        return float(np.sum(0.5 * nu * (np.log(lc) + us / lc))), np.stack([np.ones_like(x), powc], axis=1).T @ dl
+
+    def fisher(q):
+        lc, powc = parts(q)
+        jm = np.stack([np.ones_like(x), powc], axis=1)
+        return jm.T @ ((0.5 * nu / lc**2)[:, None] * jm)
+
+    coef = _nonneg_wls(np.stack([np.ones_like(x), x], axis=1), us, 0.5 * nu / us**2)
+    starts = [np.array([coef[0], np.log(max(coef[1], 1e-12))]), np.array([0.0, np.log(max(us.max(), 1e-12))]),
+              np.array([float(us.mean()), -30.0])]
+    return min(_fisher_scoring(objective, fisher, q0, lo=[0.0, -60.0], hi=[np.inf, 60.0])[1] for q0 in starts)
+
+
+def _gamma_data(depths, risk, dof):
+    c = check_positive("depths", depths)
+    u = check_positive("risk", risk)
+    if c.ndim != 1 or c.shape != u.shape or np.unique(c).size < 3:
+        raise ValueError(f"depths and risk must be 1-D of one length with >= 3 distinct depths, but got shapes {c.shape}, "
+                         f"{u.shape}; pass one risk per depth.")
+    nu = np.broadcast_to(check_positive("dof", dof), c.shape).astype(float)
+    scale = float(np.median(u))
+    return np.log(c), u / scale, nu
+
+
+def power_law_deviance(depths, risk, dof, alpha) -> float:
+    r"""Profile-likelihood deviance of ``alpha`` under the Gamma likelihood of :func:`fit_power_law`.
+
+    .. math:: D(\alpha_0) = 2\Big(\min_{L_\mathrm{int} \ge 0,\,K} \ell(L_\mathrm{int}, K, \alpha_0)
+              - \min_{L_\mathrm{int},\,K,\,\alpha} \ell\Big)
+
+    with :math:`\ell` the negative log-likelihood. By Wilks' theorem :math:`D(\alpha_\mathrm{true})`
+    is approximately :math:`\chi^2_1`; unlike the Wald interval (inverse Fisher information),
+    this holds up with few degrees of freedom, where the likelihood is far from quadratic.
+    """
+    logc, us, nu = _gamma_data(depths, risk, dof)
+    log_a = float(np.log(check_positive("alpha", alpha)))
+    fit = fit_power_law(np.exp(logc), us, dof=nu)
+    best = min(float(np.sum(0.5 * nu * (np.log(fit.l_int + fit.k * np.exp(-fit.alpha * logc))
+                                          + us / (fit.l_int + fit.k * np.exp(-fit.alpha * logc))))),
+               _profile_nll(logc, us, nu, float(np.log(fit.alpha))))
+    return max(2.0 * (_profile_nll(logc, us, nu, log_a) - best), 0.0)
+
+
+def power_law_alpha_interval(depths, risk, dof, level: float = 0.95, n_grid: int = 60) -> tuple[float, float]:
+    r"""Profile-likelihood interval of alpha: :math:`\{\alpha : D(\alpha) \le \chi^2_{1, \mathrm{level}}\}`.
+
+    :func:`power_law_deviance` on a log grid over the fit's alpha bounds [1e-3, 20], refined by
+    Brent's method at each crossing; an end that reaches a bound is that bound (the data do not
+    exclude it). Use it instead of ``PowerLawFit.alpha_se`` when the total dof is small: with dof 1
+    per depth over 7 depths (L_int 1, K 20, alpha 0.5; 200 simulated fits) the Wald interval of
+    alpha covered 57 % at nominal 95 %, the profile interval 97 %; at dof 15, 98 % and 94 %
+    (tests/test_theory_decomposition.py checks both dofs).
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import chi2
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), but got {level=}; use e.g. 0.95.")
+    logc, us, nu = _gamma_data(depths, risk, dof)
+    fit = fit_power_law(np.exp(logc), us, dof=nu)
+    lc_hat = fit.l_int + fit.k * np.exp(-fit.alpha * logc)
+    best = min(float(np.sum(0.5 * nu * (np.log(lc_hat) + us / lc_hat))), _profile_nll(logc, us, nu, float(np.log(fit.alpha))))
+    cut = float(chi2.ppf(level, 1))
+
+    def excess(log_a):
+        return 2.0 * (_profile_nll(logc, us, nu, log_a) - best) - cut
+
+    grid = np.linspace(_LOG_ALPHA_BOUNDS[0], _LOG_ALPHA_BOUNDS[1], int(n_grid))
+    vals = np.array([excess(g) for g in grid])
+    inside = np.flatnonzero(vals <= 0)
+    if inside.size == 0:  # the grid missed a narrow interval: it contains the MLE
+        return float(fit.alpha), float(fit.alpha)
+    i, j = inside[0], inside[-1]
+    lo = grid[0] if i == 0 else brentq(excess, grid[i - 1], grid[i], xtol=1e-6)
+    hi = grid[-1] if j == grid.size - 1 else brentq(excess, grid[j], grid[j + 1], xtol=1e-6)
+    return float(np.exp(lo)), float(np.exp(hi))

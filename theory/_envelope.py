@@ -30,6 +30,8 @@ __all__ = [
     "decay_bound",
     "sgd_step_sizes",
     "flat_future_variance",
+    "curved_decay_exponent",
+    "curved_future_variance",
     "NQMTransfer",
     "nqm_transfer",
     "nqm_risk",
@@ -108,6 +110,48 @@ def flat_future_variance(c, horizon: int, eta0: float, t0: float, rho: float, no
         raise ValueError(f"depths must not exceed the horizon, but got c={float(np.max(c)):g} > {horizon=}; pass depths in [0, horizon].")
     noise_var = float(check_nonnegative("noise_var", noise_var))
     return noise_var * eta0**2 * t0 ** (2 * rho) * (zeta(2 * rho, t0 + c) - zeta(2 * rho, t0 + horizon))
+
+
+def curved_decay_exponent(eta0: float, t0: float, curvature: float) -> float:
+    r"""Decay exponent of the optimisation variance of a *curved* direction under :math:`\rho = 1`.
+
+    With :math:`\eta_t = \eta_0 t_0/(t_0+t)` the contraction from step :math:`t` to :math:`T` is
+    polynomial, :math:`\prod_{s=t+1}^{T-1}(1-\eta_s h) \approx ((t_0+t)/(t_0+T))^{q}`,
+    :math:`q = \eta_0 h t_0`, so (:func:`curved_future_variance`)
+    :math:`s^2_{c\to T} \propto (t_0+c)^{-(1-2q)}` for :math:`q < 1/2` and :math:`t_0 \ll c \ll T`:
+
+    .. math:: \alpha = \max(1 - 2\eta_0 h t_0,\ 0) \;\le\; 2\rho - 1 = 1 .
+
+    Curvature slows the decay below the envelope of Prop. 5.1 (the noise injected early is partly
+    forgotten, so the not-yet-decided part shrinks more slowly in relative terms); for
+    :math:`q \ge 1/2` the last steps dominate and :math:`V_\mathrm{opt}` is flat in c.
+    """
+    eta0, t0, _ = _check_schedule(eta0, t0, 1.0)
+    h = float(check_nonnegative("curvature", curvature))
+    return max(1.0 - 2.0 * eta0 * h * t0, 0.0)
+
+
+def curved_future_variance(c, horizon: int, eta0: float, t0: float, curvature: float, noise_var: float = 1.0):
+    r"""Closed-form optimisation variance of a curved direction under :math:`\rho = 1` (continuum contraction).
+
+    .. math:: s^2_{c\to T} \approx \sigma^2\eta_0^2 t_0^2\,(t_0+T)^{-2q}
+              \big[\zeta(2-2q,\ t_0+c) - \zeta(2-2q,\ t_0+T)\big], \qquad q = \eta_0 h t_0 < 1/2,
+
+    using :math:`\prod_{s=t+1}^{T-1}(1-\eta_s h) \approx \exp(-h\sum_{s>t}\eta_s) \approx ((t_0+t)/(t_0+T))^{q}`
+    (accurate when :math:`\eta_0 h \ll 1`). :func:`nqm_transfer` gives the exact value.
+    """
+    horizon = _check_horizon(horizon)
+    eta0, t0, _ = _check_schedule(eta0, t0, 1.0)
+    h = float(check_nonnegative("curvature", curvature))
+    q = eta0 * h * t0
+    if q >= 0.5:
+        raise ValueError(f"eta0 * curvature * t0 must be below 1/2 for a power-law decay, but got q={q:g}; lower the curvature.")
+    c = check_nonnegative("c", c)
+    if np.any(c > horizon):
+        raise ValueError(f"depths must not exceed the horizon, but got c={float(np.max(c)):g} > {horizon=}; pass depths in [0, horizon].")
+    noise_var = float(check_nonnegative("noise_var", noise_var))
+    p = 2.0 - 2.0 * q
+    return noise_var * eta0**2 * t0**2 * (t0 + horizon) ** (-2 * q) * (zeta(p, t0 + c) - zeta(p, t0 + horizon))
 
 
 @dataclass(frozen=True)

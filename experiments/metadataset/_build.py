@@ -6,7 +6,7 @@ Layout of ``OUT``::
     OUT/records/<key>.json   one record per run (key: hash of the canonical task config + seed)
     OUT/cache/emb-*.npz      embedding cache
     OUT/meta.parquet         one row per run x probe depth (predictor meta-dataset)
-    OUT/risk_obs.parquet     one row per run x fork depth (docs/theory.md §3 risk observations)
+    OUT/risk_obs.parquet     one row per run x fork depth (docs/theory.md §3 risk observations, with the recipe's hp_*)
 
 Every file is written atomically (temporary file + rename), so a build killed at any moment leaves
 only finished records behind; a rerun skips them and redoes the rest.
@@ -40,10 +40,17 @@ def _encoder_runner(cache_dir):
     return EncoderRunner(cache_dir)
 
 
+def _heads_runner(cache_dir):
+    from plan_probe.experiments.metadataset._heads import HeadsRunner
+
+    return HeadsRunner(cache_dir)
+
+
 #: Runner factories keyed by the spec's ``tier``. A runner has ``run(task, prefix_index, seed) -> dict``
 #: returning ``status`` ("ok" or "diverged"), ``label``, ``static``, ``hp``, ``dyn`` {depth: {dyn_*}}
-#: and ``forks`` {depth: [final scores]}; raising marks the run ``failed``. The LLM tier adds an entry.
-RUNNERS = {"encoder": _encoder_runner}
+#: and ``forks`` {depth: [final scores]}; raising marks the run ``failed``. A runner may also have
+#: ``prepare(tasks) -> dict``, called once before the runs (shared caches such as embeddings).
+RUNNERS = {"encoder": _encoder_runner, "heads": _heads_runner}
 
 
 def make_runner(tier: str, cache_dir):
@@ -126,6 +133,12 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
         todo = todo[:limit]
     log.info("%d runs to do, %d finished runs skipped", len(todo), skipped)
     cache = str(Path(cache_dir) if cache_dir else out / "cache")
+    prepared = {}
+    runner = _cached_runner(spec.tier, cache)
+    if todo and hasattr(runner, "prepare"):
+        t0 = time.process_time()
+        prepared = {**runner.prepare([t for t, _, _ in todo]), "cpu_seconds": round(time.process_time() - t0, 1)}
+        log.info("prepared: %s", prepared)
     versions = _versions()
     counts = {"ok": 0, "diverged": 0, "failed": 0}
     by_key = {path.stem: (task, p, path) for task, p, path in todo}
@@ -161,7 +174,15 @@ def build(spec: BuildSpec, out: str | Path, *, retry_failed: bool = False, limit
         counts[status] += 1
     tables = assemble_tables(out)
     return {"out": str(out), "runs_total": skipped + len(todo) if limit is None else None, "skipped": skipped,
-            "executed": counts, "backend": backend, **tables}
+            "executed": counts, "backend": backend, "prepared": prepared, "cpu_seconds": round(_cpu_seconds(), 1), **tables}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system), in seconds."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def assemble_tables(out: str | Path) -> dict:
@@ -180,14 +201,17 @@ def assemble_tables(out: str | Path) -> dict:
         base = {"run_id": r["run_id"], "task_id": r["task_id"]}
         for depth, dyn in sorted(res["dyn"].items(), key=lambda kv: int(kv[0])):
             meta_rows.append({**base, "depth": int(depth), **res["static"], **dyn, **res["hp"], "label": res["label"]})
+        # the recipe rides along (the decay-law check needs rho, t0 and the horizon of every fork task)
+        recipe = {**res["hp"], "hp_lr_t0": float(r["config"]["hparams"].get("lr_t0", 10.0))}
         for depth, scores in sorted(res["forks"].items(), key=lambda kv: int(kv[0])):
             s = np.asarray(scores, dtype=float)
             risk_rows.append({"task_id": r["task_id"], "depth": int(depth), "risk_obs": float(s.var(ddof=1)),
-                              "dof": float(len(s) - 1), "run_id": r["run_id"], **res["static"]})
+                              "dof": float(len(s) - 1), "run_id": r["run_id"], **res["static"], **recipe})
     meta = pd.DataFrame(meta_rows)
     risk = pd.DataFrame(risk_rows)
     if len(meta):
         meta = meta.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
+    if len(risk):  # records without forks (e.g. a live run history) give no risk rows
         risk = risk.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
     write_table(meta, out / "meta.parquet")
     write_table(risk, out / "risk_obs.parquet")

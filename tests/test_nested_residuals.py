@@ -1,0 +1,157 @@
+"""Nested residual vectors: the likelihood against the multivariate normal it stands for, the
+sign-unknown recursion against brute force over sign patterns, table validation, and the
+residual-observation function shared by the experiments."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from plan_probe._residuals import residual_observations
+from plan_probe._risk_likelihood import chain_loglik, observation_arrays, total_loglik
+from plan_probe._tables import validate_risk_observations, validate_tasks
+
+DEPTHS = np.array([5.0, 10.0, 40.0, 160.0])
+
+
+def _curve(theta, c):
+    l_int, k, alpha = np.exp(theta)
+    return l_int + k * c**-alpha
+
+
+def _martingale_cov(theta, c):
+    """Cov(e(c_i), e(c_j)) = L(max(c_i, c_j)) (docs/theory.md §2), built directly."""
+    L = _curve(theta, c)
+    return L[np.maximum.outer(np.arange(c.size), np.arange(c.size))]
+
+
+def _one_run(residual, signed=True):
+    frame = pd.DataFrame({"task_id": "t", "run_id": "r", "depth": DEPTHS.astype(int), "risk_obs": residual**2, "dof": 1.0})
+    if signed:
+        frame["residual"] = residual
+    return validate_risk_observations(frame)
+
+
+THETAS = [np.array([0.2, 1.5, np.log(0.6)]), np.array([-1.0, 2.2, np.log(0.3)]), np.array([0.5, 0.4, np.log(1.2)])]
+
+
+def test_signed_nested_likelihood_is_the_martingale_normal():
+    """Up to a constant in theta, the increments' likelihood equals the MVN density with Cov = L(max)."""
+    e = np.array([2.1, -0.4, 0.9, 0.7])
+    arrays = observation_arrays(_one_run(e), {"t": 0})
+    assert arrays.counts == {"gamma_terms": 4, "increments_signed": 3, "runs_sign_unknown": 0}
+    ours = np.array([total_loglik(th[None, :], arrays) for th in THETAS])
+    exact = np.array([multivariate_normal(np.zeros(4), _martingale_cov(th, DEPTHS)).logpdf(e) for th in THETAS])
+    np.testing.assert_allclose(ours - ours[0], exact - exact[0], rtol=1e-10, atol=1e-10)
+
+
+def test_sign_unknown_likelihood_is_the_sum_over_sign_patterns():
+    """The forward recursion equals the MVN density summed over all 2^k sign patterns (brute force)."""
+    a = np.array([2.1, 0.4, 0.9, 0.7])
+    arrays = observation_arrays(_one_run(a, signed=False), {"t": 0})
+    assert arrays.counts["runs_sign_unknown"] == 1 and arrays.counts["increments_signed"] == 0
+    ours = np.array([total_loglik(th[None, :], arrays) for th in THETAS])
+    exact = []
+    for th in THETAS:
+        mvn = multivariate_normal(np.zeros(4), _martingale_cov(th, DEPTHS))
+        exact.append(logsumexp([mvn.logpdf(np.array(s) * a) for s in itertools.product([-1, 1], repeat=4)]))
+    exact = np.array(exact)
+    np.testing.assert_allclose(ours - ours[0], exact - exact[0], rtol=1e-9, atol=1e-9)
+
+
+def test_chains_of_different_lengths_and_broadcast_draws():
+    """Padding: a 2-depth and a 4-depth run in one batch give each run's own likelihood; a draws axis broadcasts."""
+    a4, a2 = np.array([2.1, 0.4, 0.9, 0.7]), np.array([1.3, 0.2])
+    frame = pd.concat([
+        pd.DataFrame({"task_id": "t", "run_id": "long", "depth": DEPTHS.astype(int), "risk_obs": a4**2, "dof": 1.0}),
+        pd.DataFrame({"task_id": "t", "run_id": "short", "depth": [10, 40], "risk_obs": a2**2, "dof": 1.0}),
+    ])
+    arrays = observation_arrays(validate_risk_observations(frame), {"t": 0})
+    th = THETAS[0]
+    single = {}
+    for name, (a, c) in {"long": (a4, DEPTHS), "short": (a2, np.array([10.0, 40.0]))}.items():
+        val = chain_loglik(th[0], th[1], np.exp(th[2]), a[None, :], np.log(c)[None, :], np.ones((1, c.size - 1), bool))
+        single[name] = float(val[0])
+    both = chain_loglik(th[0], th[1], np.exp(th[2]), arrays.chain_abs, arrays.chain_log_c, arrays.chain_valid)
+    np.testing.assert_allclose(sorted(both), sorted(single.values()), rtol=1e-12)
+    draws = np.stack([THETAS[0], THETAS[1]], axis=1)  # (3, 2 draws)
+    per_draw = chain_loglik(draws[0][None, :], draws[1][None, :], np.exp(draws[2])[None, :], arrays.chain_abs[:, None, :],
+                            arrays.chain_log_c[:, None, :], arrays.chain_valid[:, None, :])
+    assert per_draw.shape == (2, 2)
+    np.testing.assert_allclose(np.sort(per_draw[:, 0]), sorted(single.values()), rtol=1e-12)
+
+
+def test_fork_variances_and_independent_rows_keep_the_gamma_terms():
+    frame = pd.DataFrame({"task_id": ["a", "a", "b"], "run_id": ["r1", "r1", None], "depth": [4, 8, 4],
+                          "risk_obs": [0.5, 0.4, 2.0], "dof": [15.0, 15.0, 1.0]})
+    arrays = observation_arrays(validate_risk_observations(frame), {"a": 0, "b": 1})
+    # dof 15 rows with a run_id are fork variances: independent; the run_id-less dof-1 row too
+    assert arrays.counts == {"gamma_terms": 3, "increments_signed": 0, "runs_sign_unknown": 0}
+    assert arrays.level.all() and sorted(arrays.dof) == [1.0, 15.0, 15.0]
+
+
+def test_validation_of_nested_columns():
+    base = pd.DataFrame({"task_id": ["a", "a"], "run_id": ["r", "r"], "depth": [5, 10], "risk_obs": [4.0, 1.0], "dof": 1.0})
+    ok = validate_risk_observations(base.assign(residual=[-2.0, 1.0]))
+    assert list(ok["residual"]) == [-2.0, 1.0]
+    derived = validate_risk_observations(base.drop(columns="risk_obs").assign(residual=[-2.0, 1.0]))
+    assert list(derived["risk_obs"]) == [4.0, 1.0]
+    bad = [
+        (base.assign(residual=[2.5, 1.0]), "risk_obs must equal residual"),
+        (base.assign(depth=[5, 5]), "distinct depths"),
+        (base.assign(task_id=["a", "b"]), "run_id must belong to one task"),
+        (base.assign(residual=["x", 1.0]), "residual must be a finite number"),
+    ]
+    for frame, needle in bad:
+        with pytest.raises(ValueError, match=needle):
+            validate_risk_observations(frame)
+    tasks, pilots = validate_tasks(base.assign(residual=[-2.0, 1.0]))
+    assert list(pilots["run_id"]) == ["r", "r"] and list(pilots["residual"]) == [-2.0, 1.0]
+
+
+def test_residual_observations_from_out_of_fold_predictions():
+    meta = pd.DataFrame({"run_id": ["r1", "r1", "r2", "r2", "r3"], "task_id": ["t1", "t1", "t1", "t1", "t2"],
+                         "depth": [5, 10, 5, 10, 5], "label": [60.0, 60.0, 40.0, 40.0, 55.0],
+                         "static_n": [100, 100, 100, 100, 30], "dyn_x": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    pred = np.array([58.0, 61.0, 45.0, 41.0, 55.5])
+    obs = residual_observations(meta, pred)
+    assert list(obs.columns) == ["task_id", "run_id", "depth", "residual", "risk_obs", "dof", "static_n"]
+    np.testing.assert_allclose(obs["residual"], meta["label"] - pred)
+    np.testing.assert_allclose(obs["risk_obs"], (meta["label"] - pred) ** 2)
+    assert (obs["dof"] == 1.0).all()
+    clean = validate_risk_observations(obs)
+    arrays = observation_arrays(clean, {"t1": 0, "t2": 1})
+    # r1, r2: deepest level + 1 increment each; r3: one level term
+    assert arrays.counts == {"gamma_terms": 5, "increments_signed": 2, "runs_sign_unknown": 0}
+    np.testing.assert_allclose(sorted(arrays.u[~arrays.level]), sorted([(2.0 - -1.0) ** 2, (-5.0 - -1.0) ** 2]))
+    for bad_pred, needle in ((pred[:3], "one prediction per meta row"), (np.r_[pred[:4], np.nan], "finite")):
+        with pytest.raises(ValueError, match=needle):
+            residual_observations(meta, bad_pred)
+    with pytest.raises(ValueError, match="once per depth"):
+        residual_observations(meta.assign(depth=5), pred)
+
+
+def test_benchmark_observations_are_nested_per_run():
+    """plan-probe benchmark hands the risk model one nested vector per run (not 3 independent rows),
+    with one value per task of each risk feature (the hyperparameter enters as static_hp_lr)."""
+    from plan_probe.experiments.benchmark._core import BenchData, risk_observations
+
+    rng = np.random.default_rng(0)
+    runs = [f"run{i}" for i in range(6)]
+    meta = pd.DataFrame([{"run_id": r, "task_id": f"task{i // 2}", "depth": d, "label": 50 + i, "static_a": i // 2 + 0.1 * i,
+                          "hp_lr": 1e-4} for i, r in enumerate(runs) for d in (5, 10, 20)])
+    pred = meta["label"].to_numpy() + rng.normal(0, 1, len(meta))
+    data = BenchData(frame=meta, label="label", id_col="run_id", task_col="task_id", grid=np.array([5.0, 10.0, 20.0]),
+                     features=["static_a", "hp_lr"], static_features=["static_a", "hp_lr"])
+    obs = risk_observations(meta, data, pred)
+    assert obs.groupby("run_id").size().eq(3).all() and obs["run_id"].nunique() == 6
+    np.testing.assert_allclose(obs["residual"], meta["label"] - pred)
+    assert {"static_a", "static_hp_lr"} <= set(obs.columns)
+    assert obs.groupby("task_id")["static_a"].nunique().eq(1).all()  # task means
+    arrays = observation_arrays(validate_risk_observations(obs), {f"task{i}": i for i in range(3)})
+    assert arrays.counts == {"gamma_terms": 6 + 12, "increments_signed": 12, "runs_sign_unknown": 0}
