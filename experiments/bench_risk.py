@@ -43,6 +43,31 @@ def _fit(n_tasks: int, depths, seed: int, nested: bool = False):
     return model, time.perf_counter() - start, len(obs), time.process_time() - cpu
 
 
+def fit_timed(n_tasks: int, depths, seed: int):
+    """Fit the risk model (method auto) on ``n_tasks`` synthetic tasks; return (model, seconds, n_obs)."""
+    model, secs, n_obs, _ = _fit(n_tasks, depths, seed)
+    return model, secs, n_obs
+
+
+def plan_tasks(n_tasks: int, seed: int):
+    """``n_tasks`` synthetic tasks to plan (the generator's static features)."""
+    from plan_probe.experiments.synthetic.risk_generator import RiskGeneratorConfig, generate_tasks, tasks_table
+
+    return tasks_table(generate_tasks(n_tasks, RiskGeneratorConfig(), seed=seed + 7))
+
+
+def plan_timed(model, tasks, settings, repeats: int) -> tuple[list[float], object]:
+    """Wall times of ``compute_plan(model, tasks, settings)`` over ``repeats`` calls, and the last plan."""
+    from plan_probe._plan import compute_plan
+
+    times, plan = [], None
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        plan, _ = compute_plan(model, tasks, settings)
+        times.append(time.perf_counter() - start)
+    return times, plan
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-nuts", action="store_true", help="skip the 300 x 7 NUTS fit")

@@ -194,6 +194,9 @@ def predict_cmd(meta, predictor_dir, out_path, coverage, threshold, go_probabili
         )
     if model.scale_mode_ == "risk" and not risk_model:
         raise ValueError("this predictor was calibrated with a risk model, but --risk-model is missing; pass it.")
+    if risk_model and model.scale_mode_ != "risk":  # silently ignoring it would hide a mix-up of files
+        raise ValueError(f"--risk-model applies only to a predictor calibrated with a risk model, but got one calibrated "
+                         f"without (scale mode {model.scale_mode_!r}); drop --risk-model or refit with it.")
     scale = _risk_scale(risk_model, data.frame) if (risk_model and model.scale_mode_ == "risk") else None
     X = data.frame[model.feature_names_]
     pred, lower, upper = model.predict_interval(X, coverage, scale)

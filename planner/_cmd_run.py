@@ -37,7 +37,7 @@ def run_cmd(portfolio, out_dir, backend, ray_address, ray_num_cpus, fmt, progres
     if out.exists() and not out.is_dir():
         raise ValueError(f"output must be a directory, but {out_dir!r} is a file; pass a folder path.")
     settings = RunSettings(backend=backend, ray_address=ray_address, ray_num_cpus=ray_num_cpus, progress=progress)
-    prepared = prepare_run(portfolio, settings)  # every input checked before anything is written
+    prepared = prepare_run(portfolio, settings, out)  # every input checked before anything is written
     warning = prepared.risk_model.convergence_warning(str(prepared.risk_model_path))
     if warning:
         click.echo(f"warning: {warning}", err=True)

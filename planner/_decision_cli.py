@@ -95,7 +95,8 @@ def prepare_decision(opts: dict, frame):
         given = [name for name in _DECISION_ONLY if opts.get(name) is not None]
         if given:
             flags = ", ".join("--" + g.replace("_", "-") for g in given)
-            raise ValueError(f"{flags} only apply to the decision objective, but got --objective risk; "
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{flags} only {verb} to the decision objective, but got --objective risk; "
                              "add --objective decision or drop them.")
         return None
     from plan_probe._decision_plan import PRIOR_COLUMNS, DecisionSettings, split_decision_columns

@@ -85,7 +85,7 @@ class DecisionSettings:
             full = np.broadcast_to(np.asarray(full, dtype=float), (n,))
             if not np.all(np.isfinite(full) & (full > 0)):
                 bad = full[~(np.isfinite(full) & (full > 0))][0]
-                raise ValueError(f"full_cost must be positive for every task, but got full_cost={bad!r}; fix it.")
+                raise ValueError(f"full_cost must be positive for every task, but got full_cost={float(bad)!r}; fix it.")
         c_lb = np.full(n, float(self.launch_cost)) if self.launch_cost is not None else full.astype(float)
         c_kg = np.full(n, float(self.kill_cost)) if self.kill_cost is not None else full.astype(float)
         return c_lb, c_kg
@@ -129,6 +129,8 @@ def _per_task(frame, task_ids, column: str):
     """One value of ``column`` per task (first row of each task; must be constant within a task)."""
     import pandas as pd
 
+    if pd.api.types.is_bool_dtype(frame[column]):
+        raise ValueError(f"{column} must be numeric, but got booleans (True/False); write numbers.")
     values = pd.to_numeric(frame[column], errors="coerce")
     ids = frame["task_id"].astype(str)
     spread = values.groupby(ids).nunique(dropna=False)
@@ -154,7 +156,7 @@ def priors_from_table(frame, task_ids) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("prior_mean must be a finite score for every task, but got NaN or inf; fill those rows.")
     if not np.all(np.isfinite(s0) & (s0 > 0)):
         bad = s0[~(np.isfinite(s0) & (s0 > 0))][0]
-        raise ValueError(f"prior_var must be a positive variance for every task, but got prior_var={bad!r}; "
+        raise ValueError(f"prior_var must be a positive variance for every task, but got prior_var={float(bad)!r}; "
                          "pass the static-only predictor's variance (pred_var of plan-probe predict), > 0.")
     return m0, s0
 

@@ -125,6 +125,19 @@ def _numeric(frame, col: str) -> bool:
     return pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
 
 
+def _refuse_non_numeric(frame, col: str) -> None:
+    import pandas as pd
+
+    values = frame[col]
+    if pd.api.types.is_bool_dtype(values):
+        got = "booleans (True/False)"
+    else:
+        text = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        got = f"text such as {str(text.iloc[0])[:40]!r}" if len(text) else f"dtype {values.dtype}"
+    raise ValueError(f"feature columns (static_/dyn_/hp_, depth and TuneAhead's names) must be numeric, but column {col!r} "
+                     f"holds {got}; write numbers (a '.' decimal point) or drop the column.")
+
+
 def check_finite_features(frame, features) -> None:
     """Reject NaN/inf feature values, naming the first bad column and its number of bad rows."""
     for col in features:
@@ -233,9 +246,13 @@ def load_meta(
     skip = {id_col, label}
     features, groups, unknown = [], {}, []
     for col in frame.columns:
-        if col in skip or not _numeric(frame, col):
+        if col in skip:
             continue
         group = feature_group(col)
+        if not _numeric(frame, col):
+            if group != "other":  # named as a feature: dropping it silently would fit without it
+                _refuse_non_numeric(frame, col)
+            continue
         if group == "other":
             unknown.append(col)
         features.append(col)

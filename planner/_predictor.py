@@ -45,6 +45,7 @@ import numpy as np
 from plan_probe._learners import Family, Member, blend_predict, blend_shap, group_folds
 from plan_probe._meta import GROUPS, feature_group
 from plan_probe.probes._formats import FileFormat
+from plan_probe._validate import booster_from_text, check_predictor_sidecar
 
 __all__ = ["PredictorConfig", "ProbePredictor", "FORMAT", "PREDICTOR_FORMAT", "group_folds", "SEARCH_SPACES",
            "FULL_TOP", "FULL_SEEDS"]
@@ -639,8 +640,6 @@ class ProbePredictor:
     @classmethod
     def load(cls, directory) -> "ProbePredictor":
         """Load a saved predictor, checking its format and schema and the model checksums (no pickle)."""
-        import lightgbm as lgb
-
         from plan_probe.probes._io import read_json
 
         directory = Path(directory)
@@ -651,6 +650,7 @@ class ProbePredictor:
                 "pass the -o directory of plan-probe fit-predictor."
             )
         side = PREDICTOR_FORMAT.read(read_json(side_path), str(side_path))
+        check_predictor_sidecar(side, str(side_path))
         self = cls(PredictorConfig.from_dict(side["config"]), dict(side["feature_groups"]))
         files, shas = side.get("model_files"), side.get("model_sha256")
         if not (isinstance(files, list) and isinstance(shas, list) and len(files) == len(shas)
@@ -659,7 +659,8 @@ class ProbePredictor:
                 f"predictor.json must list model files named model.txt / model_<i>.txt with one checksum each, "
                 f"but got model_files={files!r}; refit with plan-probe fit-predictor."
             )
-        boosters = {f: lgb.Booster(model_str=_read_checked(directory / f, sha)) for f, sha in zip(files, shas)}
+        boosters = {f: booster_from_text(directory / f, _read_checked(directory / f, sha), side["feature_names"])
+                    for f, sha in zip(files, shas)}
 
         def member(doc: dict) -> Member:
             name = doc.get("model_file")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from plan_probe.probes._formats import FileFormat
+from plan_probe._validate import check_risk_model_payload
 
 __all__ = ["RiskModel", "RiskFitSettings", "risk_model", "label_scale", "convergence_ok", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
 
@@ -88,7 +89,7 @@ class RiskFitSettings:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, but got {name}={getattr(self, name)}; pass a positive integer.")
         if not 0.5 <= self.target_accept < 1:
-            raise ValueError(f"target_accept must be in [0.5, 1), but got {self.target_accept=}; 0.8-0.95 is usual.")
+            raise ValueError(f"target_accept must be in [0.5, 1), but got target_accept={self.target_accept}; 0.8-0.95 is usual.")
         if self.svi_lr <= 0 or self.lkj_eta <= 0:
             raise ValueError(f"svi_lr and lkj_eta must be positive, but got {self.svi_lr=}, {self.lkj_eta=}; pass values > 0.")
 
@@ -471,6 +472,7 @@ class RiskModel:
         if payload.get("checksum") != _checksum(payload):
             raise ValueError(f"risk model checksum must match its content, but {source} has been modified; refit it with plan-probe fit-risk.")
         payload = current
+        check_risk_model_payload(payload, source)  # the checksum guards against corruption, not nonsense
         try:
             model = cls(RiskFitSettings(**payload["settings"]))
             model.draws_ = {k: np.asarray(payload["draws"][k], dtype=float) for k in ("b", "B", "sigma_chol")}

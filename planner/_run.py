@@ -142,8 +142,12 @@ def _check_predictor_features(predictor, available: set, what: str) -> None:
         )
 
 
-def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> PreparedRun:
-    """Load and check everything a run needs before any output is written (bad input: ``ValueError``)."""
+def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=None) -> PreparedRun:
+    """Load and check everything a run needs before any output is written (bad input: ``ValueError``).
+
+    Datasets are read, built-in dataset sizes checked against the corpus, model files checked
+    (headers only) and, with ``out_dir``, every output path checked against every input.
+    """
     from plan_probe._defaults import resolve_model_file
     from plan_probe.probes._executor import check_backend
     from plan_probe._portfolio import load_portfolio
@@ -158,6 +162,9 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     rm_path = resolve_model_file("risk_model", portfolio.risk_model, portfolio.base_dir)
     pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir)
     ps_path = resolve_model_file("predictor_static", portfolio.predictor_static, portfolio.base_dir)
+    from plan_probe._portfolio import check_inputs
+
+    check_inputs(portfolio, out_dir, {"risk_model": rm_path, "predictor": pr_path, "predictor_static": ps_path})
     risk_model = RiskModel.load(rm_path)
     missing = sorted(set(risk_model.static_features_) - set(STATIC_COLUMNS))
     if missing:
@@ -176,6 +183,13 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings()) -> Prepar
     _check_predictor_features(predictor_static, {*STATIC_COLUMNS, *HP_COLUMNS}, "static-only")
     for model in (predictor, predictor_static):
         model.conformal_quantile(portfolio.coverage)  # enough calibration scores for the coverage?
+    if out_dir is not None and not Path(out_dir).exists():
+        # A first run needs the model for its static stage anyway (same process cache): load it now,
+        # so a model that passes the header checks but does not load is refused before DIR exists.
+        # (A candidate's bad target_modules stay a failed probe of that candidate, not a rejection.)
+        from plan_probe.probes._jobs import cached_model
+
+        cached_model(portfolio.model_spec(), portfolio.device)
     return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
 
 

@@ -42,12 +42,15 @@ def _first_bad(frame, mask, col):
     i = int(np.flatnonzero(np.asarray(mask))[0])
     row = frame.iloc[i]
     tid = row["task_id"] if "task_id" in frame.columns else "?"
-    return f"row {i + 1} (task_id={tid!r}, {col}={row[col]!r})"
+    value = row[col].item() if hasattr(row[col], "item") else row[col]  # numpy scalars shown as plain numbers
+    return f"row {i + 1} (task_id={tid!r}, {col}={value!r})"
 
 
 def _numeric(frame, col: str, *, what: str):
     import pandas as pd
 
+    if pd.api.types.is_bool_dtype(frame[col]):
+        raise ValueError(f"{what} column {col!r} must be numeric, but got booleans (True/False); write numbers.")
     values = pd.to_numeric(frame[col], errors="coerce")
     bad = values.isna().to_numpy()
     if bad.any():
@@ -123,6 +126,9 @@ def _check_nested(frame, out):
     import pandas as pd
 
     if "residual" in frame.columns:
+        if pd.api.types.is_bool_dtype(frame["residual"]):
+            raise ValueError("residual must be a signed number, but got booleans (True/False); write the residual "
+                             "label - prediction.")
         res = pd.to_numeric(frame["residual"], errors="coerce").astype(float).to_numpy()
         raw_missing = frame["residual"].isna().to_numpy()
         bad = np.isnan(res) & ~raw_missing
@@ -135,7 +141,7 @@ def _check_nested(frame, out):
         off = given & (np.abs(res**2 - risk) > _RESIDUAL_RTOL * np.maximum(risk, res**2) + 1e-300)
         if off.any():
             raise ValueError(f"risk_obs must equal residual**2 where both are given, but got {_first_bad(frame, off, 'residual')} "
-                             f"with risk_obs={risk[np.flatnonzero(off)[0]]!r}; recompute risk_obs from the residual.")
+                             f"with risk_obs={float(risk[np.flatnonzero(off)[0]])!r}; recompute risk_obs from the residual.")
         out["residual"] = res
     if "run_id" in frame.columns:
         out["run_id"] = [str(r) if pd.notna(r) and str(r) != "" else None for r in frame["run_id"]]

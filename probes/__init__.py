@@ -1,13 +1,8 @@
 """Probe features: static dataset descriptors, LoRA probe dynamics, HF Trainer callback.
 
-Heavy libraries (torch, transformers, peft) load on first use of the probe, model and callback
-objects, so ``import plan_probe.probes`` stays light.
+Every public object loads on first use (numpy included), so ``import plan_probe.probes`` (and with
+it the ``plan-probe`` command line, which starts in a few tenths of a second) stays light.
 """
-
-from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
-from plan_probe.probes._data import Example, load_examples
-from plan_probe.probes._dynamics import DYN_COLUMNS
-from plan_probe.probes._static import STATIC_COLUMNS
 
 __all__ = [
     "DYN_COLUMNS",
@@ -24,6 +19,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "DYN_COLUMNS": "plan_probe.probes._dynamics",
+    "Example": "plan_probe.probes._data",
+    "HP_COLUMNS": "plan_probe.probes._config",
+    "ProbeConfig": "plan_probe.probes._config",
+    "STATIC_COLUMNS": "plan_probe.probes._static",
+    "load_examples": "plan_probe.probes._data",
     "ProbeRecorderCallback": "plan_probe.probes._callback",
     "ProbeResult": "plan_probe.probes._probe",
     "run_probe": "plan_probe.probes._probe",

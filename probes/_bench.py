@@ -33,7 +33,8 @@ def bench_probe(examples, model, tokenizer, config: ProbeConfig, *, repeats: int
 
     The pairs alternate their order (bare first, then recorded first, ...) so slow drifts of the
     machine hit both. ``overhead`` is min(recorded) / min(bare) − 1 (the minimum is the least
-    noisy estimate of a loop's own cost); ``overhead_median`` uses medians.
+    noisy estimate of a loop's own cost); ``overhead_median`` uses medians; ``overhead_cpu`` uses
+    the minimum process CPU times (steadier than wall time on a shared machine).
     """
     import torch
 
@@ -42,6 +43,7 @@ def bench_probe(examples, model, tokenizer, config: ProbeConfig, *, repeats: int
     batches = ProbeBatches(examples, tokenizer, config, _ood_texts(None))
     device = next(model.parameters()).device
     bare, recorded = [], []
+    cpu = {False: [], True: []}
     with attach_lora(model, config) as (peft_model, params):
         init = [p.detach().clone() for p in params]
 
@@ -59,10 +61,11 @@ def bench_probe(examples, model, tokenizer, config: ProbeConfig, *, repeats: int
             for record, times in pair if r % 2 == 0 else pair[::-1]:
                 reset()
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 probe_loop(peft_model, params, batches, config, device, record=record)
                 _sync(device)
                 times.append(time.perf_counter() - t0)
+                cpu[record].append(time.process_time() - c0)
                 log.info("repeat %d %s: %.3f s", r, "recorded" if record else "bare", times[-1])
     t_bare, t_rec = min(bare), min(recorded)
     return {
@@ -73,6 +76,8 @@ def bench_probe(examples, model, tokenizer, config: ProbeConfig, *, repeats: int
         "lora_r": config.lora_r,
         "target_modules": list(config.target_modules),
         "flatness_k": config.flatness_k,
+        "flatness_sample": config.flatness_sample,
+        "ood_sample": config.ood_sample,
         "repeats": repeats,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -83,4 +88,9 @@ def bench_probe(examples, model, tokenizer, config: ProbeConfig, *, repeats: int
         "bare_step_s": t_bare / config.steps,
         "overhead": t_rec / t_bare - 1.0,
         "overhead_median": statistics.median(recorded) / statistics.median(bare) - 1.0,
+        # CPU time of this process (all threads): on a machine shared with other jobs it is a steadier
+        # measure than wall time, exactly so with one torch thread (no spin-waiting threads)
+        "bare_cpu_s": cpu[False],
+        "recorded_cpu_s": cpu[True],
+        "overhead_cpu": min(cpu[True]) / min(cpu[False]) - 1.0,
     }

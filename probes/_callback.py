@@ -43,7 +43,8 @@ class ProbeRecorderCallback(TrainerCallback):
         Out-of-domain texts (default: the shipped sentences).
     seed : int
         Seed of the flatness perturbations, and the ``seed`` column.
-    flatness_k, flatness_sigma, sparsity_tol : as in :class:`ProbeConfig`.
+    flatness_k, flatness_sigma, sparsity_tol, flatness_sample, ood_sample : as in :class:`ProbeConfig`
+        (``None``: the exact definitions on the whole first micro-batch / every OOD text).
     max_length : int, optional
         Sequence length of the run, for the ``hp_max_length`` column (NaN when not given).
 
@@ -65,6 +66,8 @@ class ProbeRecorderCallback(TrainerCallback):
         flatness_sigma: float = 1e-2,
         sparsity_tol: float = 1e-3,
         max_length: int | None = None,
+        flatness_sample: int | None = 2,
+        ood_sample: int | None = 8,
     ) -> None:
         depths = sorted({int(d) for d in record_at})
         if not depths or depths[0] < 2:
@@ -78,6 +81,8 @@ class ProbeRecorderCallback(TrainerCallback):
         self.flatness_sigma = float(flatness_sigma)
         self.sparsity_tol = float(sparsity_tol)
         self.max_length = max_length
+        self.flatness_sample = flatness_sample
+        self.ood_sample = ood_sample
         self._rows: list[dict] = []
         self._handles: list = []
 
@@ -108,21 +113,25 @@ class ProbeRecorderCallback(TrainerCallback):
             self._loss_sum += nll
             self._tokens += (targets != IGNORE).sum()
         if self._flat_batch is None:
-            self._flat_batch = {
-                "input_ids": kwargs["input_ids"].detach().clone(),
+            from plan_probe.probes._probe import subsample_rows
+
+            batch = {
+                "input_ids": kwargs["input_ids"].detach(),
                 "attention_mask": (
-                    kwargs["attention_mask"].detach().clone()
+                    kwargs["attention_mask"].detach()
                     if kwargs.get("attention_mask") is not None
                     else torch.ones_like(kwargs["input_ids"])
                 ),
-                "labels": labels.detach().clone(),
+                "labels": labels.detach(),
             }
+            sub, self._flat_scale = subsample_rows(batch, self.flatness_sample, self.seed)
+            self._flat_batch = {k: v.clone() for k, v in sub.items()}
 
     # -- callback events ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         import torch
 
-        from plan_probe.probes._probe import _ood_texts, flat_params, mean_loss, ood_batches
+        from plan_probe.probes._probe import _ood_texts, flat_params, mean_loss, ood_subset
 
         self._model = model
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -144,7 +153,7 @@ class ProbeRecorderCallback(TrainerCallback):
         self._ood = None
         if tok is not None:
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            self._ood = ood_batches(tok, _ood_texts(self.ood_examples), pad)
+            self._ood, self._ood_scale = ood_subset(tok, _ood_texts(self.ood_examples), pad, self.ood_sample, self.seed)
             self._ood0 = mean_loss(model, self._ood, device)
         else:
             log.warning("no tokenizer for the OOD set: dyn_forgetting will be NaN")
@@ -179,11 +188,12 @@ class ProbeRecorderCallback(TrainerCallback):
         if bad is None:
             extras = {
                 "param_change_norm": float(torch.linalg.vector_norm(flat_params(self._params) - self._theta0)),
-                "flatness": flatness(
+                "flatness": self._flat_scale * flatness(
                     self._model, self._params, self._flat_batch, device,
                     k=self.flatness_k, sigma=self.flatness_sigma, seed=self.seed, depth=step,
                 ),
-                "forgetting": mean_loss(self._model, self._ood, device) - self._ood0 if self._ood is not None else math.nan,
+                "forgetting": (self._ood_scale * (mean_loss(self._model, self._ood, device) - self._ood0)
+                               if self._ood is not None else math.nan),
             }
             if all(math.isfinite(v) for k, v in extras.items() if k != "forgetting" or self._ood is not None):
                 feats = dynamic_features(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], **extras)

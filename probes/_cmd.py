@@ -29,6 +29,12 @@ def _hp_options(func):
         click.option("--flatness-k", type=int, default=1, show_default=True, help="Antithetic perturbation pairs for flatness."),
         click.option("--flatness-sigma", type=float, default=1e-2, show_default=True, help="Std of the perturbations."),
         click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global-norm clip (0: off)."),
+        click.option("--flatness-sample", default="2", show_default=True, metavar="N|all",
+                     help="Examples of the flatness batch the perturbed forwards evaluate (seeded, weighted to the "
+                          "batch's expectation); all: the exact definition."),
+        click.option("--ood-sample", default="8", show_default=True, metavar="N|all",
+                     help="Out-of-domain texts evaluated for forgetting (seeded, weighted to the set's expectation); "
+                          "all: the exact definition."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -39,19 +45,50 @@ def _config(steps, record_at, seed, hp):
     from plan_probe.probes._config import ProbeConfig, parse_int_list
 
     modules = tuple(m.strip() for m in hp.pop("target_modules").split(",") if m.strip())
+    for name in ("flatness_sample", "ood_sample"):
+        size = _sample_option(hp[name], name)
+        hp[name] = None if size == "all" else size
     return ProbeConfig(steps=steps, record_at=parse_int_list("record_at", record_at), seed=seed, target_modules=modules, **hp)
+
+
+def _sample_option(value, name):
+    """``--sample``-style values: a positive integer or ``all``."""
+    if value is None or str(value).lower() == "all":
+        return value if value is None else "all"
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"{name} must be a positive integer or 'all', but got {value!r}; pass e.g. 1000, all, or leave it out.")
+    return size
+
+
+def usable_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @click.command("static")
 @click.argument("dataset")
 @click.option("--model", "model_spec", default=None, help=_MODEL_HELP + " Without it the two static_ref_ppl_* keys are left out.")
-@click.option("--sample", type=int, default=None, help="Seeded sample size for the embedding and perplexity descriptors.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--sample", default=None, metavar="N|all",
+              help="Sample size of both the embedding and the perplexity descriptors ('all': every example). "
+                   "Default: 256 for the embeddings, 48 for the perplexity (see docs/guide/static-descriptors.md); the SEs go into metadata.se.")
+@click.option("--embed-sample", default=None, metavar="N|all", help="Override --sample for the embedding descriptors.")
+@click.option("--ppl-sample", default=None, metavar="N|all", help="Override --sample for the reference perplexity.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
 @click.option("--limit", type=int, default=None, help="Use only the first N records.")
+@click.option("--threads", type=int, default=None, help="torch threads for the model forwards (default: every usable core).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder (off by default).")
 @click.option("-o", "--output", required=True, help="Output JSON file.")
-def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, output):
-    """Compute the 14 static descriptors of DATASET (16 columns) and write them as JSON."""
+def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limit, threads, trust_remote_code, output):
+    """Compute the 14 static descriptors of DATASET (16 columns) and write them as JSON.
+
+    Counts, lengths, n-grams, duplicates and the other text statistics use every example; the
+    embedding and perplexity descriptors use seeded samples and report their standard errors.
+    """
     from pathlib import Path
 
     from plan_probe.probes._io import write_json
@@ -60,23 +97,35 @@ def static_cmd(dataset, model_spec, sample, seed, limit, trust_remote_code, outp
 
     if not str(output).lower().endswith(".json"):
         raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o static.json.")
-    if sample is not None and sample < 1:
-        raise ValueError(f"sample must be a positive integer, but got {sample=}; pass e.g. 1000 or leave it out.")
-    examples = load_examples(dataset, limit=limit)
-    model = tokenizer = None
+    sizes = {k: _sample_option(v, k) for k, v in (("sample", sample), ("embed_sample", embed_sample), ("ppl_sample", ppl_sample))}
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be a positive integer, but got {threads=}; pass e.g. 2 or leave it out.")
     if model_spec is not None:
-        from plan_probe.probes._models import resolve_model
+        from plan_probe.probes._models import check_model
 
-        model, tokenizer = resolve_model(model_spec, trust_remote_code=trust_remote_code)
-    from plan_probe.probes._static import static_descriptors
+        check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only: fails fast, loads nothing
+    examples = load_examples(dataset, limit=limit)
+    import torch
 
-    result = static_descriptors(examples, model=model, tokenizer=tokenizer, sample=sample, seed=seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or usable_cores())
+    try:
+        model = tokenizer = None
+        if model_spec is not None:
+            from plan_probe.probes._models import resolve_model
+
+            model, tokenizer = resolve_model(model_spec, trust_remote_code=trust_remote_code)
+        from plan_probe.probes._static import static_descriptors
+
+        result = static_descriptors(examples, model=model, tokenizer=tokenizer, seed=seed, **sizes)
+    finally:
+        torch.set_num_threads(previous)
     doc = STATIC_DESCRIPTORS.stamp({
         "dataset": str(dataset),
         "dataset_name": Path(dataset).name,
         "model": model_spec,
         "descriptors": dict(result),
-        "metadata": result.metadata,
+        "metadata": {**result.metadata, "torch_threads": threads or usable_cores()},
     })
     write_json(doc, output)
     click.echo(json.dumps(dict(result), indent=2, sort_keys=False))
@@ -114,7 +163,16 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     check_backend(backend, ray_address)
     seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
     configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
+    from plan_probe.probes._models import check_device, check_model
+
+    check_device(device)
+    check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only, before any worker starts
     load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
+    if backend == "local":  # the jobs of this process reuse it: a model that does not load is one error line
+        from plan_probe.probes._jobs import cached_model
+        from plan_probe.probes._models import check_target_modules
+
+        check_target_modules(cached_model(model_spec, device, trust_remote_code)[0], configs[0].target_modules)
     gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
     jobs = [
         Job(f"seed{cfg.seed}", probe_job, (str(dataset), model_spec, cfg.to_json()),
@@ -158,7 +216,12 @@ def bench_cmd(model_spec, dataset, steps, record_at, seed, repeats, device, rand
     config = _config(steps, record_at, seed, dict(hp))
     from plan_probe.probes._bench import bench_probe
     from plan_probe.probes._data import Example, load_examples
-    from plan_probe.probes._models import resolve_model
+    from plan_probe.probes._models import check_device, check_model, resolve_model
+
+    check_device(device)
+    check_model(model_spec, need_weights=not random_init)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, but got {repeats=}; pass --repeats 1 or more.")
 
     if dataset is not None:
         examples = load_examples(dataset)

@@ -22,6 +22,11 @@ def parse_int_list(name: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _is_number(value) -> bool:
+    """A real number that is not a bool (TOML/JSON ``true`` is no learning rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """Settings of one LoRA probe.
@@ -43,6 +48,17 @@ class ProbeConfig:
         0 disables clipping.
     sparsity_tol : a gradient entry counts as zero when ``|g_i| <= sparsity_tol * max_j |g_j|``.
     weight_decay : AdamW weight decay.
+    lr_decay_steps : the last ``lr_decay_steps`` steps decay the learning rate linearly towards zero
+        (step ``steps - lr_decay_steps + k`` runs at ``lr * (lr_decay_steps + 1 - k) / (lr_decay_steps + 1)``);
+        0 (the default) keeps it constant. Every ``record_at`` depth must lie before the decay, so
+        the features at depth c are those of a constant-lr c-step probe (a full run that anneals
+        after its probe depths).
+    flatness_sample : examples of the flatness batch (the first micro-batch of step 1) whose loss
+        the perturbation forwards evaluate: a seeded subset of this size, fixed for the probe, with
+        the Horvitz–Thompson weight (b/k)·(T_S/T_B) so the estimate has the full batch's value as
+        its expectation; None evaluates every example (the exact definition; probe configs of schema 1 used it).
+    ood_sample : out-of-domain texts evaluated for the forgetting feature, a seeded subset fixed
+        for the probe, weighted the same way (N/k)·(T_S/T_all); None evaluates every text (exact).
     """
 
     lr: float = 2e-4
@@ -61,25 +77,48 @@ class ProbeConfig:
     grad_clip: float = 1.0
     sparsity_tol: float = 1e-3
     weight_decay: float = 0.0
+    lr_decay_steps: int = 0
+    flatness_sample: int | None = 2
+    ood_sample: int | None = 8
 
     def __post_init__(self) -> None:
+        for name in ("target_modules", "record_at"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                example = "q_proj,v_proj" if name == "target_modules" else "5,10,20"
+                raise ValueError(f"{name} must be a list, but got {name}={value!r}; pass e.g. {example}.")
+        if not all(isinstance(m, str) for m in self.target_modules):
+            raise ValueError(f"target_modules must be module names (strings), but got {list(self.target_modules)!r}; "
+                             "pass e.g. q_proj,v_proj.")
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in self.record_at):
+            raise ValueError(f"record_at must be integers, but got {list(self.record_at)!r}; pass e.g. 5,10,20.")
         # Normalise sequences (JSON gives lists) so equality and hashing work.
         object.__setattr__(self, "target_modules", tuple(str(m) for m in self.target_modules))
         object.__setattr__(self, "record_at", tuple(sorted({int(d) for d in self.record_at})))
         for name in ("lr", "lora_alpha", "flatness_sigma"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, but got {name}={value!r}; pass a value > 0.")
         for name in ("batch_size", "grad_accum", "lora_r", "max_length", "steps", "flatness_k"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}; pass an integer >= 1.")
-        if not (0.0 <= self.lora_dropout < 1.0):
+        for name in ("flatness_sample", "ood_sample"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer or None (every example), but got {name}={value!r}; "
+                                 "pass e.g. 2, or None for the exact definition.")
+        if not (_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"lora_dropout must be in [0, 1), but got lora_dropout={self.lora_dropout!r}; pass e.g. 0.05.")
         for name in ("grad_clip", "weight_decay", "sparsity_tol"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, but got {name}={value!r}; pass a value >= 0.")
+        if not (isinstance(self.lr_decay_steps, int) and not isinstance(self.lr_decay_steps, bool) and 0 <= self.lr_decay_steps < self.steps):
+            raise ValueError(
+                f"lr_decay_steps must be an integer in [0, steps), but got lr_decay_steps={self.lr_decay_steps!r} with "
+                f"steps={self.steps}; pass 0 for a constant learning rate."
+            )
         if not self.target_modules or not all(self.target_modules):
             raise ValueError(
                 f"target_modules must name at least one module, but got {self.target_modules!r}; pass e.g. q_proj,v_proj."
@@ -94,8 +133,20 @@ class ProbeConfig:
                 f"the deepest record_at depth must not exceed steps, but got record_at max {self.record_at[-1]} > {self.steps=}; "
                 "raise --steps or drop the deeper depths."
             )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, but got seed={self.seed!r}; pass e.g. 0.")
+        if self.record_at[-1] > self.steps - self.lr_decay_steps:
+            raise ValueError(
+                f"record_at depths must come before the learning-rate decay, but got record_at max {self.record_at[-1]} > "
+                f"steps - lr_decay_steps = {self.steps - self.lr_decay_steps}; shorten the decay or the depths."
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"seed must be an integer in [0, 2**32 - 1], but got seed={self.seed!r}; pass e.g. 0.")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (1-based) ``step``: constant, then the linear decay of ``lr_decay_steps``."""
+        start = self.steps - self.lr_decay_steps
+        if step <= start:
+            return float(self.lr)
+        return float(self.lr) * (self.steps + 1 - step) / (self.lr_decay_steps + 1)
 
     def hp_features(self) -> dict[str, float]:
         """The hyperparameter columns ``hp_*`` of this candidate (numeric)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -75,9 +76,10 @@ def _from_chat(messages: Any, where: str) -> Example:
 
 
 def _open_text(path: Path):
+    # utf-8-sig: files saved by Windows editors and Excel start with a byte-order mark
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def _records_from_file(path: Path) -> Iterator[tuple[Any, str]]:
@@ -95,6 +97,11 @@ def _records_from_file(path: Path) -> Iterator[tuple[Any, str]]:
                         raise ValueError(
                             f"each line must be one JSON object, but {name}:{lineno} is malformed ({exc.msg}); fix or remove that line."
                         ) from None
+                    except RecursionError:
+                        raise ValueError(
+                            f"each line must be a JSON object nested at most a few hundred levels, but {name}:{lineno} "
+                            "is nested deeper; fix or remove that line."
+                        ) from None
                     yield record, f"{name}:{lineno}"
             else:
                 try:
@@ -102,6 +109,10 @@ def _records_from_file(path: Path) -> Iterator[tuple[Any, str]]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(
                         f"a .json dataset must be valid JSON, but {name}:{exc.lineno} is malformed ({exc.msg}); fix the file."
+                    ) from None
+                except RecursionError:
+                    raise ValueError(
+                        f"a .json dataset must be nested at most a few hundred levels, but {name} is nested deeper; fix the file."
                     ) from None
                 if isinstance(data, dict) and isinstance(data.get("data"), list):
                     data = data["data"]
@@ -112,22 +123,41 @@ def _records_from_file(path: Path) -> Iterator[tuple[Any, str]]:
                     )
                 for i, record in enumerate(data):
                     yield record, f"{name}[{i}]"
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+    except UnicodeDecodeError as exc:
         raise ValueError(
-            f"dataset files must be UTF-8 text (optionally gzipped), but {name} could not be decoded ({type(exc).__name__}); "
-            "re-encode it as UTF-8 JSONL."
+            f"dataset files must be UTF-8 text (optionally gzipped), but {name} could not be decoded (a byte at offset "
+            f"{exc.start} is not UTF-8); re-encode it as UTF-8 JSONL."
+        ) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(
+            f"a .gz dataset must be a complete gzip stream, but {name} is damaged or truncated ({type(exc).__name__}); "
+            "compress it again with gzip."
+        ) from None
+    except OSError as exc:
+        raise ValueError(
+            f"dataset files must be readable, but {name} could not be read ({exc.strerror or type(exc).__name__}); "
+            "check the file and its permissions."
         ) from None
 
 
+_HF_MARKERS = ("state.json", "dataset_dict.json")
+
+
 def _records_from_hf_folder(path: Path) -> Iterator[tuple[Any, str]]:
+    if not any((path / m).is_file() for m in _HF_MARKERS):  # checked before importing datasets (seconds)
+        raise ValueError(
+            f"a dataset folder must be saved with datasets.save_to_disk ({' or '.join(_HF_MARKERS)} inside), but "
+            f"{str(path)!r} has neither; pass a JSONL file or a save_to_disk folder."
+        )
     import datasets
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
+    except Exception as exc:  # a damaged folder fails in datasets, pyarrow or json with many exception types
+        detail = " ".join(str(exc).split())[:200]
         raise ValueError(
-            f"a dataset folder must be saved with datasets.save_to_disk, but {str(path)!r} is not ({exc}); "
-            "pass a JSONL file or a save_to_disk folder."
+            f"a dataset folder must be saved with datasets.save_to_disk, but {str(path)!r} could not be loaded "
+            f"({type(exc).__name__}: {detail}); pass a JSONL file or a save_to_disk folder."
         ) from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
@@ -135,7 +165,15 @@ def _records_from_hf_folder(path: Path) -> Iterator[tuple[Any, str]]:
                 f"a DatasetDict folder must have a 'train' split, but {str(path)!r} has {sorted(ds)}; save the split you want alone."
             )
         ds = ds["train"]
-    for i, record in enumerate(ds):
+    records = iter(ds)
+    for i in range(len(ds)):
+        try:
+            record = next(records)
+        except Exception as exc:  # a damaged Arrow file can fail on read, after a lazy load
+            raise ValueError(
+                f"a dataset folder's records must be readable, but {path.name}[{i}] could not be read "
+                f"({type(exc).__name__}); save the dataset again with datasets.save_to_disk."
+            ) from None
         yield record, f"{path.name}[{i}]"
 
 
@@ -161,7 +199,7 @@ def load_examples(path: str | os.PathLike, *, limit: int | None = None) -> list[
         record without usable text, or an empty dataset.
     """
     p = Path(path)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be a positive integer, but got {limit=}; pass e.g. 1000 or leave it out.")
     if p.is_dir():
         records: Iterable[tuple[Any, str]] = _records_from_hf_folder(p)
@@ -172,6 +210,8 @@ def load_examples(path: str | os.PathLike, *, limit: int | None = None) -> list[
                 f"dataset files must end in .jsonl, .json (optionally .gz), but got {p.name!r}; rename or convert the file."
             )
         records = _records_from_file(p)
+    elif p.exists():
+        raise ValueError(f"dataset must be a file or folder, but got {str(path)!r} (a device, pipe or socket); pass a JSONL file.")
     else:
         raise ValueError(f"dataset must exist, but got {str(path)!r}; check the path.")
     examples: list[Example] = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["FileFormat", "STATIC_DESCRIPTORS", "PROBE_CONFIG", "STATIC_RECORD", "PROBE_RECORD", "RUN_SUMMARY",
-           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD"]
+           "PORTFOLIO", "PLAN_SETTINGS", "META_RUN_RECORD", "MODEL_CACHE"]
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,59 @@ class FileFormat:
             if version not in self.migrations:
                 raise ValueError(f"{source} has schema_version={version}, which this plan-probe no longer reads; "
                                  f"{self.regenerate}.")
-            doc = self.migrations[version](doc)
+            try:
+                doc = self.migrations[version](doc)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a damaged older document
+                raise ValueError(f"{source} must be a well-formed schema-{version} document to be migrated, but its migration "
+                                 f"to schema {version + 1} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                                 f"{self.regenerate}.") from None
             version += 1
         doc["format"], doc["schema_version"] = self.name, self.schema_version
         return doc
 
 
+def _static_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds ``metadata.se`` (standard errors of the sampled descriptors) and ``metadata.samples``.
+
+    Schema-1 files used one sample (``sampled_n``) for every sampled key and recorded no SEs: they
+    become None (unknown), except 0 where the sample was the whole dataset.
+    """
+    doc = dict(doc)
+    meta = dict(doc.get("metadata") or {})
+    n, m = meta.get("n_examples"), meta.get("sampled_n")
+    exact = n is not None and m is not None and m >= n
+    meta.setdefault("se", {k: (0.0 if exact else None) for k in meta.get("sampled_keys", [])})
+    has_ppl = "static_ref_ppl_mean" in (doc.get("descriptors") or {})
+    meta.setdefault("samples", {"embedding": m, "reference_ppl": m if has_ppl else None})
+    doc["metadata"] = meta
+    return doc
+
+
 #: Output of ``plan-probe static``: the descriptors of one dataset and their sampling metadata.
-STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 1, "recompute it with plan-probe static")
+STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 2, "recompute it with plan-probe static",
+                                migrations={1: _static_v1_to_v2})
 #: A probe configuration (``ProbeConfig.to_json``); schema 1 had ``kind: probe_config`` and no format.
-PROBE_CONFIG = FileFormat("plan-probe/probe-config", 1, "write it with ProbeConfig.to_json()")
+def _probe_config_v1_to_v2(doc: dict) -> dict:
+    """Schema 2 adds ``flatness_sample`` and ``ood_sample``; schema-1 configs measured on every example."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"flatness_sample": None, "ood_sample": None, **doc["config"]}
+    return doc
+
+
+def _probe_config_v2_to_v3(doc: dict) -> dict:
+    """Schema 3 adds ``lr_decay_steps``; schema-2 configs kept the learning rate constant (0)."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"lr_decay_steps": 0, **doc["config"]}
+    return doc
+
+
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConfig.to_json()",
+                          migrations={1: _probe_config_v1_to_v2, 2: _probe_config_v2_to_v3})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
-STATIC_RECORD = FileFormat("plan-probe/static-record", 1, "delete it and rerun plan-probe run")
+STATIC_RECORD = FileFormat("plan-probe/static-record", 2, "delete it and rerun plan-probe run",
+                           migrations={1: _static_v1_to_v2})
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
 def _summary_v1_to_v2(doc: dict) -> dict:
@@ -119,3 +160,5 @@ PORTFOLIO = FileFormat("plan-probe/portfolio", 3, "rerun plan-probe run", migrat
 PLAN_SETTINGS = FileFormat("plan-probe/plan-settings", 2, "recreate them with PlanSettings", migrations={1: dict})
 #: One run of a built meta-dataset (``build-meta``'s records/<key>.json).
 META_RUN_RECORD = FileFormat("plan-probe/meta-run-record", 1, "rebuild it with plan-probe build-meta", unmarked_version=1)
+#: The completion marker of a converted model in the cache (written last, so its presence means complete).
+MODEL_CACHE = FileFormat("plan-probe/model-cache", 1, "delete the cache folder; the next load converts the model again")

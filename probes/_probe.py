@@ -1,6 +1,7 @@
 """One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth.
 
-The loop: AdamW at a constant ``lr`` on LoRA adapters (peft); each step averages the true per-token
+The loop: AdamW at a constant ``lr`` (optionally decaying linearly over the last
+``lr_decay_steps`` steps, after every record depth) on LoRA adapters (peft); each step averages the true per-token
 cross-entropy over the response tokens of ``grad_accum`` micro-batches of ``batch_size`` examples
 (prompt tokens masked); the pre-clipping gradient norm is recorded, then the gradient is clipped
 to ``grad_clip``. The LoRA gradients live in one flat buffer, so per-step statistics cost a few
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
 _OOD_MAX_TOKENS = 64
 _OOD_CHUNK = 8
+_FLAT_SALT, _OOD_SALT = 0xF1A7, 0x00D5
 
 
 def default_ood_texts() -> list[str]:
@@ -115,9 +117,65 @@ class ProbeBatches:
             micro = [collate([enc(int(i)) for i in idx[a : a + config.batch_size]], pad) for a in range(0, per_step, config.batch_size)]
             self.steps.append(micro)
             self.tokens.append(int(sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)))
-        # Flatness is measured on a fixed batch: the first micro-batch of step 1.
-        self.flat_batch = self.steps[0][0]
-        self.ood_batches = ood_batches(tokenizer, ood_texts, pad)
+        # Flatness is measured on a fixed batch: the first micro-batch of step 1 (or a seeded subset of
+        # its rows, weighted so the expectation is the whole batch's value).
+        self.flat_batch, self.flat_scale = subsample_rows(self.steps[0][0], config.flatness_sample, config.seed)
+        self.ood_batches, self.ood_scale = ood_subset(tokenizer, ood_texts, pad, config.ood_sample, config.seed)
+
+
+def _label_tokens(labels) -> np.ndarray:
+    """Per row: label positions that batch_nll scores (targets at positions 1.., not ignored)."""
+    from plan_probe.probes._tokenize import IGNORE
+
+    return (labels[:, 1:] != IGNORE).sum(dim=1).cpu().numpy()
+
+
+def _chosen(n: int, k: int | None, seed: int, salt: int) -> np.ndarray | None:
+    """A seeded subset of k of n indices (sorted), or None when k is None or >= n (use all)."""
+    if k is None or k >= n:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), salt]))
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def subsample_rows(batch: dict, k: int | None, seed: int) -> tuple[dict, float]:
+    r"""A seeded subset of ``k`` rows of a collated batch and its Horvitz–Thompson weight.
+
+    With S the chosen rows of b, T_S and T_B their and the batch's label-token counts, and L_S the
+    pooled per-token loss of the sub-batch, :math:`w · L_S` with :math:`w = (b/k)(T_S/T_B)` equals
+    :math:`(b/k) Σ_{i∈S} s_i / T_B`, whose expectation over S is the batch's :math:`Σ_i s_i / T_B`.
+    Any loss difference taken on the same rows (flatness) inherits that expectation. Trailing
+    columns that are padding in every chosen row are dropped. ``k=None`` (or k >= b) returns the
+    batch itself with weight 1.0 (the exact definition).
+    """
+    import torch
+
+    rows = _chosen(int(batch["input_ids"].shape[0]), k, seed, _FLAT_SALT)
+    if rows is None:
+        return batch, 1.0
+    tokens = _label_tokens(batch["labels"])
+    idx = torch.as_tensor(rows, dtype=torch.long, device=batch["input_ids"].device)
+    width = int(batch["attention_mask"][idx].sum(dim=0).nonzero().max()) + 1
+    sub = {key: v[idx, :width] for key, v in batch.items()}
+    total = float(tokens.sum())
+    scale = (len(tokens) / len(rows)) * float(tokens[rows].sum()) / total if total > 0 else 1.0
+    return sub, scale
+
+
+def ood_subset(tokenizer, texts: Sequence[str], pad: int, k: int | None, seed: int) -> tuple[list[dict], float]:
+    """The OOD batches of a seeded subset of ``k`` texts and its Horvitz–Thompson weight (N/k)(T_S/T_all).
+
+    ``k=None`` (or k >= N) gives every text with weight 1.0 (the exact definition); see
+    :func:`subsample_rows` for why the weighted loss difference keeps the full set's expectation.
+    """
+    chosen = _chosen(len(texts), k, seed, _OOD_SALT)
+    if chosen is None:
+        return ood_batches(tokenizer, texts, pad), 1.0
+    targets = [max(len(encode_plain(tokenizer, t, _OOD_MAX_TOKENS)[0]) - 1, 0) for t in texts]
+    total = float(sum(targets))
+    picked = float(sum(targets[i] for i in chosen))
+    scale = (len(texts) / len(chosen)) * picked / total if total > 0 else 1.0
+    return ood_batches(tokenizer, [texts[i] for i in chosen], pad), scale
 
 
 def ood_batches(tokenizer, texts: Sequence[str], pad: int) -> list[dict]:
@@ -278,6 +336,13 @@ def flat_params(params):
     return torch.cat([p.detach().reshape(-1).float() for p in params])
 
 
+def _set_lr(optimizer, config: ProbeConfig, step: int) -> None:
+    """The learning rate of ``step`` (only ``lr_decay_steps`` changes it from the constant ``lr``)."""
+    if config.lr_decay_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+
+
 def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, device, *, record: bool = True):
     """Train ``config.steps`` LoRA steps on ``batches``; with ``record`` compute the feature rows.
 
@@ -298,6 +363,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
                 (nll / n_tokens).backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            _set_lr(optimizer, config, step + 1)
             optimizer.step()
         return [], None
     record_at = set(config.record_at)
@@ -319,6 +385,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
         flat = grads.flat()
         recorder.record(loss_sum / n_tokens, flat)
         clip_(flat, recorder.last_norm, config.grad_clip)
+        _set_lr(optimizer, config, step)
         optimizer.step()
         if step not in record_at and step != config.steps:
             continue
@@ -331,11 +398,11 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
             continue
         extras = {
             "param_change_norm": float(torch.linalg.vector_norm(flat_params(params) - theta0)),
-            "flatness": flatness(
+            "flatness": batches.flat_scale * flatness(
                 peft_model, params, batches.flat_batch, device,
                 k=config.flatness_k, sigma=config.flatness_sigma, seed=config.seed, depth=step,
             ),
-            "forgetting": mean_loss(peft_model, batches.ood_batches, device) - ood0,
+            "forgetting": batches.ood_scale * (mean_loss(peft_model, batches.ood_batches, device) - ood0),
         }
         if not all(math.isfinite(v) for v in extras.values()):
             diverged = step

@@ -155,7 +155,7 @@ def test_cheap_full_run_is_a_warning_not_an_error(files, tmp_path, caplog):
     ("prior_mean_missing", "lacks ['prior_mean']"),
     ("priors_missing", "lacks ['prior_mean', 'prior_var']"),
     ("both_prior_sources", "must come from one place"),
-    ("decision_flag_with_risk", "only apply to the decision objective"),
+    ("decision_flag_with_risk", "only applies to the decision objective"),
     ("prior_not_constant", "must be constant within a task"),
 ])
 def test_bad_decision_input_is_one_line_exit_2_no_file(files, tmp_path, how, needle):

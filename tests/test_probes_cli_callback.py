@@ -91,7 +91,7 @@ def test_gguf_cache_is_atomic_and_reused(tmp_path, monkeypatch):
         raise RuntimeError("killed")
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="must load with transformers"):
         _models._convert_gguf(gguf, trust_remote_code=False)
     assert not _models._gguf_cache_folder(gguf).exists()
     assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True

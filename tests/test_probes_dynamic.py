@@ -28,7 +28,8 @@ def examples():
 
 def _config(**kw):
     base = dict(steps=6, record_at=(3, 6), batch_size=2, max_length=40, lr=5e-3, lora_r=4, lora_alpha=8.0,
-                lora_dropout=0.0, target_modules=("q_proj", "v_proj"), flatness_k=2, flatness_sigma=0.05, grad_clip=0.05)
+                lora_dropout=0.0, target_modules=("q_proj", "v_proj"), flatness_k=2, flatness_sigma=0.05, grad_clip=0.05,
+                flatness_sample=None, ood_sample=None)  # the exact definitions, as the hand loop computes them
     base.update(kw)
     return ProbeConfig(**base)
 
@@ -193,3 +194,111 @@ def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeyp
         for a, b in zip((fast[0][0], fast[1][0]), (full[0][0], full[1][0])):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
         assert int(fast[0][1]) == int(full[0][1]) and torch.equal(fast[1][1], full[1][1])
+
+
+def test_lr_decay_after_the_record_depths(tok, examples, monkeypatch):
+    """``lr_decay_steps``: the optimiser sees lr for the first steps - lr_decay_steps steps, then
+    lr * (D + 1 - k) / (D + 1) at the k-th decay step; the rows (all before the decay) equal those of
+    the constant-lr probe, so a run that anneals after its probe depths records what a probe sees."""
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    decayed = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,), lr_decay_steps=3))
+    assert seen == pytest.approx([5e-3, 5e-3, 5e-3, 5e-3 * 3 / 4, 5e-3 * 2 / 4, 5e-3 / 4], rel=1e-12)
+    seen.clear()
+    constant = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,)))
+    assert seen == [5e-3] * 6
+    assert decayed.rows.equals(constant.rows)
+    with pytest.raises(ValueError, match="before the learning-rate decay"):
+        _config(steps=6, record_at=(3, 6), lr_decay_steps=2)
+    with pytest.raises(ValueError, match=r"lr_decay_steps must be an integer in \[0, steps\)"):
+        _config(steps=6, record_at=(3,), lr_decay_steps=6)
+    cfg = _config(steps=6, record_at=(3,), lr_decay_steps=3)
+    assert ProbeConfig.from_json(cfg.to_json()) == cfg
+
+
+# --- subsampled measurements (flatness rows, OOD texts): same expectation as the exact ones ----------
+
+def _pooled_loss(model, batches):
+    from plan_probe.probes._probe import mean_loss
+
+    return mean_loss(model, batches, torch.device("cpu"))
+
+
+def _all_subsets(draw, n_subsets):
+    """{subset: value} over seeds until every subset has been drawn (the draw is seeded)."""
+    seen = {}
+    for seed in range(2000):
+        key, value = draw(seed)
+        seen.setdefault(key, value)
+        if len(seen) == n_subsets:
+            return seen
+    raise AssertionError(f"only {len(seen)} of {n_subsets} subsets drawn")
+
+
+def test_flatness_rows_subset_is_unbiased_for_the_batch(tok, examples):
+    from plan_probe.probes._probe import subsample_rows
+
+    model = tiny_model(len(tok))
+    batch = collate([encode_example(tok, e, 40) for e in examples[:4]], tok.pad_token_id)
+    full = _pooled_loss(model, [batch])
+
+    def draw(seed):
+        sub, w = subsample_rows(batch, 2, seed)
+        return tuple(map(tuple, sub["input_ids"].tolist())), w * _pooled_loss(model, [sub])
+
+    values = _all_subsets(draw, 6)  # C(4, 2) subsets, equally likely
+    assert np.mean(list(values.values())) == pytest.approx(full, rel=1e-5)
+    same, w = subsample_rows(batch, None, 0)
+    assert same is batch and w == 1.0
+
+
+def test_ood_subset_is_unbiased_for_the_set(tok):
+    from plan_probe.probes._probe import ood_subset
+
+    model = tiny_model(len(tok))
+    texts = default_ood_texts()[:5]
+    full_batches, w_full = ood_subset(tok, texts, tok.pad_token_id, None, 0)
+    full = _pooled_loss(model, full_batches)
+
+    def draw(seed):
+        batches, w = ood_subset(tok, texts, tok.pad_token_id, 2, seed)
+        key = tuple(sorted(tuple(r) for b in batches for r in b["input_ids"].tolist()))
+        return key, w * _pooled_loss(model, batches)
+
+    values = _all_subsets(draw, 10)  # C(5, 2)
+    assert w_full == 1.0 and np.mean(list(values.values())) == pytest.approx(full, rel=1e-5)
+
+
+def test_subsampled_measurements_change_only_flatness_and_forgetting(tok, examples):
+    cfg = _config(batch_size=4, record_at=(3, 6))
+    exact = run_probe(examples, tiny_model(len(tok)), tok, cfg).rows
+    sub = run_probe(examples, tiny_model(len(tok)), tok, cfg.replace(flatness_sample=2, ood_sample=8)).rows
+    same = [c for c in DYN_COLUMNS if c not in ("dyn_flatness", "dyn_forgetting")]
+    assert exact[same].equals(sub[same])  # the training run itself is untouched
+    assert np.all(np.isfinite(sub[["dyn_flatness", "dyn_forgetting"]].to_numpy()))
+    assert not np.allclose(exact["dyn_forgetting"], sub["dyn_forgetting"])
+    # a "sample" as large as the set is the exact definition, bit for bit
+    whole = run_probe(examples, tiny_model(len(tok)), tok, cfg.replace(flatness_sample=4, ood_sample=10_000)).rows
+    assert whole.equals(exact)
+
+
+def test_probe_config_schema1_reads_as_exact():
+    from plan_probe.probes._formats import PROBE_CONFIG
+
+    doc = ProbeConfig().to_json()
+    assert doc["schema_version"] == PROBE_CONFIG.schema_version == 3
+    assert ProbeConfig.from_json(doc) == ProbeConfig()
+    old = {"format": "plan-probe/probe-config", "schema_version": 1, "config": {"steps": 10, "record_at": [5, 10]}}
+    cfg = ProbeConfig.from_json(old)
+    assert cfg.flatness_sample is None and cfg.ood_sample is None  # schema 1 measured on every example
+    assert cfg.lr_decay_steps == 0  # and with a constant learning rate
+    v2 = {"format": "plan-probe/probe-config", "schema_version": 2,
+          "config": {"steps": 10, "record_at": [5, 10], "flatness_sample": 2, "ood_sample": 8}}
+    cfg = ProbeConfig.from_json(v2)
+    assert cfg.lr_decay_steps == 0 and cfg.flatness_sample == 2  # schema 3 added lr_decay_steps

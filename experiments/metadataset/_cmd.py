@@ -61,32 +61,33 @@ def build_meta(spec_path, out, retry_failed, limit, cache, no_progress, backend,
 
 def _spec_tier(spec_path) -> str | None:
     """The spec's ``tier`` (read before full validation, to pick the builder)."""
-    import tomllib
+    from plan_probe.probes._io import read_toml
 
     try:
-        with open(spec_path, "rb") as fh:
-            return tomllib.load(fh).get("tier")
-    except (OSError, tomllib.TOMLDecodeError):
+        return read_toml(spec_path, what="spec file").get("tier")
+    except ValueError:
         return None  # load_spec reports the problem with its own clear message
 
 
 def _build_llm(spec_path, out, backend, ray_address, max_retries, limit):
-    """The LLM tier: runs, then static descriptors of their datasets, then the tables (all resumable).
+    """The LLM tier: runs, the base model's score, static descriptors of the runs' datasets, then the
+    tables (all resumable).
 
     The runs stage can also be sharded over processes or machines with
     ``python -m plan_probe.experiments.llm_tier runs SPEC --out DIR --shard i/m``.
     """
     from pathlib import Path
 
-    from plan_probe.experiments.llm_tier import assemble, load_llm_spec, run_runs, run_static
+    from plan_probe.experiments.llm_tier import assemble, load_llm_spec, run_base, run_runs, run_static
 
     if limit is not None:
         raise ValueError(f"--limit is for the encoder tier, but got {limit=} for tier llm; leave it out.")
     spec = load_llm_spec(spec_path)
     out = Path(out)
     runs = run_runs(spec, out, backend=backend, ray_address=ray_address, max_retries=max_retries)
+    base = run_base(spec, out)
     statics = run_static(spec, out, recorded_only=True)
-    return {"out": str(out), "tier": "llm", "executed": runs, "static_computed": statics, **assemble(spec, out)}
+    return {"out": str(out), "tier": "llm", "executed": runs, "base_computed": base, "static_computed": statics, **assemble(spec, out)}
 
 
 @click.command("real")

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,12 +428,8 @@ def _grid_block(i: int, g: Any, datasets: dict, hparams: dict, seed: int):
 
 def load_spec(path: str | Path) -> BuildSpec:
     """Read and validate a TOML spec file."""
+    from plan_probe.probes._io import read_text, read_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"spec file must exist, but got {str(path)!r}; check the path.")
-    text = p.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"spec file {str(path)!r} is not valid TOML ({exc}); fix the syntax.") from None
-    return spec_from_dict(raw, base_dir=p.parent, source_text=text)
+    raw = read_toml(p, what="spec file")
+    return spec_from_dict(raw, base_dir=p.parent, source_text=read_text(p, what="spec file"))
