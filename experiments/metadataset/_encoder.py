@@ -14,7 +14,6 @@ final parameters at step c shrinks like a power of c (Prop. 5.1).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from pathlib import Path
 
@@ -22,15 +21,14 @@ import numpy as np
 
 from plan_probe.experiments.metadataset._data import load_slice, make_variant
 from plan_probe.experiments.metadataset._embed import Embedder
+from plan_probe.experiments.metadataset._head_nets import init_head_params as _init_params
+from plan_probe.experiments.metadataset._head_nets import jax_modules as _jax
+from plan_probe.experiments.metadataset._head_nets import seed_int as _seed_int
 from plan_probe.experiments.metadataset._spec import TaskConfig, canonical_json
 
 __all__ = ["EncoderRunner", "dynamic_features", "static_features"]
 
 log = logging.getLogger(__name__)
-
-
-def _seed_int(*parts) -> int:
-    return int(hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:8], 16)
 
 
 # ----------------------------------------------------------------------------- static features
@@ -103,13 +101,6 @@ def dynamic_features(stats: dict[str, np.ndarray], depth: int, flatness: float |
 
 
 # ----------------------------------------------------------------------------- JAX training
-
-
-def _jax():
-    import jax
-    import jax.numpy as jnp
-
-    return jax, jnp
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,19 +197,6 @@ def _compiled(hidden: int, batch_size: int, dropout: float, lr: float, rho: floa
         return base, jax.vmap(one)(key)
 
     return prefix, forks, accuracies, flatness
-
-
-def _init_params(key, dim: int, hidden: int, n_classes: int):
-    jax, jnp = _jax()
-    k1, k2 = jax.random.split(key)
-    if hidden == 0:
-        return {"w": jax.random.normal(k1, (dim, n_classes)) * np.sqrt(1.0 / dim), "b": jnp.zeros(n_classes)}
-    return {
-        "w1": jax.random.normal(k1, (dim, hidden)) * np.sqrt(2.0 / dim),
-        "b1": jnp.zeros(hidden),
-        "w2": jax.random.normal(k2, (hidden, n_classes)) * np.sqrt(1.0 / hidden),
-        "b2": jnp.zeros(n_classes),
-    }
 
 
 class EncoderRunner:

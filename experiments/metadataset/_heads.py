@@ -27,7 +27,6 @@ the same head width and batch size.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from importlib import resources
@@ -36,8 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from plan_probe.experiments.metadataset._embed import Embedder
+from plan_probe.experiments.metadataset._head_nets import init_head_params as _init_params
+from plan_probe.experiments.metadataset._head_nets import jax_modules as _jax
+from plan_probe.experiments.metadataset._head_nets import seed_int as _seed_int
 from plan_probe.experiments.metadataset._heads_data import build_variant, load_universe
-from plan_probe.experiments.metadataset._spec import TaskConfig, canonical_json, config_hash
+from plan_probe.experiments.metadataset._spec import TaskConfig, config_hash
 from plan_probe.probes._io import read_json, write_json
 
 __all__ = ["HeadsRunner", "CLASS_BUCKETS", "STATIC_SAMPLE"]
@@ -51,10 +53,6 @@ STATIC_SAMPLE = 256
 #: Training examples the flatness probe uses.
 FLAT_ROWS = 512
 SPARSITY_TOL = 1e-3  # the tool's ProbeConfig default
-
-
-def _seed_int(*parts) -> int:
-    return int(hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:8], 16)
 
 
 def _bucket(k: int) -> int:
@@ -72,13 +70,6 @@ def ood_texts() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- JAX training
-
-
-def _jax():
-    import jax
-    import jax.numpy as jnp
-
-    return jax, jnp
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,19 +163,6 @@ def _compiled(hidden: int, batch_size: int, horizon: int):
         return jnp.mean(inc), entropy
 
     return prefix, forks, accuracy, probe
-
-
-def _init_params(key, dim: int, hidden: int, n_out: int):
-    jax, jnp = _jax()
-    k1, k2 = jax.random.split(key)
-    if hidden == 0:
-        return {"w": jax.random.normal(k1, (dim, n_out)) * np.sqrt(1.0 / dim), "b": jnp.zeros(n_out)}
-    return {
-        "w1": jax.random.normal(k1, (dim, hidden)) * np.sqrt(2.0 / dim),
-        "b1": jnp.zeros(hidden),
-        "w2": jax.random.normal(k2, (hidden, n_out)) * np.sqrt(1.0 / hidden),
-        "b2": jnp.zeros(n_out),
-    }
 
 
 # ----------------------------------------------------------------------------- runner
