@@ -434,6 +434,23 @@ CASES = [
     Case("fit-risk-run-in-two-tasks", ["fit-risk", "{d}/o.csv", "-o", "{d}/m.json"],
          _write("o.csv", "task_id,depth,risk_obs,dof,static_x,run_id\n" + "".join(
              f"t{i},{c},1.0,1,{i},r0\n" for i in range(4) for c in (5, 10))), "one task"),
+    # -- round 3: benchmark, bench and static's sampling options (#17, #18) ---------------------------------
+    Case("benchmark-budget-share-text", ["benchmark", "{fx}/meta.csv", "--label", "label", "--budget-share", "0.4,x"], None,
+         "--budget-share"),
+    Case("benchmark-budget-share-inf", ["benchmark", "{fx}/meta.csv", "--label", "label", "--budget-share", "1e400"], None,
+         "--budget-share must be positive"),
+    Case("benchmark-folds-one", ["benchmark", "{fx}/meta.csv", "--label", "label", "--folds", "1"], None, "at least 2"),
+    Case("benchmark-figure-not-png", ["benchmark", "{fx}/meta.csv", "--label", "label", "--figure", "{d}/f.jpg"], None, ".png"),
+    Case("benchmark-output-is-meta", ["benchmark", "{d}/m.csv", "--label", "label", "-o", "{d}/m.csv"],
+         _write("m.csv", lambda fx: (fx / "meta.csv").read_text()), "must not overwrite an input"),
+    Case("benchmark-no-depth", ["benchmark", "{d}/m.csv", "--label", "label"], _meta_edit(lambda f: f.drop(columns=["depth"])),
+         "depth column"),
+    Case("bench-data-not-a-dataset", ["bench", "--quick", "--only", "static-1k", "--data", "{fx}/meta.csv"], None,
+         "dataset files must end in"),
+    Case("static-threads-huge", ["static", "{fx}/d.jsonl", "-o", "{d}/s.json", "--threads", "100000"], None,
+         "usable cores"),
+    Case("static-embed-sample-text", ["static", "{fx}/d.jsonl", "-o", "{d}/s.json", "--embed-sample", "none"], None,
+         "positive integer or 'all'"),
     # -- round 3: the decision objective (plan --objective decision, portfolio keys) ------------------------
     Case("decision-no-threshold", DECISION + ["--full-cost", "100"], _tasks_dec(str), "needs the go threshold"),
     Case("decision-no-full-cost", DECISION + ["--threshold", "50"], _tasks_dec(str), "cost of a full run"),
