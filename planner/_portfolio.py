@@ -242,6 +242,28 @@ def _candidate(index: int, raw: Any, defaults: dict, seen: set[str], base_dir: P
     return Candidate(name=name, dataset=dataset, hyperparameters=hps, full_steps=full_steps, full_cost=full_cost)
 
 
+def _models_dir(settings: dict, base_dir: Path) -> dict:
+    """``models = "MODELS_DIR"`` (``plan-probe refit``'s output) as the three model paths inside it."""
+    from plan_probe._defaults import DEFAULT_FILES
+
+    value = settings["models"]
+    if not (isinstance(value, str) and value.strip()):
+        raise _err("models", "must be a non-empty string (a MODELS_DIR)", value, 'write models = "models/"')
+    clash = sorted(k for k in DEFAULT_FILES if k in settings)
+    if clash:
+        raise _err("models", "replaces risk_model, predictor and predictor_static, so it cannot be combined with them",
+                   clash, "keep models or the three separate keys")
+    root = Path(value).expanduser()
+    root = root if root.is_absolute() else base_dir / root
+    lacking = [name for kind, name in DEFAULT_FILES.items()
+               if not (root / name if kind == "risk_model" else root / name / "predictor.json").is_file()]
+    if lacking:
+        raise _err("models", f"must be a MODELS_DIR holding risk_model.json, predictor/ and predictor_static/ (it lacks {lacking})",
+                   value, "write one with plan-probe refit HISTORY... -o MODELS_DIR")
+    settings.pop("models")
+    return {kind: str(root / name) for kind, name in DEFAULT_FILES.items()}
+
+
 def load_portfolio(path: str | Path) -> Portfolio:
     """Read and validate a portfolio TOML file (one clear ``ValueError`` for any bad key or value)."""
     from plan_probe.probes._io import read_toml
@@ -259,7 +281,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
     bad_defaults = sorted(set(defaults) - {*_HP_KEYS, "full_steps", "full_cost"})
     if bad_defaults:
         raise _err("[defaults]", f"may only set {', '.join(_HP_KEYS)}, full_steps, full_cost", bad_defaults, "remove the others")
-    allowed = {f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}
+    allowed = ({f.name for f in fields(Portfolio)} - {"candidates", "base_dir"}) | {"models"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise _err("[portfolio]", f"has unknown keys (allowed: {', '.join(sorted(allowed))})", unknown, "remove or rename them")
@@ -274,6 +296,8 @@ def load_portfolio(path: str | Path) -> Portfolio:
     for key in ("model", "name", "risk_model", "predictor", "predictor_static"):
         if key in settings and not (isinstance(settings[key], str) and settings[key].strip()):
             raise _err(key, "must be a non-empty string", settings[key], f'write {key} = "..."')
+    if "models" in settings:
+        settings.update(_models_dir(settings, base_dir))
     device = settings.get("device")
     if device is not None and device not in _DEVICES:
         raise _err("device", f"must be one of {_DEVICES} (or left out)", device, 'use device = "cuda" for a GPU')

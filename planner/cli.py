@@ -353,10 +353,10 @@ def _guard(command: click.Command) -> click.Command:
 def _attach() -> None:
     from importlib.metadata import entry_points
 
-    from plan_probe import _cmd_predictor, _cmd_risk, _cmd_run
+    from plan_probe import _cmd_predictor, _cmd_refit, _cmd_risk, _cmd_run
     from plan_probe.probes import _cmd as probe_cmds
 
-    for module in (_cmd_risk, _cmd_predictor, _cmd_run, probe_cmds):
+    for module in (_cmd_risk, _cmd_predictor, _cmd_run, _cmd_refit, probe_cmds):
         for command in getattr(module, "COMMANDS", []):
             main.add_command(_guard(command))
     for group_name, group in PLUGIN_GROUPS.items():

@@ -202,8 +202,10 @@ def assemble_tables(out: str | Path) -> dict:
         for depth, dyn in sorted(res["dyn"].items(), key=lambda kv: int(kv[0])):
             meta_rows.append({**base, "depth": int(depth), **res["static"], **dyn, **res["hp"], "label": res["label"]})
         # the recipe rides along (the decay-law check needs rho, t0 and the horizon of every fork task)
-        recipe = {**res["hp"], "hp_lr_t0": float(r["config"]["hparams"].get("lr_t0", 10.0))}
-        for depth, scores in sorted(res["forks"].items(), key=lambda kv: int(kv[0])):
+        forks = res.get("forks") or {}
+        if forks:  # a live run history has neither forks nor a build config
+            recipe = {**res["hp"], "hp_lr_t0": float(r["config"]["hparams"].get("lr_t0", 10.0))}
+        for depth, scores in sorted(forks.items(), key=lambda kv: int(kv[0])):
             s = np.asarray(scores, dtype=float)
             risk_rows.append({"task_id": r["task_id"], "depth": int(depth), "risk_obs": float(s.var(ddof=1)),
                               "dof": float(len(s) - 1), "run_id": r["run_id"], **res["static"], **recipe})
@@ -211,6 +213,7 @@ def assemble_tables(out: str | Path) -> dict:
     risk = pd.DataFrame(risk_rows)
     if len(meta):
         meta = meta.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
+    if len(risk):  # records without forks (e.g. a live run history) give no risk rows
         risk = risk.sort_values(["task_id", "run_id", "depth"], kind="stable").reset_index(drop=True)
     write_table(meta, out / "meta.parquet")
     write_table(risk, out / "risk_obs.parquet")
