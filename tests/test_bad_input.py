@@ -451,6 +451,16 @@ CASES = [
          "usable cores"),
     Case("static-embed-sample-text", ["static", "{fx}/d.jsonl", "-o", "{d}/s.json", "--embed-sample", "none"], None,
          "positive integer or 'all'"),
+    # -- round 3: refit (#21) ----------------------------------------------------------------------------------
+    Case("refit-risk-features-repeated", ["refit", "{fx}/meta.csv", "-o", "{d}/models", "--risk-features",
+                                          "static_n_examples,static_n_examples"], None, "distinct"),
+    Case("refit-risk-features-unknown", ["refit", "{fx}/meta.csv", "-o", "{d}/models", "--risk-features", "nosuch"], None,
+         "static_* columns"),
+    Case("refit-output-is-input", ["refit", "{d}/h", "-o", "{d}/h"], _write("h/meta.csv", lambda fx: (fx / "meta.csv").read_text()),
+         "must not overwrite an input"),
+    Case("refit-junk-folder", ["refit", "{d}/junk", "-o", "{d}/models"], _write("junk/a.txt", "x"), "records/*.json"),
+    Case("refit-history-not-json", ["refit", "{d}/h", "-o", "{d}/models"], _write("h/history.json", "{"), "valid JSON"),
+    Case("refit-censored-warn-two", ["refit", "{fx}/meta.csv", "-o", "{d}/models", "--censored-warn", "2"], None, "[0, 1]"),
     # -- round 3: the decision objective (plan --objective decision, portfolio keys) ------------------------
     Case("decision-no-threshold", DECISION + ["--full-cost", "100"], _tasks_dec(str), "needs the go threshold"),
     Case("decision-no-full-cost", DECISION + ["--threshold", "50"], _tasks_dec(str), "cost of a full run"),
