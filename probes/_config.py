@@ -48,6 +48,11 @@ class ProbeConfig:
         0 disables clipping.
     sparsity_tol : a gradient entry counts as zero when ``|g_i| <= sparsity_tol * max_j |g_j|``.
     weight_decay : AdamW weight decay.
+    lr_decay_steps : the last ``lr_decay_steps`` steps decay the learning rate linearly towards zero
+        (step ``steps - lr_decay_steps + k`` runs at ``lr * (lr_decay_steps + 1 - k) / (lr_decay_steps + 1)``);
+        0 (the default) keeps it constant. Every ``record_at`` depth must lie before the decay, so
+        the features at depth c are those of a constant-lr c-step probe (a full run that anneals
+        after its probe depths).
     flatness_sample : examples of the flatness batch (the first micro-batch of step 1) whose loss
         the perturbation forwards evaluate: a seeded subset of this size, fixed for the probe, with
         the Horvitz–Thompson weight (b/k)·(T_S/T_B) so the estimate has the full batch's value as
@@ -72,6 +77,7 @@ class ProbeConfig:
     grad_clip: float = 1.0
     sparsity_tol: float = 1e-3
     weight_decay: float = 0.0
+    lr_decay_steps: int = 0
     flatness_sample: int | None = 2
     ood_sample: int | None = 8
 
@@ -108,6 +114,11 @@ class ProbeConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, but got {name}={value!r}; pass a value >= 0.")
+        if not (isinstance(self.lr_decay_steps, int) and not isinstance(self.lr_decay_steps, bool) and 0 <= self.lr_decay_steps < self.steps):
+            raise ValueError(
+                f"lr_decay_steps must be an integer in [0, steps), but got lr_decay_steps={self.lr_decay_steps!r} with "
+                f"steps={self.steps}; pass 0 for a constant learning rate."
+            )
         if not self.target_modules or not all(self.target_modules):
             raise ValueError(
                 f"target_modules must name at least one module, but got {self.target_modules!r}; pass e.g. q_proj,v_proj."
@@ -122,8 +133,20 @@ class ProbeConfig:
                 f"the deepest record_at depth must not exceed steps, but got record_at max {self.record_at[-1]} > {self.steps=}; "
                 "raise --steps or drop the deeper depths."
             )
+        if self.record_at[-1] > self.steps - self.lr_decay_steps:
+            raise ValueError(
+                f"record_at depths must come before the learning-rate decay, but got record_at max {self.record_at[-1]} > "
+                f"steps - lr_decay_steps = {self.steps - self.lr_decay_steps}; shorten the decay or the depths."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"seed must be an integer in [0, 2**32 - 1], but got seed={self.seed!r}; pass e.g. 0.")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (1-based) ``step``: constant, then the linear decay of ``lr_decay_steps``."""
+        start = self.steps - self.lr_decay_steps
+        if step <= start:
+            return float(self.lr)
+        return float(self.lr) * (self.steps + 1 - step) / (self.lr_decay_steps + 1)
 
     def hp_features(self) -> dict[str, float]:
         """The hyperparameter columns ``hp_*`` of this candidate (numeric)."""

@@ -122,8 +122,16 @@ def _probe_config_v1_to_v2(doc: dict) -> dict:
     return doc
 
 
-PROBE_CONFIG = FileFormat("plan-probe/probe-config", 2, "write it with ProbeConfig.to_json()",
-                          migrations={1: _probe_config_v1_to_v2})
+def _probe_config_v2_to_v3(doc: dict) -> dict:
+    """Schema 3 adds ``lr_decay_steps``; schema-2 configs kept the learning rate constant (0)."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"lr_decay_steps": 0, **doc["config"]}
+    return doc
+
+
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConfig.to_json()",
+                          migrations={1: _probe_config_v1_to_v2, 2: _probe_config_v2_to_v3})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
 STATIC_RECORD = FileFormat("plan-probe/static-record", 2, "delete it and rerun plan-probe run",
                            migrations={1: _static_v1_to_v2})

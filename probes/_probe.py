@@ -1,6 +1,7 @@
 """One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth.
 
-The loop: AdamW at a constant ``lr`` on LoRA adapters (peft); each step averages the true per-token
+The loop: AdamW at a constant ``lr`` (optionally decaying linearly over the last
+``lr_decay_steps`` steps, after every record depth) on LoRA adapters (peft); each step averages the true per-token
 cross-entropy over the response tokens of ``grad_accum`` micro-batches of ``batch_size`` examples
 (prompt tokens masked); the pre-clipping gradient norm is recorded, then the gradient is clipped
 to ``grad_clip``. The LoRA gradients live in one flat buffer, so per-step statistics cost a few
@@ -335,6 +336,13 @@ def flat_params(params):
     return torch.cat([p.detach().reshape(-1).float() for p in params])
 
 
+def _set_lr(optimizer, config: ProbeConfig, step: int) -> None:
+    """The learning rate of ``step`` (only ``lr_decay_steps`` changes it from the constant ``lr``)."""
+    if config.lr_decay_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+
+
 def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, device, *, record: bool = True):
     """Train ``config.steps`` LoRA steps on ``batches``; with ``record`` compute the feature rows.
 
@@ -355,6 +363,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
                 (nll / n_tokens).backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            _set_lr(optimizer, config, step + 1)
             optimizer.step()
         return [], None
     record_at = set(config.record_at)
@@ -376,6 +385,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
         flat = grads.flat()
         recorder.record(loss_sum / n_tokens, flat)
         clip_(flat, recorder.last_norm, config.grad_clip)
+        _set_lr(optimizer, config, step)
         optimizer.step()
         if step not in record_at and step != config.steps:
             continue

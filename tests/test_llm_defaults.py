@@ -22,3 +22,18 @@ def test_gain_share_goes_to_the_group_that_carries_the_label():
     assert set(shares) == {"static", "dynamic", "hyperparameter"}
     assert sum(shares.values()) == pytest.approx(1.0, abs=2e-3)
     assert shares["static"] > 0.95
+
+
+def test_llm_defaults_refuses_too_few_runs(tmp_path, capsys):
+    """--min-runs: fewer ok runs in meta.parquet than asked is an error (exit 2) and writes nothing."""
+    import pandas as pd
+
+    from plan_probe.experiments.llm_defaults import main
+
+    build = tmp_path / "build"
+    build.mkdir()
+    pd.DataFrame({"run_id": ["a", "a", "b", "c"], "depth": [5, 10, 5, 5], "label": [1.0, 1.0, 2.0, 3.0]}).to_parquet(build / "meta.parquet")
+    assert main([str(build), str(tmp_path / "dest"), "--min-runs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--min-runs=4" in err and "but got 3" in err
+    assert not (tmp_path / "dest").exists()

@@ -196,6 +196,32 @@ def test_batch_nll_with_logits_to_keep_equals_full_logits(tok, examples, monkeyp
         assert int(fast[0][1]) == int(full[0][1]) and torch.equal(fast[1][1], full[1][1])
 
 
+def test_lr_decay_after_the_record_depths(tok, examples, monkeypatch):
+    """``lr_decay_steps``: the optimiser sees lr for the first steps - lr_decay_steps steps, then
+    lr * (D + 1 - k) / (D + 1) at the k-th decay step; the rows (all before the decay) equal those of
+    the constant-lr probe, so a run that anneals after its probe depths records what a probe sees."""
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    decayed = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,), lr_decay_steps=3))
+    assert seen == pytest.approx([5e-3, 5e-3, 5e-3, 5e-3 * 3 / 4, 5e-3 * 2 / 4, 5e-3 / 4], rel=1e-12)
+    seen.clear()
+    constant = run_probe(examples, tiny_model(len(tok)), tok, _config(steps=6, record_at=(3,)))
+    assert seen == [5e-3] * 6
+    assert decayed.rows.equals(constant.rows)
+    with pytest.raises(ValueError, match="before the learning-rate decay"):
+        _config(steps=6, record_at=(3, 6), lr_decay_steps=2)
+    with pytest.raises(ValueError, match=r"lr_decay_steps must be an integer in \[0, steps\)"):
+        _config(steps=6, record_at=(3,), lr_decay_steps=6)
+    cfg = _config(steps=6, record_at=(3,), lr_decay_steps=3)
+    assert ProbeConfig.from_json(cfg.to_json()) == cfg
+
+
 # --- subsampled measurements (flatness rows, OOD texts): same expectation as the exact ones ----------
 
 def _pooled_loss(model, batches):
@@ -266,8 +292,13 @@ def test_probe_config_schema1_reads_as_exact():
     from plan_probe.probes._formats import PROBE_CONFIG
 
     doc = ProbeConfig().to_json()
-    assert doc["schema_version"] == PROBE_CONFIG.schema_version == 2
+    assert doc["schema_version"] == PROBE_CONFIG.schema_version == 3
     assert ProbeConfig.from_json(doc) == ProbeConfig()
     old = {"format": "plan-probe/probe-config", "schema_version": 1, "config": {"steps": 10, "record_at": [5, 10]}}
     cfg = ProbeConfig.from_json(old)
     assert cfg.flatness_sample is None and cfg.ood_sample is None  # schema 1 measured on every example
+    assert cfg.lr_decay_steps == 0  # and with a constant learning rate
+    v2 = {"format": "plan-probe/probe-config", "schema_version": 2,
+          "config": {"steps": 10, "record_at": [5, 10], "flatness_sample": 2, "ood_sample": 8}}
+    cfg = ProbeConfig.from_json(v2)
+    assert cfg.lr_decay_steps == 0 and cfg.flatness_sample == 2  # schema 3 added lr_decay_steps

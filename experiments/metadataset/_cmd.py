@@ -70,22 +70,24 @@ def _spec_tier(spec_path) -> str | None:
 
 
 def _build_llm(spec_path, out, backend, ray_address, max_retries, limit):
-    """The LLM tier: runs, then static descriptors of their datasets, then the tables (all resumable).
+    """The LLM tier: runs, the base model's score, static descriptors of the runs' datasets, then the
+    tables (all resumable).
 
     The runs stage can also be sharded over processes or machines with
     ``python -m plan_probe.experiments.llm_tier runs SPEC --out DIR --shard i/m``.
     """
     from pathlib import Path
 
-    from plan_probe.experiments.llm_tier import assemble, load_llm_spec, run_runs, run_static
+    from plan_probe.experiments.llm_tier import assemble, load_llm_spec, run_base, run_runs, run_static
 
     if limit is not None:
         raise ValueError(f"--limit is for the encoder tier, but got {limit=} for tier llm; leave it out.")
     spec = load_llm_spec(spec_path)
     out = Path(out)
     runs = run_runs(spec, out, backend=backend, ray_address=ray_address, max_retries=max_retries)
+    base = run_base(spec, out)
     statics = run_static(spec, out, recorded_only=True)
-    return {"out": str(out), "tier": "llm", "executed": runs, "static_computed": statics, **assemble(spec, out)}
+    return {"out": str(out), "tier": "llm", "executed": runs, "base_computed": base, "static_computed": statics, **assemble(spec, out)}
 
 
 @click.command("real")

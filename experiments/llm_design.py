@@ -1,0 +1,219 @@
+"""Does an LLM-tier design give a learnable meta-dataset? The design criteria of issue #19, item 1,
+checked on the records built so far (a pilot, or the whole tier), from the records alone.
+
+* **beat the base model**: every clean, sensibly configured run (no data defect, at least
+  ``clean_min_n`` records, lr within ``sensible_lr``) scores at least ``min_gain_se`` of its own
+  evaluation SEs above the base model (``base.json``); the paired gain (same held-out examples,
+  SE = sd(s_run,i − s_base,i)/√n) is reported beside it;
+* **bounded label**: every ok run lies within ``max_sds`` label SDs of the median label;
+* **spread vs noise**: the mean evaluation SE is at most ``max_se_ratio`` of the label's SD across runs;
+* **run length**: ``steps`` ≥ ``min_length_ratio`` × the deepest recorded probe depth;
+* **practitioner ranges**: every run's lr lies in ``lr_range`` and its LoRA rank in ``rank_range``;
+* **defects covered**: the grid varies size, label noise, duplicates, imbalance and off-task records.
+
+``python -m plan_probe.experiments.llm_tier check SPEC --out DIR`` prints the result as JSON
+(``--markdown``: the tables of the tier's README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DesignCriteria", "design_check", "design_markdown", "replace_marked_block"]
+
+BEGIN, END = "<!-- llm-tier-check:begin -->", "<!-- llm-tier-check:end -->"
+
+# grid axis -> the value that means "no defect" (size: the defect is a small set, see clean_min_n)
+_DEFECT_AXES = {"label_noise": 0.0, "duplicate_rate": 0.0, "imbalance": 0.0, "off_task": 0.0}
+
+
+@dataclass(frozen=True)
+class DesignCriteria:
+    """Thresholds of the design check (defaults: issue #19, item 1)."""
+
+    min_gain_se: float = 5.0
+    max_sds: float = 5.0
+    max_se_ratio: float = 0.2
+    min_length_ratio: float = 3.0
+    clean_min_n: int = 500
+    sensible_lr: tuple[float, float] = (1e-4, 1e-3)
+    lr_range: tuple[float, float] = (1e-5, 1e-3)
+    rank_range: tuple[int, int] = (4, 64)
+
+    def __post_init__(self) -> None:
+        for name in ("min_gain_se", "max_sds", "max_se_ratio", "min_length_ratio"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, but got {name}={value!r}; pass a value > 0.")
+        for name in ("sensible_lr", "lr_range", "rank_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, but got {name}={(lo, hi)!r}; fix it.")
+
+
+def _is_clean(variant: dict, hp: dict, c: DesignCriteria) -> bool:
+    no_defect = all(float(variant.get(k) or 0.0) == v for k, v in _DEFECT_AXES.items())
+    return no_defect and variant["n"] >= c.clean_min_n and c.sensible_lr[0] <= hp["lr"] <= c.sensible_lr[1]
+
+
+def _run_row(rec: dict, index: int, metric: str, base_scores, truth, c: DesignCriteria) -> dict:
+    from plan_probe.experiments.llm_eval import example_scores
+
+    res, variant, hp = rec["result"], rec["variant"], rec["hp_config"]
+    row = {"run_id": rec["run_id"], "design_index": index, "status": rec["status"], "clean": _is_clean(variant, hp, c),
+           "n": variant["n"], "label_noise": variant["label_noise"], "duplicate_rate": variant["duplicate_rate"],
+           "imbalance": variant.get("imbalance") or 0.0, "off_task": variant.get("off_task", 0.0), **hp,
+           "cpu_time_s": res.get("cpu_time_s"), "wall_time_s": rec.get("wall_time_s")}
+    if rec["status"] != "ok":
+        return row
+    metrics = res["metrics"]
+    nll = np.asarray(res["eval_nll"], dtype=float)
+    row.update({"label": metrics[metric], "label_se": metrics[f"{metric}_se"], "accuracy": metrics["accuracy"],
+                "share_first_label": float((nll.argmin(axis=1) == 0).mean())})
+    if base_scores is not None:
+        if not np.array_equal(np.asarray(res["eval_truth"]), truth):
+            raise ValueError(f"runs and base.json must score the same held-out set, but {rec['run_id']} differs; rebuild base.json.")
+        diff = example_scores(nll, truth, metric) - base_scores
+        row.update({"gain": float(diff.mean()), "gain_in_se": float(diff.mean() / metrics[f"{metric}_se"]),
+                    "paired_gain_se": float(diff.std(ddof=1) / np.sqrt(len(diff)))})
+    return row
+
+
+def design_check(spec, out: str | Path, criteria: DesignCriteria | None = None) -> dict:
+    """The design criteria on the records in ``out/records`` (and ``out/base.json``) of ``spec``.
+
+    Returns a JSON-ready dict: ``runs`` (one row per record of the spec, in design order), the
+    base model's score, per-run CPU and wall seconds, and ``criteria`` (each with its numbers and
+    ``pass``: True, False, or None when the records cannot tell yet).
+    """
+    from plan_probe.experiments.llm_eval import example_scores
+    from plan_probe.experiments.llm_tier import candidates
+    from plan_probe.probes._io import read_json
+
+    c = criteria or DesignCriteria()
+    out = Path(out)
+    metric = spec.label_metric
+    base = read_json(out / "base.json") if (out / "base.json").is_file() else None
+    truth = np.asarray(base["eval_truth"]) if base else None
+    base_scores = example_scores(np.asarray(base["eval_nll"], dtype=float), truth, metric) if base else None
+    order = {cand.run_id: i for i, cand in enumerate(candidates(spec))}
+    paths = sorted((out / "records").glob("*.json"))
+    unknown = [p.stem for p in paths if p.stem not in order]
+    rows = sorted((_run_row(read_json(p), order[p.stem], metric, base_scores, truth, c) for p in paths if p.stem in order),
+                  key=lambda r: r["design_index"])
+    ok = [r for r in rows if r["status"] == "ok"]
+    labels = np.array([r["label"] for r in ok], dtype=float)
+    sd = float(labels.std(ddof=1)) if len(labels) > 1 else float("nan")
+    crit = {}
+    clean = [r for r in ok if r["clean"]]
+    gains = [r["gain_in_se"] for r in clean if "gain_in_se" in r]
+    crit["clean_runs_beat_base"] = {"runs": len(clean), "min_gain_in_se": min(gains) if gains else None,
+                                    "threshold_se": c.min_gain_se, "pass": (min(gains) >= c.min_gain_se) if gains else None}
+    if len(labels) > 1 and sd > 0:
+        median = float(np.median(labels))
+        far = float(np.abs(labels - median).max() / sd)
+        ses = np.array([r["label_se"] for r in ok], dtype=float)
+        crit["bounded_label"] = {"min": float(labels.min()), "median": median, "max": float(labels.max()), "sd": sd,
+                                 "max_sds_from_median": far, "threshold_sds": c.max_sds, "pass": far <= c.max_sds}
+        crit["se_vs_spread"] = {"mean_eval_se": float(ses.mean()), "label_sd": sd, "ratio": float(ses.mean() / sd),
+                                "threshold": c.max_se_ratio, "pass": float(ses.mean() / sd) <= c.max_se_ratio}
+    else:
+        crit["bounded_label"] = crit["se_vs_spread"] = {"pass": None, "why": "fewer than two ok runs with spread"}
+    deepest = max(spec.record_at)
+    crit["run_length"] = {"steps": spec.steps, "deepest_probe": deepest, "ratio": spec.steps / deepest,
+                          "threshold": c.min_length_ratio, "pass": spec.steps >= c.min_length_ratio * deepest}
+    lrs, ranks = [float(v) for v in spec.grid["lr"]], [int(v) for v in spec.grid["lora_r"]]
+    lrs += [float(r["lr"]) for r in spec.references]
+    ranks += [int(r["lora_r"]) for r in spec.references]
+    crit["practitioner_ranges"] = {"lr": [min(lrs), max(lrs)], "lora_r": [min(ranks), max(ranks)],
+                                   "lora_alpha_ratio": spec.lora_alpha_ratio, "lr_range": list(c.lr_range),
+                                   "rank_range": list(c.rank_range),
+                                   "pass": c.lr_range[0] <= min(lrs) and max(lrs) <= c.lr_range[1]
+                                   and c.rank_range[0] <= min(ranks) and max(ranks) <= c.rank_range[1]}
+    grid = spec.grid
+    covered = {"size": sorted({int(v) for v in grid["n"]}),
+               **{k: sorted({float(v) for v in grid.get(k, [clean_value])}) for k, clean_value in _DEFECT_AXES.items()}}
+    varied = {"size": len(covered["size"]) > 1 and min(covered["size"]) < c.clean_min_n,
+              **{k: any(v != _DEFECT_AXES[k] for v in covered[k]) for k in _DEFECT_AXES}}
+    crit["defects_covered"] = {"grid": covered, "varied": varied, "pass": all(varied.values())}
+    cpu = [r["cpu_time_s"] for r in rows if r.get("cpu_time_s") is not None]
+    wall = [r["wall_time_s"] for r in rows if r.get("wall_time_s")]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed")}
+    from plan_probe.probes._instruct_data import task_labels
+
+    return {"label_metric": metric, "first_label": task_labels(spec.task)[0], "records": len(rows), "design_size": len(order), "status": counts,
+            "unknown_records": unknown,
+            "base": ({"label": base["label"], "label_se": base["label_se"], "accuracy": base["metrics"]["accuracy"],
+                      "accuracy_se": base["metrics"]["accuracy_se"]} if base else None),
+            "cpu_time_s": _spread(cpu), "wall_time_s": _spread(wall), "criteria": crit, "runs": rows}
+
+
+def _spread(values) -> dict | None:
+    if not values:
+        return None
+    v = np.asarray(values, dtype=float)
+    return {"n": int(len(v)), "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "total": float(v.sum())}
+
+
+def _fmt(value, digits=1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.0e}"
+    return str(value)
+
+
+def design_markdown(result: dict) -> str:
+    """The check as Markdown: the criteria table, then one row per run (design order)."""
+    metric = result["label_metric"]
+    base = result["base"]
+    status = ", ".join(f"{k} {v}" for k, v in result["status"].items())
+    lines = [f"Records: {result['records']} of the design's {result['design_size']} ({status}); label `{metric}`."]
+    if base:
+        lines.append(f"Base model (no fine-tuning): {metric} {base['label']:.1f} ± {base['label_se']:.1f}, "
+                     f"accuracy {base['accuracy']:.1f} ± {base['accuracy_se']:.1f} %.")
+    for name in ("cpu_time_s", "wall_time_s"):
+        s = result[name]
+        if s:
+            lines.append(f"{name}: median {s['median']:.0f} s per run (min {s['min']:.0f}, max {s['max']:.0f}; {s['n']} runs).")
+    lines += ["", "| criterion | numbers | pass |", "|---|---|---|"]
+    for name, crit in result["criteria"].items():
+        nums = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in crit.items() if k not in ("pass", "grid", "varied"))
+        if "grid" in crit:
+            nums = "; ".join(f"{k} {v}" for k, v in crit["grid"].items())
+        lines.append(f"| {name} | {nums} | {_fmt(crit['pass'])} |")
+    lines += ["", f"| # | run | n | noise | dup | imb | off | lr | r | {metric} ± SE | acc % | gain (SE units) | paired gain ± SE | "
+              f"share '{result['first_label']}' | CPU s | wall s |", "|" + "---|" * 16]
+    for r in result["runs"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['design_index']} | {r['run_id']} | {r['n']} | | | | | {r['lr']:g} | {r['lora_r']} | {r['status']} "
+                         f"| | | | | {_fmt(r['cpu_time_s'], 0)} | {_fmt(r['wall_time_s'], 0)} |")
+            continue
+        gain = f"{r['gain_in_se']:.1f}" if "gain_in_se" in r else "–"
+        paired = f"{r['gain']:.1f} ± {r['paired_gain_se']:.1f}" if "gain" in r else "–"
+        lines.append(
+            f"| {r['design_index']}{' (clean)' if r['clean'] else ''} | {r['run_id']} | {r['n']} | {r['label_noise']:g} | "
+            f"{r['duplicate_rate']:g} | {r['imbalance']:g} | {r['off_task']:g} | {r['lr']:g} | {r['lora_r']} | "
+            f"{r['label']:.1f} ± {r['label_se']:.1f} | {r['accuracy']:.1f} | {gain} | {paired} | {r['share_first_label']:.2f} | "
+            f"{_fmt(r['cpu_time_s'], 0)} | {_fmt(r['wall_time_s'], 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_marked_block(path: str | Path, text: str) -> None:
+    """Write ``text`` between the ``BEGIN`` and ``END`` marker lines of the Markdown file ``path``
+    (atomically; the rest of the file is kept), e.g. a tier README's pilot numbers."""
+    from plan_probe.probes._io import atomic_path
+
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
+        raise ValueError(f"the file must hold one {BEGIN} line before one {END} line, but {path} does not; add the two markers.")
+    head, rest = old.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{head}{BEGIN}\n{text.rstrip()}\n{END}{tail}", encoding="utf-8")

@@ -1,0 +1,142 @@
+"""The design check of an LLM tier (experiments/llm_design.py) on hand-made records: each criterion
+against its definition computed here from the same numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _spec_file(tmp_path):
+    text = """
+name = "design_test"
+tier = "llm"
+model = "unused-model-folder"
+seed = 0
+[protocol]
+task = "binary"
+label_metric = "brier_skill"
+steps = 12
+record_at = [2, 4]
+eval_examples = 40
+n_candidates = 3
+[grid]
+n = [20, 600]
+label_noise = [0.0, 0.3]
+duplicate_rate = [0.0]
+imbalance = [0.0, 0.9]
+off_task = [0.0, 0.2]
+lr = [1e-4, 3e-3]
+batch_size = [2]
+lora_r = [8]
+[[reference]]
+n = 600
+label_noise = 0.0
+duplicate_rate = 0.0
+imbalance = 0.0
+lr = 3e-4
+batch_size = 2
+lora_r = 8
+"""
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def _write(out, spec, rng):
+    from plan_probe.experiments.llm_eval import metrics_from_nll
+    from plan_probe.experiments.llm_tier import candidates
+
+    truth = np.tile([0, 1], 20)
+    (out / "records").mkdir(parents=True)
+    base_nll = rng.exponential(1.0, (40, 2))
+    (out / "base.json").write_text(json.dumps({"label": metrics_from_nll(base_nll, truth)["brier_skill"],
+                                               "label_se": metrics_from_nll(base_nll, truth)["brier_skill_se"],
+                                               "metrics": metrics_from_nll(base_nll, truth), "eval_nll": base_nll.tolist(),
+                                               "eval_truth": truth.tolist()}))
+    nlls = {}
+    for k, cand in enumerate(candidates(spec)):
+        # run k pushes the true label's NLL down by k+1: a growing gain over the base model
+        nll = rng.exponential(1.0, (40, 2))
+        nll[np.arange(40), truth] -= 0.8 * (k + 1)
+        nll = np.maximum(nll, 0.0)
+        nlls[cand.run_id] = nll
+        metrics = metrics_from_nll(nll, truth)
+        rec = {"run_id": cand.run_id, "variant_id": cand.variant_id, "variant": cand.variant, "hp_config": cand.hp,
+               "seed": cand.seed, "status": "ok", "error": None, "wall_time_s": 10.0 + k, "device": "cpu",
+               "result": {"metrics": metrics, "eval_nll": nll.tolist(), "eval_truth": truth.tolist(), "cpu_time_s": 5.0 + k}}
+        (out / "records" / f"{cand.run_id}.json").write_text(json.dumps(rec))
+    return base_nll, truth, nlls
+
+
+def test_design_check_criteria_against_their_definitions(tmp_path):
+    from plan_probe.experiments.llm_design import DesignCriteria, design_check, design_markdown
+    from plan_probe.experiments.llm_eval import example_scores, metrics_from_nll
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec
+
+    spec = load_llm_spec(_spec_file(tmp_path))
+    out = tmp_path / "out"
+    base_nll, truth, nlls = _write(out, spec, np.random.default_rng(0))
+    res = design_check(spec, out)
+    cands = candidates(spec)
+    assert [r["run_id"] for r in res["runs"]] == [c.run_id for c in cands] and res["records"] == 4
+    labels = np.array([metrics_from_nll(nlls[c.run_id], truth)["brier_skill"] for c in cands])
+    ses = np.array([metrics_from_nll(nlls[c.run_id], truth)["brier_skill_se"] for c in cands])
+    ref = res["runs"][0]  # the reference: clean data, 600 records, lr 3e-4 -> a clean sensible run
+    diff = example_scores(nlls[cands[0].run_id], truth, "brier_skill") - example_scores(base_nll, truth, "brier_skill")
+    assert ref["clean"] and ref["gain"] == pytest.approx(labels[0] - metrics_from_nll(base_nll, truth)["brier_skill"], abs=1e-9)
+    assert ref["gain_in_se"] == pytest.approx(diff.mean() / ses[0]) and ref["paired_gain_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(40))
+    clean = [r for r in res["runs"] if r["clean"]]
+    crit = res["criteria"]
+    assert crit["clean_runs_beat_base"]["min_gain_in_se"] == pytest.approx(min(r["gain_in_se"] for r in clean))
+    assert crit["clean_runs_beat_base"]["pass"] == (min(r["gain_in_se"] for r in clean) >= 5)
+    far = np.abs(labels - np.median(labels)).max() / labels.std(ddof=1)
+    assert crit["bounded_label"]["max_sds_from_median"] == pytest.approx(far) and crit["bounded_label"]["pass"] == (far <= 5)
+    assert crit["se_vs_spread"]["ratio"] == pytest.approx(ses.mean() / labels.std(ddof=1))
+    assert crit["run_length"]["ratio"] == 3.0 and crit["run_length"]["pass"] is True
+    # lr 3e-3 lies above the practitioner range (1e-5, 1e-3); duplicates are never varied
+    assert crit["practitioner_ranges"]["pass"] is False and crit["practitioner_ranges"]["lr"] == [1e-4, 3e-3]
+    assert crit["defects_covered"]["varied"] == {"size": True, "label_noise": True, "duplicate_rate": False, "imbalance": True,
+                                                 "off_task": True} and crit["defects_covered"]["pass"] is False
+    assert res["cpu_time_s"]["median"] == pytest.approx(6.5) and res["wall_time_s"]["total"] == pytest.approx(46.0)
+    strict = design_check(spec, out, DesignCriteria(min_gain_se=1e6))
+    assert strict["criteria"]["clean_runs_beat_base"]["pass"] is False
+    table = design_markdown(res)
+    assert all(c.run_id in table for c in cands) and "| run_length |" in table and "share 'negative'" in table
+
+
+def test_design_check_refuses_a_base_model_scored_on_other_examples(tmp_path):
+    from plan_probe.experiments.llm_tier import load_llm_spec, main
+
+    spec_path = _spec_file(tmp_path)
+    out = tmp_path / "out"
+    _write(out, load_llm_spec(spec_path), np.random.default_rng(1))
+    base = json.loads((out / "base.json").read_text())
+    base["eval_truth"] = base["eval_truth"][::-1][1:] + [0]
+    (out / "base.json").write_text(json.dumps(base))
+    assert main(["check", str(spec_path), "--out", str(out)]) == 2
+    with pytest.raises(ValueError, match="DesignCriteria|max_sds"):
+        from plan_probe.experiments.llm_design import DesignCriteria
+
+        DesignCriteria(max_sds=0)
+
+
+def test_check_into_replaces_only_the_marked_block(tmp_path):
+    from plan_probe.experiments.llm_design import BEGIN, END
+    from plan_probe.experiments.llm_tier import load_llm_spec, main
+
+    spec_path = _spec_file(tmp_path)
+    out = tmp_path / "out"
+    _write(out, load_llm_spec(spec_path), np.random.default_rng(2))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# head\n\n{BEGIN}\nold numbers\n{END}\n\ntail text\n")
+    assert main(["check", str(spec_path), "--out", str(out), "--into", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# head\n\n{BEGIN}\nRecords: 4 of the design") and text.endswith(f"{END}\n\ntail text\n")
+    assert "old numbers" not in text and "| clean_runs_beat_base |" in text
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("no markers\n")
+    assert main(["check", str(spec_path), "--out", str(out), "--into", str(unmarked)]) == 2
+    assert unmarked.read_text() == "no markers\n"
