@@ -103,6 +103,10 @@ def bench(quick, only, fmt, data, workdir, seed, output):
     data_path = Path(data) if data is not None else _default_data()
     if data is not None and not data_path.is_file():
         raise ValueError(f"data must be an existing JSONL file, but got {data!r}; pass an Alpaca/Dolly dataset.")
+    if data is not None:  # read now: a wrong file would otherwise surface minutes later, mid-benchmark
+        from plan_probe.probes._data import load_examples
+
+        load_examples(data_path)
     header = {"quick": quick, "date": date.today().isoformat(), "plan_probe_version": __version__,
               "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
               "machine": platform.machine(), "loadavg_start": list(os.getloadavg()), "data": str(data_path) if data_path else None}

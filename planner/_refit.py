@@ -157,6 +157,9 @@ def refit(paths, out_dir, settings: RefitSettings | None = None) -> dict:
     for w in warnings:
         log.warning(w)
     risk_feats = list(settings.risk_features) if settings.risk_features is not None else [f for f in RISK_FEATURES if f in statics]
+    repeated = sorted({f for f in risk_feats if risk_feats.count(f) > 1})
+    if repeated:
+        raise ValueError(f"risk features must be distinct, but got {repeated} more than once; list each feature once.")
     lacking = [f for f in risk_feats if f not in statics]
     if lacking:
         raise ValueError(f"risk features must be static_* columns of the inputs, but {lacking} are not; pick among "

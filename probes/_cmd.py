@@ -98,8 +98,10 @@ def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limi
     if not str(output).lower().endswith(".json"):
         raise ValueError(f"output must be a .json file, but got {output!r}; pass e.g. -o static.json.")
     sizes = {k: _sample_option(v, k) for k, v in (("sample", sample), ("embed_sample", embed_sample), ("ppl_sample", ppl_sample))}
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be a positive integer, but got {threads=}; pass e.g. 2 or leave it out.")
+    # more threads than cores never speeds the forwards up, and torch crashes (SIGSEGV) on huge counts
+    if threads is not None and not 1 <= threads <= usable_cores():
+        raise ValueError(f"threads must be a positive integer no larger than the {usable_cores()} usable cores, but got "
+                         f"threads={threads}; pass e.g. 2 or leave it out.")
     if model_spec is not None:
         from plan_probe.probes._models import check_model
 
