@@ -332,18 +332,28 @@ def _split_search(pool, cands, scope_rows, scored, seed, n_top, seeds, calibrati
     k_cal = min(calibration_folds, len(np.unique(groups[cal & scored])))
     calib_folds = np.full(n, -1)
     calib_folds[cal] = group_folds(groups[cal], k_cal, seed + 1)
-    train_sets = {"final": np.ones(n, dtype=bool)}
-    predict_sets = {}
-    for k in range(k_cal):
-        train_sets[k] = calib_folds != k
-        predict_sets[k] = calib_folds == k
-    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, pool)
-    fold_pred = np.full(n, np.nan)
-    for k in range(k_cal):
-        fold_pred[calib_folds == k] = preds[k][calib_folds == k]
+    members, fold_pred = _fit_on_folds(blend, cands, scope_rows, calib_folds, k_cal, seeds, pool)
     oof_pred = np.where(sel, sel_oof, fold_pred)
     return SearchResult(blend, members["final"], [members[k] for k in range(k_cal)], calib_folds, fold_pred,
                         [sel_oof] * k_cal, oof_pred, _labels(cands, scores), "selection split")
+
+
+def _fit_on_folds(blend, cands, scope_rows, folds, n_folds, seeds, pool):
+    """The blend fitted on every row ("final") and once per fold without it; fold k's rows predicted by fold k's fit.
+
+    Rows with fold label -1 (outside every fold) keep a NaN fold prediction.
+    """
+    n = len(folds)
+    train_sets = {"final": np.ones(n, dtype=bool)}
+    predict_sets = {}
+    for k in range(n_folds):
+        train_sets[k] = folds != k
+        predict_sets[k] = folds == k
+    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, pool)
+    fold_pred = np.full(n, np.nan)
+    for k in range(n_folds):
+        fold_pred[folds == k] = preds[k][folds == k]
+    return members, fold_pred
 
 
 def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale):
@@ -355,15 +365,7 @@ def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_fol
     cand = cands[0]
     rows = scope_rows[cand.scope]
     blend = [(0, max(cand.family.path), 1.0)]
-    train_sets = {"final": np.ones(n, dtype=bool)}
-    predict_sets = {}
-    for k in range(K):
-        train_sets[k] = folds != k
-        predict_sets[k] = folds == k
-    members, preds = _blend_fits(blend, cands, scope_rows, train_sets, predict_sets, seeds, pool)
-    fold_pred = np.full(n, np.nan)
-    for k in range(K):
-        fold_pred[folds == k] = preds[k][folds == k]
+    members, fold_pred = _fit_on_folds(blend, cands, scope_rows, folds, K, seeds, pool)
     scale_pred = []
     if depth_scale and K >= 3:
         jobs = {}
