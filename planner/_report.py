@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plan_probe.probes._glossary import feature_phrase
+
 __all__ = ["write_report", "render_report", "format_summary", "plot_shap_groups", "compute_table"]
 
 _REGIME_LABELS = {"static_sufficient": "Static-Sufficient", "dynamic_critical": "Dynamic-Critical",
@@ -211,7 +213,7 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
         groups = ", ".join(f"{_GROUP_LABELS[c]} {r[c]:+.2f}" for c in _GROUP_LABELS if r.get(c))
         lines += [f"### {r['candidate']}", "", f"- Reason: {r['reason']}",
                   f"- Predicted {_f(r['pred'])} (base value {_f(r['shap_base'])}); SHAP by group: {groups or '-'}"]
-        downs = [f"`{r[f'down_{k}']}` ({r[f'down_{k}_value']:+.3f})" for k in (1, 2, 3) if r[f"down_{k}"]]
+        downs = [feature_phrase(r[f"down_{k}"], effect=r[f"down_{k}_value"]) for k in (1, 2, 3) if r[f"down_{k}"]]
         lines += [f"- Top features pushing the prediction down: {', '.join(downs) if downs else 'none'}"]
         if r["note"]:
             lines += [f"- Note: {r['note']}"]

@@ -420,8 +420,13 @@ def go_probability(portfolio, plan_row) -> float:
     return portfolio.go_probability
 
 
-def _reason(p: float, portfolio, expl_row, need: float) -> str:
-    downs = [f"{expl_row[f'down_{k}']} ({expl_row[f'down_{k}_value']:+.2f})" for k in (1, 2, 3) if expl_row[f"down_{k}"]]
+def _reason(p: float, portfolio, expl_row, need: float, features) -> str:
+    """Why a candidate is no-go: its P(score >= tau) against the bar, and the features (in plain words,
+    with their values) whose SHAP contributions push its prediction down the most."""
+    from plan_probe.probes._glossary import feature_phrase
+
+    downs = [feature_phrase(expl_row[f"down_{k}"], features.get(expl_row[f"down_{k}"]), expl_row[f"down_{k}_value"])
+             for k in (1, 2, 3) if expl_row[f"down_{k}"]]
     text = f"P(score >= {portfolio.threshold:g}) = {p:.2f} < {need:g}"
     return text + ("; pushed down by " + ", ".join(downs) if downs else "")
 
@@ -462,7 +467,7 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
         else:
             need = go_probability(portfolio, prow)
             go = p0 >= need
-            reason = "" if go else _reason(p0, portfolio, e, need)
+            reason = "" if go else _reason(p0, portfolio, e, need, frame.iloc[0])
         row = {
             "candidate": cand.name, "regime": prow.regime, "probe_steps": steps, "probe_status": status,
             "predictor": which, "depth": depth, "pred": float(pred[0]), "lower": float(lower[0]), "upper": float(upper[0]),

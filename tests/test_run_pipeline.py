@@ -155,7 +155,7 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
     assert pred.loc["dyn-lowlr", "decision"] == "go" and abs(float(pred.loc["dyn-lowlr", "pred"]) - 60) < 5
     assert pred.loc["static-big", "decision"] == "no-go" and abs(float(pred.loc["static-big", "pred"]) - 45.2) < 5
     # The reason of a no-go names hp_lr, the feature that truly drives the label down.
-    assert "hp_lr" in pred.loc["static-big", "reason"] and pred.loc["static-big", "down_1"] == "hp_lr"
+    assert "learning rate (hp_lr = " in pred.loc["static-big", "reason"] and pred.loc["static-big", "down_1"] == "hp_lr"
     report = (out / "report.md").read_text()
     for cand in pred.index[pred["decision"] == "no-go"]:
         assert f"### {cand}" in report and pred.loc[cand, "reason"] in report
