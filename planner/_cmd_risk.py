@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
               help="NUTS target acceptance; raise it (e.g. 0.95) when the fit reports divergences.")
 @click.option("--svi-steps", default=3000, show_default=True, type=int, help="SVI optimisation steps.")
 @click.option("--keep-draws", default=400, show_default=True, type=int, help="Population draws kept in MODEL.json (thinned).")
-def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws):
+@click.option("--variance-floor", default=1e-3, show_default=True, type=float,
+              help="delta added to every likelihood term's variance, relative to the median risk observation; keeps "
+                   "exactly repeated predictions (zero residual increments) from making the likelihood unbounded. 0: none.")
+def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws,
+             variance_floor):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
     OBS columns: task_id, depth, risk_obs, dof, static_*, optionally run_id and residual (rows of
@@ -50,7 +54,8 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, tar
         raise ValueError(f"the model file must end in .json, but got {output!r}; pass -o MODEL.json.")
     table_format(obs)
     settings = RiskFitSettings(method=method, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
-                               target_accept=target_accept, svi_steps=svi_steps, keep_draws=keep_draws)
+                               target_accept=target_accept, svi_steps=svi_steps, keep_draws=keep_draws,
+                               variance_floor=variance_floor)
     frame = validate_risk_observations(read_table(obs))
     start = time.perf_counter()
     model = RiskModel(settings).fit(frame, seed=seed)

@@ -141,18 +141,28 @@ def observation_arrays(obs, task_index: dict) -> ObservationArrays:
     )
 
 
-def log_variance(log_l_int, log_k, alpha, log_c, gap, level, xp=np):
-    r"""log V of a term: :math:`\log L(c_a)` (level) or :math:`\log(L(c_a) - L(c_b))` (increment).
+def log_variance(log_l_int, log_k, alpha, log_c, gap, level, xp=np, log_floor=None):
+    r"""log V of a term: :math:`\log L(c_a)` (level) or :math:`\log(L(c_a) - L(c_b))` (increment),
+    plus the variance floor :math:`\delta` when ``log_floor`` = log δ is given.
 
-    .. math:: L(c_a) - L(c_b) = K c_a^{-\alpha}\,\big(1 - e^{-\alpha(\log c_b - \log c_a)}\big)
+    .. math:: L(c_a) - L(c_b) = K c_a^{-\alpha}\,\big(1 - e^{-\alpha(\log c_b - \log c_a)}\big),
+              \qquad V' = V + \delta
 
     computed with ``expm1`` so small gaps and small alpha keep their precision. The unused branch
     is evaluated on safe values (``gap`` forced to 1) so gradients stay finite.
+
+    Why the floor: a predictor with piecewise-constant output (a tree) often gives a run the same
+    prediction at two depths, so an observed increment is exactly 0. Its Gaussian density
+    :math:`\propto V^{-1/2}` then grows without bound as :math:`V \to 0` (α → 0 or K → 0), the
+    posterior piles up at that edge and SVI's ELBO turns non-finite. δ is the resolution at which
+    residuals are told apart (independent measurement noise of that variance on every term):
+    the likelihood stays bounded, and terms with V ≫ δ are unchanged.
     """
     decay = log_k - alpha * log_c
     safe_gap = xp.where(level, 1.0, gap)
     increment = decay + xp.log(-xp.expm1(-alpha * safe_gap))
-    return xp.where(level, xp.logaddexp(log_l_int, decay), increment)
+    log_v = xp.where(level, xp.logaddexp(log_l_int, decay), increment)
+    return log_v if log_floor is None else xp.logaddexp(log_v, log_floor)
 
 
 def gamma_loglik(u, dof, log_v, xp=np):
@@ -166,7 +176,7 @@ def gamma_loglik(u, dof, log_v, xp=np):
     return shape * (xp.log(shape) - log_v) - shape * u * xp.exp(-log_v)
 
 
-def chain_loglik(log_l_int, log_k, alpha, chain_abs, chain_log_c, chain_valid, xp=np):
+def chain_loglik(log_l_int, log_k, alpha, chain_abs, chain_log_c, chain_valid, xp=np, log_floor=None):
     r"""Log-likelihood of the increments of sign-unknown nested runs, summed over the sign patterns.
 
     Forward recursion from the deepest position (its sign fixed to +, the global sign being
@@ -178,14 +188,14 @@ def chain_loglik(log_l_int, log_k, alpha, chain_abs, chain_log_c, chain_valid, x
 
     where :math:`\ell = -\tfrac12 \log V_j - d^2/(2V_j)` with :math:`d = |e_j| \mp |e_{j+1}|`.
     Parameters are per chain (any leading shape that broadcasts with ``chain_abs[:, j]``); returns
-    the per-chain log-likelihood (without the 2π constants).
+    the per-chain log-likelihood (without the 2π constants). ``log_floor``: as in :func:`log_variance`.
     """
     n_inc = chain_valid.shape[-1]
     m_plus = xp.zeros_like(log_l_int + chain_abs[..., 0])
     m_minus = m_plus + _LOG_ZERO
     for j in range(n_inc - 1, -1, -1):
         gap = chain_log_c[..., j + 1] - chain_log_c[..., j]
-        log_v = log_variance(log_l_int, log_k, alpha, chain_log_c[..., j], gap, False, xp)
+        log_v = log_variance(log_l_int, log_k, alpha, chain_log_c[..., j], gap, False, xp, log_floor)
         inv = xp.exp(-log_v)
         a, b = chain_abs[..., j], chain_abs[..., j + 1]
         same = -0.5 * log_v - 0.5 * (a - b) ** 2 * inv
@@ -197,13 +207,16 @@ def chain_loglik(log_l_int, log_k, alpha, chain_abs, chain_log_c, chain_valid, x
     return xp.logaddexp(m_plus, m_minus)
 
 
-def total_loglik(theta, arrays: ObservationArrays, xp=np):
-    """Sum of every observation's log-likelihood for per-task parameters ``theta`` (n_tasks, 3) in log space."""
+def total_loglik(theta, arrays: ObservationArrays, xp=np, log_floor=None):
+    """Sum of every observation's log-likelihood for per-task parameters ``theta`` (n_tasks, 3) in log space.
+
+    ``log_floor``: log of the variance floor δ added to every term's variance (:func:`log_variance`).
+    """
     th = theta[arrays.task]
-    log_v = log_variance(th[:, 0], th[:, 1], xp.exp(th[:, 2]), arrays.log_c, arrays.gap, arrays.level, xp)
+    log_v = log_variance(th[:, 0], th[:, 1], xp.exp(th[:, 2]), arrays.log_c, arrays.gap, arrays.level, xp, log_floor)
     total = gamma_loglik(arrays.u, arrays.dof, log_v, xp).sum()
     if arrays.chain_task.size:
         tc = theta[arrays.chain_task]
         total = total + chain_loglik(tc[:, 0], tc[:, 1], xp.exp(tc[:, 2]), arrays.chain_abs, arrays.chain_log_c,
-                                     arrays.chain_valid, xp).sum()
+                                     arrays.chain_valid, xp, log_floor).sum()
     return total

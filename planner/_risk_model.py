@@ -56,10 +56,19 @@ def _migrate_1_to_2(doc: dict) -> dict:
     return doc
 
 
+def _migrate_2_to_3(doc: dict) -> dict:
+    """Schema 2 -> 3: ``settings.variance_floor``. Schema-2 fits had no floor, so the migrated value is 0
+    (their pilot updates stay exactly as they were)."""
+    doc = dict(doc)
+    doc["settings"] = {**doc.get("settings", {}), "variance_floor": 0.0}
+    return doc
+
+
 #: Schema 1 is the layout written by plan-probe 0.1.0 (format "plan-probe-risk-model/1"); schema 2
-#: adds the label scale and diagnostics.ok (nested-residual likelihood, issue #14).
-RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 2, "refit it with plan-probe fit-risk",
-                               migrations={1: lambda d: _migrate_1_to_2(d)},
+#: adds the label scale and diagnostics.ok (nested-residual likelihood, issue #14); schema 3 the
+#: likelihood's variance floor (settings.variance_floor).
+RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 3, "refit it with plan-probe fit-risk",
+                               migrations={1: lambda d: _migrate_1_to_2(d), 2: lambda d: _migrate_2_to_3(d)},
                                legacy_names={"plan-probe-risk-model/1": 1})
 #: Inputs with more tasks than this use SVI under ``method="auto"``.
 AUTO_SVI_TASKS = 600
@@ -81,6 +90,10 @@ class RiskFitSettings:
     svi_draws: int = 400
     keep_draws: int = 400
     lkj_eta: float = 2.0
+    #: δ, added to every likelihood term's variance, relative to the fit's risk scale (the median positive
+    #: risk observation): keeps exactly repeated predictions (zero increments) from making the likelihood
+    #: unbounded (plan_probe._risk_likelihood.log_variance). 0 turns it off (schema-2 models had none).
+    variance_floor: float = 1e-3
 
     def __post_init__(self):
         if self.method not in ("auto", "nuts", "svi"):
@@ -92,11 +105,18 @@ class RiskFitSettings:
             raise ValueError(f"target_accept must be in [0.5, 1), but got target_accept={self.target_accept}; 0.8-0.95 is usual.")
         if self.svi_lr <= 0 or self.lkj_eta <= 0:
             raise ValueError(f"svi_lr and lkj_eta must be positive, but got {self.svi_lr=}, {self.lkj_eta=}; pass values > 0.")
+        if not (isinstance(self.variance_floor, (int, float)) and 0 <= self.variance_floor < 1):
+            raise ValueError(f"variance_floor must be in [0, 1), but got {self.variance_floor=}; 1e-3 is the default.")
+
+    @property
+    def log_floor(self) -> float | None:
+        """log δ in the fit's internal unit (risk / risk scale), or None without a floor."""
+        return float(np.log(self.variance_floor)) if self.variance_floor > 0 else None
 
 
 # ----------------------------------------------------------------------------- model
 
-def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0):
+def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0, log_floor: float | None = None):
     """NumPyro model (pure function of its data). Risk values are in units of the risk scale.
 
     Parameters
@@ -105,6 +125,7 @@ def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0):
     obs : dict of the :class:`plan_probe._risk_likelihood.ObservationArrays` fields (Gamma terms of
         independent observations, deepest nested residuals and signed increments; sign-unknown
         nested runs as padded chains). The likelihood is :func:`plan_probe._risk_likelihood.total_loglik`.
+    log_floor : log of the variance floor δ (risk-scale units) added to every term, or None.
     """
     import jax.numpy as jnp
     import numpyro
@@ -122,16 +143,16 @@ def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))  # non-centred
     theta = s @ B.T + b + z @ l_sigma.T
     th = theta[obs["task"]]
-    log_v = log_variance(th[:, 0], th[:, 1], jnp.exp(th[:, 2]), obs["log_c"], obs["gap"], obs["level"], jnp)
+    log_v = log_variance(th[:, 0], th[:, 1], jnp.exp(th[:, 2]), obs["log_c"], obs["gap"], obs["level"], jnp, log_floor)
     numpyro.factor("obs", gamma_loglik(obs["u"], obs["dof"], log_v, jnp).sum())
     if obs["chain_task"].shape[0]:
         tc = theta[obs["chain_task"]]
         numpyro.factor("chains", chain_loglik(tc[:, 0], tc[:, 1], jnp.exp(tc[:, 2]), obs["chain_abs"], obs["chain_log_c"],
-                                              obs["chain_valid"], jnp).sum())
+                                              obs["chain_valid"], jnp, log_floor).sum())
 
 
-def _model_args(data, lkj_eta):
-    return (data["s"], data["obs"], data["n_tasks"], lkj_eta)
+def _model_args(data, settings: RiskFitSettings):
+    return (data["s"], data["obs"], data["n_tasks"], settings.lkj_eta, settings.log_floor)
 
 
 def _rank_normal(x):
@@ -209,7 +230,7 @@ def run_nuts(data, settings: RiskFitSettings, key):
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=settings.num_warmup, num_samples=settings.num_samples,
                 num_chains=settings.num_chains, chain_method="sequential", progress_bar=False)
-    mcmc.run(key, *_model_args(data, settings.lkj_eta), extra_fields=("diverging",))
+    mcmc.run(key, *_model_args(data, settings), extra_fields=("diverging",))
     grouped = mcmc.get_samples(group_by_chain=True)
     pop = {name: np.asarray(grouped[name]) for name in ("b", "B", "sigma", "l_omega")}
     r_hat, ess = mcmc_convergence(pop)
@@ -246,13 +267,13 @@ def run_svi(data, settings: RiskFitSettings, key):
     guide = AutoNormal(risk_model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     svi = SVI(risk_model, guide, Adam(settings.svi_lr), Trace_ELBO())
     k_run, k_draw = jax.random.split(key)
-    s, obs, n_tasks, eta = _model_args(data, settings.lkj_eta)
+    s, obs, n_tasks, eta, log_floor = _model_args(data, settings)
     s, obs = jnp.asarray(s), {k: jnp.asarray(v) for k, v in obs.items()}
     # A jitted step in a Python loop with the data as arguments (not closed-over constants):
     # measured several times faster to compile and run on CPU than svi.run here.
-    step = jax.jit(lambda state, s_, obs_: svi.update(state, s_, obs_, n_tasks, eta))
+    step = jax.jit(lambda state, s_, obs_: svi.update(state, s_, obs_, n_tasks, eta, log_floor))
     t0 = time.perf_counter()
-    state = svi.init(k_run, s, obs, n_tasks, eta)
+    state = svi.init(k_run, s, obs, n_tasks, eta, log_floor)
     t1 = time.perf_counter()
     losses = np.empty(settings.svi_steps)
     for i in range(settings.svi_steps):
@@ -417,7 +438,7 @@ class RiskModel:
         L = np.asarray(sigma_chol, dtype=float).reshape(-1, 3, 3)
         if not (B.shape[0] == b.shape[0] == L.shape[0]):
             raise ValueError(f"B, b and sigma_chol must have the same number of draws, but got {B.shape[0]}, {b.shape[0]}, {L.shape[0]}; align them.")
-        model = cls(RiskFitSettings())
+        model = cls(RiskFitSettings(variance_floor=0.0))  # no fit, so no risk scale for a relative floor
         model.draws_ = {"b": b, "B": B, "sigma_chol": L}
         model.static_features_ = list(static_features)
         model.feature_mean_ = np.zeros(p) if feature_mean is None else np.asarray(feature_mean, dtype=float)
@@ -586,13 +607,17 @@ class RiskModel:
         m = n_draws * max(int(oversample), 1)
         prop = self._theta_draws(s[which], m, rng)  # (3, n_p, m)
         th = prop[:, arr.task]  # (3, n_terms, m)
-        log_v = log_variance(th[0], th[1], np.exp(th[2]), arr.log_c[:, None], arr.gap[:, None], arr.level[:, None])
+        # pilots are in original risk units: the floor is relative to the fit's risk scale
+        floor = self.settings_.variance_floor * self.risk_scale_
+        log_floor = float(np.log(floor)) if floor > 0 else None
+        log_v = log_variance(th[0], th[1], np.exp(th[2]), arr.log_c[:, None], arr.gap[:, None], arr.level[:, None],
+                             np, log_floor)
         logw = np.zeros((which.size, m))
         np.add.at(logw, arr.task, gamma_loglik(arr.u[:, None], arr.dof[:, None], log_v))
         if arr.chain_task.size:
             tc = prop[:, arr.chain_task]
             ll = chain_loglik(tc[0], tc[1], np.exp(tc[2]), arr.chain_abs[:, None, :], arr.chain_log_c[:, None, :],
-                              arr.chain_valid[:, None, :])
+                              arr.chain_valid[:, None, :], np, log_floor)
             np.add.at(logw, arr.chain_task, ll)
         logw -= logw.max(axis=1, keepdims=True)
         w = np.exp(logw)

@@ -339,6 +339,8 @@ CASES = [
     Case("fit-risk-output-is-input-via-dotdot", ["fit-risk", "{d}/o.csv", "-o", "{d}/sub/../o.csv"],
          _all(_write("o.csv", lambda fx: (fx / "obs.csv").read_text()), _write("sub/keep", "")), "overwrite an input"),
     Case("fit-risk-chains-zero", ["fit-risk", "{fx}/obs.csv", "-o", "{d}/m.json", "--chains", "0"], None, "num_chains"),
+    Case("fit-risk-variance-floor-negative", ["fit-risk", "{fx}/obs.csv", "-o", "{d}/m.json", "--variance-floor", "-0.1"], None,
+         "variance_floor must be in [0, 1)"),
     Case("fit-risk-csv-not-utf8", ["fit-risk", "{d}/o.csv", "-o", "{d}/m.json"], _write("o.csv", b"task_id,depth\n\xff\xfe,1\n"),
          "UTF-8"),
     Case("fit-risk-method-choice", ["fit-risk", "{fx}/obs.csv", "-o", "{d}/m.json", "--method", "mcmc"], None, "--method"),

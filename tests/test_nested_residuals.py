@@ -155,3 +155,92 @@ def test_benchmark_observations_are_nested_per_run():
     assert obs.groupby("task_id")["static_a"].nunique().eq(1).all()  # task means
     arrays = observation_arrays(validate_risk_observations(obs), {f"task{i}": i for i in range(3)})
     assert arrays.counts == {"gamma_terms": 6 + 12, "increments_signed": 12, "runs_sign_unknown": 0}
+
+
+# -- the variance floor (zero increments from a predictor that repeats its prediction) ------------
+
+
+def test_variance_floor_adds_delta_to_every_term_variance():
+    """With log_floor = log δ every term is Gamma/Normal with variance V + δ (closed form, 1e-10)."""
+    from plan_probe._risk_likelihood import log_variance
+
+    th = THETAS[0]
+    lc, gap = np.log(DEPTHS[:-1]), np.diff(np.log(DEPTHS))
+    plain = log_variance(th[0], th[1], np.exp(th[2]), lc, gap, np.zeros(3, bool))
+    floored = log_variance(th[0], th[1], np.exp(th[2]), lc, gap, np.zeros(3, bool), log_floor=np.log(0.05))
+    np.testing.assert_allclose(np.exp(floored), np.exp(plain) + 0.05, rtol=1e-10)
+    L = _curve(th, DEPTHS)
+    np.testing.assert_allclose(np.exp(plain), L[:-1] - L[1:], rtol=1e-10)
+
+
+def test_zero_increments_keep_the_likelihood_bounded_only_with_a_floor():
+    """A run whose residual never moves (e constant over depth): without a floor the likelihood grows
+    without bound as alpha -> 0 (increment variance -> 0); with δ it tends to the finite -0.5 log δ per term."""
+    e = np.full(4, 0.8)
+    for signed in (True, False):
+        arrays = observation_arrays(_one_run(e, signed=signed), {"t": 0})
+        thetas = [np.array([0.0, 0.5, la]) for la in (-10.0, -20.0, -30.0)]
+        plain = [total_loglik(th[None, :], arrays) for th in thetas]
+        floored = [total_loglik(th[None, :], arrays, log_floor=np.log(1e-3)) for th in thetas]
+        assert plain[2] - plain[0] > 0.5 * 3 * 20 - 1  # +0.5 per unit of log alpha per increment, unbounded
+        assert np.all(np.isfinite(floored)) and abs(floored[2] - floored[1]) < 1e-3  # converged to a finite limit
+        assert floored[2] < 3 * (-0.5 * np.log(1e-3)) + 1.0
+
+
+def _quantised_runs(n_tasks: int, repeat: float, seed: int) -> pd.DataFrame:
+    """Nested signed residuals of a martingale predictor (L(c) = e^-1 + K c^-0.5) whose prediction, with
+    probability ``repeat``, does not move between two depths (as a tree's often does): zero increments."""
+    rng = np.random.default_rng(seed)
+    depths, rows = np.array([5, 10, 20, 40, 80]), []
+    for t in range(n_tasks):
+        x = rng.normal()
+        L = np.exp(-1.0) + np.exp(1.0 + 0.3 * x) * depths.astype(float) ** -0.5
+        e = np.empty(depths.size)
+        e[-1] = rng.normal(0, np.sqrt(L[-1]))
+        for i in range(depths.size - 2, -1, -1):
+            e[i] = e[i + 1] + rng.normal(0, np.sqrt(L[i] - L[i + 1]))
+            if rng.random() < repeat:
+                e[i] = e[i + 1]
+        rows += [{"task_id": f"t{t}", "run_id": f"r{t}", "depth": int(c), "residual": r, "dof": 1.0, "static_x": x}
+                 for c, r in zip(depths, e)]
+    return pd.DataFrame(rows)
+
+
+def _svi_fit(obs, variance_floor):
+    from plan_probe._risk_model import RiskFitSettings, RiskModel
+
+    return RiskModel(RiskFitSettings(method="svi", svi_steps=300, variance_floor=variance_floor)).fit(obs, seed=0)
+
+
+def test_svi_fits_repeated_predictions_with_the_default_floor(tmp_path):
+    """Regression: the heads tier's benchmark stopped with 'SVI diverged' on zero increments (issue #18)."""
+    from plan_probe._risk_model import RiskModel
+
+    model = _svi_fit(_quantised_runs(40, 0.5, seed=0), 1e-3)
+    assert np.isfinite(model.diagnostics_["elbo_loss_last"]) and model.settings_.variance_floor == 1e-3
+    assert model.diagnostics_["observations"]["increments_signed"] == 160
+    path = model.save(tmp_path / "m.json")
+    assert RiskModel.load(path).settings_.variance_floor == 1e-3
+
+
+@pytest.mark.slow
+def test_without_the_floor_svi_diverges_on_repeated_predictions():
+    """The failure the floor mends, reproduced (so the test above tests something)."""
+    with pytest.raises(ValueError, match="SVI diverged"):
+        _svi_fit(_quantised_runs(40, 0.5, seed=0), 0.0)
+
+
+def test_schema_2_risk_models_migrate_without_a_floor():
+    """The shipped LLM risk model was fitted without a floor: it loads with variance_floor 0 (unchanged pilots)."""
+    import json
+    from pathlib import Path
+
+    import plan_probe
+    from plan_probe._risk_model import RiskModel
+
+    path = Path(plan_probe.__file__).parent / "defaults" / "llm" / "risk_model.json"
+    doc = json.loads(path.read_text())
+    if doc.get("schema_version") != 2:
+        pytest.skip(f"the shipped model is schema {doc.get('schema_version')}, not 2")
+    assert "variance_floor" not in doc["settings"]
+    assert RiskModel.load(path).settings_.variance_floor == 0.0
