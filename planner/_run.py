@@ -246,13 +246,15 @@ def _stage_static(portfolio, data: dict, out: Path, model_id: dict, settings: Ru
     """Static descriptors per candidate -> DIR/static/<name>.json (reused when the key matches)."""
     from tqdm import tqdm
 
+    from plan_probe.probes import STATIC_COLUMNS
     from plan_probe.probes._io import write_json
     from plan_probe.probes._version import __version__
 
     results, todo = {}, []
     for cand in portfolio.candidates:
+        # the column list is in the key: a record from before a descriptor was added is recomputed
         key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "sample": portfolio.static_sample,
-                       "seed": portfolio.seed, "version": __version__})
+                       "seed": portfolio.seed, "version": __version__, "columns": list(STATIC_COLUMNS)})
         rec = _read_record(out / "static" / f"{cand.name}.json", key, STATIC_RECORD)
         if rec is not None:
             results[cand.name] = rec["descriptors"]

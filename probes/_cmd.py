@@ -84,7 +84,7 @@ def usable_cores() -> int:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folder (off by default).")
 @click.option("-o", "--output", required=True, help="Output JSON file.")
 def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limit, threads, trust_remote_code, output):
-    """Compute the 14 static descriptors of DATASET (16 columns) and write them as JSON.
+    """Compute the 15 static descriptors of DATASET (17 columns) and write them as JSON.
 
     Counts, lengths, n-grams, duplicates and the other text statistics use every example; the
     embedding and perplexity descriptors use seeded samples and report their standard errors.

@@ -111,8 +111,10 @@ def _static_v1_to_v2(doc: dict) -> dict:
 
 
 #: Output of ``plan-probe static``: the descriptors of one dataset and their sampling metadata.
-STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 2, "recompute it with plan-probe static",
-                                migrations={1: _static_v1_to_v2})
+#: Schema 3 adds the descriptor ``static_output_majority_share``; older files do not have it (a reader
+#: that needs it recomputes), so 2 -> 3 changes nothing else.
+STATIC_DESCRIPTORS = FileFormat("plan-probe/static-descriptors", 3, "recompute it with plan-probe static",
+                                migrations={1: _static_v1_to_v2, 2: dict})
 #: A probe configuration (``ProbeConfig.to_json``); schema 1 had ``kind: probe_config`` and no format.
 def _probe_config_v1_to_v2(doc: dict) -> dict:
     """Schema 2 adds ``flatness_sample`` and ``ood_sample``; schema-1 configs measured on every example."""
@@ -133,8 +135,8 @@ def _probe_config_v2_to_v3(doc: dict) -> dict:
 PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConfig.to_json()",
                           migrations={1: _probe_config_v1_to_v2, 2: _probe_config_v2_to_v3})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
-STATIC_RECORD = FileFormat("plan-probe/static-record", 2, "delete it and rerun plan-probe run",
-                           migrations={1: _static_v1_to_v2})
+STATIC_RECORD = FileFormat("plan-probe/static-record", 3, "delete it and rerun plan-probe run",
+                           migrations={1: _static_v1_to_v2, 2: dict})
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
 def _summary_v1_to_v2(doc: dict) -> dict:

@@ -31,6 +31,7 @@ FEATURE_MEANINGS: dict[str, str] = {
     "static_ref_ppl_std": "spread of the base model's log-perplexity over answers",
     "static_unigram_kl": "vocabulary distance from general English",
     "static_groundedness": "share of answer words taken from the prompt",
+    "static_output_majority_share": "share of the most common answer (high when one class dominates: class imbalance)",
     # hyperparameters (ProbeConfig.hp_features)
     "hp_lr": "learning rate",
     "hp_batch_size": "batch size",

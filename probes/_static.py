@@ -67,6 +67,7 @@ STATIC_COLUMNS = (
     "static_ref_ppl_std",
     "static_unigram_kl",
     "static_groundedness",
+    "static_output_majority_share",
 )
 MODEL_STATIC_COLUMNS = ("static_ref_ppl_mean", "static_ref_ppl_std")
 EMBED_COLUMNS = ("static_embedding_outlier_ratio", "static_io_semantic_similarity", "static_output_diversity")

@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "ExactPass", "DuplicateIndex", "words", "ngram_repetition", "special_char_ratio", "type_token_ratio",
-    "instruction_depth", "groundedness", "duplicate_rate", "unigram_kl",
+    "instruction_depth", "groundedness", "duplicate_rate", "unigram_kl", "output_majority_share",
 ]
 
 NGRAM_N = 4
@@ -135,6 +135,23 @@ def unigram_kl(texts: Sequence[str]) -> float:
     return _kl_from_counts(counts)
 
 
+def _answer_key(output: str) -> bytes:
+    """Responses that differ only in case or surrounding/inner whitespace count as the same answer."""
+    return hashlib.blake2b(" ".join(output.split()).casefold().encode("utf-8"), digest_size=8).digest()
+
+
+def output_majority_share(outputs: Sequence[str]) -> float:
+    """Share of examples whose response is the most common one (case and whitespace normalised).
+
+    For classification-style data it is the majority class's share (1/K when K answers are
+    balanced, near 1 when one dominates); for free-text responses it is about 1/N.
+    """
+    if not outputs:
+        return 0.0
+    counts = Counter(" ".join(y.split()).casefold() for y in outputs)
+    return max(counts.values()) / len(outputs)
+
+
 def _kl_from_counts(counts: Counter) -> float:
     ref = _reference_unigrams()
     vocab = ref["counts"]
@@ -216,6 +233,7 @@ class ExactPass:
         self.depth: list[int] = []
         self.ground: list[float] = []
         self.counts: Counter = Counter()
+        self.answers: Counter = Counter()  # 8-byte digests of normalised responses: memory O(distinct answers)
         self.dups = DuplicateIndex(n_examples)
 
     def add(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
@@ -242,10 +260,11 @@ class ExactPass:
         if share is not None:
             self.ground.append(share)
         self.counts.update(both)
+        self.answers[_answer_key(y)] += 1
         self.dups.add(_shingles(both, f"{x}\n{y}"))
 
     def result(self) -> dict[str, float]:
-        """The 11 exact descriptors."""
+        """The 12 exact descriptors."""
         lengths = self.len_in[: self.n] + self.len_out[: self.n]
         return {
             "static_n_examples": float(self.n),
@@ -259,6 +278,7 @@ class ExactPass:
             "static_duplicate_rate": self.dups.n_duplicates / self.n,
             "static_unigram_kl": _kl_from_counts(self.counts),
             "static_groundedness": float(np.mean(self.ground)) if self.ground else 0.0,
+            "static_output_majority_share": max(self.answers.values()) / self.n if self.n else 0.0,
         }
 
 

@@ -212,7 +212,7 @@ def test_feature_reference_defines_every_column():
     from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
 
     text = (DOCS / "reference" / "features.md").read_text(encoding="utf-8")
-    assert len(STATIC_COLUMNS) == 16 and len(DYN_COLUMNS) == 10
+    assert len(STATIC_COLUMNS) == 17 and len(DYN_COLUMNS) == 10
     for column in (*STATIC_COLUMNS, *DYN_COLUMNS, *HP_COLUMNS):
         stem, _, suffix = column.rpartition("_")
         paired = suffix in ("std", "var") and re.search(rf"`{re.escape(stem)}_\w+`, `_{suffix}`", text)

@@ -416,3 +416,15 @@ def test_llm_tier_probes_pin_the_exact_flatness_and_forgetting(tmp_path):
         cfg = probe_config(spec, cand)
         assert cfg.flatness_sample is None and cfg.ood_sample is None
         assert ProbeConfig.from_json(cfg.to_json()) == cfg  # what the run records store reads back as exact
+
+
+def test_static_files_without_every_current_column_are_recomputed(tmp_path):
+    """A variant's static file from before a descriptor was added (e.g. static_output_majority_share) is stale."""
+    from plan_probe.experiments.llm_tier import _static_complete
+    from plan_probe.probes import STATIC_COLUMNS
+
+    full = {c: 0.5 for c in STATIC_COLUMNS}
+    (tmp_path / "new.json").write_text(json.dumps({"static": full}))
+    (tmp_path / "old.json").write_text(json.dumps({"static": {k: v for k, v in full.items() if k != "static_output_majority_share"}}))
+    assert _static_complete(tmp_path / "new.json")
+    assert not _static_complete(tmp_path / "old.json") and not _static_complete(tmp_path / "missing.json")

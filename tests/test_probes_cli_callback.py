@@ -65,7 +65,7 @@ def test_static_cli(tiny_folder, data, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["static", str(data), "--model", str(tiny_folder), "--sample", "5", "-o", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert len(doc["descriptors"]) == 16 and doc["metadata"]["sampled_n"] == 5 and doc["plan_probe_version"]
+    assert len(doc["descriptors"]) == 17 and doc["metadata"]["sampled_n"] == 5 and doc["plan_probe_version"]
     _one_line_error(CliRunner().invoke(main, ["static", str(data), "--sample", "0", "-o", str(tmp_path / "t.json")]), "sample must be")
     assert not (tmp_path / "t.json").exists()
 

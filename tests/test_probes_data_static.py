@@ -95,7 +95,7 @@ def _static(examples, **kw):
 def test_keys_and_metadata_without_model():
     res = _static(_base_examples())
     expected = [c for c in STATIC_COLUMNS if not c.startswith("static_ref_ppl")]
-    assert list(res) == expected and len(expected) == 14
+    assert list(res) == expected and len(expected) == 15
     assert all(np.isfinite(v) for v in res.values())
     assert res.metadata["omitted_keys"] == ["static_ref_ppl_mean", "static_ref_ppl_std"]
     assert res["static_n_examples"] == 20
@@ -107,6 +107,18 @@ def test_half_duplicated_raises_duplicate_rate():
     delta = _static(half)["static_duplicate_rate"] - _static(base)["static_duplicate_rate"]
     assert delta >= 0.3
     assert duplicate_rate(["a b c d e f"] * 4) == pytest.approx(0.75)  # 3 of 4 would be dropped
+
+
+def test_one_dominant_answer_raises_output_majority_share():
+    from plan_probe.probes._text_stats import output_majority_share
+
+    base = _base_examples()
+    labels = [Example(e.input, "negative" if i % 10 else " Positive ") for i, e in enumerate(base)]  # 18 of 20
+    assert _static(labels)["static_output_majority_share"] == pytest.approx(0.9)
+    assert _static(base)["static_output_majority_share"] <= 2 / len(base)
+    # Case and whitespace do not make a different answer; 2 of 3 balanced labels -> 2/3.
+    assert output_majority_share(["Yes", " yes\n", "no"]) == pytest.approx(2 / 3)
+    assert output_majority_share([]) == 0.0
 
 
 def test_repeated_phrases_raise_ngram_repetition():

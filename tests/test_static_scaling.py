@@ -21,6 +21,7 @@ from plan_probe.probes._text_stats import (
     exact_descriptors,
     groundedness,
     ngram_repetition,
+    output_majority_share,
     special_char_ratio,
     type_token_ratio,
     unigram_kl,
@@ -103,6 +104,7 @@ def test_streaming_pass_equals_the_definitions():
         "static_duplicate_rate": _duplicate_rate_reference(both),
         "static_unigram_kl": unigram_kl(both),
         "static_groundedness": groundedness(inputs, outputs),
+        "static_output_majority_share": output_majority_share(outputs),
     }
     assert got == want  # bit for bit
     assert want["static_duplicate_rate"] >= 0.1 and want["static_ngram_repetition"] > 0
