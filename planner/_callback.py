@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from plan_probe.probes._callback import ProbeRecorderCallback
+from plan_probe.probes._glossary import feature_phrase
 
 __all__ = ["PlanProbeCallback"]
 
@@ -199,7 +200,7 @@ class PlanProbeCallback(ProbeRecorderCallback):
     def _act(self, decision, control) -> None:
         self.decisions.append(decision)
         extra = "" if decision.value_of_next is None else f", value of probing to {decision.next_depth}: {decision.value_of_next:.3g}"
-        reasons = ", ".join(f"{f} {v:+.3g}" for f, v in decision.reasons)
+        reasons = ", ".join(feature_phrase(f, effect=v) for f, v in decision.reasons)
         log.info("plan-probe run %s at step %d: %s (prediction %.4g, interval [%.4g, %.4g], P(score >= %g) = %.3f, "
                  "expected loss now %.3g%s; reasons: %s)", self.run_id, decision.depth, decision.action,
                  decision.prediction, decision.interval[0], decision.interval[1], self.settings.threshold,
