@@ -485,7 +485,8 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
         digests.setdefault(res.get("prompt_digest"), []).append(p.name)
         for row in res["rows"]:
             dyn = {k: v for k, v in row.items() if k.startswith("dyn_")}
-            meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "depth": int(row["depth"]),
+            meta_rows.append({"run_id": rec["run_id"], "task_id": rec["run_id"], "variant_id": rec["variant_id"],
+                              "depth": int(row["depth"]),
                               **statics[rec["variant_id"]], **res["hp"], **dyn, "label": label})
     if len(digests) > 1:
         kinds = {str(d): f"{len(names)} records, e.g. {names[0]}" for d, names in digests.items()}
