@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DEFAULT_FILES", "default_path", "resolve_model_file"]
+__all__ = ["DEFAULT_FILES", "default_path", "resolve_model_file", "default_baseline"]
 
 DEFAULT_FILES = {
     "risk_model": "risk_model.json",
@@ -59,3 +59,26 @@ def resolve_model_file(kind: str, value: str, base_dir: str | Path) -> Path:
         what = "a risk model JSON file" if kind == "risk_model" else "a predictor folder with predictor.json"
         raise ValueError(f"{kind} must be \"default\" or {what}, but got {value!r} ({str(marker)!r} is missing); fix the path.")
     return p
+
+
+def default_baseline(root: Path | None = None) -> dict | None:
+    """The shipped tier's "don't fine-tune" baseline: the base model's own score in the label's units.
+
+    Read from ``defaults/llm/base.json`` (the base model scored like every run, ``llm_tier base``)
+    and the label metric of ``defaults/llm/spec.toml`` (``root``: another defaults folder of that
+    layout). Returns ``{"score", "se", "label_metric", "source"}``, or None when the folder carries no
+    base score (tiers built before it was recorded).
+    """
+    import json
+    import tomllib
+
+    root = Path(str(resources.files("plan_probe").joinpath("defaults", "llm"))) if root is None else Path(root)
+    base, spec = root / "base.json", root / "spec.toml"
+    if not (base.is_file() and spec.is_file()):
+        return None
+    metric = tomllib.loads(spec.read_text(encoding="utf-8")).get("protocol", {}).get("label_metric", "accuracy")
+    metrics = json.loads(base.read_text(encoding="utf-8")).get("metrics", {})
+    if metric not in metrics:
+        return None
+    return {"score": float(metrics[metric]), "se": metrics.get(f"{metric}_se"), "label_metric": metric,
+            "source": "the base model's own score shipped with the default predictor (defaults/llm/base.json)"}

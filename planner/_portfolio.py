@@ -83,6 +83,9 @@ class Portfolio:
         [defaults]), else risk.
     launch_cost, kill_cost : decision costs of launching a run that ends below τ and of not launching
         one that would reach it, in the unit of ``step_cost`` (None: each candidate's full cost).
+    baseline : the score of not fine-tuning (the base model's own score), label units; the report shows
+        each candidate's predicted gain over it. None: the shipped tier's base score when the predictor
+        is the default one, else no baseline.
     """
 
     name: str
@@ -108,6 +111,7 @@ class Portfolio:
     objective: str = "risk"
     launch_cost: float | None = None
     kill_cost: float | None = None
+    baseline: float | None = None
     base_dir: str = "."
 
     def full_costs(self) -> list[float]:
@@ -337,6 +341,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
         objective=objective,
         launch_cost=None if settings.get("launch_cost") is None else _number("launch_cost", settings["launch_cost"]),
         kill_cost=None if settings.get("kill_cost") is None else _number("kill_cost", settings["kill_cost"]),
+        baseline=None if settings.get("baseline") is None else _number("baseline", settings["baseline"], positive=False),
         base_dir=str(base_dir),
     )
     for key in ("coverage", "go_probability"):

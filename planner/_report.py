@@ -45,6 +45,25 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _prediction_table(predictions, baseline: dict | None) -> list[str]:
+    """The predictions table; with a baseline (the base model's own score) also each candidate's predicted
+    gain over not fine-tuning and P(score > baseline)."""
+    head = ["candidate", "probe", "predictor", "prediction", "interval", "P(score ≥ τ)", "decision", "note"]
+    rows = [[r["candidate"], r["probe_status"] if r["probe_steps"] else "-", r["predictor"].replace("_", "-"), r["pred"],
+             f"[{_f(r['lower'])}, {_f(r['upper'])}]", r["p_success"], r["decision"], r["note"] or ""]
+            for r in predictions.to_dict("records")]
+    if baseline is None:
+        return [_table(head, rows)]
+    b = baseline["score"]
+    se = f" ± {_f(baseline['se'])}" if baseline.get("se") is not None else ""
+    intro = (f"Not fine-tuning scores {_f(b)}{se} ({baseline['source']}); \"gain\" is the predicted score minus it, "
+             "with the interval shifted alike.")
+    head = head[:5] + ["gain over base", "P(beats base)"] + head[5:]
+    for row, r in zip(rows, predictions.to_dict("records")):
+        row[5:5] = [f"{r['gain_over_base']:+.3g} [{r['lower'] - b:+.3g}, {r['upper'] - b:+.3g}]", r["p_beats_base"]]
+    return [intro, "", _table(head, rows)]
+
+
 def compute_table(plan, fixed: int) -> tuple[list[list], dict]:
     """Rows (candidate, planned steps, fixed steps, share saved) and the portfolio totals."""
     rows = []
@@ -195,12 +214,7 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
         f"Probed candidates use the depth-aware predictor at depth = probe steps; the others the static-only "
         f"predictor (static + hyperparameter features). Intervals are conformal at {p.coverage:g} coverage.",
         "",
-        _table(
-            ["candidate", "probe", "predictor", "prediction", "interval", "P(score ≥ τ)", "decision", "note"],
-            [[r["candidate"], r["probe_status"] if r["probe_steps"] else "-", r["predictor"].replace("_", "-"), r["pred"],
-              f"[{_f(r['lower'])}, {_f(r['upper'])}]", r["p_success"], r["decision"], r["note"] or ""]
-             for r in predictions.to_dict("records")],
-        ),
+        *_prediction_table(predictions, summary.get("baseline")),
         "",
     ]
     if "shap_groups.png" in figures:

@@ -48,6 +48,7 @@ PREDICTION_COLUMNS = (
     "pred", "lower", "upper", "coverage", "threshold", "p_success", "go", "decision", "reason", "note",
     "shap_base", *SHAP_GROUP_COLUMNS,
     "down_1", "down_1_value", "down_2", "down_2_value", "down_3", "down_3_value",
+    "gain_over_base", "p_beats_base",
 )
 
 
@@ -131,6 +132,8 @@ class PreparedRun:
     predictor_path: Path
     predictor_static: object
     predictor_static_path: Path
+    #: the "don't fine-tune" score the report measures gains against, and where it came from (None: none)
+    baseline: dict | None = None
 
 
 def _check_predictor_features(predictor, available: set, what: str) -> None:
@@ -190,7 +193,17 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
         from plan_probe.probes._jobs import cached_model
 
         cached_model(portfolio.model_spec(), portfolio.device)
-    return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path)
+    return PreparedRun(portfolio, risk_model, rm_path, predictor, pr_path, predictor_static, ps_path,
+                       _baseline(portfolio))
+
+
+def _baseline(portfolio) -> dict | None:
+    """The portfolio's ``baseline``, else the shipped tier's base score when the default predictor is used."""
+    from plan_probe._defaults import default_baseline
+
+    if portfolio.baseline is not None:
+        return {"score": float(portfolio.baseline), "se": None, "label_metric": None, "source": "the portfolio's baseline"}
+    return default_baseline() if portfolio.predictor == "default" else None
 
 
 def probe_config_for(candidate, steps: int, seed: int):
@@ -414,6 +427,16 @@ def _predict_rows(predictor, frame, prepared: PreparedRun, depth):
     return pred, lower, upper, p, predictor.explain(X)
 
 
+def _gain_over_base(predictor, frame, prepared: PreparedRun, depth, pred: float) -> tuple[float, float]:
+    """(predicted score − baseline, P(score > baseline)); NaN for both without a baseline."""
+    if prepared.baseline is None:
+        return math.nan, math.nan
+    base = prepared.baseline["score"]
+    X = frame[predictor.feature_names_]
+    scale = _risk_scale(prepared.risk_model, frame, depth, prepared.portfolio.seed) if predictor.scale_mode_ == "risk" else None
+    return pred - base, float(predictor.prob_at_least(X, base, scale)[0])
+
+
 def go_probability(portfolio, plan_row) -> float:
     """The P(score >= tau) a candidate needs for "go": the decision costs' C_lb / (C_lb + C_kg) (the Bayes
     rule) under the decision objective, else the portfolio's ``go_probability``."""
@@ -481,6 +504,7 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
         for k in (1, 2, 3):
             row[f"down_{k}"] = str(e[f"down_{k}"])
             row[f"down_{k}_value"] = float(e[f"down_{k}_value"])
+        row["gain_over_base"], row["p_beats_base"] = _gain_over_base(model, frame, prepared, max(depth, 1), float(pred[0]))
         rows.append(row)
     return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
 
@@ -548,6 +572,7 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
                           "label_scale": prepared.risk_model.label_scale_,
                           "relative_defaults": plan_settings(portfolio).relative_keys()},
         "risk_model_ok": bool(prepared.risk_model.diagnostics_.get("ok", True)),
+        "baseline": prepared.baseline,
         "candidates": per,
         "totals": {
             "candidates": n,

@@ -138,6 +138,16 @@ PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConf
 STATIC_RECORD = FileFormat("plan-probe/static-record", 3, "delete it and rerun plan-probe run",
                            migrations={1: _static_v1_to_v2, 2: dict})
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
+def _summary_v3_to_v4(doc: dict) -> dict:
+    """Schema 4 records the baseline the gains were measured against; schema-3 runs had none (null)."""
+    return {"baseline": None, **doc}
+
+
+def _portfolio_v3_to_v4(doc: dict) -> dict:
+    """Schema 4 adds the ``baseline`` setting; schema-3 portfolios had none (null)."""
+    return {**doc, "settings": {"baseline": None, **doc.get("settings", {})}}
+
+
 #: ``plan-probe run``'s DIR/summary.json, and the portfolio description it embeds.
 def _summary_v1_to_v2(doc: dict) -> dict:
     """Schema 2 records the plan's objective (schema 1 runs all used the risk objective)."""
@@ -154,8 +164,12 @@ def _portfolio_v1_to_v2(doc: dict) -> dict:
 #: Schema 2 (issue #20): the plan's objective, decision costs and full_cost. Schema 3 (issue #14): the
 #: portfolio's risk_weight / target_rmse may be null (relative defaults) and the summary adds
 #: plan_settings (resolved) and risk_model_ok; schema-2 documents are valid as they are (identity).
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 3, "rerun plan-probe run", migrations={1: _summary_v1_to_v2, 2: dict})
-PORTFOLIO = FileFormat("plan-probe/portfolio", 3, "rerun plan-probe run", migrations={1: _portfolio_v1_to_v2, 2: dict})
+#: Schema 4 (both): the portfolio's ``baseline`` setting and the summary's ``baseline`` (the "don't fine-tune"
+#: score the gains are measured against); older documents had none, which reads as null.
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 4, "rerun plan-probe run",
+                         migrations={1: _summary_v1_to_v2, 2: dict, 3: _summary_v3_to_v4})
+PORTFOLIO = FileFormat("plan-probe/portfolio", 4, "rerun plan-probe run",
+                       migrations={1: _portfolio_v1_to_v2, 2: dict, 3: _portfolio_v3_to_v4})
 #: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
 #: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
 #: holds numbers, which mean the same in schema 2, so the migration is the identity.

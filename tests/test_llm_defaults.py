@@ -1,5 +1,7 @@
 """The gain-share summary that `python -m plan_probe.experiments.llm_defaults` prints."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,3 +39,16 @@ def test_llm_defaults_refuses_too_few_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--min-runs=4" in err and "but got 3" in err
     assert not (tmp_path / "dest").exists()
+
+
+def test_default_baseline_reads_the_base_score_of_the_spec_label(tmp_path):
+    """base.json + spec.toml of a defaults folder -> the base model's score in the label's units."""
+    from plan_probe._defaults import default_baseline
+
+    assert default_baseline(tmp_path) is None  # a tier without a recorded base score
+    (tmp_path / "spec.toml").write_text('name = "t"\n[protocol]\nlabel_metric = "brier_skill"\n')
+    (tmp_path / "base.json").write_text(json.dumps({"metrics": {"accuracy": 60.5, "brier_skill": 4.87, "brier_skill_se": 1.68}}))
+    got = default_baseline(tmp_path)
+    assert got["score"] == 4.87 and got["se"] == 1.68 and got["label_metric"] == "brier_skill"
+    (tmp_path / "spec.toml").write_text('name = "t"\n[protocol]\nlabel_metric = "log_score"\n')
+    assert default_baseline(tmp_path) is None  # the base score was not computed in the label's metric

@@ -103,7 +103,7 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def main_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("main")
-    portfolio = write_portfolio(root / "portfolio.toml", assets, MAIN_CANDIDATES, **SETTINGS)
+    portfolio = write_portfolio(root / "portfolio.toml", assets, MAIN_CANDIDATES, baseline=50.0, **SETTINGS)
     with ProbeCounter() as counter:
         res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
@@ -160,7 +160,14 @@ def test_main_run_outputs_are_complete_and_consistent(main_run):
     for cand in pred.index[pred["decision"] == "no-go"]:
         assert f"### {cand}" in report and pred.loc[cand, "reason"] in report
     assert "![Phase diagram](phase_diagram.png)" in report and "![Risk curves](risk_curves.png)" in report
+    # baseline = 50 (the "don't fine-tune" score): gain = prediction - 50, P(beats base) from the same predictive
+    gain = pred["gain_over_base"].astype(float)
+    np.testing.assert_allclose(gain, pred["pred"].astype(float) - 50.0, rtol=0, atol=1e-9)
+    beats = pred["p_beats_base"].astype(float)
+    assert beats["dyn-lowlr"] > 0.5 > beats["static-big"] and beats.between(0, 1).all()
+    assert "Not fine-tuning scores 50 (the portfolio's baseline)" in report and "gain over base" in report
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"]["score"] == 50.0 and summary["portfolio"]["settings"]["baseline"] == 50.0
     assert summary["totals"]["probe_steps"] == 15 and summary["totals"]["fixed_probe_steps_total"] == 400
     assert summary["totals"]["share_saved_vs_fixed"] == pytest.approx(1 - 15 / 400)
     assert f"| **total** | 15 | 400 | {100 * (1 - 15 / 400):.1f} % |" in report
@@ -227,6 +234,9 @@ def test_budget_is_respected_and_a_diverged_probe_is_no_go(budget_run):
     step = recs["c-explode"]["diverged_step"]
     assert pred.loc["c-explode", "decision"] == "no-go"
     assert pred.loc["c-explode", "reason"] == f"probe diverged at step {step}"
+    # no baseline given and no shipped predictor: no gain column in the report, null in the summary
+    assert json.loads((out / "summary.json").read_text())["baseline"] is None
+    assert "gain over base" not in (out / "report.md").read_text()
     ok = pred["probe_status"] != "diverged"
     assert ((pred.loc[ok, "go"].astype(str) == "True") == (pred.loc[ok, "p_success"].astype(float) >= 0.5)).all()
 
