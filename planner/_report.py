@@ -48,10 +48,11 @@ def _table(header: list[str], rows: list[list]) -> str:
 def _prediction_table(predictions, baseline: dict | None) -> list[str]:
     """The predictions table; with a baseline (the base model's own score) also each candidate's predicted
     gain over not fine-tuning and P(score > baseline)."""
+    records = predictions.to_dict("records")
     head = ["candidate", "probe", "predictor", "prediction", "interval", "P(score ≥ τ)", "decision", "note"]
     rows = [[r["candidate"], r["probe_status"] if r["probe_steps"] else "-", r["predictor"].replace("_", "-"), r["pred"],
              f"[{_f(r['lower'])}, {_f(r['upper'])}]", r["p_success"], r["decision"], r["note"] or ""]
-            for r in predictions.to_dict("records")]
+            for r in records]
     if baseline is None:
         return [_table(head, rows)]
     b = baseline["score"]
@@ -59,7 +60,7 @@ def _prediction_table(predictions, baseline: dict | None) -> list[str]:
     intro = (f"Not fine-tuning scores {_f(b)}{se} ({baseline['source']}); \"gain\" is the predicted score minus it, "
              "with the interval shifted alike.")
     head = head[:5] + ["gain over base", "P(beats base)"] + head[5:]
-    for row, r in zip(rows, predictions.to_dict("records")):
+    for row, r in zip(rows, records):
         row[5:5] = [f"{r['gain_over_base']:+.3g} [{r['lower'] - b:+.3g}, {r['upper'] - b:+.3g}]", r["p_beats_base"]]
     return [intro, "", _table(head, rows)]
 

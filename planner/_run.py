@@ -418,23 +418,18 @@ def _risk_scale(risk_model, frame, depth, seed: int):
 
 
 def _predict_rows(predictor, frame, prepared: PreparedRun, depth):
-    """(pred, lower, upper, p_success, explain frame) of ``predictor`` on ``frame``."""
+    """(pred, lower, upper, p_success, p_beats_base, explain frame) of ``predictor`` on ``frame``.
+
+    ``p_beats_base`` = P(score >= baseline) from the same predictive (NaN without a baseline).
+    """
     portfolio = prepared.portfolio
     X = frame[predictor.feature_names_]
     scale = _risk_scale(prepared.risk_model, frame, depth, portfolio.seed) if predictor.scale_mode_ == "risk" else None
     pred, lower, upper = predictor.predict_interval(X, portfolio.coverage, scale)
     p = predictor.prob_at_least(X, portfolio.threshold, scale)
-    return pred, lower, upper, p, predictor.explain(X)
-
-
-def _gain_over_base(predictor, frame, prepared: PreparedRun, depth, pred: float) -> tuple[float, float]:
-    """(predicted score − baseline, P(score > baseline)); NaN for both without a baseline."""
-    if prepared.baseline is None:
-        return math.nan, math.nan
-    base = prepared.baseline["score"]
-    X = frame[predictor.feature_names_]
-    scale = _risk_scale(prepared.risk_model, frame, depth, prepared.portfolio.seed) if predictor.scale_mode_ == "risk" else None
-    return pred - base, float(predictor.prob_at_least(X, base, scale)[0])
+    p_base = (np.full(len(X), np.nan) if prepared.baseline is None
+              else predictor.prob_at_least(X, prepared.baseline["score"], scale))
+    return pred, lower, upper, p, p_base, predictor.explain(X)
 
 
 def go_probability(portfolio, plan_row) -> float:
@@ -480,7 +475,7 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
             elif status == "diverged":
                 note = f"probe diverged at step {rec['diverged_step']}; static-only prediction shown"
         frame = pd.DataFrame([feats])
-        pred, lower, upper, p, expl = _predict_rows(model, frame, prepared, max(depth, 1))
+        pred, lower, upper, p, p_base, expl = _predict_rows(model, frame, prepared, max(depth, 1))
         outside = model.outside_range(frame[model.feature_names_])[0]
         if outside:
             extra = f"outside the predictor's training range: {', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}"
@@ -504,7 +499,8 @@ def _stage_predictions(prepared: PreparedRun, plan, static: dict, probes: dict):
         for k in (1, 2, 3):
             row[f"down_{k}"] = str(e[f"down_{k}"])
             row[f"down_{k}_value"] = float(e[f"down_{k}_value"])
-        row["gain_over_base"], row["p_beats_base"] = _gain_over_base(model, frame, prepared, max(depth, 1), float(pred[0]))
+        row["gain_over_base"] = float(pred[0]) - prepared.baseline["score"] if prepared.baseline else math.nan
+        row["p_beats_base"] = float(p_base[0])
         rows.append(row)
     return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
 

@@ -138,6 +138,8 @@ PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConf
 STATIC_RECORD = FileFormat("plan-probe/static-record", 3, "delete it and rerun plan-probe run",
                            migrations={1: _static_v1_to_v2, 2: dict})
 PROBE_RECORD = FileFormat("plan-probe/probe-record", 1, "delete it and rerun plan-probe run")
+
+
 def _summary_v3_to_v4(doc: dict) -> dict:
     """Schema 4 records the baseline the gains were measured against; schema-3 runs had none (null)."""
     return {"baseline": None, **doc}

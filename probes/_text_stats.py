@@ -135,9 +135,14 @@ def unigram_kl(texts: Sequence[str]) -> float:
     return _kl_from_counts(counts)
 
 
-def _answer_key(output: str) -> bytes:
+def _normalised_answer(output: str) -> str:
     """Responses that differ only in case or surrounding/inner whitespace count as the same answer."""
-    return hashlib.blake2b(" ".join(output.split()).casefold().encode("utf-8"), digest_size=8).digest()
+    return " ".join(output.split()).casefold()
+
+
+def _answer_key(output: str) -> bytes:
+    """An 8-byte digest of the normalised answer (the streaming pass keeps digests, not texts)."""
+    return hashlib.blake2b(_normalised_answer(output).encode("utf-8"), digest_size=8).digest()
 
 
 def output_majority_share(outputs: Sequence[str]) -> float:
@@ -148,7 +153,7 @@ def output_majority_share(outputs: Sequence[str]) -> float:
     """
     if not outputs:
         return 0.0
-    counts = Counter(" ".join(y.split()).casefold() for y in outputs)
+    counts = Counter(_normalised_answer(y) for y in outputs)
     return max(counts.values()) / len(outputs)
 
 
