@@ -10,7 +10,7 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
 * ``risk_obs.parquet``: the full predictor's out-of-fold residuals, one nested residual vector per
   run (``run_id``, signed ``residual``, ``risk_obs`` = residual², dof 1; docs/theory.md §2,
   "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
-* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS).
+* ``risk_model.json``: the Bayesian risk model fitted on them (NUTS; ``--risk-method svi`` for a quick look).
 * ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them.
 
 ``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
@@ -22,7 +22,7 @@ descriptors a user's candidate always has: dataset size, duplicate rate, referen
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--warmup N --draws N] [--min-runs N]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--risk-method nuts|svi] [--warmup N --draws N] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,37 @@ def gain_share_by_group(predictor) -> dict:
     return {group: round(gain / whole, 3) for group, gain in sorted(totals.items())}
 
 
+def _columns(table, prefix: str) -> list:
+    return [c for c in table.columns if c.startswith(prefix)]
+
+
+def _tuned_config(seed: int):
+    """The tuned blend that ``fit-predictor`` ships and ``evaluate`` measures as "full".
+
+    Not TuneAhead's untuned recipe: at min_child_samples 20 it cannot split a few dozen run rows,
+    so a static-only fit on a tier of that size predicted the label mean.
+    """
+    from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig
+
+    return PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS)
+
+
+def fit_full_predictor(meta, *, seed: int = 0):
+    """The depth-aware predictor on every run x depth row (depth, static, hp and dyn features), folds grouped by run."""
+    from plan_probe._predictor import ProbePredictor
+
+    cols = ["depth", *_columns(meta, "static_"), *_columns(meta, "hp_"), *_columns(meta, "dyn_")]
+    return ProbePredictor(_tuned_config(seed)).fit(meta[cols], meta["label"].rename("label"), groups=meta["run_id"].to_numpy())
+
+
+def fit_static_predictor(runs, *, seed: int = 0):
+    """The static-only predictor (static + hp features, one row per run) for candidates planned at 0 steps."""
+    from plan_probe._predictor import ProbePredictor
+
+    cols = [*_columns(runs, "static_"), *_columns(runs, "hp_")]
+    return ProbePredictor(_tuned_config(seed)).fit(runs[cols], runs["label"].rename("label"), groups=runs["run_id"].to_numpy())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_defaults", description=__doc__.split("\n\n")[0])
     parser.add_argument("build_dir")
@@ -55,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-runs", type=int, default=1,
                         help="refuse to fit on fewer ok runs than this (the v3 tier: 120, issue #19)")
     parser.add_argument("--risk-only", action="store_true", help="refit only risk_obs.parquet and risk_model.json")
+    parser.add_argument("--risk-method", choices=("nuts", "svi"), default="nuts",
+                        help="how the risk model is fitted (NUTS: the shipped defaults; SVI: a quick look)")
     parser.add_argument("--warmup", type=int, default=400, help="NUTS warm-up steps per chain")
     parser.add_argument("--draws", type=int, default=400, help="NUTS draws per chain")
     parser.add_argument("--chains", type=int, default=2, help="NUTS chains")
@@ -62,7 +95,6 @@ def main(argv=None) -> int:
 
     from plan_probe._residuals import residual_observations
     from plan_probe.probes._io import read_table, write_table
-    from plan_probe._predictor import PredictorConfig, ProbePredictor
     from plan_probe._risk_model import RiskFitSettings, RiskModel
 
     build, dest = Path(args.build_dir), Path(args.dest)
@@ -73,9 +105,7 @@ def main(argv=None) -> int:
               "build more runs (python -m plan_probe.experiments.llm_tier runs ...) and assemble again.", file=sys.stderr)
         return 2
     dest.mkdir(parents=True, exist_ok=True)
-    statics = [c for c in meta.columns if c.startswith("static_")]
-    hps = [c for c in meta.columns if c.startswith("hp_")]
-    dyns = [c for c in meta.columns if c.startswith("dyn_")]
+    statics, hps = _columns(meta, "static_"), _columns(meta, "hp_")
     label_se = read_table(build / "runs.parquet").set_index("run_id")["label_se"]
     runs = meta.sort_values("depth").groupby("run_id", sort=True).tail(1)[["run_id", *statics, *hps, "label"]]
     runs = runs.sort_values("run_id").reset_index(drop=True)
@@ -84,22 +114,19 @@ def main(argv=None) -> int:
         write_table(meta, dest / "meta.parquet")
         write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
 
-    full_cols = ["depth", *statics, *hps, *dyns]
-    full = ProbePredictor(PredictorConfig(seed=args.seed)).fit(meta[full_cols], meta["label"].rename("label"),
-                                                               groups=meta["run_id"].to_numpy())
+    full = fit_full_predictor(meta, seed=args.seed)
     summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
                "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
     if not args.risk_only:
         full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
-        static = ProbePredictor(PredictorConfig(seed=args.seed)).fit(runs[[*statics, *hps]], runs["label"].rename("label"),
-                                                                     groups=runs["run_id"].to_numpy())
+        static = fit_static_predictor(runs, seed=args.seed)
         static.save(dest / "predictor_static",
                     extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
         summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full))
 
     obs = residual_observations(meta, full.oof_pred_, static_features=RISK_FEATURES)
     write_table(obs, dest / "risk_obs.parquet")
-    fit_settings = RiskFitSettings(method="nuts", num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains)
+    fit_settings = RiskFitSettings(method=args.risk_method, num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains)
     risk = RiskModel(fit_settings).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
     for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
