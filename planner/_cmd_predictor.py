@@ -63,7 +63,7 @@ def _table(obj: dict) -> str:
     from plan_probe._evaluate import INTERVAL_METRICS, METRICS, MODELS
 
     if all(m in obj for m in ("full", "tuneahead_recipe")):
-        cols = list(METRICS) + list(INTERVAL_METRICS)
+        cols = list(METRICS) + ["r2_vs_mean"] + list(INTERVAL_METRICS)
         lines = ["model".ljust(18) + "".join(c.rjust(24) for c in cols)]
         for m in MODELS:
             if m not in obj:

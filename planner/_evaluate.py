@@ -147,13 +147,16 @@ def _fold_task(data: dict, r: int, k: int) -> dict:
         model = ProbePredictor(cfg, data["feature_groups"]).fit(X.loc[rows, feats], y[rows], groups=groups[rows],
                                                                  target_depth=target)
         Xt = X.loc[test, feats]
-        entry = regression_metrics(y[test], model.predict(Xt), data["scale"])
+        pred = model.predict(Xt)
+        entry = regression_metrics(y[test], pred, data["scale"])
+        entry["sq_err"] = (y[test] - pred) ** 2  # for the pooled skill against the mean (not a fold metric)
         for c in COVERAGES:
             tag = int(round(c * 100))
             _, lo, hi = model.predict_interval(Xt, c)
             entry[f"coverage_{tag}"] = float(np.mean((y[test] >= lo) & (y[test] <= hi)))
             entry[f"width_{tag}"] = float(np.mean(hi - lo))
         out[name] = entry
+    out["test_rows"] = np.flatnonzero(test)
     log.info("repeat %d fold %d done", r, k)
     return out
 
@@ -184,7 +187,8 @@ def evaluate(
     -------
     dict
         ``{model: {metric: mean over folds, metric_se: its standard error, ...}}`` with the
-        metrics of :data:`METRICS` and :data:`INTERVAL_METRICS`; ``paired``: for every model X,
+        metrics of :data:`METRICS` and :data:`INTERVAL_METRICS`, and ``r2_vs_mean`` /
+        ``r2_vs_mean_se`` (pooled out-of-fold skill against the mean model, see :func:`_skill_vs_mean`); ``paired``: for every model X,
         ``full − X`` per fold for RMSE and R² (``rmse_diff``, ``rmse_diff_se``,
         ``rmse_diff_se_corrected``, ``rmse_ratio``, ``r2_diff``, ...); ``settings``; and
         ``rmse_gain_vs_recipe``. ``_se`` is the std over the cv·repeats folds / sqrt(cv·repeats):
@@ -218,6 +222,8 @@ def evaluate(
     tasks = [(r, k) for r in range(repeats) for k in range(cv) if ((data["folds"][r] == k) & at_eval).any()]
     per_fold = parallel_map(_fold_task, tasks, data, n_jobs)
     out = {name: _summary([f[name] for f in per_fold]) for name in specs}
+    for name, skill in _skill_vs_mean(per_fold, groups, specs).items():
+        out[name].update(skill)
     out["paired"] = _paired(per_fold, specs, cv)
     out["settings"] = {
         "cv": cv,
@@ -266,6 +272,49 @@ def _summary(entries: list) -> dict:
     for key in METRICS + INTERVAL_METRICS:
         out[key], out[f"{key}_se"] = _mean_se([e[key] for e in entries])
     return out
+
+
+def _skill_vs_mean(per_fold: list, groups: np.ndarray, specs: dict) -> dict:
+    r"""Pooled out-of-fold skill against the mean predictor, with a jackknife SE over groups.
+
+    .. math:: R^2_{\text{vs mean}} = 1 - \frac{\sum_i (y_i - \hat y_i)^2}{\sum_i (y_i - \bar y_{-i})^2}
+
+    over every evaluation row i, each predicted by the fold that held it out (the mean model's
+    :math:`\bar y_{-i}` is its training fold's mean), with each row's squared errors averaged over
+    the repeats. Unlike the mean of per-fold R² (``r2``), a handful of test rows per fold does not
+    bias it down. The SE is the leave-one-group-out jackknife of the ratio (the groups are the
+    folds' independent units).
+    """
+    if "mean" not in specs:
+        return {}
+    sse = {name: np.zeros(len(groups)) for name in specs}
+    for fold in per_fold:
+        for name in specs:
+            np.add.at(sse[name], fold["test_rows"], fold[name]["sq_err"])
+    held = np.zeros(len(groups), dtype=bool)
+    for fold in per_fold:
+        held[fold["test_rows"]] = True
+    labels, inverse = np.unique(groups[held], return_inverse=True)
+    per_group = {name: np.bincount(inverse, weights=v[held], minlength=len(labels)) for name, v in sse.items()}
+    base = per_group["mean"]
+    out = {}
+    for name in specs:
+        model = per_group[name]
+        skill = 1.0 - model.sum() / base.sum() if base.sum() > 0 else float("nan")
+        out[name] = {"r2_vs_mean": float(skill), "r2_vs_mean_se": _jackknife_ratio_se(model, base)}
+    return out
+
+
+def _jackknife_ratio_se(model: np.ndarray, base: np.ndarray) -> float | None:
+    """Jackknife SE of 1 - sum(model)/sum(base), leaving out one group at a time."""
+    n = model.size
+    if n < 3:
+        return None
+    rest_base = base.sum() - base
+    if np.any(rest_base <= 0):
+        return None
+    loo = 1.0 - (model.sum() - model) / rest_base
+    return float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
 
 
 def _paired(per_fold: list, specs: dict, cv: int) -> dict:

@@ -128,6 +128,10 @@ def test_evaluate_all_models_paired_differences_and_coverage_on_synthetic():
     assert paired["rmse_diff"] == pytest.approx(res["full"]["rmse"] - res["full_no_dynamic"]["rmse"])
     assert paired["rmse_diff_se_corrected"] > paired["rmse_diff_se"] > 0
     assert res["settings"]["depth"] == 100.0 and res["settings"]["folds"] == 3
+    # the pooled skill against the mean: exactly 0 for the mean model, high for full, near its per-fold R²
+    assert res["mean"]["r2_vs_mean"] == 0.0
+    assert 0.5 < res["full"]["r2_vs_mean"] <= 1.0 and res["full"]["r2_vs_mean_se"] > 0
+    assert abs(res["full"]["r2_vs_mean"] - res["full"]["r2"]) < 0.05
     # 300 held-out runs per model: binomial SD sqrt(p(1-p)/300) = 2.3 pts (p=0.8), 1.7 pts (p=0.9); the
     # calibration sets (~100-200 runs) add about as much; 3 combined SDs.
     for model in ("full", "ridge", "tuneahead_recipe", "mean"):
@@ -198,3 +202,25 @@ def test_evaluate_gives_the_same_result_with_one_or_two_processes():
     one = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=1)
     two = evaluate(meta, cv=3, repeats=1, seed=1, scale=100, n_jobs=2)
     assert one == two
+
+
+def test_pooled_skill_against_the_mean_by_hand():
+    """r2_vs_mean pools the held-out squared errors of every fold (averaged over repeats) before the
+    ratio; hand-computed on 4 groups x 1 row, 2 folds, 2 repeats. Its SE is the leave-one-group-out
+    jackknife of the ratio (checked against the textbook formula)."""
+    from plan_probe._evaluate import _skill_vs_mean
+
+    groups = np.array(["a", "b", "c", "d"])
+    def fold(rows, full, mean):
+        return {"test_rows": np.array(rows), "full": {"sq_err": np.array(full, float)}, "mean": {"sq_err": np.array(mean, float)}}
+    # repeat 1: folds {a, b}, {c, d}; repeat 2: folds {a, c}, {b, d}
+    per_fold = [fold([0, 1], [1, 4], [4, 16]), fold([2, 3], [0, 9], [9, 9]),
+                fold([0, 2], [3, 2], [4, 9]), fold([1, 3], [4, 1], [16, 9])]
+    got = _skill_vs_mean(per_fold, groups, {"full": None, "mean": None})
+    model = np.array([1 + 3, 4 + 4, 0 + 2, 9 + 1], float)   # per group, summed over the 2 repeats
+    base = np.array([4 + 4, 16 + 16, 9 + 9, 9 + 9], float)
+    assert got["full"]["r2_vs_mean"] == pytest.approx(1 - model.sum() / base.sum())
+    assert got["mean"]["r2_vs_mean"] == 0.0
+    loo = np.array([1 - (model.sum() - model[i]) / (base.sum() - base[i]) for i in range(4)])
+    assert got["full"]["r2_vs_mean_se"] == pytest.approx(np.sqrt(3 / 4 * np.sum((loo - loo.mean()) ** 2)))
+
