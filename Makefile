@@ -40,6 +40,8 @@ LLM_TIER ?= experiments/metadataset/built/llm_v3
 LLM_BUILD ?= build/llm_v3
 LLM_MIN_RUNS ?= 120
 LLM_DEFAULTS ?= planner/defaults/llm
+# NUTS length of the shipped risk model (56 provisional v3 runs: 400 + 400 left R-hat 1.13, bulk ESS 10, 9 divergences; 1000 + 1000: 1.02, 78, 2)
+LLM_NUTS ?= --warmup 1000 --draws 1000
 LLM_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 llm-defaults: venv
@@ -56,7 +58,7 @@ llm-defaults: venv
 	mkdir -p $(LLM_TIER)/static
 	cp $(LLM_BUILD)/static/*.json $(LLM_TIER)/static/
 	cp $(LLM_BUILD)/meta.parquet $(LLM_BUILD)/runs.parquet $(LLM_BUILD)/check.md $(LLM_TIER)/
-	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS)
+	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS) $(LLM_NUTS)
 
 bench: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/plan-probe bench $(BENCH_ARGS)
