@@ -288,12 +288,11 @@ def _skill_vs_mean(per_fold: list, groups: np.ndarray, specs: dict) -> dict:
     if "mean" not in specs:
         return {}
     sse = {name: np.zeros(len(groups)) for name in specs}
-    for fold in per_fold:
-        for name in specs:
-            np.add.at(sse[name], fold["test_rows"], fold[name]["sq_err"])
     held = np.zeros(len(groups), dtype=bool)
     for fold in per_fold:
         held[fold["test_rows"]] = True
+        for name in specs:
+            np.add.at(sse[name], fold["test_rows"], fold[name]["sq_err"])
     labels, inverse = np.unique(groups[held], return_inverse=True)
     per_group = {name: np.bincount(inverse, weights=v[held], minlength=len(labels)) for name, v in sse.items()}
     base = per_group["mean"]

@@ -54,7 +54,6 @@ def test_default_baseline_reads_the_base_score_of_the_spec_label(tmp_path):
     assert default_baseline(tmp_path) is None  # the base score was not computed in the label's metric
 
 
-
 def _synthetic_runs(n_runs: int = 40, seed: int = 0):
     """One row per run whose label is a line in one static column (noise SD 3, label SD about 20)."""
     rng = np.random.default_rng(seed)
