@@ -22,7 +22,7 @@ descriptors a user's candidate always has: dataset size, duplicate rate, referen
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--risk-method nuts|svi] [--warmup N --draws N] [--min-runs N]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--risk-method nuts|svi] [--warmup N --draws N --chains N --target-accept P --max-tree-depth D] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ RISK_FEATURES = ("static_n_examples", "static_duplicate_rate", "static_ref_ppl_m
 
 
 def gain_share_by_group(predictor) -> dict:
-    """Share of the fitted predictor's total split gain (summed over its boosters) per feature group."""
+    """Share of the fitted predictor's total split gain (summed over its boosters) per feature group.
+
+    Empty when the blend holds no LightGBM member (e.g. the tuned search picked ridge alone).
+    """
     totals: dict = {}
     for booster in predictor.boosters_:
         for name, gain in zip(booster.feature_name(), booster.feature_importance("gain")):
@@ -45,6 +48,11 @@ def gain_share_by_group(predictor) -> dict:
             totals[group] = totals.get(group, 0.0) + float(gain)
     whole = sum(totals.values()) or 1.0
     return {group: round(gain / whole, 3) for group, gain in sorted(totals.items())}
+
+
+def _member_kinds(predictor) -> list:
+    """(kind, scope, weight) of each member of a fitted blend, for the printed summary."""
+    return [[m["kind"], m["scope"], round(float(m["weight"]), 3)] for m in predictor.members_]
 
 
 def _columns(table, prefix: str) -> list:
@@ -91,12 +99,22 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=400, help="NUTS warm-up steps per chain")
     parser.add_argument("--draws", type=int, default=400, help="NUTS draws per chain")
     parser.add_argument("--chains", type=int, default=2, help="NUTS chains")
+    parser.add_argument("--target-accept", type=float, default=0.85,
+                        help="NUTS target acceptance probability (smaller steps near 1: fewer divergences)")
+    parser.add_argument("--max-tree-depth", type=int, default=7, help="NUTS maximum tree depth")
     args = parser.parse_args(argv)
 
     from plan_probe._residuals import residual_observations
     from plan_probe.probes._io import read_table, write_table
     from plan_probe._risk_model import RiskFitSettings, RiskModel
 
+    try:  # validated before any fitting, so a bad sampler setting costs nothing
+        fit_settings = RiskFitSettings(method=args.risk_method, num_warmup=args.warmup, num_samples=args.draws,
+                                       num_chains=args.chains, target_accept=args.target_accept,
+                                       max_tree_depth=args.max_tree_depth)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     build, dest = Path(args.build_dir), Path(args.dest)
     meta = read_table(build / "meta.parquet")
     n_runs = int(meta["run_id"].nunique())
@@ -122,11 +140,11 @@ def main(argv=None) -> int:
         static = fit_static_predictor(runs, seed=args.seed)
         static.save(dest / "predictor_static",
                     extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
-        summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full))
+        summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full),
+                       members_full=_member_kinds(full), members_static=_member_kinds(static))
 
     obs = residual_observations(meta, full.oof_pred_, static_features=RISK_FEATURES)
     write_table(obs, dest / "risk_obs.parquet")
-    fit_settings = RiskFitSettings(method=args.risk_method, num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains)
     risk = RiskModel(fit_settings).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
     for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)

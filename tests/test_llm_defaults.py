@@ -41,6 +41,16 @@ def test_llm_defaults_refuses_too_few_runs(tmp_path, capsys):
     assert not (tmp_path / "dest").exists()
 
 
+def test_llm_defaults_refuses_a_bad_sampler_setting_before_fitting(tmp_path, capsys):
+    """--target-accept outside [0.5, 1): one error line, exit 2, nothing read or written."""
+    from plan_probe.experiments.llm_defaults import main
+
+    assert main([str(tmp_path / "no-build"), str(tmp_path / "dest"), "--target-accept", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: target_accept must be in [0.5, 1)") and "1.5" in err and err.count("\n") == 1
+    assert not (tmp_path / "dest").exists()
+
+
 def test_default_baseline_reads_the_base_score_of_the_spec_label(tmp_path):
     """base.json + spec.toml of a defaults folder -> the base model's score in the label's units."""
     from plan_probe._defaults import default_baseline
