@@ -27,6 +27,9 @@ def runs():
     from plan_probe._defaults import default_path
 
     meta = read_table(default_path("predictor").parent / "meta.parquet")
+    labels = meta.groupby("run_id")["label"].first()
+    tau = float(labels.median())  # about half the runs below: decisions both ways
+    var = float(labels.var())  # the label's scale: the test risk curves below are relative to it
     out = []
     for rid, g in meta.groupby("run_id", sort=True):
         g = g.sort_values("depth")
@@ -36,22 +39,31 @@ def runs():
             "hp": {c: float(first[c]) for c in g.columns if c.startswith("hp_")},
             "dyn": {int(r["depth"]): {c: float(r[c]) for c in g.columns if c.startswith("dyn_")} for _, r in g.iterrows()},
             "label": float(first["label"]),
+            "tau": tau,
+            "var": var,
         })
     return out
 
 
-def steep_risk(l_int=100.0, k=20000.0, alpha=1.0, spread=0.05):
-    """A risk model whose L(c) = L_int + K c^-alpha falls steeply with depth (known population)."""
+def steep_risk(var, l_int=0.01, k=2.0, alpha=1.0, spread=0.05):
+    """A risk model whose L(c) = L_int + K c^-alpha falls steeply with depth (known population); L_int and K
+    are in units of ``var``, the label's variance across the shipped runs (so the curve keeps its shape
+    against the static prior whatever the label's scale)."""
     from plan_probe._risk_model import RiskModel
 
     p = len(RISK_FEATURES)
-    return RiskModel.from_population(np.zeros((3, p)), np.log([l_int, k, alpha]), spread * np.eye(3), list(RISK_FEATURES),
-                                     feature_mean=np.zeros(p), feature_std=np.ones(p))
+    return RiskModel.from_population(np.zeros((3, p)), np.log([l_int * var, k * var, alpha]), spread * np.eye(3),
+                                     list(RISK_FEATURES), feature_mean=np.zeros(p), feature_std=np.ones(p))
+
+
+def flat_risk(var):
+    """A risk curve that does not fall with depth: about half the label's variance at every depth."""
+    return steep_risk(var, l_int=0.48, k=3e-7, alpha=0.1)
 
 
 def probe(models, run, risk=None, **kw):
     risk_model, pred, static = models
-    settings = kw.pop("settings", DecisionSettings(threshold=-50.0, full_cost=120.0))
+    settings = kw.pop("settings", DecisionSettings(threshold=run["tau"], full_cost=120.0))
     return LiveProbe(run["static"], run["hp"], risk_model=risk if risk is not None else risk_model, predictor=pred,
                      static_predictor=static, settings=settings, **kw)
 
@@ -69,7 +81,7 @@ def mc_loss_after(p, ratios, c_lb, c_kg, n=400_000, seed=0):
 
 def test_value_of_next_matches_monte_carlo(models, runs):
     run = runs[0]
-    lp = probe(models, run, risk=steep_risk())
+    lp = probe(models, run, risk=steep_risk(run["var"]))
     d = lp.update(5, run["dyn"][5])
     ratios = np.minimum(lp._post_var(d.next_depth) / lp._post_var(5), 1.0)
     mc, se = mc_loss_after(d.p_above, ratios, lp.c_lb, lp.c_kg)
@@ -79,7 +91,7 @@ def test_value_of_next_matches_monte_carlo(models, runs):
 
 
 def test_continue_exactly_when_value_exceeds_cost(models, runs):
-    steep, flat = steep_risk(), steep_risk(l_int=1500.0, k=1e-3, alpha=0.1)
+    steep, flat = steep_risk(runs[0]["var"]), flat_risk(runs[0]["var"])
     seen = set()
     for run in runs:
         for risk in (steep, flat):
@@ -114,7 +126,8 @@ def test_steep_risk_probes_longer_than_flat(models, runs):
             out.append(lp.decision.depth)
         return np.mean(out)
 
-    assert mean_depth(steep_risk()) > mean_depth(steep_risk(l_int=1500.0, k=1e-3, alpha=0.1))
+    var = runs[0]["var"]
+    assert mean_depth(steep_risk(var)) > mean_depth(flat_risk(var))
 
 
 def test_decision_record_fields_and_json(models, runs):
@@ -167,8 +180,8 @@ def test_hyperparams_without_prefix(models, runs):
 
 @pytest.mark.parametrize("case", ["missing_dyn", "nan_dyn", "order", "same_depth", "bad_depth", "not_mapping"])
 def test_update_bad_input(models, runs, case):
-    run = next(r for r in runs if probe(models, r, risk=steep_risk()).update(5, r["dyn"][5]).action == "continue")
-    lp = probe(models, run, risk=steep_risk())
+    run = next(r for r in runs if probe(models, r, risk=steep_risk(r["var"])).update(5, r["dyn"][5]).action == "continue")
+    lp = probe(models, run, risk=steep_risk(run["var"]))
     lp.update(5, run["dyn"][5])
     dyn = dict(run["dyn"][10])
     args = {
@@ -209,8 +222,8 @@ def test_constructor_bad_input(models, runs):
 
 def test_from_models_dir(tmp_path, runs):
     run = runs[0]
-    settings = DecisionSettings(threshold=-50.0, full_cost=120.0)
+    settings = DecisionSettings(threshold=run["tau"], full_cost=120.0)
     lp = LiveProbe.from_models_dir("default", run["static"], run["hp"], settings)
-    assert lp.depths == (5, 10, 20, 50, 100)
+    assert lp.depths == tuple(sorted(run["dyn"]))  # the depths the shipped meta-dataset recorded
     with pytest.raises(ValueError, match="MODELS_DIR must hold"):
         LiveProbe.from_models_dir(tmp_path, run["static"], run["hp"], settings)

@@ -225,5 +225,9 @@ def test_callback_bad_input(models):
         PlanProbeCallback({"static_n_examples": 1.0}, s, metric_for_outcome="", **models)
     with pytest.raises(ValueError, match="hyperparams must be finite"):
         PlanProbeCallback({"static_n_examples": 1.0}, s, hyperparams={"lr": float("nan")}, **models)
+    from plan_probe._defaults import default_path
+    from plan_probe.probes._io import read_table
+
     cb = PlanProbeCallback({}, s, models_dir="default", hyperparams={"lr": 1e-3, "hp_lora_r": 8})
-    assert cb.record_at == (5, 10, 20, 50, 100) and cb.hyperparams == {"hp_lr": 1e-3, "hp_lora_r": 8.0}
+    shipped_depths = tuple(int(d) for d in sorted(read_table(default_path("predictor").parent / "meta.parquet")["depth"].unique()))
+    assert cb.record_at == shipped_depths and cb.hyperparams == {"hp_lr": 1e-3, "hp_lora_r": 8.0}
