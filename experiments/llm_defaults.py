@@ -50,11 +50,6 @@ def gain_share_by_group(predictor) -> dict:
     return {group: round(gain / whole, 3) for group, gain in sorted(totals.items())}
 
 
-def _member_kinds(predictor) -> list:
-    """(kind, scope, weight) of each member of a fitted blend, for the printed summary."""
-    return [[m["kind"], m["scope"], round(float(m["weight"]), 3)] for m in predictor.members_]
-
-
 def _columns(table, prefix: str) -> list:
     return [c for c in table.columns if c.startswith(prefix)]
 
@@ -141,7 +136,7 @@ def main(argv=None) -> int:
         static.save(dest / "predictor_static",
                     extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
         summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full),
-                       members_full=_member_kinds(full), members_static=_member_kinds(static))
+                       blend_full=full.blend_summary(), blend_static=static.blend_summary())
 
     obs = residual_observations(meta, full.oof_pred_, static_features=RISK_FEATURES)
     write_table(obs, dest / "risk_obs.parquet")

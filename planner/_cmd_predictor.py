@@ -147,7 +147,7 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_
         "scale_mode": model.scale_mode_,
         "seed": seed,
         "members": len(model.blend_),
-        "blend": [{k: m[k] for k in ("kind", "scope", "weight") if k in m} for m in model.members_],
+        "blend": model.blend_summary(),
         "interval_method": model.calibration_method_,
     }
     click.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -425,6 +425,10 @@ class ProbePredictor:
             )
         return s
 
+    def blend_summary(self) -> list:
+        """``{kind, scope, weight}`` of each blend member (what ``fit-predictor`` and ``llm_defaults`` print)."""
+        return [{k: m[k] for k in ("kind", "scope", "weight") if k in m} for m in self.members_]
+
     def _check_fitted(self):
         if not hasattr(self, "blend_"):
             raise ValueError("the predictor must be fitted first, but it is not; call fit or load.")
