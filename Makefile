@@ -62,7 +62,6 @@ llm-defaults: venv
 	mkdir -p $(LLM_TIER)/static
 	cp $(LLM_BUILD)/static/*.json $(LLM_TIER)/static/
 	cp $(LLM_BUILD)/meta.parquet $(LLM_BUILD)/runs.parquet $(LLM_BUILD)/check.md $(LLM_TIER)/
-	rm -rf $(LLM_DEFAULTS)/predictor $(LLM_DEFAULTS)/predictor_static   # a refit blend may hold fewer boosters: no stale model files
 	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_defaults $(LLM_BUILD) $(LLM_DEFAULTS) --min-runs $(LLM_MIN_RUNS) $(LLM_NUTS)
 
 bench: venv

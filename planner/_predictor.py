@@ -253,6 +253,17 @@ def _rank(n: int, coverage: float) -> tuple[int, int]:
     return lo, hi
 
 
+def _remove_stale_model_files(directory: Path, keep: set[str]) -> None:
+    """Delete ``model.txt`` / ``model_<i>.txt`` files a previous save left that the new sidecar does not name.
+
+    A refit with fewer boosters into the same folder would otherwise ship dead booster files beside
+    the live ones (harmless on load, since predictor.json names its files, but misleading).
+    """
+    for path in directory.glob("model*.txt"):
+        if re.fullmatch(r"model(_\d+)?\.txt", path.name) and path.name not in keep:
+            path.unlink()
+
+
 class ProbePredictor:
     """The shared predictor of every probe depth, with CV+ intervals and exact grouped SHAP.
 
@@ -639,6 +650,7 @@ class ProbePredictor:
         if extra:
             sidecar["extra"] = extra
         write_json(sidecar, directory / "predictor.json")
+        _remove_stale_model_files(directory, {name for name, _ in files})
         return directory
 
     @classmethod

@@ -70,6 +70,20 @@ def test_save_load_identical_predictions_without_pickle(fitted, train_meta, tmp_
     np.testing.assert_array_equal(loaded.prob_at_least(X, 55.0), fitted.prob_at_least(X, 55.0))
 
 
+def test_save_into_an_older_predictor_folder_removes_its_dead_booster_files(fitted, train_meta, tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    n_boosters = 1 + len(fitted.fold_models_)
+    # what a previous fit with more boosters left there, plus a file that is not ours
+    (folder / f"model_{n_boosters + 3}.txt").write_text("tree\nstale")
+    (folder / "model_notes.txt").write_text("kept: not a booster name")
+    fitted.save(folder)
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(["predictor.json", "model.txt", "model_notes.txt", *[f"model_{i}.txt" for i in range(1, n_boosters)]])
+    X = train_meta.X.iloc[:50]
+    np.testing.assert_array_equal(ProbePredictor.load(folder).predict(X), fitted.predict(X))
+
+
 def test_same_seed_gives_byte_identical_model(train_meta, tmp_path):
     m = train_meta
     for name in ("a", "b"):
