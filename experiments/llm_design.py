@@ -13,6 +13,12 @@ checked on the records built so far (a pilot, or the whole tier), from the recor
 
 ``python -m plan_probe.experiments.llm_tier check SPEC --out DIR`` prints the result as JSON
 (``--markdown``: the tables of the tier's README).
+
+``design_oracle_table`` (stage ``oracle``) answers a different question: how much of the label
+could a predictor explain if the static descriptors were perfect, i.e. were the design's own
+defect parameters? ``plan-probe evaluate`` on that table is the ceiling of what descriptors of the
+dataset can reach on the tier; what it leaves unexplained is the run-to-run variation of the
+training itself.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DesignCriteria", "design_check", "design_markdown", "replace_marked_block"]
+__all__ = ["DesignCriteria", "design_check", "design_markdown", "design_oracle_table", "replace_marked_block"]
 
 BEGIN, END = "<!-- llm-tier-check:begin -->", "<!-- llm-tier-check:end -->"
 
@@ -217,3 +223,33 @@ def replace_marked_block(path: str | Path, text: str) -> None:
     tail = rest.split(END, 1)[1]
     with atomic_path(path) as tmp:
         tmp.write_text(f"{head}{BEGIN}\n{text.rstrip()}\n{END}{tail}", encoding="utf-8")
+
+
+# variant keys that describe a defect (or the size) of a run's dataset, as numbers
+_ORACLE_AXES = ("n", *_DEFECT_AXES)
+
+
+def design_oracle_table(meta, runs):
+    """``meta`` with its ``static_*`` columns replaced by the true design of each run's dataset variant.
+
+    Columns ``static_design_<axis>`` for the size ``n`` and every defect axis, taken from the
+    ``variant_<axis>`` columns of ``runs`` (one row per run; a missing or null defect is the
+    no-defect value, e.g. imbalance None = balanced = 0). Hyperparameter, dynamic, depth, id and
+    label columns are kept as they are, so ``plan-probe evaluate`` compares like with like.
+    """
+    import pandas as pd
+
+    design = pd.DataFrame({"run_id": runs["run_id"]})
+    for axis in _ORACLE_AXES:
+        column = runs.get(f"variant_{axis}")
+        if column is None and axis == "n":
+            raise ValueError("runs must carry variant_n (the dataset size), but it has no such column; assemble the tier again.")
+        default = _DEFECT_AXES.get(axis, np.nan)
+        values = pd.Series(default, index=runs.index) if column is None else pd.to_numeric(column, errors="coerce").fillna(default)
+        design[f"static_design_{axis}"] = values.astype(float)
+    kept = meta.drop(columns=[c for c in meta.columns if c.startswith("static_")])
+    table = kept.merge(design, on="run_id", how="left", validate="many_to_one")
+    if table["static_design_n"].isna().any():
+        missing = table.loc[table["static_design_n"].isna(), "run_id"].iloc[0]
+        raise ValueError(f"every meta row's run must be in runs, but {missing!r} is not; assemble the tier again.")
+    return table

@@ -15,6 +15,8 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
 * ``static``: static descriptors of every distinct dataset variant (frozen base model);
 * ``runs``: the runs (shardable: ``--shard i/m`` runs every m-th run, for parallel workers);
 * ``check``: the design criteria of issue #19 on the records so far (``experiments/llm_design.py``);
+* ``oracle``: ``design_oracle.parquet``, the meta table with the true design parameters in place of the
+  static descriptors (``llm_design.design_oracle_table``: the ceiling of any dataset descriptor);
 * ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label) and ``runs.parquet``
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble"]
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble", "write_design_oracle"]
 
 log = logging.getLogger(__name__)
 
@@ -526,9 +528,25 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     return summary
 
 
+def write_design_oracle(out: Path) -> dict:
+    """``out/design_oracle.parquet`` from the assembled ``meta.parquet`` and ``runs.parquet``."""
+    import pandas as pd
+
+    from plan_probe.experiments.llm_design import design_oracle_table
+    from plan_probe.probes._io import write_table
+
+    tables = {name: out / f"{name}.parquet" for name in ("meta", "runs")}
+    for name, path in tables.items():
+        if not path.is_file():
+            raise ValueError(f"the oracle stage needs {name}.parquet, but {str(path)!r} does not exist; run the assemble stage first.")
+    table = design_oracle_table(pd.read_parquet(tables["meta"]), pd.read_parquet(tables["runs"]))
+    write_table(table, out / "design_oracle.parquet")
+    return {"design_oracle_rows": len(table), "columns": [c for c in table.columns if c.startswith("static_")]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check"))
+    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check", "oracle"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
@@ -590,6 +608,12 @@ def main(argv=None) -> int:
         if args.markdown:
             print(design_markdown(result), end="")
             return 0
+    elif args.stage == "oracle":
+        try:
+            result = write_design_oracle(out)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     else:
         result = assemble(spec, out)
     print(json.dumps(_finite(result), sort_keys=True))

@@ -140,3 +140,37 @@ def test_check_into_replaces_only_the_marked_block(tmp_path):
     unmarked.write_text("no markers\n")
     assert main(["check", str(spec_path), "--out", str(out), "--into", str(unmarked)]) == 2
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_design_oracle_table_puts_the_true_design_in_place_of_the_static_descriptors(tmp_path, capsys):
+    import pandas as pd
+
+    from plan_probe.experiments.llm_design import design_oracle_table
+    from plan_probe.experiments.llm_tier import main
+
+    meta = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "variant_id": ["v", "v", "w", "w"], "depth": [5, 10, 5, 10],
+                         "static_n_examples": [40.0, 40.0, 500.0, 500.0], "hp_lr": [1e-4, 1e-4, 1e-3, 1e-3],
+                         "dyn_loss_decay": [-0.1, -0.2, -0.3, -0.4], "label": [3.0, 3.0, -7.0, -7.0]})
+    runs = pd.DataFrame({"run_id": ["b", "a", "c"], "variant_n": [500, 40, 150], "variant_label_noise": [0.3, 0.0, 0.0],
+                         "variant_duplicate_rate": [0.0, 0.5, 0.0], "variant_imbalance": [None, 0.95, 0.8],
+                         "variant_seed": [1, 2, 3]})  # no off_task column: a three-way-era tier
+    table = design_oracle_table(meta, runs)
+    assert [c for c in table.columns if c.startswith("static_")] == [
+        "static_design_n", "static_design_label_noise", "static_design_duplicate_rate", "static_design_imbalance",
+        "static_design_off_task"]
+    assert table["static_design_n"].tolist() == [40.0, 40.0, 500.0, 500.0]
+    # imbalance None = balanced; a missing off_task axis = no off-task records; the seed is not a design feature
+    assert table["static_design_imbalance"].tolist() == [0.95, 0.95, 0.0, 0.0] and (table["static_design_off_task"] == 0).all()
+    pd.testing.assert_frame_equal(table[["run_id", "depth", "hp_lr", "dyn_loss_decay", "label"]],
+                                  meta[["run_id", "depth", "hp_lr", "dyn_loss_decay", "label"]])
+    # the stage: written next to the assembled tables; without them, one error line and exit 2
+    meta.to_parquet(tmp_path / "meta.parquet")
+    runs.to_parquet(tmp_path / "runs.parquet")
+    spec = _spec_file(tmp_path)
+    assert main(["oracle", str(spec), "--out", str(tmp_path)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "design_oracle.parquet"), table)
+    capsys.readouterr()
+    assert main(["oracle", str(spec), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the oracle stage needs meta.parquet")
+    assert not (tmp_path / "none").exists()
