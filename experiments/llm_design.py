@@ -19,6 +19,11 @@ could a predictor explain if the static descriptors were perfect, i.e. were the 
 defect parameters? ``plan-probe evaluate`` on that table is the ceiling of what descriptors of the
 dataset can reach on the tier; what it leaves unexplained is the run-to-run variation of the
 training itself.
+
+``replicate_spread`` (stage ``replicates``) measures that variation directly: runs of the same
+design point (dataset variant and hyperparameters; new data sample and training seed) pooled into
+a within-point variance, as a share of the tier's label variance. One minus that share bounds the
+R² of any predictor whose inputs are fixed before training starts.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DesignCriteria", "design_check", "design_markdown", "design_oracle_table", "replace_marked_block"]
+__all__ = ["DesignCriteria", "design_check", "design_markdown", "design_oracle_table", "replace_marked_block", "replicate_spread"]
 
 BEGIN, END = "<!-- llm-tier-check:begin -->", "<!-- llm-tier-check:end -->"
 
@@ -253,3 +258,54 @@ def design_oracle_table(meta, runs):
         missing = table.loc[table["static_design_n"].isna(), "run_id"].iloc[0]
         raise ValueError(f"every meta row's run must be in runs, but {missing!r} is not; assemble the tier again.")
     return table
+
+
+def _design_point(rec: dict) -> str:
+    """A run's design point: its variant without the seed, and its hyperparameters (as sorted JSON)."""
+    import json
+
+    variant = {k: v for k, v in rec["variant"].items() if k != "seed"}
+    variant["imbalance"] = variant.get("imbalance") or 0.0  # None and 0 both mean balanced
+    return json.dumps({"variant": variant, "hp": rec["hp_config"]}, sort_keys=True)
+
+
+def replicate_spread(tier_records: list[dict], replicate_records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Within-design-point variance of the label, pooled, against the tier's label variance.
+
+    s²_within = Σ_g Σ_i (y_gi − ȳ_g)² / Σ_g (n_g − 1) over the design points g with at least two ok
+    runs among ``tier_records`` + ``replicate_records``; the tier's variance is the sample variance of
+    the ok ``tier_records`` labels (the design's own spread). ``share`` = s²_within / var(tier) and
+    ``r2_ceiling`` = 1 − share. The 90 % interval of ``share`` resamples the design points (a
+    bootstrap over groups, ``n_boot`` draws, seeded): the spread differs a lot from one point to
+    another, so a chi-square interval that assumes one common variance would be too narrow.
+    The evaluation noise (mean label_se²) is reported beside it: it is part of s²_within.
+    """
+    ok_tier = [r for r in tier_records if r["status"] == "ok"]
+    groups: dict[str, list[dict]] = {}
+    for rec in ok_tier + [r for r in replicate_records if r["status"] == "ok"]:
+        groups.setdefault(_design_point(rec), []).append(rec)
+    reps = [g for g in groups.values() if len(g) >= 2]
+    if len(ok_tier) < 3 or len(reps) < 2:
+        raise ValueError(f"replicate spread needs >= 3 ok tier runs and >= 2 design points with >= 2 runs, but got "
+                         f"{len(ok_tier)} and {len(reps)}; build the replicate runs first.")
+    tier_var = float(np.var([r["result"]["label"] for r in ok_tier], ddof=1))
+    ss = np.array([float(np.sum((y - y.mean()) ** 2)) for y in (np.array([r["result"]["label"] for r in g]) for g in reps)])
+    df = np.array([len(g) - 1 for g in reps], dtype=float)
+    within = float(ss.sum() / df.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(reps), size=(n_boot, len(reps)))
+    boot = ss[draws].sum(axis=1) / df[draws].sum(axis=1) / tier_var
+    eval_var = float(np.mean([r["result"]["label_se"] ** 2 for g in reps for r in g]))
+    points = [{"design_point": g[0]["run_id"], "labels": [round(float(r["result"]["label"]), 2) for r in g],
+               "sd": float(np.std([r["result"]["label"] for r in g], ddof=1)), **_flat_point(g[0])} for g in reps]
+    return {"design_points": len(reps), "runs": int(sum(len(g) for g in reps)), "df": int(df.sum()),
+            "within_sd": within ** 0.5, "tier_sd": tier_var ** 0.5, "share": within / tier_var,
+            "share_90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))],
+            "r2_ceiling": 1.0 - within / tier_var, "eval_noise_share": eval_var / tier_var, "points": points}
+
+
+def _flat_point(rec: dict) -> dict:
+    """The design axes of a record, flat (for the per-point table)."""
+    v, hp = rec["variant"], rec["hp_config"]
+    return {"n": v["n"], "label_noise": v["label_noise"], "duplicate_rate": v["duplicate_rate"],
+            "imbalance": v.get("imbalance") or 0.0, "off_task": v.get("off_task", 0.0), **hp}

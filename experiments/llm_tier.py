@@ -17,6 +17,9 @@ Stages, each resumable (one atomic JSON record per unit; a rerun skips finished 
 * ``check``: the design criteria of issue #19 on the records so far (``experiments/llm_design.py``);
 * ``oracle``: ``design_oracle.parquet``, the meta table with the true design parameters in place of the
   static descriptors (``llm_design.design_oracle_table``: the ceiling of any dataset descriptor);
+* ``replicates``: the within-design-point spread of the label (``llm_design.replicate_spread``), from this
+  spec's records (runs repeating design points of another tier, e.g. ``llm_v3_replicates.toml``) and the
+  records of the tier they repeat (``--against DIR``);
 * ``assemble``: ``meta.parquet`` (run x depth: static_*, hp_*, dyn_*, label) and ``runs.parquet``
   (one row per run, any status, with the label's evaluation standard error ``label_se``; kept out
   of ``meta.parquet`` because it is a function of the label, not a feature).
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble", "write_design_oracle"]
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble", "write_design_oracle", "replicates"]
 
 log = logging.getLogger(__name__)
 
@@ -528,6 +531,25 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     return summary
 
 
+def _records(folder: Path, what: str) -> list[dict]:
+    from plan_probe.probes._io import read_json
+
+    paths = sorted((folder / "records").glob("*.json"))
+    if not paths:
+        raise ValueError(f"{what} must hold run records in records/*.json, but {str(folder)!r} has none; pass the folder given to --out of the runs stage.")
+    return [read_json(p) for p in paths]
+
+
+def replicates(out: Path, against: str | None) -> dict:
+    """The within-design-point spread of the label: runs in ``out`` repeating design points of the tier in ``against``."""
+    from plan_probe.experiments.llm_design import replicate_spread
+
+    if not against:
+        raise ValueError("the replicates stage needs --against, the tier folder whose design points the runs repeat, but got none; "
+                         "pass e.g. --against experiments/metadataset/built/llm_v3.")
+    return replicate_spread(_records(Path(against), "--against"), _records(out, "--out"))
+
+
 def write_design_oracle(out: Path) -> dict:
     """``out/design_oracle.parquet`` from the assembled ``meta.parquet`` and ``runs.parquet``."""
     import pandas as pd
@@ -546,7 +568,7 @@ def write_design_oracle(out: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_tier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check", "oracle"))
+    parser.add_argument("stage", choices=("base", "static", "runs", "assemble", "check", "oracle", "replicates"))
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
     parser.add_argument("--shard", default="0/1", help="i/m: run every m-th candidate starting at i")
@@ -561,6 +583,7 @@ def main(argv=None) -> int:
                         help="check stage: write the Markdown tables between the llm-tier-check markers of this file (e.g. the tier README)")
     parser.add_argument("--recorded-only", action="store_true", help="static stage: only variants that have run records")
     parser.add_argument("--model", default=None, help="override the spec's model (e.g. a .gguf path on another machine)")
+    parser.add_argument("--against", default=None, help="replicates stage: the output folder of the tier whose design points the runs repeat")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -608,6 +631,12 @@ def main(argv=None) -> int:
         if args.markdown:
             print(design_markdown(result), end="")
             return 0
+    elif args.stage == "replicates":
+        try:
+            result = replicates(out, args.against)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     elif args.stage == "oracle":
         try:
             result = write_design_oracle(out)

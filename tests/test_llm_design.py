@@ -174,3 +174,40 @@ def test_design_oracle_table_puts_the_true_design_in_place_of_the_static_descrip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the oracle stage needs meta.parquet")
     assert not (tmp_path / "none").exists()
+
+
+def _rec(run_id, label, *, n=40, noise=0.0, lr=1e-4, seed=0, imbalance=None, status="ok"):
+    return {"run_id": run_id, "status": status, "variant": {"n": n, "label_noise": noise, "duplicate_rate": 0.0, "imbalance": imbalance,
+                                                           "seed": seed, "task": "binary", "off_task": 0.0},
+            "hp_config": {"lr": lr, "batch_size": 4, "lora_r": 8}, "result": {"label": label, "label_se": 2.0}}
+
+
+def test_replicate_spread_pools_within_point_variance_against_the_tier_variance():
+    from plan_probe.experiments.llm_design import replicate_spread
+
+    tier = [_rec("a", 10.0, n=40), _rec("b", -20.0, n=150), _rec("c", 0.0, n=500), _rec("d", 30.0, n=2000),
+            _rec("x", 99.0, n=40, status="diverged")]
+    # two replicates of a (imbalance 0 = None: the same point), one of b, one of a point the tier lacks
+    reps = [_rec("a1", 14.0, n=40, seed=1, imbalance=0.0), _rec("a2", 12.0, n=40, seed=2), _rec("b1", -10.0, n=150, seed=3),
+            _rec("z1", 5.0, n=40, noise=0.3, seed=4)]
+    got = replicate_spread(tier, reps, n_boot=500, seed=1)
+    # by hand: point a {10, 14, 12}: SS 8, df 2; point b {-20, -10}: SS 50, df 1; tier var of {10, -20, 0, 30}
+    tier_var = np.var([10.0, -20.0, 0.0, 30.0], ddof=1)
+    assert got["design_points"] == 2 and got["runs"] == 5 and got["df"] == 3
+    assert got["within_sd"] == pytest.approx(np.sqrt(58.0 / 3.0), rel=1e-12)
+    assert got["share"] == pytest.approx(58.0 / 3.0 / tier_var, rel=1e-12) and got["r2_ceiling"] == pytest.approx(1 - got["share"])
+    assert got["eval_noise_share"] == pytest.approx(4.0 / tier_var)
+    lo, hi = got["share_90"]
+    # resampling two groups: every draw's pooled ratio lies between the two groups' own ratios
+    assert lo <= hi and min(8.0 / 2, 50.0 / 1) / tier_var - 1e-12 <= lo and hi <= max(8.0 / 2, 50.0 / 1) / tier_var + 1e-12
+    assert replicate_spread(tier, reps, n_boot=500, seed=1) == got  # seeded
+    with pytest.raises(ValueError, match="2 design points with >= 2 runs"):
+        replicate_spread(tier, reps[-1:])
+
+
+def test_replicates_stage_without_against_is_one_error_line(tmp_path, capsys):
+    from plan_probe.experiments.llm_tier import main
+
+    assert main(["replicates", str(_spec_file(tmp_path)), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the replicates stage needs --against")
