@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DesignCriteria", "design_check", "design_markdown", "design_oracle_table", "replace_marked_block", "replicate_spread"]
+__all__ = ["DesignCriteria", "design_check", "design_markdown", "design_oracle_table", "design_visibility", "replace_marked_block", "replicate_spread"]
 
 BEGIN, END = "<!-- llm-tier-check:begin -->", "<!-- llm-tier-check:end -->"
 
@@ -309,3 +309,36 @@ def _flat_point(rec: dict) -> dict:
     v, hp = rec["variant"], rec["hp_config"]
     return {"n": v["n"], "label_noise": v["label_noise"], "duplicate_rate": v["duplicate_rate"],
             "imbalance": v.get("imbalance") or 0.0, "off_task": v.get("off_task", 0.0), **hp}
+
+
+def design_visibility(meta, oracle, *, folds: int = 5, seed: int = 0) -> dict:
+    """How well the static descriptors recover each design axis: out-of-fold R² per axis.
+
+    One row per run (the static descriptors do not change with depth). For every
+    ``static_design_<axis>`` column of ``oracle``, a LightGBM regressor on the ``static_*`` columns of
+    ``meta`` (small trees: a few hundred runs) predicts the axis in ``folds`` seeded folds;
+    R² = 1 − Σ(axis − prediction)² / Σ(axis − mean)². An axis the descriptors cannot see (R² near 0)
+    is a defect the predictor can only guess at from its effects on the label.
+    """
+    import lightgbm
+
+    runs = meta.drop_duplicates("run_id").set_index("run_id")
+    design = oracle.drop_duplicates("run_id").set_index("run_id").loc[runs.index]
+    X = runs[[c for c in runs.columns if c.startswith("static_")]].to_numpy(dtype=float)
+    order = np.random.default_rng(seed).permutation(len(runs))
+    fold_of = np.empty(len(runs), dtype=int)
+    fold_of[order] = np.arange(len(runs)) % folds
+    params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 5,
+              "verbose": -1, "seed": seed, "deterministic": True, "num_threads": 1}
+    out = {}
+    for column in (c for c in design.columns if c.startswith("static_design_")):
+        y = design[column].to_numpy(dtype=float)
+        if np.var(y) == 0:
+            continue  # an axis the design does not vary
+        pred = np.empty_like(y)
+        for k in range(folds):
+            train = fold_of != k
+            booster = lightgbm.train(params, lightgbm.Dataset(X[train], y[train]), num_boost_round=200)
+            pred[~train] = booster.predict(X[~train])
+        out[column.removeprefix("static_design_")] = float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+    return out

@@ -551,19 +551,22 @@ def replicates(out: Path, against: str | None) -> dict:
 
 
 def write_design_oracle(out: Path) -> dict:
-    """``out/design_oracle.parquet`` from the assembled ``meta.parquet`` and ``runs.parquet``."""
+    """``out/design_oracle.parquet`` from the assembled ``meta.parquet`` and ``runs.parquet``, and how well
+    the static descriptors recover each design axis (``visibility_r2``, ``llm_design.design_visibility``)."""
     import pandas as pd
 
-    from plan_probe.experiments.llm_design import design_oracle_table
+    from plan_probe.experiments.llm_design import design_oracle_table, design_visibility
     from plan_probe.probes._io import write_table
 
     tables = {name: out / f"{name}.parquet" for name in ("meta", "runs")}
     for name, path in tables.items():
         if not path.is_file():
             raise ValueError(f"the oracle stage needs {name}.parquet, but {str(path)!r} does not exist; run the assemble stage first.")
-    table = design_oracle_table(pd.read_parquet(tables["meta"]), pd.read_parquet(tables["runs"]))
+    meta = pd.read_parquet(tables["meta"])
+    table = design_oracle_table(meta, pd.read_parquet(tables["runs"]))
     write_table(table, out / "design_oracle.parquet")
-    return {"design_oracle_rows": len(table), "columns": [c for c in table.columns if c.startswith("static_")]}
+    return {"design_oracle_rows": len(table), "columns": [c for c in table.columns if c.startswith("static_")],
+            "visibility_r2": design_visibility(meta, table)}
 
 
 def main(argv=None) -> int:

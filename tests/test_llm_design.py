@@ -211,3 +211,22 @@ def test_replicates_stage_without_against_is_one_error_line(tmp_path, capsys):
     assert main(["replicates", str(_spec_file(tmp_path)), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the replicates stage needs --against")
+
+
+def test_design_visibility_sees_an_axis_a_descriptor_carries_and_not_an_independent_one():
+    import pandas as pd
+
+    from plan_probe.experiments.llm_design import design_visibility
+
+    rng = np.random.default_rng(0)
+    runs = [f"r{i}" for i in range(200)]
+    seen, unseen = rng.choice([0.0, 0.3, 0.6], 200), rng.choice([0.0, 0.5], 200)
+    # two depth rows a run, as in a meta table; the descriptors repeat across depths
+    meta = pd.DataFrame({"run_id": np.repeat(runs, 2), "depth": np.tile([5, 10], 200),
+                         "static_a": np.repeat(seen + rng.normal(0, 0.01, 200), 2), "static_b": np.repeat(rng.normal(size=200), 2)})
+    oracle = pd.DataFrame({"run_id": runs, "static_design_seen": seen, "static_design_unseen": unseen,
+                           "static_design_constant": np.zeros(200)})
+    got = design_visibility(meta, oracle)
+    assert set(got) == {"seen", "unseen"}  # an axis the design does not vary is left out
+    assert got["seen"] > 0.95 and got["unseen"] < 0.1
+    assert design_visibility(meta, oracle) == got  # seeded and deterministic
