@@ -428,3 +428,21 @@ def test_static_files_without_every_current_column_are_recomputed(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"static": {k: v for k, v in full.items() if k != "static_output_majority_share"}}))
     assert _static_complete(tmp_path / "new.json")
     assert not _static_complete(tmp_path / "old.json") and not _static_complete(tmp_path / "missing.json")
+
+
+def test_llm_v3_replicates_repeat_recorded_v3_design_points_under_the_v3_protocol():
+    from plan_probe.experiments.llm_design import _design_point
+    from plan_probe.experiments.llm_tier import candidates, load_llm_spec
+
+    v3 = load_llm_spec(_repo_file(_LLM_V3_SPEC))
+    rep = load_llm_spec(_repo_file("experiments/metadataset/specs/llm_v3_replicates.toml"))
+    same = ("steps", "record_at", "eval_examples", "static_sample", "max_length", "grid", "lora_alpha_ratio", "label_metric",
+            "task", "lr_decay_steps", "model")
+    assert {k: getattr(rep, k) for k in same} == {k: getattr(v3, k) for k in same}
+    assert rep.seed != v3.seed  # new data samples and training seeds
+    assert len(rep.references) == 16 and all(rep.references[i] == rep.references[i + 1] for i in range(0, 16, 2))
+    recorded = {_design_point(json.loads(p.read_text())) for p in _repo_file("experiments/metadataset/built/llm_v3/records").glob("*.json")}
+    cands = candidates(rep)
+    points = [_design_point({"variant": c.variant, "hp_config": c.hp}) for c in cands[:16]]
+    assert all(p in recorded for p in points) and len(set(points)) == 8
+    assert len({c.run_id for c in cands}) == len(cands) and not {c.run_id for c in cands} & {c.run_id for c in candidates(v3)}
