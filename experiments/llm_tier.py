@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble", "write_design_oracle", "replicates"]
+__all__ = ["LLMTierSpec", "Candidate", "load_llm_spec", "candidates", "pending_runs", "run_base", "run_static", "run_runs", "assemble", "write_design_oracle", "replicates", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -531,12 +531,14 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
     return summary
 
 
-def _records(folder: Path, what: str) -> list[dict]:
+def read_records(folder: Path, what: str) -> list[dict]:
+    """Every run record (``*.json``) in ``folder``, a runs stage's ``OUT/records``, sorted by file name."""
     from plan_probe.probes._io import read_json
 
-    paths = sorted((folder / "records").glob("*.json"))
+    paths = sorted(folder.glob("*.json"))
     if not paths:
-        raise ValueError(f"{what} must hold run records in records/*.json, but {str(folder)!r} has none; pass the folder given to --out of the runs stage.")
+        raise ValueError(f"{what} must hold run records (*.json), but {str(folder)!r} has none; pass a runs stage's --out folder "
+                         "(its records/ for --records).")
     return [read_json(p) for p in paths]
 
 
@@ -547,7 +549,7 @@ def replicates(out: Path, against: str | None) -> dict:
     if not against:
         raise ValueError("the replicates stage needs --against, the tier folder whose design points the runs repeat, but got none; "
                          "pass e.g. --against experiments/metadataset/built/llm_v3.")
-    return replicate_spread(_records(Path(against), "--against"), _records(out, "--out"))
+    return replicate_spread(read_records(Path(against) / "records", "--against"), read_records(out / "records", "--out"))
 
 
 def write_design_oracle(out: Path) -> dict:
