@@ -309,20 +309,21 @@ def _flat_point(rec: dict) -> dict:
             "imbalance": v.get("imbalance") or 0.0, "off_task": v.get("off_task", 0.0), **hp}
 
 
-def design_visibility(meta, oracle, *, folds: int = 5, seed: int = 0) -> dict:
-    """How well the static descriptors recover each design axis: out-of-fold R² per axis.
+def design_visibility(meta, oracle, *, prefixes: tuple[str, ...] = ("static_",), folds: int = 5, seed: int = 0) -> dict:
+    """How well a run's features recover each design axis: out-of-fold R² per axis.
 
-    One row per run (the static descriptors do not change with depth). For every
-    ``static_design_<axis>`` column of ``oracle``, a LightGBM regressor on the ``static_*`` columns of
-    ``meta`` (small trees: a few hundred runs) predicts the axis in ``folds`` seeded folds;
-    R² = 1 − Σ(axis − prediction)² / Σ(axis − mean)². An axis the descriptors cannot see (R² near 0)
-    is a defect the predictor can only guess at from its effects on the label.
+    One row per run: the first row of each run in ``meta`` (pass the rows of one depth when the
+    features include ``dyn_*``; the static descriptors do not change with depth). For every
+    ``static_design_<axis>`` column of ``oracle``, a LightGBM regressor on the ``meta`` columns
+    starting with ``prefixes`` (small trees: a few hundred runs) predicts the axis in ``folds``
+    seeded folds; R² = 1 − Σ(axis − prediction)² / Σ(axis − mean)². An axis the features cannot
+    see (R² near 0) is a defect the predictor can only guess at from its effects on the label.
     """
     import lightgbm
 
     runs = meta.drop_duplicates("run_id").set_index("run_id")
     design = oracle.drop_duplicates("run_id").set_index("run_id").loc[runs.index]
-    X = runs[[c for c in runs.columns if c.startswith("static_")]].to_numpy(dtype=float)
+    X = runs[[c for c in runs.columns if c.startswith(prefixes)]].to_numpy(dtype=float)
     order = np.random.default_rng(seed).permutation(len(runs))
     fold_of = np.empty(len(runs), dtype=int)
     fold_of[order] = np.arange(len(runs)) % folds

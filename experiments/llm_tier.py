@@ -554,7 +554,8 @@ def replicates(out: Path, against: str | None) -> dict:
 
 def write_design_oracle(out: Path) -> dict:
     """``out/design_oracle.parquet`` from the assembled ``meta.parquet`` and ``runs.parquet``, and how well
-    the static descriptors recover each design axis (``visibility_r2``, ``llm_design.design_visibility``)."""
+    the static descriptors recover each design axis (``visibility_r2``, ``llm_design.design_visibility``),
+    alone and with the probe features of the deepest depth (``visibility_r2_with_probe``)."""
     import pandas as pd
 
     from plan_probe.experiments.llm_design import design_oracle_table, design_visibility
@@ -567,8 +568,11 @@ def write_design_oracle(out: Path) -> dict:
     meta = pd.read_parquet(tables["meta"])
     table = design_oracle_table(meta, pd.read_parquet(tables["runs"]))
     write_table(table, out / "design_oracle.parquet")
+    deepest = meta[meta["depth"] == meta["depth"].max()]
     return {"design_oracle_rows": len(table), "columns": [c for c in table.columns if c.startswith("static_")],
-            "visibility_r2": design_visibility(meta, table)}
+            "visibility_r2": design_visibility(meta, table),
+            # the same with the probe's features at the deepest depth: does the probe see what the descriptors miss?
+            "visibility_r2_with_probe": design_visibility(deepest, table, prefixes=("static_", "dyn_"))}
 
 
 def main(argv=None) -> int:
