@@ -149,14 +149,18 @@ def summarise(lines: list[dict], metric: str) -> dict:
     y = np.array([ln["label"] for ln in scored], dtype=float)
     if x.size < 4:
         raise ValueError(f"a summary needs at least 4 scored runs, but got {x.size}; score more runs first.")
+    summary = {"runs": int(x.size), "metric": metric, "all_match_record": all(ln["matches_record"] for ln in scored),
+               "pearson": None, "spearman": None, "loo_r2": None,
+               "median_cpu_time_s": float(np.median([ln["cpu_time_s"] for ln in scored]))}
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # every run scored (or labelled) alike: no correlation is defined
+        return summary
     X = np.column_stack([np.ones_like(x), x])
     hat = X @ np.linalg.pinv(X)
     resid = y - hat @ y
     loo = resid / (1.0 - np.diag(hat))  # leave-one-out residuals of least squares, in closed form
-    return {"runs": int(x.size), "metric": metric, "all_match_record": all(ln["matches_record"] for ln in scored),
-            "pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]),
-            "loo_r2": float(1.0 - np.mean(loo**2) / np.var(y)),
-            "median_cpu_time_s": float(np.median([ln["cpu_time_s"] for ln in scored]))}
+    summary.update(pearson=float(stats.pearsonr(x, y)[0]), spearman=float(stats.spearmanr(x, y)[0]),
+                   loo_r2=float(1.0 - np.mean(loo**2) / np.var(y)))
+    return summary
 
 
 def main(argv=None) -> int:

@@ -595,68 +595,54 @@ def main(argv=None) -> int:
     parser.add_argument("--against", default=None, help="replicates stage: the output folder of the tier whose design points the runs repeat")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # every stage reports bad input (spec, folders, files) the same way: one error line, exit code 2
     try:
-        spec = load_llm_spec(args.spec)
-        i, m = (int(v) for v in args.shard.split("/"))
-    except ValueError as exc:
+        result, markdown = _run_stage(args)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if args.stage == "base":
-        result = {"base_computed": run_base(spec, out, device=args.device, model_spec=args.model)}
-    elif args.stage == "static":
-        result = {"static_computed": run_static(spec, out, device=args.device, recorded_only=args.recorded_only)}
-    elif args.stage == "runs":
-        if args.dry_run:
-            try:
-                todo, skipped = pending_runs(spec, out, shard=(i, m), limit=args.limit)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            result = {"skipped": skipped, "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}
-        else:
-            try:
-                result = run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit,
-                                  time_budget_s=args.time_budget)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-    elif args.stage == "check":
-        from plan_probe.experiments.llm_design import design_check, design_markdown
-
-        try:
-            result = design_check(spec, out)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if args.into:
-            from plan_probe.experiments.llm_design import replace_marked_block
-
-            try:
-                replace_marked_block(args.into, design_markdown(result))
-            except (ValueError, OSError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-        if args.markdown:
-            print(design_markdown(result), end="")
-            return 0
-    elif args.stage == "replicates":
-        try:
-            result = replicates(out, args.against)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    elif args.stage == "oracle":
-        try:
-            result = write_design_oracle(out)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    if markdown is not None:
+        print(markdown, end="")
     else:
-        result = assemble(spec, out)
-    print(json.dumps(_finite(result), sort_keys=True))
+        print(json.dumps(_finite(result), sort_keys=True))
     return 0
 
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--shard must be i/m with whole numbers, but got {text!r}; pass e.g. 0/2.")
+    return int(parts[0]), int(parts[1])
+
+
+def _run_stage(args) -> tuple[dict, str | None]:
+    """Run the stage ``args`` names; returns its JSON result and, for ``check --markdown``, the Markdown to print."""
+    spec = load_llm_spec(args.spec)
+    i, m = _parse_shard(args.shard)
+    out = Path(args.out)
+    if args.stage == "base":
+        return {"base_computed": run_base(spec, out, device=args.device, model_spec=args.model)}, None
+    if args.stage == "static":
+        return {"static_computed": run_static(spec, out, device=args.device, recorded_only=args.recorded_only)}, None
+    if args.stage == "runs" and args.dry_run:
+        todo, skipped = pending_runs(spec, out, shard=(i, m), limit=args.limit)
+        return {"skipped": skipped,
+                "pending": [{"run_id": c.run_id, "seed": c.seed, "variant": c.variant, "hp": c.hp} for c in todo]}, None
+    if args.stage == "runs":
+        return run_runs(spec, out, shard=(i, m), device=args.device, model_spec=args.model, limit=args.limit,
+                        time_budget_s=args.time_budget), None
+    if args.stage == "check":
+        from plan_probe.experiments.llm_design import design_check, design_markdown, replace_marked_block
+
+        result = design_check(spec, out)
+        if args.into:
+            replace_marked_block(args.into, design_markdown(result))
+        return result, (design_markdown(result) if args.markdown else None)
+    if args.stage == "replicates":
+        return replicates(out, args.against), None
+    if args.stage == "oracle":
+        return write_design_oracle(out), None
+    return assemble(spec, out), None
 
 if __name__ == "__main__":
     sys.exit(main())

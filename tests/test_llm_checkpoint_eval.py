@@ -50,6 +50,12 @@ def test_rerun_probe_matches_the_record_and_scores_the_reference_once(built, tmp
     assert summary["spearman"] is None or -1 <= summary["spearman"] <= 1
 
 
+def test_summary_of_runs_scored_alike_has_no_correlation():
+    lines = [{"label": float(i), "reference": {"m": 0.5}, "matches_record": True, "cpu_time_s": 1.0} for i in range(5)]
+    summary = ce.summarise(lines, "m")
+    assert summary["runs"] == 5 and summary["pearson"] is None and summary["spearman"] is None and summary["loo_r2"] is None
+
+
 def test_summary_loo_r2_against_a_direct_leave_one_out_fit():
     rng = np.random.default_rng(0)
     x = rng.normal(size=12)

@@ -386,6 +386,19 @@ def test_runs_dry_run_lists_the_pending_runs_and_recognises_records(tmp_path, ca
     assert sorted(p.stem for p in (tmp_path / "records").iterdir()) == sorted(ids[:3] + ids[6:8])  # nothing ran
     assert tier_main(["runs", str(spec_path), "--out", str(tmp_path), "--shard", "2/2", "--dry-run"]) == 2
     assert "shard must be i/m" in capsys.readouterr().err
+    assert tier_main(["runs", str(spec_path), "--out", str(tmp_path), "--shard", "1-2", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --shard must be i/m") and "'1-2'" in err and err.count("\n") == 1
+
+
+def test_every_stage_reports_a_missing_spec_as_one_error_line(tmp_path, capsys):
+    from plan_probe.experiments.llm_tier import main as tier_main
+
+    for stage in ("base", "static", "runs", "assemble", "check", "oracle", "replicates"):
+        assert tier_main([stage, str(tmp_path / "missing.toml"), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, (stage, err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_runs_time_budget_stops_between_runs(tiny_folder, tmp_path):
