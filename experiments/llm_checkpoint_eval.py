@@ -16,8 +16,9 @@ the reference score with the label: Pearson and Spearman correlation and the lea
 the linear fit ``label ~ a + b * score``.
 
 Run as ``python -m plan_probe.experiments.llm_checkpoint_eval run SPEC.toml --records DIR --out FILE``
-(``--pick K`` runs spread over the label's range, or ``--runs ID,ID``) and ``... summary FILE
---records DIR``.
+(``--pick K`` runs spread over the label's range, or ``--runs ID,ID``) and ``... summary FILE``;
+``summary FILE --predictions OOF`` also compares the reference score with a rival prediction of the same
+runs (the out-of-fold predictions of ``plan-probe evaluate ... --predictions OOF``): does it add to it?
 """
 
 from __future__ import annotations
@@ -140,6 +141,35 @@ def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int,
     return {"scored": len(todo), "skipped": len(run_ids) - len(todo)}
 
 
+def _loo_residuals(y: np.ndarray, *columns) -> np.ndarray:
+    """Leave-one-out residuals of least squares of y on an intercept and ``columns``, in closed form."""
+    X = np.column_stack([np.ones_like(y), *columns])
+    hat = X @ np.linalg.pinv(X)
+    return (y - hat @ y) / (1.0 - np.diag(hat))
+
+
+def compare_with_rival(lines: list[dict], metric: str, rival: dict[str, float]) -> dict:
+    """Does the reference score add to a rival prediction of the same runs (e.g. the predictor's out-of-fold one)?
+
+    On the runs scored and predicted: R² of the rival as it is (1 − SSE / SS about these runs' mean), the
+    leave-one-out R² of a linear recalibration of the rival alone and of the rival plus the reference score,
+    and the paired per-run difference of their squared LOO errors (mean ± SE; negative: the reference helps).
+    """
+    scored = [ln for ln in lines if "reference" in ln and ln["run_id"] in rival]
+    if len(scored) < 5:
+        raise ValueError(f"a comparison needs at least 5 runs both scored and predicted, but got {len(scored)}; "
+                         "pass the predictions of the same tier (plan-probe evaluate --predictions).")
+    y = np.array([ln["label"] for ln in scored], dtype=float)
+    x = np.array([ln["reference"][metric] for ln in scored], dtype=float)
+    r = np.array([rival[ln["run_id"]] for ln in scored], dtype=float)
+    ss = np.sum((y - y.mean()) ** 2)
+    alone, both = _loo_residuals(y, r), _loo_residuals(y, r, x)
+    diff = both**2 - alone**2
+    return {"runs": len(scored), "rival_r2": float(1.0 - np.sum((y - r) ** 2) / ss),
+            "rival_loo_r2": float(1.0 - np.sum(alone**2) / ss), "rival_plus_reference_loo_r2": float(1.0 - np.sum(both**2) / ss),
+            "sq_err_diff": float(diff.mean()), "sq_err_diff_se": float(diff.std(ddof=1) / np.sqrt(diff.size))}
+
+
 def summarise(lines: list[dict], metric: str) -> dict:
     """Pearson / Spearman correlation of the reference ``metric`` with the label, and the LOO R² of a linear fit."""
     from scipy import stats
@@ -154,42 +184,56 @@ def summarise(lines: list[dict], metric: str) -> dict:
                "median_cpu_time_s": float(np.median([ln["cpu_time_s"] for ln in scored]))}
     if np.ptp(x) == 0 or np.ptp(y) == 0:  # every run scored (or labelled) alike: no correlation is defined
         return summary
-    X = np.column_stack([np.ones_like(x), x])
-    hat = X @ np.linalg.pinv(X)
-    resid = y - hat @ y
-    loo = resid / (1.0 - np.diag(hat))  # leave-one-out residuals of least squares, in closed form
+    loo = _loo_residuals(y, x)
     summary.update(pearson=float(stats.pearsonr(x, y)[0]), spearman=float(stats.spearmanr(x, y)[0]),
                    loo_r2=float(1.0 - np.mean(loo**2) / np.var(y)))
     return summary
+
+
+def _rival(path: Path, model: str) -> dict[str, float]:
+    """``{run_id: prediction}`` from an ``evaluate --predictions`` table (rows at the evaluation depth)."""
+    from plan_probe.probes._io import read_table
+
+    table = read_table(path)
+    if model not in table.columns or "run_id" not in table.columns:
+        raise ValueError(f"--predictions must have run_id and {model!r} columns, but got {list(table.columns)[:10]}; "
+                         "write it with plan-probe evaluate ... --id run_id --predictions FILE.")
+    return dict(zip(table["run_id"].astype(str), table[model].astype(float)))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_checkpoint_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("run", "summary"))
     parser.add_argument("path", help="run: the tier spec (TOML); summary: the JSON-lines file of run")
-    parser.add_argument("--records", required=True, help="the tier's records folder")
+    parser.add_argument("--records", default=None, help="run: the tier's records folder")
     parser.add_argument("--out", help="run: the JSON-lines file to append to")
     parser.add_argument("--runs", default=None, help="run: comma-separated run ids")
     parser.add_argument("--pick", type=int, default=None, help="run: this many ok runs spread over the label's range")
     parser.add_argument("--depth", type=int, default=None, help="run: the probe depth (default: the deepest recorded depth before the lr decay)")
     parser.add_argument("--reference", type=int, default=100, help="run: reference-set size (balanced)")
     parser.add_argument("--metric", default=None, help="summary: the reference metric (default: the records' label metric, brier_skill)")
+    parser.add_argument("--predictions", default=None,
+                        help="summary: out-of-fold predictions of the same runs (plan-probe evaluate --predictions) to compare with")
+    parser.add_argument("--model", default="full", help="summary: the column of --predictions to compare with")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        from plan_probe.experiments.llm_tier import read_records
-
-        records = read_records(Path(args.records), "--records")
         if args.stage == "summary":
-            result = summarise(_read_lines(Path(args.path)), args.metric or "brier_skill")
+            lines = _read_lines(Path(args.path))
+            result = summarise(lines, args.metric or "brier_skill")
+            if args.predictions:
+                result["against_" + args.model] = compare_with_rival(lines, result["metric"],
+                                                                     _rival(Path(args.predictions), args.model))
         else:
-            from plan_probe.experiments.llm_tier import load_llm_spec
+            from plan_probe.experiments.llm_tier import load_llm_spec, read_records
 
             spec = load_llm_spec(args.path)
-            if args.out is None or (args.runs is None) == (args.pick is None):
-                raise ValueError(f"run needs --out and exactly one of --runs / --pick, but got out={args.out!r}, runs={args.runs!r}, "
-                                 f"pick={args.pick!r}; pass e.g. --out checkpoint.jsonl --pick 20.")
+            if args.records is None or args.out is None or (args.runs is None) == (args.pick is None):
+                raise ValueError(f"run needs --records, --out and exactly one of --runs / --pick, but got records={args.records!r}, "
+                                 f"out={args.out!r}, runs={args.runs!r}, pick={args.pick!r}; "
+                                 "pass e.g. --records DIR/records --out checkpoint.jsonl --pick 20.")
+            records = read_records(Path(args.records), "--records")
             ids = args.runs.split(",") if args.runs else pick_runs(records, args.pick)
             depth = args.depth or max(d for d in spec.record_at if d <= spec.steps - spec.lr_decay_steps)
             result = run(spec, records, Path(args.out), ids, depth=depth, n_reference=args.reference, device=args.device)

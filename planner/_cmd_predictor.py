@@ -293,18 +293,26 @@ def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
 @click.option("--jobs", type=int, default=None, help=_JOBS_HELP)
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
-def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by, jobs, fmt, out_path):
+@click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write every run's out-of-fold prediction per model (mean over repeats) here (.csv or .parquet).")
+def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by, jobs, fmt, out_path, predictions_path):
     """Repeated grouped K-fold: the full predictor vs ridge, tuned and released TuneAhead recipes, ablations
     and the mean, on identical folds, with paired differences and CV+ interval coverage."""
     from plan_probe._evaluate import evaluate
     from plan_probe._meta import check_folds, load_meta
 
+    from plan_probe.probes._io import table_format, write_table
+
     n_jobs = _jobs(jobs)
+    if predictions_path is not None:
+        table_format(predictions_path)  # an unknown extension fails now, not after the evaluation
     data = load_meta(meta, label=label, id_col=id_col)
     if group_by is None:
         check_folds(len(set(data.ids)), cv)
     result = evaluate(data, cv=cv, repeats=repeats, seed=seed, scale=scale, depth=depth, group_by=group_by,
-                      n_jobs=n_jobs)
+                      n_jobs=n_jobs, predictions=predictions_path is not None)
+    if predictions_path is not None:
+        write_table(result.pop("predictions"), predictions_path)
     _emit(result, fmt, out_path)
 
 

@@ -150,6 +150,7 @@ def _fold_task(data: dict, r: int, k: int) -> dict:
         pred = model.predict(Xt)
         entry = regression_metrics(y[test], pred, data["scale"])
         entry["sq_err"] = (y[test] - pred) ** 2  # for the pooled skill against the mean (not a fold metric)
+        entry["pred"] = pred  # for the out-of-fold predictions table (not a fold metric)
         for c in COVERAGES:
             tag = int(round(c * 100))
             _, lo, hi = model.predict_interval(Xt, c)
@@ -171,6 +172,7 @@ def evaluate(
     depth: float | None = None,
     group_by: str | None = None,
     n_jobs: int = 1,
+    predictions: bool = False,
 ) -> dict:
     """Repeated grouped K-fold CV of every model of :data:`MODELS` on identical folds.
 
@@ -182,6 +184,11 @@ def evaluate(
         within each id.
     n_jobs : int
         Processes for the outer folds (results do not depend on it).
+    predictions : bool
+        Also return ``"predictions"``: a DataFrame with one row per evaluation row (the id, the
+        group, the label, ``repeats``) and every model's out-of-fold prediction averaged over the
+        repeats (column = model name), so a model can be compared with any other score of the same
+        runs, pair by pair.
 
     Returns
     -------
@@ -244,10 +251,36 @@ def evaluate(
                            "selection split first",
         "calibration_folds": PredictorConfig().calibration_folds,
     }
+    if predictions:
+        out["predictions"] = _out_of_fold_table(per_fold, meta, groups, specs, group_by)
     out["rmse_gain_vs_recipe"] = (
         1.0 - out["full"]["rmse"] / out["tuneahead_recipe"]["rmse"] if out.get("tuneahead_recipe") else None
     )
     return out
+
+
+def _out_of_fold_table(per_fold: list, meta: MetaDataset, groups: np.ndarray, specs: dict, group_by: str | None):
+    """Every evaluation row's out-of-fold prediction per model, averaged over the repeats that held it out."""
+    import pandas as pd
+
+    n = len(groups)
+    counts = np.zeros(n)
+    sums = {name: np.zeros(n) for name in specs}
+    for fold in per_fold:
+        np.add.at(counts, fold["test_rows"], 1.0)
+        for name in specs:
+            np.add.at(sums[name], fold["test_rows"], fold[name]["pred"])
+    held = counts > 0
+    table = {meta.id_col: meta.ids[held]}
+    if group_by is not None:
+        table[group_by.strip().lower()] = groups[held]
+    if meta.has_depth:
+        table["depth"] = meta.X["depth"].to_numpy(dtype=float)[held]
+    table[meta.label_col] = np.asarray(meta.y, dtype=float)[held]
+    table["repeats"] = counts[held].astype(int)
+    for name in specs:
+        table[name] = sums[name][held] / counts[held]
+    return pd.DataFrame(table)
 
 
 def _fold_groups(meta: MetaDataset, group_by: str | None) -> np.ndarray:

@@ -42,7 +42,7 @@ _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 HOLD_LOGS_CPU_S = 10.0
 HOLD_LOGS_WALL_S = 120.0
 #: Parameter names that are outputs: files unless their click.Path type or name says folder.
-_OUTPUT_PARAMS = {"output", "out_path", "out", "out_dir", "figures", "curves_dir", "cache"}
+_OUTPUT_PARAMS = {"output", "out_path", "out", "out_dir", "figures", "curves_dir", "cache", "predictions_path"}
 _INPUT_PARAMS = {"model_spec", "dataset", "risk_model", "predictor_dir", "portfolio", "meta", "pred", "obs", "tasks",
                  "plan_path", "spec_path"}
 class _BoundedInt(click.types.IntParamType):

@@ -71,6 +71,49 @@ def test_summary_loo_r2_against_a_direct_leave_one_out_fit():
     assert ce.summarise(lines, "m")["loo_r2"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_comparison_with_a_rival_by_direct_leave_one_out_fits(tmp_path, capsys):
+    """The rival's LOO R² alone and with the reference score, against direct two-feature LOO fits; a rival
+    that is the label plus noise leaves the reference nothing to add (its paired difference is ~0 or positive)."""
+    rng = np.random.default_rng(1)
+    n = 15
+    x = rng.normal(size=n)
+    r = rng.normal(size=n)
+    y = 1.5 * r + 0.8 * x + rng.normal(scale=0.3, size=n)
+    lines = [{"run_id": f"r{i}", "label": float(y[i]), "matches_record": True, "cpu_time_s": 1.0, "reference": {"m": float(x[i])}}
+             for i in range(n)]
+    rival = {f"r{i}": float(r[i]) for i in range(n)}
+
+    def loo(*cols):
+        out = []
+        for i in range(n):
+            keep = np.arange(n) != i
+            X = np.column_stack([np.ones(n), *cols])
+            beta = np.linalg.lstsq(X[keep], y[keep], rcond=None)[0]
+            out.append(y[i] - X[i] @ beta)
+        return np.array(out)
+
+    ss = np.sum((y - y.mean()) ** 2)
+    got = ce.compare_with_rival(lines, "m", rival)
+    assert got["runs"] == n
+    assert got["rival_r2"] == pytest.approx(1 - np.sum((y - r) ** 2) / ss)
+    assert got["rival_loo_r2"] == pytest.approx(1 - np.sum(loo(r) ** 2) / ss, rel=1e-9)
+    assert got["rival_plus_reference_loo_r2"] == pytest.approx(1 - np.sum(loo(r, x) ** 2) / ss, rel=1e-9)
+    assert got["sq_err_diff"] < 0 and got["rival_plus_reference_loo_r2"] > got["rival_loo_r2"]  # x carries signal here
+    with pytest.raises(ValueError, match="at least 5 runs both scored and predicted"):
+        ce.compare_with_rival(lines, "m", {"r0": 1.0})
+    # through the command: the rival comes from an evaluate --predictions table
+    import pandas as pd
+
+    lines_path = tmp_path / "ckpt.jsonl"
+    lines_path.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    table = tmp_path / "oof.parquet"
+    pd.DataFrame({"run_id": list(rival), "label": y, "full": list(rival.values())}).to_parquet(table)
+    assert ce.main(["summary", str(lines_path), "--metric", "m", "--predictions", str(table)]) == 0
+    assert json.loads(capsys.readouterr().out)["against_full"] == pytest.approx(got)
+    assert ce.main(["summary", str(lines_path), "--metric", "m", "--predictions", str(table), "--model", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --predictions must have run_id and 'nope' columns")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--pick", "2", "--depth", "3"], "depth must be a recorded depth"),
     (["--pick", "9"], "--pick must be between 1 and the 4 ok runs"),

@@ -76,6 +76,26 @@ def test_evaluate_json_keys(tables):
     assert {"coverage_80", "coverage_90"} <= set(out["full"])
 
 
+def test_evaluate_writes_out_of_fold_predictions(tables, tmp_path):
+    src = tables / "train.csv"
+    preds = tmp_path / "oof.csv"
+    res = CliRunner().invoke(main, ["evaluate", str(src), "--label", "score", "--cv", "2", "--repeats", "2",
+                                    "--predictions", str(preds)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "predictions" not in out
+    table = pd.read_csv(preds)
+    assert set(out["settings"]["models"]) <= set(table.columns) and len(table) == out["settings"]["eval_rows"]
+    assert (table["repeats"] == 2).all() and np.isfinite(table[out["settings"]["models"]].to_numpy()).all()
+    # bad paths: an unknown extension and the input itself are refused before anything runs
+    assert "table files must end in .csv or .parquet" in _bad(
+        ["evaluate", str(src), "--label", "score", "--cv", "2", "--predictions", str(tmp_path / "oof.txt")],
+        tmp_path / "oof.txt")
+    before = src.read_bytes()
+    line = _bad(["evaluate", str(src), "--label", "score", "--cv", "2", "--predictions", str(src)], tmp_path / "none")
+    assert "--predictions" in line and src.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "mutate, args_extra, match",
     [

@@ -179,6 +179,27 @@ def test_group_by_holds_out_whole_groups_and_must_be_constant_within_ids():
         evaluate(meta, cv=3, repeats=1, group_by="nope")
 
 
+def test_out_of_fold_predictions_table_agrees_with_the_pooled_skill():
+    """With one repeat every evaluation row is predicted once: the table's mean column is the training
+    fold's label mean, and 1 − SSE(full) / SSE(mean) over the table is exactly ``r2_vs_mean``."""
+    from plan_probe._learners import group_folds
+
+    frame = make_tuneahead_layout(60, seed=4)
+    frame["family"] = [f"fam{int(name[2:]) % 12}" for name in frame["dataset_name"]]
+    meta = load_meta(frame, label="overall_accuracy")
+    res = evaluate(meta, cv=3, repeats=1, seed=5, scale=100, group_by="family", predictions=True)
+    table = res.pop("predictions")
+    assert list(table.columns[:4]) == [meta.id_col, "family", "overall_accuracy", "repeats"]
+    assert set(res["settings"]["models"]) <= set(table.columns) and len(table) == res["settings"]["eval_rows"]
+    assert (table["repeats"] == 1).all() and table[meta.id_col].tolist() == meta.ids.tolist()
+    folds = group_folds(meta.frame["family"].astype(str).to_numpy(), 3, 5)
+    y = table["overall_accuracy"].to_numpy()
+    assert table["mean"].to_numpy() == pytest.approx([y[folds != folds[i]].mean() for i in range(len(y))])
+    skill = 1 - np.sum((y - table["full"]) ** 2) / np.sum((y - table["mean"]) ** 2)
+    assert skill == pytest.approx(res["full"]["r2_vs_mean"], rel=1e-12)
+    assert evaluate(meta, cv=3, repeats=1, seed=5, scale=100, group_by="family") == res  # the table changes nothing else
+
+
 def test_screen_matches_hand_computed_example():
     frame = pd.DataFrame({"score": [60, 50, 70, 40, 58], "pred": [62, 56, 50, 30, 57]})
     out = screen(frame, label="score", threshold=55, full_cost=100, probe_cost=10)
