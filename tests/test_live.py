@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,14 +23,24 @@ def models():
 
 
 @pytest.fixture(scope="module")
-def runs():
+def shipped_meta():
     from plan_probe.probes._io import read_table
     from plan_probe._defaults import default_path
 
-    meta = read_table(default_path("predictor").parent / "meta.parquet")
-    labels = meta.groupby("run_id")["label"].first()
-    tau = float(labels.median())  # about half the runs below: decisions both ways
-    var = float(labels.var())  # the label's scale: the test risk curves below are relative to it
+    return read_table(default_path("predictor").parent / "meta.parquet")
+
+
+@pytest.fixture(scope="module")
+def scale(shipped_meta):
+    """The shipped label's median (the test threshold: about half the runs below, so decisions go both
+    ways) and variance (the test risk curves below are relative to it)."""
+    labels = shipped_meta.groupby("run_id")["label"].first()
+    return SimpleNamespace(tau=float(labels.median()), var=float(labels.var()))
+
+
+@pytest.fixture(scope="module")
+def runs(shipped_meta):
+    meta = shipped_meta
     out = []
     for rid, g in meta.groupby("run_id", sort=True):
         g = g.sort_values("depth")
@@ -39,8 +50,6 @@ def runs():
             "hp": {c: float(first[c]) for c in g.columns if c.startswith("hp_")},
             "dyn": {int(r["depth"]): {c: float(r[c]) for c in g.columns if c.startswith("dyn_")} for _, r in g.iterrows()},
             "label": float(first["label"]),
-            "tau": tau,
-            "var": var,
         })
     return out
 
@@ -61,9 +70,9 @@ def flat_risk(var):
     return steep_risk(var, l_int=0.48, k=3e-7, alpha=0.1)
 
 
-def probe(models, run, risk=None, **kw):
+def probe(models, run, tau, risk=None, **kw):
     risk_model, pred, static = models
-    settings = kw.pop("settings", DecisionSettings(threshold=run["tau"], full_cost=120.0))
+    settings = kw.pop("settings", DecisionSettings(threshold=tau, full_cost=120.0))
     return LiveProbe(run["static"], run["hp"], risk_model=risk if risk is not None else risk_model, predictor=pred,
                      static_predictor=static, settings=settings, **kw)
 
@@ -79,9 +88,9 @@ def mc_loss_after(p, ratios, c_lb, c_kg, n=400_000, seed=0):
     return vals.mean(), vals.std(ddof=1) / math.sqrt(n)
 
 
-def test_value_of_next_matches_monte_carlo(models, runs):
+def test_value_of_next_matches_monte_carlo(models, runs, scale):
     run = runs[0]
-    lp = probe(models, run, risk=steep_risk(run["var"]))
+    lp = probe(models, run, scale.tau, risk=steep_risk(scale.var))
     d = lp.update(5, run["dyn"][5])
     ratios = np.minimum(lp._post_var(d.next_depth) / lp._post_var(5), 1.0)
     mc, se = mc_loss_after(d.p_above, ratios, lp.c_lb, lp.c_kg)
@@ -90,12 +99,12 @@ def test_value_of_next_matches_monte_carlo(models, runs):
     assert d.expected_loss_now == pytest.approx(min(lp.c_lb * (1 - d.p_above), lp.c_kg * d.p_above))
 
 
-def test_continue_exactly_when_value_exceeds_cost(models, runs):
-    steep, flat = steep_risk(runs[0]["var"]), flat_risk(runs[0]["var"])
+def test_continue_exactly_when_value_exceeds_cost(models, runs, scale):
+    steep, flat = steep_risk(scale.var), flat_risk(scale.var)
     seen = set()
     for run in runs:
         for risk in (steep, flat):
-            lp = probe(models, run, risk=risk)
+            lp = probe(models, run, scale.tau, risk=risk)
             for depth in lp.depths:
                 d = lp.update(depth, run["dyn"][depth])
                 seen.add(d.action)
@@ -109,30 +118,29 @@ def test_continue_exactly_when_value_exceeds_cost(models, runs):
                     break
             assert lp.decision is not None and lp.decision.final
         # a flat risk curve resolves nothing: the first record depth decides
-        lp = probe(models, run, risk=flat)
+        lp = probe(models, run, scale.tau, risk=flat)
         assert lp.update(lp.depths[0], run["dyn"][lp.depths[0]]).final
     assert seen == {"continue", "go", "no_go"}
 
 
-def test_steep_risk_probes_longer_than_flat(models, runs):
+def test_steep_risk_probes_longer_than_flat(models, runs, scale):
     """A risk curve that keeps falling makes later depths worth their steps (mean decision depth grows)."""
     def mean_depth(risk):
         out = []
         for run in runs:
-            lp = probe(models, run, risk=risk)
+            lp = probe(models, run, scale.tau, risk=risk)
             for depth in lp.depths:
                 if lp.update(depth, run["dyn"][depth]).final:
                     break
             out.append(lp.decision.depth)
         return np.mean(out)
 
-    var = runs[0]["var"]
-    assert mean_depth(steep_risk(var)) > mean_depth(flat_risk(var))
+    assert mean_depth(steep_risk(scale.var)) > mean_depth(flat_risk(scale.var))
 
 
-def test_decision_record_fields_and_json(models, runs):
+def test_decision_record_fields_and_json(models, runs, scale):
     run = runs[3]
-    lp = probe(models, run)
+    lp = probe(models, run, scale.tau)
     d0 = lp.initial()
     assert d0.depth == 0 and d0.next_depth == lp.depths[0]
     d = lp.update(lp.depths[0], run["dyn"][lp.depths[0]])
@@ -148,20 +156,20 @@ def test_decision_record_fields_and_json(models, runs):
         d.action = "go"  # frozen
 
 
-def test_final_decision_is_sticky(models, runs):
+def test_final_decision_is_sticky(models, runs, scale):
     run = runs[1]
-    lp = probe(models, run)
+    lp = probe(models, run, scale.tau)
     d = lp.update(5, run["dyn"][5])
     assert d.final  # the shipped risk curve is flat: the first depth decides
     assert lp.update(10, run["dyn"][10]) is d
     assert lp.update(3, {}) is d  # no more checks once decided
 
 
-def test_prior_is_the_static_predictor(models, runs):
+def test_prior_is_the_static_predictor(models, runs, scale):
     from plan_probe._decision_plan import predictive_variance
 
     run = runs[2]
-    lp = probe(models, run)
+    lp = probe(models, run, scale.tau)
     static = models[2]
     import pandas as pd
 
@@ -170,18 +178,18 @@ def test_prior_is_the_static_predictor(models, runs):
     assert lp.prior_var == pytest.approx(float(predictive_variance(static, X)[0]))
 
 
-def test_hyperparams_without_prefix(models, runs):
+def test_hyperparams_without_prefix(models, runs, scale):
     run = runs[0]
     hp = {k[3:]: v for k, v in run["hp"].items()}
-    a = probe(models, run).update(5, run["dyn"][5])
-    b = probe(models, {**run, "hp": hp}).update(5, run["dyn"][5])
+    a = probe(models, run, scale.tau).update(5, run["dyn"][5])
+    b = probe(models, {**run, "hp": hp}, scale.tau).update(5, run["dyn"][5])
     assert a == b
 
 
 @pytest.mark.parametrize("case", ["missing_dyn", "nan_dyn", "order", "same_depth", "bad_depth", "not_mapping"])
-def test_update_bad_input(models, runs, case):
-    run = next(r for r in runs if probe(models, r, risk=steep_risk(r["var"])).update(5, r["dyn"][5]).action == "continue")
-    lp = probe(models, run, risk=steep_risk(run["var"]))
+def test_update_bad_input(models, runs, scale, case):
+    run = next(r for r in runs if probe(models, r, scale.tau, risk=steep_risk(scale.var)).update(5, r["dyn"][5]).action == "continue")
+    lp = probe(models, run, scale.tau, risk=steep_risk(scale.var))
     lp.update(5, run["dyn"][5])
     dyn = dict(run["dyn"][10])
     args = {
@@ -220,9 +228,9 @@ def test_constructor_bad_input(models, runs):
         LiveProbe(run["static"], run["hp"], risk_model=risk, predictor=pred, static_predictor=static, settings={"threshold": 1})
 
 
-def test_from_models_dir(tmp_path, runs):
+def test_from_models_dir(tmp_path, runs, scale):
     run = runs[0]
-    settings = DecisionSettings(threshold=run["tau"], full_cost=120.0)
+    settings = DecisionSettings(threshold=scale.tau, full_cost=120.0)
     lp = LiveProbe.from_models_dir("default", run["static"], run["hp"], settings)
     assert lp.depths == tuple(sorted(run["dyn"]))  # the depths the shipped meta-dataset recorded
     with pytest.raises(ValueError, match="MODELS_DIR must hold"):
