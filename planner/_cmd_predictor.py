@@ -300,7 +300,6 @@ def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by,
     and the mean, on identical folds, with paired differences and CV+ interval coverage."""
     from plan_probe._evaluate import evaluate
     from plan_probe._meta import check_folds, load_meta
-
     from plan_probe.probes._io import table_format, write_table
 
     n_jobs = _jobs(jobs)

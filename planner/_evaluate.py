@@ -221,6 +221,8 @@ def evaluate(
             f"{len(np.unique(groups[at_eval]))} for cv={cv}; lower --cv or pick another --depth."
         )
     specs = _specs(meta, seed)
+    if predictions:
+        _check_table_names(meta, specs, group_by)
     data = {
         "X": X.to_numpy(dtype=float), "columns": list(X.columns), "y": y, "groups": groups, "at_eval": at_eval,
         "d_eval": d_eval, "scale": scale, "specs": specs, "feature_groups": dict(meta.groups),
@@ -257,6 +259,15 @@ def evaluate(
         1.0 - out["full"]["rmse"] / out["tuneahead_recipe"]["rmse"] if out.get("tuneahead_recipe") else None
     )
     return out
+
+
+def _check_table_names(meta: MetaDataset, specs: dict, group_by: str | None) -> None:
+    """The predictions table names its model columns after the models: no data column may share a name."""
+    taken = {meta.id_col, meta.label_col, "depth", "repeats"} | ({group_by.strip().lower()} if group_by else set())
+    clash = sorted(taken & set(specs))
+    if clash:
+        raise ValueError(f"the predictions table needs id, label and group columns that are not model names, but got "
+                         f"{clash}; rename those columns of the meta-dataset.")
 
 
 def _out_of_fold_table(per_fold: list, meta: MetaDataset, groups: np.ndarray, specs: dict, group_by: str | None):

@@ -198,6 +198,9 @@ def test_out_of_fold_predictions_table_agrees_with_the_pooled_skill():
     skill = 1 - np.sum((y - table["full"]) ** 2) / np.sum((y - table["mean"]) ** 2)
     assert skill == pytest.approx(res["full"]["r2_vs_mean"], rel=1e-12)
     assert evaluate(meta, cv=3, repeats=1, seed=5, scale=100, group_by="family") == res  # the table changes nothing else
+    with pytest.raises(ValueError, match=r"not model names, but got \['mean'\]"):
+        evaluate(load_meta(frame.rename(columns={"family": "mean"}), label="overall_accuracy"), cv=3, repeats=1,
+                 group_by="mean", predictions=True)
 
 
 def test_screen_matches_hand_computed_example():
