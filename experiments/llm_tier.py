@@ -635,14 +635,16 @@ def _run_stage(args) -> tuple[dict, str | None]:
         from plan_probe.experiments.llm_design import design_check, design_markdown, replace_marked_block
 
         result = design_check(spec, out)
+        markdown = design_markdown(result)
         if args.into:
-            replace_marked_block(args.into, design_markdown(result))
-        return result, (design_markdown(result) if args.markdown else None)
+            replace_marked_block(args.into, markdown)
+        return result, (markdown if args.markdown else None)
     if args.stage == "replicates":
         return replicates(out, args.against), None
     if args.stage == "oracle":
         return write_design_oracle(out), None
     return assemble(spec, out), None
+
 
 if __name__ == "__main__":
     sys.exit(main())
