@@ -80,8 +80,13 @@ def _rows_match(recorded: dict, recomputed: dict) -> bool:
     return bool(keys) and all(math.isclose(recorded[k], recomputed[k], rel_tol=_MATCH_RTOL, abs_tol=1e-9) for k in keys)
 
 
-def checkpoint_scores(spec, cand, record: dict, model, tokenizer, corpus, reference, depth: int) -> dict:
-    """Re-run ``cand``'s probe to ``depth`` and score ``reference`` with the adapted model."""
+def checkpoint_scores(spec, cand, record: dict, model, tokenizer, corpus, reference, depth: int, cooldown: int = 0) -> dict:
+    """Re-run ``cand``'s probe to ``depth`` and score ``reference`` with the adapted model.
+
+    ``cooldown > 0`` continues the probe for ``cooldown`` more steps with the learning rate decaying linearly
+    to zero (a warmup-stable-decay branch off the constant-lr prefix) before scoring: the cooled-down model,
+    not the constant-lr iterate, is scored. The rows up to ``depth`` are still the run's own.
+    """
     from plan_probe.experiments.llm_eval import label_nll, metrics_from_nll
     from plan_probe.experiments.llm_tier import _train_examples, probe_config
     from plan_probe.probes._instruct_data import task_labels
@@ -89,7 +94,7 @@ def checkpoint_scores(spec, cand, record: dict, model, tokenizer, corpus, refere
 
     labels = task_labels(spec.task)
     # a depth inside the constant-lr phase: this config's steps are the run's first `depth` steps
-    config = dataclasses.replace(probe_config(spec, cand), steps=depth, lr_decay_steps=0,
+    config = dataclasses.replace(probe_config(spec, cand), steps=depth + cooldown, lr_decay_steps=cooldown,
                                  record_at=tuple(d for d in spec.record_at if d <= depth))
     batches = ProbeBatches(_train_examples(cand.variant, corpus), tokenizer, config, _ood_texts(None))
     device = next(model.parameters()).device
@@ -98,8 +103,9 @@ def checkpoint_scores(spec, cand, record: dict, model, tokenizer, corpus, refere
         rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
         nll = None if diverged is not None else label_nll(peft_model, tokenizer, reference, labels, max_length=spec.max_length)
     recorded = next((r for r in record["result"].get("rows", []) if r["depth"] == depth), None)
-    out = {"run_id": cand.run_id, "depth": depth, "label": record["result"].get("label"), "diverged_step": diverged,
-           "matches_record": bool(rows and recorded and _rows_match(recorded, rows[-1])),
+    here = next((r for r in rows if r["depth"] == depth), None)
+    out = {"run_id": cand.run_id, "depth": depth, "cooldown": cooldown, "label": record["result"].get("label"), "diverged_step": diverged,
+           "matches_record": bool(here and recorded and _rows_match(recorded, here)),
            "cpu_time_s": round(time.process_time() - c0, 3)}
     if nll is not None:
         truth = np.array([labels.index(ex.output) for ex in reference])
@@ -113,7 +119,8 @@ def _read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int, n_reference: int, device=None) -> dict:
+def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int, n_reference: int, cooldown: int = 0,
+        device=None) -> dict:
     """Append one line per run of ``run_ids`` not yet in ``out``; returns counts."""
     from plan_probe.experiments.llm_tier import _worker_state, candidates
 
@@ -134,7 +141,7 @@ def run(spec, records: list[dict], out: Path, run_ids: list[str], *, depth: int,
         reference = reference_examples(spec, corpus, eval_examples, n_reference, seed=spec.seed + 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         for run_id in todo:
-            line = checkpoint_scores(spec, cands[run_id], by_id[run_id], model, tokenizer, corpus, reference, depth)
+            line = checkpoint_scores(spec, cands[run_id], by_id[run_id], model, tokenizer, corpus, reference, depth, cooldown)
             with out.open("a", encoding="utf-8") as fh:  # one line per run: a kill loses at most the run in progress
                 fh.write(json.dumps(line, sort_keys=True) + "\n")
             log.info("run %s: label %.1f, reference %s", run_id, line["label"], line.get("reference", {}).get(spec.label_metric))
@@ -211,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pick", type=int, default=None, help="run: this many ok runs spread over the label's range")
     parser.add_argument("--depth", type=int, default=None, help="run: the probe depth (default: the deepest recorded depth before the lr decay)")
     parser.add_argument("--reference", type=int, default=100, help="run: reference-set size (balanced)")
+    parser.add_argument("--cooldown", type=int, default=0,
+                        help="run: after the depth, this many steps of lr decaying linearly to zero before scoring (default 0)")
     parser.add_argument("--metric", default=None, help="summary: the reference metric (default: the records' label metric, brier_skill)")
     parser.add_argument("--predictions", default=None,
                         help="summary: out-of-fold predictions of the same runs (plan-probe evaluate --predictions) to compare with")
@@ -236,7 +245,10 @@ def main(argv=None) -> int:
             records = read_records(Path(args.records), "--records")
             ids = args.runs.split(",") if args.runs else pick_runs(records, args.pick)
             depth = args.depth or max(d for d in spec.record_at if d <= spec.steps - spec.lr_decay_steps)
-            result = run(spec, records, Path(args.out), ids, depth=depth, n_reference=args.reference, device=args.device)
+            if args.cooldown < 0:
+                raise ValueError(f"--cooldown must be >= 0, but got {args.cooldown}; pass e.g. --cooldown 10.")
+            result = run(spec, records, Path(args.out), ids, depth=depth, n_reference=args.reference, cooldown=args.cooldown,
+                         device=args.device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,6 +50,27 @@ def test_rerun_probe_matches_the_record_and_scores_the_reference_once(built, tmp
     assert summary["spearman"] is None or -1 <= summary["spearman"] <= 1
 
 
+def test_a_cooldown_branch_keeps_the_record_and_scores_the_cooled_model(built, tmp_path, capsys):
+    """--cooldown K: the rows up to the depth are still the run's own (matches_record), the K decaying steps after
+    them move the adapter, so the scored model differs from the constant-lr iterate's."""
+    spec, records = built
+    run_id = sorted(json.loads(p.read_text())["run_id"] for p in records.glob("*.json"))[0]
+    scores = {}
+    for cooldown in (0, 2):
+        lines = tmp_path / f"ckpt{cooldown}.jsonl"
+        args = ["run", str(spec), "--records", str(records), "--out", str(lines), "--runs", run_id, "--depth", "2",
+                "--reference", "9", "--cooldown", str(cooldown)]
+        assert ce.main(args) == 0
+        capsys.readouterr()
+        (line,) = [json.loads(s) for s in lines.read_text().splitlines()]
+        assert line["matches_record"] and line["cooldown"] == cooldown and line["depth"] == 2
+        scores[cooldown] = line["reference"]["log_score"]
+    assert scores[0] != scores[2]
+    assert ce.main(["run", str(spec), "--records", str(records), "--out", str(tmp_path / "bad.jsonl"), "--runs", run_id,
+                    "--cooldown", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --cooldown must be >= 0") and not (tmp_path / "bad.jsonl").exists()
+
+
 def test_summary_of_runs_scored_alike_has_no_correlation():
     lines = [{"label": float(i), "reference": {"m": 0.5}, "matches_record": True, "cpu_time_s": 1.0} for i in range(5)]
     summary = ce.summarise(lines, "m")
