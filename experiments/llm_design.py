@@ -321,12 +321,14 @@ def design_visibility(meta, oracle, *, prefixes: tuple[str, ...] = ("static_",),
     """
     import lightgbm
 
+    from plan_probe._learners import group_folds
+
     runs = meta.drop_duplicates("run_id").set_index("run_id")
     design = oracle.drop_duplicates("run_id").set_index("run_id").loc[runs.index]
     X = runs[[c for c in runs.columns if c.startswith(prefixes)]].to_numpy(dtype=float)
-    order = np.random.default_rng(seed).permutation(len(runs))
-    fold_of = np.empty(len(runs), dtype=int)
-    fold_of[order] = np.arange(len(runs)) % folds
+    # a tier with fewer runs than folds (a test tier) gets one run per fold
+    folds = min(folds, len(runs))
+    fold_of = group_folds(runs.index, folds, seed)
     params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 5,
               "verbose": -1, "seed": seed, "deterministic": True, "num_threads": 1}
     out = {}

@@ -230,6 +230,8 @@ def test_design_visibility_sees_an_axis_a_descriptor_carries_and_not_an_independ
     assert set(got) == {"seen", "unseen"}  # an axis the design does not vary is left out
     assert got["seen"] > 0.95 and got["unseen"] < 0.1
     assert design_visibility(meta, oracle) == got  # seeded and deterministic
+    # the folds follow the run ids (planner's group_folds), not the table's row order
+    assert design_visibility(meta.sample(frac=1.0, random_state=3), oracle) == got
     # a probe feature that carries the hidden axis makes it visible once dyn_* columns are included
     meta["dyn_x"] = np.repeat(unseen + rng.normal(0, 0.01, 200), 2)
     assert design_visibility(meta, oracle)["unseen"] < 0.1
