@@ -270,17 +270,22 @@ def _check_table_names(meta: MetaDataset, specs: dict, group_by: str | None) -> 
                          f"{clash}; rename those columns of the meta-dataset.")
 
 
-def _out_of_fold_table(per_fold: list, meta: MetaDataset, groups: np.ndarray, specs: dict, group_by: str | None):
-    """Every evaluation row's out-of-fold prediction per model, averaged over the repeats that held it out."""
-    import pandas as pd
-
-    n = len(groups)
+def _sum_over_folds(per_fold: list, n: int, specs: dict, key: str) -> tuple[np.ndarray, dict]:
+    """Per evaluation row: how many folds held it out, and each model's per-row ``key`` summed over those folds."""
     counts = np.zeros(n)
     sums = {name: np.zeros(n) for name in specs}
     for fold in per_fold:
         np.add.at(counts, fold["test_rows"], 1.0)
         for name in specs:
-            np.add.at(sums[name], fold["test_rows"], fold[name]["pred"])
+            np.add.at(sums[name], fold["test_rows"], fold[name][key])
+    return counts, sums
+
+
+def _out_of_fold_table(per_fold: list, meta: MetaDataset, groups: np.ndarray, specs: dict, group_by: str | None):
+    """Every evaluation row's out-of-fold prediction per model, averaged over the repeats that held it out."""
+    import pandas as pd
+
+    counts, sums = _sum_over_folds(per_fold, len(groups), specs, "pred")
     held = counts > 0
     table = {meta.id_col: meta.ids[held]}
     if group_by is not None:
@@ -331,12 +336,8 @@ def _skill_vs_mean(per_fold: list, groups: np.ndarray, specs: dict) -> dict:
     """
     if "mean" not in specs:
         return {}
-    sse = {name: np.zeros(len(groups)) for name in specs}
-    held = np.zeros(len(groups), dtype=bool)
-    for fold in per_fold:
-        held[fold["test_rows"]] = True
-        for name in specs:
-            np.add.at(sse[name], fold["test_rows"], fold[name]["sq_err"])
+    counts, sse = _sum_over_folds(per_fold, len(groups), specs, "sq_err")
+    held = counts > 0
     labels, inverse = np.unique(groups[held], return_inverse=True)
     per_group = {name: np.bincount(inverse, weights=v[held], minlength=len(labels)) for name, v in sse.items()}
     base = per_group["mean"]
