@@ -150,9 +150,19 @@ def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limi
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (with --backend ray), e.g. auto or ray://head:10001.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Retries of a probe whose worker raised or died, before it is recorded as failed.")
+@click.option("--reference", default=None, metavar="FILE",
+              help="Held-out examples of the target task (same formats as DATASET): every row also gets dyn_ref_loss, "
+                   "their answer loss after a cooldown of --readout-cooldown steps.")
+@click.option("--readout-cooldown", type=int, default=0, show_default=True,
+              help="Steps of the readout's lr anneal to zero at each depth (with --reference; each costs these steps).")
 def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device, trust_remote_code, output, backend,
-              ray_address, max_retries, **hp):
-    """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth."""
+              ray_address, max_retries, reference, readout_cooldown, **hp):
+    """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth.
+
+    With --reference, each depth's row also holds the cooled-down readout dyn_ref_loss: the probe
+    branches off, anneals the learning rate to zero over --readout-cooldown steps, scores the
+    reference answers, and undoes the branch (the other features are unchanged).
+    """
     import pandas as pd
 
     from plan_probe.probes._executor import Job, check_backend, execute
@@ -164,12 +174,14 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     table_format(output)
     check_backend(backend, ray_address)
     seed_list = parse_int_list("seeds", seeds) if seeds is not None else (seed,)
-    configs = [_config(steps, record_at, s, dict(hp)) for s in seed_list]
+    configs = [_config(steps, record_at, s, {**hp, "readout_cooldown": readout_cooldown}) for s in seed_list]
     from plan_probe.probes._models import check_device, check_model
 
     check_device(device)
     check_model(model_spec, trust_remote_code=trust_remote_code)  # headers only, before any worker starts
     load_examples(dataset, limit=limit)  # fail fast on bad data, before any worker starts
+    if reference is not None:
+        load_examples(reference)
     if backend == "local":  # the jobs of this process reuse it: a model that does not load is one error line
         from plan_probe.probes._jobs import cached_model
         from plan_probe.probes._models import check_target_modules
@@ -178,7 +190,7 @@ def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device,
     gpus = 1.0 if backend == "ray" and (device or "").startswith("cuda") else 0.0
     jobs = [
         Job(f"seed{cfg.seed}", probe_job, (str(dataset), model_spec, cfg.to_json()),
-            {"limit": limit, "device": device, "trust_remote_code": trust_remote_code}, num_gpus=gpus)
+            {"limit": limit, "device": device, "trust_remote_code": trust_remote_code, "reference": reference}, num_gpus=gpus)
         for cfg in configs
     ]
     outcomes = {o.key: o for o in execute(jobs, backend=backend, ray_address=ray_address, max_retries=max_retries)}

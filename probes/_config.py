@@ -59,6 +59,13 @@ class ProbeConfig:
         its expectation; None evaluates every example (the exact definition; probe configs of schema 1 used it).
     ood_sample : out-of-domain texts evaluated for the forgetting feature, a seeded subset fixed
         for the probe, weighted the same way (N/k)·(T_S/T_all); None evaluates every text (exact).
+    readout_cooldown : steps of the cooled-down readout (``dyn_ref_loss``, measured only when the
+        probe is given reference examples): at every record depth c the probe branches off, trains
+        ``readout_cooldown`` more steps on its next batches with the learning rate decaying linearly
+        to zero (step c + j at ``lr * (k + 1 - j) / (k + 1)``, a warmup-stable-decay cooldown), scores
+        the reference examples, then restores the adapter, the optimiser state and the random state,
+        so the other features are those of a probe without readout. 0 scores the depth-c model as it
+        is. Each readout costs ``readout_cooldown`` extra steps.
     """
 
     lr: float = 2e-4
@@ -80,6 +87,7 @@ class ProbeConfig:
     lr_decay_steps: int = 0
     flatness_sample: int | None = 2
     ood_sample: int | None = 8
+    readout_cooldown: int = 0
 
     def __post_init__(self) -> None:
         for name in ("target_modules", "record_at"):
@@ -119,6 +127,9 @@ class ProbeConfig:
                 f"lr_decay_steps must be an integer in [0, steps), but got lr_decay_steps={self.lr_decay_steps!r} with "
                 f"steps={self.steps}; pass 0 for a constant learning rate."
             )
+        if not (isinstance(self.readout_cooldown, int) and not isinstance(self.readout_cooldown, bool) and self.readout_cooldown >= 0):
+            raise ValueError(f"readout_cooldown must be an integer >= 0, but got readout_cooldown={self.readout_cooldown!r}; "
+                             "pass e.g. 10, or 0 to score the probe's model as it is.")
         if not self.target_modules or not all(self.target_modules):
             raise ValueError(
                 f"target_modules must name at least one module, but got {self.target_modules!r}; pass e.g. q_proj,v_proj."

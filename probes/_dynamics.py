@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["DYN_COLUMNS", "dynamic_features", "StepRecorder"]
+__all__ = ["DYN_COLUMNS", "READOUT_COLUMNS", "dynamic_features", "StepRecorder"]
 
 DYN_COLUMNS = (
     "dyn_initial_loss",
@@ -33,6 +33,8 @@ DYN_COLUMNS = (
     "dyn_flatness",
     "dyn_forgetting",
 )
+#: the cooled-down readout (``probes._probe.readout_loss``): only in the rows of a probe given reference examples
+READOUT_COLUMNS = ("dyn_ref_loss",)
 
 
 def dynamic_features(

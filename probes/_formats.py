@@ -132,8 +132,16 @@ def _probe_config_v2_to_v3(doc: dict) -> dict:
     return doc
 
 
-PROBE_CONFIG = FileFormat("plan-probe/probe-config", 3, "write it with ProbeConfig.to_json()",
-                          migrations={1: _probe_config_v1_to_v2, 2: _probe_config_v2_to_v3})
+def _probe_config_v3_to_v4(doc: dict) -> dict:
+    """Schema 4 adds ``readout_cooldown``; schema-3 probes had no readout (0)."""
+    doc = dict(doc)
+    if isinstance(doc.get("config"), dict):
+        doc["config"] = {"readout_cooldown": 0, **doc["config"]}
+    return doc
+
+
+PROBE_CONFIG = FileFormat("plan-probe/probe-config", 4, "write it with ProbeConfig.to_json()",
+                          migrations={1: _probe_config_v1_to_v2, 2: _probe_config_v2_to_v3, 3: _probe_config_v3_to_v4})
 #: ``plan-probe run``'s resumable records: DIR/static/<name>.json and DIR/probes/<name>.json.
 STATIC_RECORD = FileFormat("plan-probe/static-record", 3, "delete it and rerun plan-probe run",
                            migrations={1: _static_v1_to_v2, 2: dict})

@@ -51,6 +51,7 @@ FEATURE_MEANINGS: dict[str, str] = {
     "dyn_param_change_norm": "how far the probe moved the adapter weights",
     "dyn_flatness": "sharpness of the loss around the probe's weights",
     "dyn_forgetting": "loss increase on generic text (forgetting)",
+    "dyn_ref_loss": "answer loss on held-out target examples after a short lr cooldown (the readout)",
     "depth": "probe depth",
 }
 

@@ -21,8 +21,8 @@ def cached_model(model_spec: str, device: str | None = None, trust_remote_code: 
 
 
 def probe_job(dataset: str, model_spec: str, config_json: dict, *, limit: int | None = None, device: str | None = None,
-              trust_remote_code: bool = False) -> dict:
-    """Run one probe and return plain data.
+              trust_remote_code: bool = False, reference: str | None = None) -> dict:
+    """Run one probe (with the readout on the ``reference`` file's examples, when given) and return plain data.
 
     Returns ``{"seed", "status", "diverged_step", "wall_time_s", "rows"}``; ``rows`` is a list of
     dicts, one per recorded depth (NaN as None).
@@ -35,7 +35,8 @@ def probe_job(dataset: str, model_spec: str, config_json: dict, *, limit: int | 
     config = ProbeConfig.from_json(config_json)
     examples = load_examples(dataset, limit=limit)
     model, tokenizer = cached_model(model_spec, device, trust_remote_code)
-    result = run_probe(examples, model, tokenizer, config)
+    held_out = None if reference is None else load_examples(reference)
+    result = run_probe(examples, model, tokenizer, config, reference=held_out)
     return {
         "seed": config.seed,
         "status": result.status,

@@ -1,4 +1,5 @@
-"""One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth.
+"""One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth
+(and, given reference examples, the cooled-down readout ``dyn_ref_loss``).
 
 The loop: AdamW at a constant ``lr`` (optionally decaying linearly over the last
 ``lr_decay_steps`` steps, after every record depth) on LoRA adapters (peft); each step averages the true per-token
@@ -6,6 +7,11 @@ cross-entropy over the response tokens of ``grad_accum`` micro-batches of ``batc
 (prompt tokens masked); the pre-clipping gradient norm is recorded, then the gradient is clipped
 to ``grad_clip``. The LoRA gradients live in one flat buffer, so per-step statistics cost a few
 kernels on a vector of LoRA size. Flatness and forgetting are measured only at record depths.
+
+The readout looks at what the adapted model answers, which none of the 10 features does: at each
+record depth a branch trains ``readout_cooldown`` more steps with the learning rate annealed to zero
+(the cooldown of a warmup-stable-decay schedule, which turns a constant-lr iterate into the model a
+short finished run would have), scores the reference examples' answers, and is then undone.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
 from plan_probe.probes._data import Example
-from plan_probe.probes._dynamics import DYN_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
+from plan_probe.probes._dynamics import DYN_COLUMNS, READOUT_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
 from plan_probe.probes._tokenize import batch_nll, collate, encode_example, encode_plain
 
 __all__ = ["ProbeResult", "run_probe", "probe_loop", "default_ood_texts", "ROW_COLUMNS"]
@@ -31,6 +37,7 @@ __all__ = ["ProbeResult", "run_probe", "probe_loop", "default_ood_texts", "ROW_C
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
+_REF_CHUNK = 8
 _OOD_MAX_TOKENS = 64
 _OOD_CHUNK = 8
 _FLAT_SALT, _OOD_SALT = 0xF1A7, 0x00D5
@@ -67,10 +74,10 @@ class ProbeResult:
     config: ProbeConfig
 
 
-def _check_examples(examples: Sequence[Example]) -> None:
+def _check_examples(examples: Sequence[Example], name: str = "examples") -> None:
     if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, Example) for e in examples):
         raise ValueError(
-            f"examples must be a non-empty list of Example, but got {type(examples).__name__} of length "
+            f"{name} must be a non-empty list of Example, but got {type(examples).__name__} of length "
             f"{len(examples) if hasattr(examples, '__len__') else '?'}; load them with plan_probe.probes.load_examples."
         )
 
@@ -97,12 +104,15 @@ def data_order(n_examples: int, n_needed: int, seed: int) -> np.ndarray:
 class ProbeBatches:
     """The micro-batches of every step (seeded order), the fixed flatness batch and the OOD batches."""
 
-    def __init__(self, examples, tokenizer, config: ProbeConfig, ood_texts: Sequence[str]) -> None:
+    def __init__(self, examples, tokenizer, config: ProbeConfig, ood_texts: Sequence[str], reference=None) -> None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer must have a pad or eos token, but has neither; set tokenizer.pad_token.")
         per_step = config.batch_size * config.grad_accum
-        order = data_order(len(examples), config.steps * per_step, config.seed)
+        # the readout's cooldown after the deepest depth trains on the batches a longer probe would see next
+        # (data_order is prefix-stable, so the probe's own steps are unchanged)
+        n_steps = config.steps + (config.readout_cooldown if reference is not None else 0)
+        order = data_order(len(examples), n_steps * per_step, config.seed)
         cache: dict[int, tuple[list[int], list[int]]] = {}
 
         def enc(i: int):
@@ -112,7 +122,7 @@ class ProbeBatches:
 
         self.steps: list[list[dict]] = []
         self.tokens: list[int] = []
-        for s in range(config.steps):
+        for s in range(n_steps):
             idx = order[s * per_step : (s + 1) * per_step]
             micro = [collate([enc(int(i)) for i in idx[a : a + config.batch_size]], pad) for a in range(0, per_step, config.batch_size)]
             self.steps.append(micro)
@@ -121,6 +131,13 @@ class ProbeBatches:
         # its rows, weighted so the expectation is the whole batch's value).
         self.flat_batch, self.flat_scale = subsample_rows(self.steps[0][0], config.flatness_sample, config.seed)
         self.ood_batches, self.ood_scale = ood_subset(tokenizer, ood_texts, pad, config.ood_sample, config.seed)
+        self.reference_batches = None if reference is None else reference_batches(tokenizer, reference, config.max_length, pad)
+
+
+def reference_batches(tokenizer, examples, max_length: int, pad: int) -> list[dict]:
+    """The reference examples (prompt masked, answer scored) as padded batches sorted by length."""
+    encoded = sorted((encode_example(tokenizer, ex, max_length) for ex in examples), key=lambda e: len(e[0]))
+    return [collate(encoded[i : i + _REF_CHUNK], pad) for i in range(0, len(encoded), _REF_CHUNK)]
 
 
 def _label_tokens(labels) -> np.ndarray:
@@ -343,6 +360,48 @@ def _set_lr(optimizer, config: ProbeConfig, step: int) -> None:
             group["lr"] = config.lr_at(step)
 
 
+def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: ProbeBatches, config: ProbeConfig, depth: int,
+                 device) -> float:
+    r"""The cooled-down readout at ``depth``: mean per-token answer NLL on the reference after a cooldown.
+
+    With k = ``config.readout_cooldown``, steps depth + j (j = 1..k) train on the probe's next batches at
+    :math:`\eta_j = \eta\,(k + 1 - j)/(k + 1)` (the linear anneal of ``ProbeConfig.lr_at``), clipped like
+    every probe step; then the reference answers are scored (eval mode). Afterwards the adapter weights,
+    the optimiser state and torch's random state are restored, so the probe continues exactly as if no
+    readout had happened. A cooldown that produces a non-finite loss gives NaN (recorded, not raised).
+    """
+    import copy
+
+    import torch
+
+    k = config.readout_cooldown
+    saved = [p.detach().clone() for p in params]
+    opt_state = copy.deepcopy(optimizer.state_dict())
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        for j in range(1, k + 1):
+            grads.zero()
+            n_tokens = batches.tokens[depth + j - 1]
+            for micro in batches.steps[depth + j - 1]:
+                nll, _ = batch_nll(peft_model, _to(micro, device))
+                (nll / n_tokens).backward()
+            flat = grads.flat()
+            clip_(flat, torch.linalg.vector_norm(flat), config.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = float(config.lr) * (k + 1 - j) / (k + 1)
+            optimizer.step()
+        return mean_loss(peft_model, batches.reference_batches, device)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+        optimizer.load_state_dict(opt_state)  # moments, step counts and the trunk's learning rate
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
 def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, device, *, record: bool = True):
     """Train ``config.steps`` LoRA steps on ``batches``; with ``record`` compute the feature rows.
 
@@ -409,12 +468,15 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
             log.warning("probe diverged at step %d (non-finite depth measurements, seed %d)", step, config.seed)
             break
         feats = dynamic_features(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], **extras)
+        if batches.reference_batches is not None:
+            feats["dyn_ref_loss"] = readout_loss(peft_model, params, grads, optimizer, batches, config, step, device)
         rows.append({"depth": step, "seed": config.seed, "status": "ok", "diverged_step": None, **hp, **feats})
         log.info("depth %d: loss %.4f", step, stats[-1, 0])
     return rows, diverged
 
 
-def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig, *, ood_examples=None) -> ProbeResult:
+def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig, *, ood_examples=None,
+              reference: Sequence[Example] | None = None) -> ProbeResult:
     """Run one LoRA probe and record the dynamic features at every ``config.record_at`` depth.
 
     Parameters
@@ -427,6 +489,10 @@ def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig
         The candidate's hyperparameters and the probe settings.
     ood_examples : list of str or Example, optional
         The out-of-domain set of the forgetting feature (default: the shipped sentences).
+    reference : list of Example, optional
+        Held-out examples of the target task. Given, every row also has ``dyn_ref_loss``: the mean
+        per-token answer NLL on them after a cooldown of ``config.readout_cooldown`` steps (see
+        :func:`readout_loss`); each readout costs that many extra steps.
 
     Returns
     -------
@@ -437,18 +503,22 @@ def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig
     import torch
 
     _check_examples(examples)
+    if reference is not None:
+        _check_examples(reference, "reference")
     if not isinstance(config, ProbeConfig):
         raise ValueError(f"config must be a ProbeConfig, but got {type(config).__name__}; build one with ProbeConfig(...).")
-    batches = ProbeBatches(examples, tokenizer, config, _ood_texts(ood_examples))
+    batches = ProbeBatches(examples, tokenizer, config, _ood_texts(ood_examples), reference=reference)
     device = next(model.parameters()).device
     start = time.perf_counter()
     with attach_lora(model, config) as (peft_model, params):
         rows, diverged = probe_loop(peft_model, params, batches, config, device, record=True)
     wall = time.perf_counter() - start
     hp = config.hp_features()
+    columns = [*ROW_COLUMNS, *(READOUT_COLUMNS if reference is not None else ())]
     for depth in config.record_at[len(rows) :]:
-        rows.append({"depth": depth, "seed": config.seed, "status": "diverged", "diverged_step": diverged, **hp, **nan_features()})
-    frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+        rows.append({"depth": depth, "seed": config.seed, "status": "diverged", "diverged_step": diverged, **hp, **nan_features(),
+                     **{c: math.nan for c in columns if c in READOUT_COLUMNS}})
+    frame = pd.DataFrame(rows, columns=columns)
     frame["depth"] = frame["depth"].astype("int64")
     frame["seed"] = frame["seed"].astype("int64")
     frame["diverged_step"] = frame["diverged_step"].astype("Int64")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
+from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, READOUT_COLUMNS, STATIC_COLUMNS
 from plan_probe.probes._glossary import FEATURE_MEANINGS, feature_phrase
 
 
 def test_every_computed_column_has_a_meaning():
-    missing = [c for c in (*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS) if c not in FEATURE_MEANINGS]
+    missing = [c for c in (*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, *READOUT_COLUMNS) if c not in FEATURE_MEANINGS]
     assert missing == []
 
 

@@ -358,6 +358,8 @@ def test_llm_v3_design_is_pinned_to_the_built_records():
         config = probe_config(spec, cand).to_json()["config"]
         assert _digest({k: config[k] for k in _PROBE_CONFIG_V1}) == config_digest, run_id
         added = {k: v for k, v in config.items() if k not in _PROBE_CONFIG_V1}
+        # readout_cooldown acts only when a probe is given reference examples; these records had no readout
+        assert added.pop("readout_cooldown", 0) == 0
         assert all(v is None for v in added.values()), f"pin {added} to the exact definitions in probe_config"
         train = _train_examples(cand.variant, corpus)
         assert _digest([[e.input, e.output] for e in train]) == train_digest, run_id

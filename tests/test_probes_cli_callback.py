@@ -32,9 +32,23 @@ def test_probe_cli_writes_rows(tiny_folder, data, tmp_path):
     assert json.loads(result.stdout)["runs"][0]["status"] == "ok"
 
 
+def test_probe_cli_readout_adds_dyn_ref_loss(tiny_folder, data, tmp_path):
+    out = tmp_path / "rows.csv"
+    args = ["probe", str(data), "--model", str(tiny_folder), "--steps", "4", "--record-at", "2,4", "--batch-size", "2",
+            "--max-length", "24", "--lora-r", "2", "--target-modules", "q_proj,v_proj", "--device", "cpu",
+            "--reference", str(data), "--readout-cooldown", "2", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert len(rows) == 2 and rows["dyn_ref_loss"].notna().all() and (rows["dyn_ref_loss"] > 0).all()
+    assert json.loads(result.stdout)["config"]["config"]["readout_cooldown"] == 2
+
+
 @pytest.mark.parametrize(
     "extra, pattern",
     [
+        (["--readout-cooldown", "-2"], "readout_cooldown must be an integer >= 0"),
+        (["--reference", "/nonexistent/ref.jsonl"], "ref.jsonl"),
         (["--lr", "-1"], "lr must be a positive"),
         (["--record-at", "2,50"], "must not exceed steps"),
         (["--record-at", "a,b"], "comma-separated integers"),

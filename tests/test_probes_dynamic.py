@@ -292,7 +292,7 @@ def test_probe_config_schema1_reads_as_exact():
     from plan_probe.probes._formats import PROBE_CONFIG
 
     doc = ProbeConfig().to_json()
-    assert doc["schema_version"] == PROBE_CONFIG.schema_version == 3
+    assert doc["schema_version"] == PROBE_CONFIG.schema_version == 4
     assert ProbeConfig.from_json(doc) == ProbeConfig()
     old = {"format": "plan-probe/probe-config", "schema_version": 1, "config": {"steps": 10, "record_at": [5, 10]}}
     cfg = ProbeConfig.from_json(old)

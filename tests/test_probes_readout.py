@@ -1,0 +1,87 @@
+"""The cooled-down readout (``dyn_ref_loss``) on a tiny random LLaMA built here: it is undone without a trace,
+and it equals the reference loss of a separate probe that anneals over the same steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from plan_probe.probes import DYN_COLUMNS, READOUT_COLUMNS, Example, ProbeConfig  # noqa: E402
+from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, mean_loss, probe_loop, run_probe  # noqa: E402
+from plan_probe.probes._testing import tiny_model, tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return [Example(f"question {i}: what is {i} plus {i % 3}?", f"It is {i + i % 3}, because we add.") for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return [Example(f"question {i}: what is {i} plus {i % 3}?", f"It is {i + i % 3}, because we add.") for i in range(40, 45)]
+
+
+def _config(**kw):
+    # dropout on: the readout must also put torch's random state back
+    base = dict(steps=6, record_at=(3, 6), batch_size=2, max_length=40, lr=5e-3, lora_r=4, lora_alpha=8.0,
+                lora_dropout=0.1, target_modules=("q_proj", "v_proj"), grad_clip=0.05, seed=7)
+    base.update(kw)
+    return ProbeConfig(**base)
+
+
+def test_the_readout_leaves_every_other_feature_bit_for_bit(tok, examples, reference):
+    cfg = _config(readout_cooldown=3)
+    plain = run_probe(examples, tiny_model(len(tok)), tok, cfg).rows
+    read = run_probe(examples, tiny_model(len(tok)), tok, cfg, reference=reference).rows
+    assert list(plain.columns) == [c for c in read.columns if c not in READOUT_COLUMNS] and "dyn_ref_loss" not in plain
+    assert read[list(DYN_COLUMNS)].equals(plain[list(DYN_COLUMNS)])  # params, moments and RNG restored exactly
+    assert np.all(np.isfinite(read["dyn_ref_loss"])) and read["dyn_ref_loss"].nunique() == 2
+
+
+@pytest.mark.parametrize("depth, cooldown", [(3, 0), (3, 3), (6, 2)])
+def test_the_readout_is_the_reference_loss_of_a_probe_that_anneals_over_the_same_steps(tok, examples, reference, depth, cooldown):
+    """Known truth: a separate probe of depth + k steps whose last k steps decay the lr to zero
+    (``lr_decay_steps = k``) trains exactly what the branch trains; its final reference loss is the readout."""
+    cfg = _config(readout_cooldown=cooldown)
+    read = run_probe(examples, tiny_model(len(tok)), tok, cfg, reference=reference).rows.set_index("depth")["dyn_ref_loss"]
+
+    model = tiny_model(len(tok))
+    longer = dataclasses.replace(cfg, steps=depth + cooldown, lr_decay_steps=cooldown, readout_cooldown=0,
+                                 record_at=tuple(d for d in cfg.record_at if d <= depth))
+    batches = ProbeBatches(examples, tok, longer, _ood_texts(None), reference=reference)
+    with attach_lora(model, longer) as (peft_model, params):
+        batches.reference_batches, kept = None, batches.reference_batches  # no readouts inside the separate probe
+        probe_loop(peft_model, params, batches, longer, torch.device("cpu"), record=True)
+        expected = mean_loss(peft_model, kept, torch.device("cpu"))
+    assert read[depth] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_a_longer_cooldown_learns_more_and_cooldown_zero_scores_the_iterate(tok, examples, reference):
+    got = {k: run_probe(examples, tiny_model(len(tok)), tok, _config(readout_cooldown=k), reference=reference).rows
+           for k in (0, 4)}
+    assert not np.allclose(got[0]["dyn_ref_loss"], got[4]["dyn_ref_loss"])
+    # the reference is the training distribution here: training on it lowers its loss, more so with a cooldown
+    assert got[4]["dyn_ref_loss"].iloc[-1] < got[0]["dyn_ref_loss"].iloc[0]
+
+
+def test_readout_settings_are_validated_and_round_trip(tok, examples):
+    cfg = _config(readout_cooldown=5)
+    assert ProbeConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    old = ProbeConfig().to_json()
+    old["schema_version"], old["config"] = 3, {k: v for k, v in old["config"].items() if k != "readout_cooldown"}
+    assert ProbeConfig.from_json(old).readout_cooldown == 0  # schema-3 probes had no readout
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="readout_cooldown must be an integer >= 0"):
+            _config(readout_cooldown=bad)
+    with pytest.raises(ValueError, match="reference must be a non-empty list of Example"):
+        run_probe(examples, tiny_model(len(tok)), tok, _config(), reference=[])
