@@ -501,10 +501,13 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
         )
     meta = pd.DataFrame(meta_rows).sort_values(["run_id", "depth"], kind="stable").reset_index(drop=True)
     runs = pd.DataFrame(run_rows)
+    meta, readout = _with_readout(meta, out)
     write_table(meta, out / "meta.parquet")
     write_table(runs, out / "runs.parquet")
     ok = runs[runs["status"] == "ok"]
     summary = {"meta_rows": len(meta), "runs": runs["status"].value_counts().to_dict(), "label_metric": spec.label_metric}
+    if readout is not None:
+        summary["readout"] = readout
     for name in LABEL_METRICS:  # spread across runs vs evaluation noise, for every metric the records carry
         values, ses = ok[f"metric_{name}"].dropna().astype(float), ok[f"metric_{name}_se"].dropna().astype(float)
         if len(values) > 1 and len(ses):
@@ -529,6 +532,22 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
             gain[spec.label_metric].update({"best_gain_in_se": float(gain_se.max()), "runs_beating_base_by_5_se": int((gain_se >= 5).sum())})
         summary["base"] = gain
     return summary
+
+
+def _with_readout(meta, out: Path):
+    """``meta`` with ``dyn_ref_loss`` from ``out/readout`` (``llm_readout``) once every run in it has a readout;
+    before that the table is left as it is. Returns the table and ``{"runs", "of", "merged"}`` (None: no readouts)."""
+    from plan_probe.experiments.llm_readout import FOLDER, readout_table
+
+    if not (out / FOLDER).is_dir():
+        return meta, None
+    table = readout_table(out / FOLDER)
+    wanted = set(meta["run_id"])
+    have = wanted & set(table["run_id"])
+    merged = bool(wanted) and have == wanted
+    if merged:
+        meta = meta.merge(table, on=["run_id", "depth"], how="left", validate="one_to_one")
+    return meta, {"runs": len(have), "of": len(wanted), "merged": merged}
 
 
 def read_records(folder: Path, what: str) -> list[dict]:

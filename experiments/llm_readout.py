@@ -1,0 +1,156 @@
+"""Re-record the probe part of an LLM tier's runs with the cooled-down readout (``dyn_ref_loss``).
+
+A tier's records hold the 10 ``dyn_*`` features of each run's probe, none of which looks at what the
+adapted model answers. The readout does (``probes._probe.readout_loss``): at each record depth the probe
+branches off, anneals the learning rate to zero over ``cooldown`` steps, scores the answers of a
+reference set, and undoes the branch. Adding it to a built tier needs only the probe part of every run
+again (same seed, data order and constant learning rate: the recomputed ``dyn_*`` rows must equal the
+recorded ones, ``matches_record``), not the full run, so the labels stay those already recorded.
+
+The reference set is ``llm_checkpoint_eval.reference_examples``: balanced held-out examples of the
+task, disjoint from the label's evaluation set. One JSON file per run, ``OUT/readout/<run_id>.json``
+(written atomically; a rerun skips the runs already there, so a killed build loses at most the runs in
+progress); ``llm_tier assemble`` adds ``dyn_ref_loss`` to ``meta.parquet`` once every ok run has one.
+
+Run as ``python -m plan_probe.experiments.llm_readout run SPEC.toml --out DIR [--shard i/m]`` and
+``... summary SPEC.toml --out DIR`` (Spearman correlation of the readout with the label per depth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["record_readout", "run", "readout_table", "summarise"]
+
+log = logging.getLogger(__name__)
+
+FOLDER = "readout"
+# the re-run probe reproduces the recorded rows to this relative tolerance on one machine (same seed, same bytes)
+_MATCH_RTOL = 1e-4
+
+
+def _rows_match(recorded: list[dict], recomputed: list[dict]) -> bool:
+    from plan_probe.probes import DYN_COLUMNS
+
+    by_depth = {int(r["depth"]): r for r in recomputed}
+    return bool(recorded) and all(
+        int(r["depth"]) in by_depth
+        and all(math.isclose(r[k], by_depth[int(r["depth"])][k], rel_tol=_MATCH_RTOL, abs_tol=1e-9) for k in DYN_COLUMNS)
+        for r in recorded)
+
+
+def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference, cooldown: int) -> dict:
+    """Re-run ``cand``'s probe (its constant-lr prefix, every record depth) with the readout on ``reference``."""
+    from plan_probe.experiments.llm_tier import _train_examples, probe_config
+    from plan_probe.probes import run_probe
+
+    deepest = max(spec.record_at)
+    config = dataclasses.replace(probe_config(spec, cand), steps=deepest, lr_decay_steps=0, readout_cooldown=cooldown)
+    c0 = time.process_time()
+    result = run_probe(_train_examples(cand.variant, corpus), model, tokenizer, config, reference=reference)
+    rows = result.rows.to_dict("records")
+    return {"run_id": cand.run_id, "cooldown": cooldown, "n_reference": len(reference), "status": result.status,
+            "rows": [{"depth": int(r["depth"]), "dyn_ref_loss": _finite(r["dyn_ref_loss"])} for r in rows],
+            "matches_record": _rows_match(record["result"].get("rows", []), rows),
+            "cpu_time_s": round(time.process_time() - c0, 3)}
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def run(spec, out: Path, *, shard: tuple[int, int] = (0, 1), cooldown: int, n_reference: int, device=None,
+        limit: int | None = None) -> dict:
+    """``OUT/readout/<run_id>.json`` for every ok run of this shard (design order) that has none yet."""
+    from plan_probe.experiments.llm_checkpoint_eval import reference_examples
+    from plan_probe.experiments.llm_tier import _versions, _worker_state, candidates, read_records
+    from plan_probe.probes._io import write_json
+
+    if not (isinstance(cooldown, int) and cooldown >= 0):
+        raise ValueError(f"cooldown must be an integer >= 0, but got {cooldown=}; pass e.g. --cooldown 10.")
+    i, m = shard
+    records = {r["run_id"]: r for r in read_records(out / "records", "--out") if r["status"] == "ok"}
+    folder = out / FOLDER
+    mine = [c for j, c in enumerate(candidates(spec)) if j % m == i and c.run_id in records]
+    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()][: limit if limit is not None else None]
+    if todo:
+        corpus, eval_examples, model, tokenizer = _worker_state(spec, None, device)
+        reference = reference_examples(spec, corpus, eval_examples, n_reference, seed=spec.seed + 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        for cand in todo:
+            doc = record_readout(spec, cand, records[cand.run_id], model, tokenizer, corpus, reference, cooldown)
+            write_json({**doc, "versions": _versions()}, folder / f"{cand.run_id}.json")
+            log.info("run %s: label %.1f, readout %s", cand.run_id, records[cand.run_id]["result"]["label"],
+                     [r["dyn_ref_loss"] for r in doc["rows"]])
+    return {"recorded": len(todo), "skipped": len(mine) - len(todo)}
+
+
+def readout_table(folder: Path):
+    """``run_id, depth, dyn_ref_loss`` of every readout file in ``folder`` (empty when there is none)."""
+    import pandas as pd
+
+    from plan_probe.probes._io import read_json
+
+    rows = [{"run_id": doc["run_id"], "depth": r["depth"], "dyn_ref_loss": r["dyn_ref_loss"]}
+            for doc in (read_json(p) for p in sorted(Path(folder).glob("*.json"))) for r in doc["rows"]]
+    return pd.DataFrame(rows, columns=["run_id", "depth", "dyn_ref_loss"]).astype({"dyn_ref_loss": float})
+
+
+def summarise(meta, readout) -> dict:
+    """Per depth: runs with a readout and the Spearman correlation of ``dyn_ref_loss`` with the label."""
+    from scipy import stats
+
+    joined = meta[["run_id", "depth", "label"]].merge(readout, on=["run_id", "depth"])
+    out = {}
+    for depth, g in joined.groupby("depth"):
+        g = g.dropna()
+        rho = stats.spearmanr(g["dyn_ref_loss"], g["label"])[0] if len(g) > 2 and g["dyn_ref_loss"].nunique() > 1 and g["label"].nunique() > 1 else None
+        out[int(depth)] = {"runs": int(len(g)), "spearman": None if rho is None or not np.isfinite(rho) else float(rho)}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_readout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("run", "summary"))
+    parser.add_argument("spec", help="the tier spec (TOML)")
+    parser.add_argument("--out", required=True, help="the tier's output folder (records/ inside; readout/ is written there)")
+    parser.add_argument("--shard", default="0/1", help="run: i/m, every m-th run of the design starting at i")
+    parser.add_argument("--cooldown", type=int, default=10, help="run: steps of the readout's lr anneal (default 10)")
+    parser.add_argument("--reference", type=int, default=100, help="run: reference-set size (balanced; default 100)")
+    parser.add_argument("--limit", type=int, default=None, help="run: at most this many runs now")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from plan_probe.experiments.llm_tier import _parse_shard, load_llm_spec
+
+        spec = load_llm_spec(args.spec)
+        out = Path(args.out)
+        if args.stage == "run":
+            result = run(spec, out, shard=_parse_shard(args.shard), cooldown=args.cooldown, n_reference=args.reference,
+                         device=args.device, limit=args.limit)
+        else:
+            import pandas as pd
+
+            if not (out / "meta.parquet").is_file():
+                raise ValueError(f"--out must hold an assembled meta.parquet, but {str(out)!r} has none; run llm_tier assemble first.")
+            result = summarise(pd.read_parquet(out / "meta.parquet"), readout_table(out / FOLDER))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
