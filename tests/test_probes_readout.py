@@ -13,17 +13,8 @@ torch = pytest.importorskip("torch")
 
 from plan_probe.probes import DYN_COLUMNS, READOUT_COLUMNS, Example, ProbeConfig  # noqa: E402
 from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, mean_loss, probe_loop, run_probe  # noqa: E402
-from plan_probe.probes._testing import tiny_model, tiny_tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def examples():
-    return [Example(f"question {i}: what is {i} plus {i % 3}?", f"It is {i + i % 3}, because we add.") for i in range(12)]
+from plan_probe.probes._testing import tiny_model  # noqa: E402
+from tests.test_probes_dynamic import examples, tok  # noqa: E402,F401  (the same tiny tokenizer and training set)
 
 
 @pytest.fixture(scope="module")
