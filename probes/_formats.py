@@ -178,8 +178,14 @@ def _portfolio_v1_to_v2(doc: dict) -> dict:
 #: score the gains are measured against); older documents had none, which reads as null.
 RUN_SUMMARY = FileFormat("plan-probe/run-summary", 4, "rerun plan-probe run",
                          migrations={1: _summary_v1_to_v2, 2: dict, 3: _summary_v3_to_v4})
-PORTFOLIO = FileFormat("plan-probe/portfolio", 4, "rerun plan-probe run",
-                       migrations={1: _portfolio_v1_to_v2, 2: dict, 3: _portfolio_v3_to_v4})
+def _portfolio_v4_to_v5(doc: dict) -> dict:
+    """Schema 5 adds the ``reference`` and ``readout_cooldown`` settings; schema-4 portfolios had no readout (null)."""
+    return {**doc, "settings": {"reference": None, "readout_cooldown": 10, **doc.get("settings", {})}}
+
+
+#: Schema 5 (the portfolio alone): the probe readout's ``reference`` set and ``readout_cooldown``.
+PORTFOLIO = FileFormat("plan-probe/portfolio", 5, "rerun plan-probe run",
+                       migrations={1: _portfolio_v1_to_v2, 2: dict, 3: _portfolio_v3_to_v4, 4: _portfolio_v4_to_v5})
 #: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
 #: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
 #: holds numbers, which mean the same in schema 2, so the migration is the identity.

