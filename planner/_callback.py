@@ -100,6 +100,13 @@ class PlanProbeCallback(ProbeRecorderCallback):
         if not isinstance(settings, DecisionSettings):
             raise ValueError(f"settings must be a DecisionSettings, but got {type(settings).__name__}; "
                              "pass DecisionSettings(threshold=τ).")
+        from plan_probe.probes import READOUT_COLUMNS
+
+        readout = sorted(set(predictor.feature_names_) & set(READOUT_COLUMNS))
+        if readout:  # a readout branches off the probe; the callback does not fork the user's training run
+            raise ValueError(f"the predictor must use features a training run records, but it uses the probe readout "
+                             f"{readout}; pass a predictor refitted without it (plan-probe refit on a meta-dataset "
+                             "without that column).")
         if not isinstance(static_row, Mapping):
             raise ValueError(f"static_row must be a mapping of static_* descriptors, but got {type(static_row).__name__}; "
                              "pass the descriptors of plan-probe static.")

@@ -211,7 +211,7 @@ def test_unwritable_history_never_stops_training(models, tmp_path, caplog):
     assert blocker.read_text() == "x"
 
 
-def test_callback_bad_input(models):
+def test_callback_bad_input(models, tmp_path):
     from plan_probe import DecisionSettings, PlanProbeCallback
 
     s = DecisionSettings(threshold=TAU)
@@ -225,6 +225,13 @@ def test_callback_bad_input(models):
         PlanProbeCallback({"static_n_examples": 1.0}, s, metric_for_outcome="", **models)
     with pytest.raises(ValueError, match="hyperparams must be finite"):
         PlanProbeCallback({"static_n_examples": 1.0}, s, hyperparams={"lr": float("nan")}, **models)
+    # a predictor that uses the probe readout: the callback cannot record it inside a training run
+    from plan_probe._predictor import ProbePredictor
+    from tests._run_helpers import make_predictors
+
+    readout_predictor = ProbePredictor.load(make_predictors(tmp_path, readout=True)[0])
+    with pytest.raises(ValueError, match=r"uses the probe readout \['dyn_ref_loss'\]"):
+        PlanProbeCallback({"static_n_examples": 1.0}, s, **{**models, "predictor": readout_predictor})
     from plan_probe._defaults import default_path
     from plan_probe.probes._io import read_table
 
