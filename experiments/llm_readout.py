@@ -34,18 +34,14 @@ __all__ = ["record_readout", "run", "readout_table", "summarise"]
 log = logging.getLogger(__name__)
 
 FOLDER = "readout"
-# the re-run probe reproduces the recorded rows to this relative tolerance on one machine (same seed, same bytes)
-_MATCH_RTOL = 1e-4
 
 
 def _rows_match(recorded: list[dict], recomputed: list[dict]) -> bool:
-    from plan_probe.probes import DYN_COLUMNS
+    """Every recorded row has a recomputed row of its depth with the same ``dyn_*`` values (llm_checkpoint_eval's rule)."""
+    from plan_probe.experiments.llm_checkpoint_eval import _rows_match as row_matches
 
     by_depth = {int(r["depth"]): r for r in recomputed}
-    return bool(recorded) and all(
-        int(r["depth"]) in by_depth
-        and all(math.isclose(r[k], by_depth[int(r["depth"])][k], rel_tol=_MATCH_RTOL, abs_tol=1e-9) for k in DYN_COLUMNS)
-        for r in recorded)
+    return bool(recorded) and all(int(r["depth"]) in by_depth and row_matches(r, by_depth[int(r["depth"])]) for r in recorded)
 
 
 def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference, cooldown: int) -> dict:
