@@ -53,6 +53,8 @@ class DecisionSettings:
     launch_cost : :math:`C_{lb}`, cost of launching a run that ends below τ (None: the full-run cost).
     kill_cost : :math:`C_{kg}`, cost of not launching a run that would have reached τ (None: the full-run cost).
     grid_ratio : ratio between neighbouring depths of the search grid (theory.decision_curves).
+    setup_steps : steps every probe costs beyond its depth (a readout's cooldown): charged in the
+        objective, so a probe must pay for them; not counted against a probe budget.
     """
 
     threshold: float
@@ -60,6 +62,7 @@ class DecisionSettings:
     launch_cost: float | None = None
     kill_cost: float | None = None
     grid_ratio: float = 1.25
+    setup_steps: float = 0.0
 
     def __post_init__(self):
         t = self.threshold
@@ -73,6 +76,10 @@ class DecisionSettings:
                                  "(in the unit of --step-cost, e.g. training steps).")
         if not (math.isfinite(self.grid_ratio) and self.grid_ratio > 1):
             raise ValueError(f"grid_ratio must exceed 1, but got grid_ratio={self.grid_ratio!r}; use e.g. 1.25.")
+        s = self.setup_steps
+        if not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0):
+            raise ValueError(f"setup_steps must be a non-negative number of steps, but got setup_steps={s!r}; "
+                             "pass e.g. 0 (no readout) or the readout's cooldown.")
 
     def costs(self, n: int, full_cost=None) -> tuple[np.ndarray, np.ndarray]:
         """Per-task (C_lb, C_kg): explicit costs, else the per-task ``full_cost``, else ``self.full_cost``."""
@@ -206,23 +213,25 @@ def _where(p: float, side: str) -> str:
     return "near τ" if 0.2 <= p <= 0.8 else f"{side} τ"
 
 
-def _reason(r: dict, go_now: bool, tau: float, lam: float, c_min: int) -> str:
+def _reason(r: dict, go_now: bool, tau: float, lam: float, c_min: int, setup: float = 0.0) -> str:
     """Why a task got its probe steps, in words (the report's per-candidate reason)."""
     p, c, c_opt = r["p_success_now"], int(r["probe_steps"]), int(r["c_opt"])
+    extra = f" (incl. {setup:g} readout steps)" if setup > 0 else ""
     side = "above" if r["prior_mean"] >= tau else "below"
     now = "go" if go_now else "no-go"
     where = f"{_where(p, side)} (P(score ≥ τ) = {p:.2f})"
     if c > 0:
         text = (f"{where}: {c} steps can flip the decision (probability {r['p_flip']:.2f}); they cut the expected "
-                f"loss from {r['loss_now']:.3g} to {r['loss_at_probe_steps']:.3g} for a probe cost of {lam * c:.3g}")
+                f"loss from {r['loss_now']:.3g} to {r['loss_at_probe_steps']:.3g} for a probe cost of "
+                f"{lam * (c + setup):.3g}{extra}")
         return text + (f"; the budget cut the probe from its optimum of {c_opt} steps" if c < c_opt else "")
     if c_opt > 0:
         return (f"{where}: a {c_opt}-step probe is worth {r['value_of_probe']:.3g} net, but the budget went to "
                 f"candidates where a step is worth more; {now} without a probe")
-    if r["loss_now"] <= lam * c_min:
+    if r["loss_now"] <= lam * (c_min + setup):
         return (f"far {side} τ (P(score ≥ τ) = {p:.2f}): no probe needed, {now}; deciding now risks an expected loss "
-                f"of {r['loss_now']:.3g}, less than the cheapest probe ({lam * c_min:.3g})")
-    if r["loss_now"] - r["loss_floor"] <= lam * c_min:
+                f"of {r['loss_now']:.3g}, less than the cheapest probe ({lam * (c_min + setup):.3g}{extra})")
+    if r["loss_now"] - r["loss_floor"] <= lam * (c_min + setup):
         return (f"{where}, but no probe resolves enough: even an endless free probe would only cut the expected loss "
                 f"from {r['loss_now']:.3g} to {r['loss_floor']:.3g} (intrinsic risk); {now} without a probe")
     return f"{where}, but at every depth the probe costs more than the loss it avoids; {now} without a probe"
@@ -270,7 +279,7 @@ def decision_plan(task_ids, prior_mean, prior_var, l_int, k, alpha, settings, de
     lam = float(settings.step_cost)
     c_lo, c_hi = settings.int_range
     curves = decision_curves(m0, s0, l_int, k, alpha, decision.threshold, c_lb, c_kg, lam, c_lo, c_hi,
-                             grid_ratio=decision.grid_ratio, n_jobs=n_jobs)
+                             setup_steps=decision.setup_steps, grid_ratio=decision.grid_ratio, n_jobs=n_jobs)
     steps = curves.c_opt if settings.budget is None else allocate_decision_budget(curves, settings.budget)
     rows = np.arange(n)
     at_steps = np.argmax(curves.depths == np.asarray(steps)[:, None], axis=1)  # every allocation is an evaluated depth
@@ -302,7 +311,7 @@ def decision_plan(task_ids, prior_mean, prior_var, l_int, k, alpha, settings, de
         "p_flip": p_flip,
         "loss_floor": curves.loss_floor,
     })
-    frame["reason"] = [_reason(r, g, decision.threshold, lam, c_lo)
+    frame["reason"] = [_reason(r, g, decision.threshold, lam, c_lo, decision.setup_steps)
                        for r, g in zip(frame.to_dict("records"), curves.go_now)]
     return frame
 

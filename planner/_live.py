@@ -155,6 +155,9 @@ class LiveProbe:
         if settings.full_cost is None and (settings.launch_cost is None or settings.kill_cost is None):
             raise ValueError("the live decision needs the cost of a full run, but got full_cost=None in the settings; "
                              "pass DecisionSettings(threshold=τ, full_cost=C) (e.g. the run's steps with step_cost=1).")
+        if settings.setup_steps:  # the run's own steps are the probe: nothing runs beside them
+            raise ValueError(f"a live decision has no probe setup, so setup_steps must be 0, but got "
+                             f"setup_steps={settings.setup_steps!r}; pass DecisionSettings(..., setup_steps=0).")
         if not (isinstance(step_cost, (int, float)) and math.isfinite(step_cost) and step_cost > 0):
             raise ValueError(f"step_cost must be positive, but got {step_cost=}; pass λ > 0 (e.g. 1 per step).")
         if not 0 < coverage < 1:

@@ -263,9 +263,12 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
 
 def _decision_section(p, plan, t) -> list[str]:
     """The decision objective's plan: per candidate the numbers and the reason for its steps, and the totals."""
-    lam = p.step_cost
+    from plan_probe.theory import probe_cost_steps
+
+    lam, setup = p.step_cost, (p.readout_cooldown if p.reference is not None else 0)
     rows = [[r["candidate"], r["p_success_now"], r["decision_now"], r["loss_now"], r["probe_steps"],
-             r["loss_at_probe_steps"], r["loss_now"] - r["loss_at_probe_steps"] - lam * r["probe_steps"], r["p_flip"]]
+             r["loss_at_probe_steps"], r["loss_now"] - r["loss_at_probe_steps"] - lam * probe_cost_steps(r["probe_steps"], setup),
+             r["p_flip"]]
             for r in plan.to_dict("records")]
     lines = [
         "Each candidate's probe length minimises the expected loss of the go/no-go decision at τ plus the probe's "
@@ -273,7 +276,9 @@ def _decision_section(p, plan, t) -> list[str]:
         "the risk model's L(c) and moves the mean by N(0, S₀ − L(c)); docs/guide/decision.md). Costs are in the "
         f"unit of λ = {lam:g} per probe step: a launched run that ends below τ costs C_lb, a killed run that would "
         "have reached τ costs C_kg (default for both: the candidate's full run, `full_steps` × λ or `full_cost`)"
-        + (", and the budget is shared by equal marginal value of information." if p.budget is not None else "."),
+        + (", and the budget is shared by equal marginal value of information." if p.budget is not None else ".")
+        + (f" Every probe also runs the {setup:g}-step readout on the reference set: its cost is charged with the "
+           "probe's (so a probe must pay for it), but not counted against the probe budget." if setup > 0 else ""),
         "",
         _table(["candidate", "P(score ≥ τ) now", "decide now", "expected loss now", "probe steps",
                 "expected loss after", "loss avoided (net)", "P(probe flips it)"], rows),

@@ -329,10 +329,13 @@ def plan_settings(portfolio):
 
 
 def decision_settings(portfolio):
-    """The decision objective's settings of a portfolio (τ and the error costs)."""
+    """The decision objective's settings of a portfolio (τ, the error costs, and the readout's steps that every
+    probe then costs beyond its depth)."""
     from plan_probe._decision_plan import DecisionSettings
 
-    return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost)
+    setup = portfolio.readout_cooldown if portfolio.reference is not None else 0
+    return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost,
+                            setup_steps=setup)
 
 
 def _static_priors(prepared: PreparedRun, static: dict):
@@ -624,7 +627,10 @@ def _decision_totals(portfolio, plan) -> dict:
     """Expected decision losses of the plan (decision objective only), in the unit of ``step_cost``."""
     if portfolio.objective != "decision":
         return {}
+    from plan_probe.theory import probe_cost_steps
+
     now, after = float(plan["loss_now"].sum()), float(plan["loss_at_probe_steps"].sum())
-    cost = float(portfolio.step_cost * plan["probe_steps"].sum())
+    setup = decision_settings(portfolio).setup_steps
+    cost = float(portfolio.step_cost * probe_cost_steps(plan["probe_steps"].to_numpy(), setup).sum())
     return {"expected_loss_now": now, "expected_loss_after_probes": after, "probe_cost": cost,
             "expected_loss_avoided": now - after - cost}

@@ -226,6 +226,11 @@ def test_constructor_bad_input(models, runs):
                   settings=DecisionSettings(threshold=-50.0))
     with pytest.raises(ValueError, match="DecisionSettings"):
         LiveProbe(run["static"], run["hp"], risk_model=risk, predictor=pred, static_predictor=static, settings={"threshold": 1})
+    with pytest.raises(ValueError, match="setup_steps must be 0"):
+        LiveProbe(run["static"], run["hp"], risk_model=risk, predictor=pred, static_predictor=static,
+                  settings=DecisionSettings(threshold=-50.0, full_cost=120.0, setup_steps=10))
+    with pytest.raises(ValueError, match="setup_steps must be a non-negative number of steps"):
+        DecisionSettings(threshold=-50.0, full_cost=120.0, setup_steps=-1)
 
 
 def test_from_models_dir(tmp_path, runs, scale):

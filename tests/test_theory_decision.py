@@ -17,6 +17,7 @@ from plan_probe.theory import (
     decision_loss,
     decision_loss_now,
     expected_decision_loss,
+    probe_cost_steps,
     success_probability,
 )
 
@@ -127,6 +128,34 @@ def test_c_opt_matches_brute_force_over_every_integer_depth(seed, lam, c_kg):
     assert np.all(cur.p_flip[cur.c_opt == 0] == 0) and np.all((cur.p_flip >= 0) & (cur.p_flip <= 1))
 
 
+@pytest.mark.parametrize("setup", [10.0, 60.0])
+def test_setup_steps_match_brute_force_and_only_move_the_choice_to_probe(setup):
+    """A probe that costs s steps beyond its depth: c_opt is the brute-force argmin of
+    loss(c) + lam (c + s [c > 0]); a task that still probes keeps the depth it had without setup
+    (a constant cannot move an argmin among c > 0), and fewer tasks probe."""
+    m0, s0, l_int, k, alpha = _tasks(40, 64, seed=11, spread=0.8)
+    lam, c_min, c_max = 1.0, 10, 400
+    free = decision_curves(m0, s0, l_int, k, alpha, 0.0, 1000.0, 1000.0, lam, c_min, c_max)
+    cur = decision_curves(m0, s0, l_int, k, alpha, 0.0, 1000.0, 1000.0, lam, c_min, c_max, setup_steps=setup)
+    every = np.concatenate([[0.0], np.arange(c_min, c_max + 1, dtype=float)])
+    obj = expected_decision_loss(every, m0, s0, l_int, k, alpha, 0.0, 1000.0, 1000.0) + lam * probe_cost_steps(every, setup)
+    got = obj[np.arange(40), np.searchsorted(every, cur.c_opt)]
+    assert np.all(got - obj.min(axis=1) <= 0.05 * lam + 2e-5 * 1000.0)
+    probing = cur.c_opt > 0
+    assert 0 < probing.sum() < (free.c_opt > 0).sum()  # the setup tips some tasks to deciding now, not all
+    np.testing.assert_array_equal(cur.c_opt[probing], free.c_opt[probing])
+    np.testing.assert_allclose(cur.value_of_probe, np.where(probing, cur.loss_now - cur.loss_at_c_opt - lam * (cur.c_opt + setup), 0.0),
+                               atol=1e-9)
+    np.testing.assert_allclose(np.nanmin(np.where(np.isnan(cur.objective), np.inf, cur.objective), axis=1), got, atol=1e-9)
+    c = allocate_decision_budget(cur, 100)
+    assert c.sum() <= 100  # the setup is charged in the objective, not against the probe budget
+
+
+def test_setup_steps_cost_nothing_without_a_probe():
+    np.testing.assert_array_equal(probe_cost_steps([0, 5, 12], 10), [0, 15, 22])
+    np.testing.assert_array_equal(probe_cost_steps([0, 5], 0), [0, 5])
+
+
 def test_far_from_tau_or_unresolvable_tasks_decide_now():
     m0 = np.array([30.0, -30.0, 0.0, 0.0])
     s0 = np.full(4, 16.0)
@@ -183,6 +212,7 @@ def test_budget_is_never_exceeded_and_is_optimal_on_convex_curves():
     ({"kill_cost": -1.0}, "kill_cost must be positive"),
     ({"step_cost": 0.0}, "step_cost must be positive"),
     ({"s0": -1.0}, "s0 must be positive"),
+    ({"setup_steps": -1.0}, "setup_steps must be non-negative"),
 ])
 def test_bad_arguments_raise_one_clear_error(kwargs, fragment):
     m0, s0, l_int, k, alpha = _tasks(3, 4, seed=1)

@@ -17,6 +17,7 @@ from plan_probe.theory._decision import (
     decision_loss,
     decision_loss_now,
     expected_decision_loss,
+    probe_cost_steps,
     success_probability,
 )
 from plan_probe.theory._decomposition import (
@@ -76,6 +77,7 @@ __all__ = [
     "nqm_risk",
     "nqm_transfer",
     "optimal_probe_length",
+    "probe_cost_steps",
     "probe_objective",
     "regime_probabilities",
     "risk_curve",

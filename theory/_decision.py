@@ -58,6 +58,12 @@ depth: the interpolation error is below :math:`2\cdot10^{-5}\max(C_{lb}, C_{kg})
 :math:`\bar\ell(0) - \bar\ell_\infty \le \lambda c_\min` then :math:`c_\mathrm{opt} = 0`; and
 :math:`c_\mathrm{opt} \le \bar\ell(0)/\lambda` bounds the search from above.
 
+**Setup steps.** A probe may cost :math:`s` steps beyond its depth (a readout's learning-rate cooldown
+on a reference set): the objective is then :math:`\bar\ell(c) + \lambda(c + s\,[c > 0])`. The
+constant moves only the choice between probing and deciding now, never the best depth of a probe;
+the skipping rule becomes :math:`\bar\ell(0) - \bar\ell_\infty \le \lambda (c_\min + s)` and the
+upper bound :math:`\bar\ell(0)/\lambda - s`.
+
 **Non-convexity.** :math:`\bar\ell(c) + \lambda c` is not convex in c: the value of information is
 typically convex for small amounts of information and concave later (Radner & Stiglitz 1984), the
 choice set :math:`\{0\}\cup[c_\min, c_\max]` has a gap, and a posterior mixture of curves can have
@@ -93,6 +99,7 @@ __all__ = [
     "DecisionCurves",
     "decision_curves",
     "allocate_decision_budget",
+    "probe_cost_steps",
 ]
 
 _HALF_PI = 0.5 * math.pi
@@ -271,20 +278,23 @@ class DecisionCurves:
         :math:`\bar\ell(c)` at ``depths`` (NaN where not evaluated: tasks no probe can pay for, and
         depths above :math:`\bar\ell(0)/\lambda`, whose objective exceeds deciding now).
     step_cost : float
-        :math:`\lambda`, so that ``objective = loss + step_cost * depths``.
+        :math:`\lambda`, so that ``objective = loss + step_cost * (depths + setup_steps * [depths > 0])``.
     c_opt : ndarray of int
         :math:`\arg\min_c \bar\ell(c) + \lambda c` (0 = decide now; ties go to the shorter probe).
     loss_now, loss_at_c_opt, loss_floor : ndarray
         :math:`\bar\ell(0)`, :math:`\bar\ell(c_\mathrm{opt})`, and :math:`\bar\ell_\infty` (the loss
         with an infinitely long free probe: what intrinsic risk leaves).
     value_of_probe : ndarray
-        :math:`\bar\ell(0) - \bar\ell(c_\mathrm{opt}) - \lambda c_\mathrm{opt} \ge 0`.
+        :math:`\bar\ell(0) - \bar\ell(c_\mathrm{opt}) - \lambda (c_\mathrm{opt} + s) \ge 0` (0 when
+        :math:`c_\mathrm{opt} = 0`).
     p_success_now : ndarray
         :math:`\Phi((m_0-\tau)/\sqrt{S_0})`.
     go_now : ndarray of bool
         The decision without a probe: go iff ``p_success_now >= C_lb / (C_lb + C_kg)``.
     p_flip : ndarray
         Probability that the probe of ``c_opt`` steps reverses ``go_now`` (0 when ``c_opt`` = 0).
+    setup_steps : float
+        :math:`s`, the steps every probe costs beyond its depth (e.g. a readout's cooldown).
     """
 
     depths: np.ndarray
@@ -298,11 +308,18 @@ class DecisionCurves:
     p_success_now: np.ndarray
     go_now: np.ndarray
     p_flip: np.ndarray
+    setup_steps: float = 0.0
 
     @property
     def objective(self) -> np.ndarray:
         """Expected loss plus probe cost at ``depths`` (NaN where not evaluated)."""
-        return self.loss + self.step_cost * self.depths
+        return self.loss + self.step_cost * probe_cost_steps(self.depths, self.setup_steps)
+
+
+def probe_cost_steps(depths, setup_steps: float = 0.0):
+    r"""Steps a probe of ``depths`` costs: :math:`c + s\,[c > 0]` (no probe costs nothing)."""
+    depths = np.asarray(depths, dtype=float)
+    return depths + float(setup_steps) * (depths > 0)
 
 
 def _draw_arrays(m0, s0, l_int, k, alpha):
@@ -420,11 +437,12 @@ def _chunk_curves(draws: _Draws, grid, log_grid, step_cost, c_up, c_lo, c_hi):
 
 
 def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_cost, c_min, c_max, *,
-                    grid_ratio: float = 1.25, n_table: int = 65, chunk: int = 64, n_jobs: int | None = None):
+                    setup_steps: float = 0.0, grid_ratio: float = 1.25, n_table: int = 65, chunk: int = 64,
+                    n_jobs: int | None = None):
     r"""Per-task decision curves :math:`\bar\ell(c) + \lambda c` and the decision-optimal probe length.
 
     .. math:: c_\mathrm{opt} = \arg\min_{c\,\in\,\{0\}\cup[c_\min, c_\max]\cap\mathbb Z}\;
-              \frac1D\sum_d \ell\bigl(c;\, L_d(c)\bigr) + \lambda c
+              \frac1D\sum_d \ell\bigl(c;\, L_d(c)\bigr) + \lambda\,(c + s\,[c > 0])
 
     (preposterior analysis, Raiffa & Schlaifer 1961; see the module docstring for the loss, its
     closed form, the skipping rule and the grid with refinement that handles non-convex curves).
@@ -443,6 +461,9 @@ def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_c
         :math:`\lambda`, the cost of one probe step.
     c_min, c_max : float
         Probe length limits (whole steps inside them are used).
+    setup_steps : float
+        :math:`s \ge 0`, steps every probe costs beyond its depth (a readout's cooldown, a model load):
+        it only moves the choice between probing and deciding now, never the depth of a probe.
     grid_ratio : float
         Ratio between neighbouring grid depths (> 1).
     n_table : int
@@ -459,6 +480,7 @@ def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_c
     n = m0.shape[0]
     c_lb, c_kg = _task_costs(n, launch_cost, kill_cost)
     lam = float(check_positive("step_cost", step_cost))
+    setup = float(check_nonnegative("setup_steps", setup_steps))
     lo, hi = check_depth_range(c_min, c_max)
     c_lo, c_hi = int(math.ceil(lo)), int(math.floor(hi))
     if c_lo > c_hi:
@@ -489,8 +511,8 @@ def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_c
         for rows, tab, fl in run(phase1, blocks(np.arange(n))):
             table[rows], floor[rows] = tab, fl
         loss_now = table[:, 0]
-        c_up = np.minimum(loss_now / lam, c_hi)
-        worth = (loss_now - floor > lam * c_lo) & (c_up >= c_lo)
+        c_up = np.minimum(loss_now / lam - setup, c_hi)  # deeper, the probe's cost alone exceeds deciding now
+        worth = (loss_now - floor > lam * (c_lo + setup)) & (c_up >= c_lo)
         depths = np.zeros((n, 1 + grid.size + _N_REFINE))
         depths[:, 1:grid.size + 1] = grid
         loss = np.full((n, 1 + grid.size + _N_REFINE), np.nan)
@@ -505,7 +527,7 @@ def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_c
         for rows, (dep, los) in run(phase2, blocks(idx)):
             depths[rows, 1:] = dep
             loss[rows, 1:] = los
-        obj = np.where(np.isnan(loss), np.inf, loss + lam * depths)
+        obj = np.where(np.isnan(loss), np.inf, loss + lam * probe_cost_steps(depths, setup))
         best = _argmin_shortest(obj, depths)
         c_opt = depths[np.arange(n), best].astype(np.int64)
         loss_at = loss[np.arange(n), best]
@@ -524,8 +546,8 @@ def decision_curves(m0, s0, l_int, k, alpha, tau, launch_cost, kill_cost, step_c
             pool.shutdown()
     return DecisionCurves(depths=depths, loss=loss, step_cost=lam, c_opt=c_opt, loss_now=loss_now,
                           loss_at_c_opt=loss_at, loss_floor=floor,
-                          value_of_probe=np.maximum(loss_now - loss_at - lam * c_opt, 0.0),
-                          p_success_now=p_now, go_now=go_now, p_flip=p_flip)
+                          value_of_probe=np.maximum(loss_now - loss_at - lam * probe_cost_steps(c_opt, setup), 0.0),
+                          p_success_now=p_now, go_now=go_now, p_flip=p_flip, setup_steps=setup)
 
 
 def _argmin_shortest(obj, depths):
