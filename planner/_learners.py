@@ -322,7 +322,7 @@ def _goes_left(node: dict, x):
 
 
 def _leaves(node: dict, path=()):
-    if "leaf_index" in node:
+    if "left_child" not in node:  # a leaf; a tree that never split is one leaf without a leaf_index
         yield path, node
         return
     for child, side in (("left_child", True), ("right_child", False)):

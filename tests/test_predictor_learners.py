@@ -71,6 +71,23 @@ def test_brute_force_shapley_of_a_linear_tree_model():
     assert base[0] == pytest.approx(f(b[None])[0], abs=1e-12)
 
 
+def test_linear_tree_shap_of_trees_that_never_split():
+    """With too few rows to split, every tree is a single linear leaf (no leaf_index in LightGBM's dump,
+    found on a 52-run LLM tier); its Shapley values still add up to the prediction."""
+    X, y, g = _data(n=300)
+    fam = Family("linear_tree", trees=(3,), learning_rate=0.1, min_child_samples=200)
+    _, doc = fit_family(fam, BASE, X, y, g, [], seed=0, keep=True)
+    m = Member("linear_tree", 1.0, doc["linear"], doc["standardise"], doc["booster"], 3, {}, doc["clip"])
+    dump = m.booster.dump_model()
+    assert all("left_child" not in t["tree_structure"] for t in dump["tree_info"])
+    Z = m._tree_input(X[:8])
+    b = np.zeros(X.shape[1])
+    contrib, base = linear_tree_shap(dump, Z, b)
+    f = m.booster.predict(Z, num_threads=1)
+    np.testing.assert_allclose(contrib.sum(axis=1) + base, f, rtol=0, atol=1e-10)
+    assert base[0] == pytest.approx(m.booster.predict(b[None], num_threads=1)[0], abs=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["ridge", "gbdt", "linear_tree", "stack", "mean"])
 def test_every_member_kind_has_exact_shap(kind):
     X, y, g = _data()
