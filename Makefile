@@ -56,6 +56,7 @@ llm-defaults: venv
 	cp -n $(LLM_TIER)/base.json $(LLM_BUILD)/
 	-cp -n $(LLM_TIER)/static/*.json $(LLM_BUILD)/static/ 2>/dev/null
 	if [ -d $(LLM_TIER)/readout ]; then mkdir -p $(LLM_BUILD)/readout && cp -n $(LLM_TIER)/readout/*.json $(LLM_BUILD)/readout/; fi
+	if [ -f $(LLM_TIER)/reference.jsonl ]; then cp $(LLM_TIER)/reference.jsonl $(LLM_BUILD)/; fi
 	cp $(LLM_SPEC) $(LLM_BUILD)/spec.toml
 	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier static $(LLM_SPEC) --out $(LLM_BUILD) --recorded-only
 	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier assemble $(LLM_SPEC) --out $(LLM_BUILD)

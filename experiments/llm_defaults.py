@@ -11,7 +11,9 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
   run (``run_id``, signed ``residual``, ``risk_obs`` = residual², dof 1; docs/theory.md §2,
   "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
 * ``risk_model.json``: the Bayesian risk model fitted on them (NUTS; ``--risk-method svi`` for a quick look).
-* ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them.
+* ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them;
+* ``reference.jsonl`` when the table has the readout ``dyn_ref_loss``: the examples it was measured on
+  (``llm_readout``), which a portfolio uses with ``reference = "default"``.
 
 ``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
 cross-fitted in memory for its out-of-fold predictions (same settings and seed as the shipped one),
@@ -117,6 +119,10 @@ def main(argv=None) -> int:
         print(f"error: the defaults need at least --min-runs={args.min_runs} ok runs, but got {n_runs} in {build / 'meta.parquet'}; "
               "build more runs (python -m plan_probe.experiments.llm_tier runs ...) and assemble again.", file=sys.stderr)
         return 2
+    missing = _missing_reference(meta, build)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     dest.mkdir(parents=True, exist_ok=True)
     statics, hps = _columns(meta, "static_"), _columns(meta, "hp_")
     label_se = read_table(build / "runs.parquet").set_index("run_id")["label_se"]
@@ -145,9 +151,31 @@ def main(argv=None) -> int:
     for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
         if (build / name).is_file() and not args.risk_only:
             shutil.copyfile(build / name, dest / name)
+    if not args.risk_only:
+        _ship_reference(meta, build, dest)
     summary.update(risk_diagnostics=risk.diagnostics_, label_scale=risk.label_scale_)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
+
+
+def _missing_reference(meta, build: Path) -> str | None:
+    """The error when the table has the readout but BUILD lacks the reference it was measured on."""
+    from plan_probe.experiments.llm_readout import REFERENCE
+
+    if "dyn_ref_loss" in meta.columns and not (build / REFERENCE).is_file():
+        return (f"the table has the readout dyn_ref_loss, so BUILD must hold the {REFERENCE} it was measured on, but "
+                f"{str(build / REFERENCE)!r} is missing; run python -m plan_probe.experiments.llm_readout reference SPEC --out BUILD.")
+    return None
+
+
+def _ship_reference(meta, build: Path, dest: Path) -> None:
+    """Ship the readout's reference examples with predictors that use ``dyn_ref_loss`` (and none with others)."""
+    from plan_probe.experiments.llm_readout import REFERENCE
+
+    if "dyn_ref_loss" in meta.columns:
+        shutil.copyfile(build / REFERENCE, dest / REFERENCE)
+    else:  # a stale reference would pair with predictors that never saw it
+        (dest / REFERENCE).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

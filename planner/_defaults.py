@@ -5,7 +5,9 @@ They live in the package under ``planner/defaults/llm/``:
 
 * ``risk_model.json``: written by ``plan-probe fit-risk``;
 * ``predictor/``: the depth-aware predictor on all features (``fit-predictor --features all``);
-* ``predictor_static/``: the static-only predictor (static + hyperparameter features).
+* ``predictor_static/``: the static-only predictor (static + hyperparameter features);
+* ``reference.jsonl`` (only when the predictor uses the probe readout ``dyn_ref_loss``): the held-out
+  examples the readouts it was fitted on were measured with.
 
 A portfolio value ``"default"`` resolves to these files; anything else is a path (relative to the
 portfolio file). A missing default is one clear ``ValueError`` naming the file.
@@ -23,23 +25,28 @@ DEFAULT_FILES = {
     "predictor": "predictor",
     "predictor_static": "predictor_static",
 }
+#: shipped beside the models, not one of them (a MODELS_DIR need not hold it)
+_EXTRA_FILES = {"reference": "reference.jsonl"}
+_FILE_KINDS = ("risk_model", "reference")  # a file; the others are predictor folders
 _FIT_HINT = {
     "risk_model": "plan-probe fit-risk RISK_OBS -o planner/defaults/llm/risk_model.json",
     "predictor": "plan-probe fit-predictor META --features all -o planner/defaults/llm/predictor",
     "predictor_static": "plan-probe fit-predictor META --features static -o planner/defaults/llm/predictor_static",
+    "reference": "make llm-defaults on a tier with readouts (it ships only with predictors that use dyn_ref_loss)",
 }
 
 
 def default_path(kind: str) -> Path:
-    """The shipped default of ``kind`` (``risk_model``, ``predictor`` or ``predictor_static``).
+    """The shipped default of ``kind`` (``risk_model``, ``predictor``, ``predictor_static`` or ``reference``).
 
     Raises ``ValueError`` naming the missing file when the package does not carry it.
     """
-    if kind not in DEFAULT_FILES:
-        raise ValueError(f"default kind must be one of {sorted(DEFAULT_FILES)}, but got {kind!r}; pick one of those.")
-    root = resources.files("plan_probe").joinpath("defaults", "llm", DEFAULT_FILES[kind])
+    files = {**DEFAULT_FILES, **_EXTRA_FILES}
+    if kind not in files:
+        raise ValueError(f"default kind must be one of {sorted(files)}, but got {kind!r}; pick one of those.")
+    root = resources.files("plan_probe").joinpath("defaults", "llm", files[kind])
     path = Path(str(root))
-    marker = path / "predictor.json" if kind != "risk_model" else path
+    marker = path if kind in _FILE_KINDS else path / "predictor.json"
     if not marker.is_file():
         raise ValueError(
             f"the default {kind.replace('_', ' ')} must ship with plan-probe at {str(marker)!r}, but that file is missing; "

@@ -218,7 +218,12 @@ _REFERENCE_KEYS = ("task", "n", "seed")
 
 
 def _reference(value: Any, base_dir: Path) -> DatasetSource:
-    """The portfolio's ``reference``: a path (any dataset format), or held-out built-in examples."""
+    """The portfolio's ``reference``: a path (any dataset format), held-out built-in examples, or ``"default"``
+    (the examples the shipped predictor's readouts were measured on)."""
+    if value == "default":
+        from plan_probe._defaults import default_path
+
+        return DatasetSource(path=str(default_path("reference")))
     if isinstance(value, dict) and "builtin" in value:
         unknown = sorted(set(value) - {"builtin", *_REFERENCE_KEYS})
         if unknown:

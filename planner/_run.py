@@ -181,8 +181,11 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     if readout and portfolio.reference is None:
         raise ValueError(
             f"the depth-aware predictor uses the probe readout ({', '.join(readout)}), so the portfolio must set a reference, "
-            "but got none; add reference = \"held_out.jsonl\" (held-out examples of the target task) to [portfolio]."
+            "but got none; add reference = \"default\" (the shipped predictor's own) or \"held_out.jsonl\" (held-out "
+            "examples of the target task) to [portfolio]."
         )
+    if readout and portfolio.predictor == "default":
+        _warn_other_reference(portfolio)
     _check_predictor_features(predictor, {*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, *READOUT_COLUMNS, "depth"}, "depth-aware")
     if "depth" not in predictor.feature_names_:
         raise ValueError(
@@ -210,6 +213,17 @@ def _baseline(portfolio) -> dict | None:
     if portfolio.baseline is not None:
         return {"score": float(portfolio.baseline), "se": None, "label_metric": None, "source": "the portfolio's baseline"}
     return default_baseline() if portfolio.predictor == "default" else None
+
+
+def _warn_other_reference(portfolio) -> None:
+    """Warn when the shipped predictor's readout is measured on other examples than it was fitted with."""
+    from plan_probe._defaults import default_path
+
+    shipped = default_path("reference").resolve()
+    ref = portfolio.reference
+    if ref.path is None or Path(portfolio.resolve(ref.path)).resolve() != shipped:
+        log.warning("the default predictor's dyn_ref_loss was measured on %s; another reference set shifts the readout "
+                    "and so the predictions: set reference = \"default\" unless the target task differs", shipped)
 
 
 def probe_config_for(candidate, steps: int, seed: int, readout_cooldown: int = 0):

@@ -41,6 +41,29 @@ def test_llm_defaults_refuses_too_few_runs(tmp_path, capsys):
     assert not (tmp_path / "dest").exists()
 
 
+def test_llm_defaults_refuses_readouts_without_their_reference_and_ships_it_with_them(tmp_path, capsys):
+    """A table with dyn_ref_loss needs BUILD/reference.jsonl (the examples it was measured on): refused
+    before any fit without it; shipped into DEST with it, and removed from DEST by a refit without readouts."""
+    import pandas as pd
+
+    from plan_probe.experiments.llm_defaults import _ship_reference, main
+
+    build, dest = tmp_path / "build", tmp_path / "dest"
+    build.mkdir()
+    meta = pd.DataFrame({"run_id": ["a", "b", "c"], "depth": [5, 5, 5], "label": [1.0, 2.0, 3.0], "dyn_ref_loss": [0.3, 0.2, 0.1]})
+    meta.to_parquet(build / "meta.parquet")
+    assert main([str(build), str(dest), "--min-runs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the table has the readout dyn_ref_loss, so BUILD must hold the reference.jsonl") and err.count("\n") == 1
+    assert not dest.exists()
+    (build / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    dest.mkdir()
+    _ship_reference(meta, build, dest)
+    assert (dest / "reference.jsonl").read_text() == (build / "reference.jsonl").read_text()
+    _ship_reference(meta.drop(columns="dyn_ref_loss"), build, dest)
+    assert not (dest / "reference.jsonl").exists()
+
+
 def test_llm_defaults_refuses_a_bad_sampler_setting_before_fitting(tmp_path, capsys):
     """--target-accept outside [0.5, 1): one error line, exit 2, nothing read or written."""
     from plan_probe.experiments.llm_defaults import main

@@ -57,6 +57,18 @@ def test_readout_resumes_matches_the_records_and_joins_the_table_when_complete(b
     assert _stage("summary", str(spec), "--out", str(out)) == 0
     per_depth = json.loads(capsys.readouterr().out)
     assert set(per_depth) == {"2", "4"} and all(v["runs"] == n_ok for v in per_depth.values())
+    # the reference the readouts were measured on is kept beside them, readable as a dataset
+    from plan_probe.probes._data import load_examples
+
+    tier = llm_tier.load_llm_spec(spec)
+    written = (out / lr.REFERENCE).read_bytes()
+    assert load_examples(out / lr.REFERENCE) == lr.reference_set(tier, 6)
+    (out / lr.REFERENCE).unlink()
+    assert _stage("reference", str(spec), "--out", str(out), "--reference", "6") == 0
+    assert (out / lr.REFERENCE).read_bytes() == written
+    capsys.readouterr()
+    assert _stage("reference", str(spec), "--out", str(out), "--reference", "8") == 2
+    assert capsys.readouterr().err.startswith("error: --reference must be the size the readouts used, but got 8")
 
 
 def test_bad_input_is_one_error_line_and_writes_nothing(built, capsys):

