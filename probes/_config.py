@@ -27,6 +27,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def anneal_lr(lr: float, j: int, k: int) -> float:
+    r"""The learning rate of the j-th of k steps (1-based) that anneal ``lr`` linearly to zero:
+    :math:`\eta\,(k + 1 - j)/(k + 1)` (the decay of ``lr_decay_steps`` and the readout's cooldown)."""
+    return float(lr) * (k + 1 - j) / (k + 1)
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """Settings of one LoRA probe.
@@ -157,7 +163,7 @@ class ProbeConfig:
         start = self.steps - self.lr_decay_steps
         if step <= start:
             return float(self.lr)
-        return float(self.lr) * (self.steps + 1 - step) / (self.lr_decay_steps + 1)
+        return anneal_lr(self.lr, step - start, self.lr_decay_steps)
 
     def hp_features(self) -> dict[str, float]:
         """The hyperparameter columns ``hp_*`` of this candidate (numeric)."""

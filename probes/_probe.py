@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from plan_probe.probes._config import HP_COLUMNS, ProbeConfig
+from plan_probe.probes._config import HP_COLUMNS, ProbeConfig, anneal_lr
 from plan_probe.probes._data import Example
 from plan_probe.probes._dynamics import DYN_COLUMNS, READOUT_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
 from plan_probe.probes._tokenize import batch_nll, collate, encode_example, encode_plain
@@ -365,7 +365,7 @@ def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: Probe
     r"""The cooled-down readout at ``depth``: mean per-token answer NLL on the reference after a cooldown.
 
     With k = ``config.readout_cooldown``, steps depth + j (j = 1..k) train on the probe's next batches at
-    :math:`\eta_j = \eta\,(k + 1 - j)/(k + 1)` (the linear anneal of ``ProbeConfig.lr_at``), clipped like
+    :math:`\eta_j = \eta\,(k + 1 - j)/(k + 1)` (``anneal_lr``, as ``ProbeConfig.lr_at``), clipped like
     every probe step; then the reference answers are scored (eval mode). Afterwards the adapter weights,
     the optimiser state and torch's random state are restored, so the probe continues exactly as if no
     readout had happened. A cooldown that produces a non-finite loss gives NaN (recorded, not raised).
@@ -389,7 +389,7 @@ def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: Probe
             flat = grads.flat()
             clip_(flat, torch.linalg.vector_norm(flat), config.grad_clip)
             for group in optimizer.param_groups:
-                group["lr"] = float(config.lr) * (k + 1 - j) / (k + 1)
+                group["lr"] = anneal_lr(config.lr, j, k)
             optimizer.step()
         return mean_loss(peft_model, batches.reference_batches, device)
     finally:
