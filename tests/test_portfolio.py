@@ -104,6 +104,13 @@ def test_decision_charges_the_readout_steps_of_every_probe_and_only_with_a_refer
     totals = _decision_totals(p, plan)
     assert totals["probe_cost"] == 2.0 * (12 + 7)  # the unprobed candidate runs no readout
     assert totals["expected_loss_avoided"] == 95.0 - 25.0 - 38.0
+    from plan_probe._decision_plan import _reason
+
+    far = {"p_success_now": 0.01, "probe_steps": 0, "c_opt": 0, "prior_mean": -50.0, "loss_now": 1.0, "loss_floor": 0.5}
+    assert _reason(far, False, 25.0, 1.0, 5, 10).endswith("less than the cheapest probe (15, incl. 10 readout steps)")
+    near = {**far, "probe_steps": 12, "c_opt": 12, "p_success_now": 0.5, "loss_now": 50.0, "loss_at_probe_steps": 20.0, "p_flip": 0.3}
+    assert _reason(near, False, 25.0, 1.0, 5, 10).endswith("for a probe cost of 22 (incl. 10 readout steps)")
+    assert _reason(near, False, 25.0, 1.0, 5, 0).endswith("for a probe cost of 12")
 
 
 def test_other_reference_than_the_default_predictors_own_is_warned_about(tmp_path, monkeypatch, caplog):
