@@ -17,7 +17,9 @@ these readouts expects them measured on the same examples, so the defaults ship 
 
 Run as ``python -m plan_probe.experiments.llm_readout run SPEC.toml --out DIR [--shard i/m]``,
 ``... summary SPEC.toml --out DIR`` (Spearman correlation of the readout with the label per depth) and
-``... reference SPEC.toml --out DIR`` (only write ``OUT/reference.jsonl``).
+``... reference SPEC.toml --out DIR`` (only write ``OUT/reference.jsonl``) and ``... compare SPEC.toml --out DIR``
+(what the readout adds: ``plan-probe evaluate``'s protocol on the runs that have a readout, without and with
+the column, paired run by run).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["record_readout", "run", "readout_table", "summarise", "reference_set", "write_reference"]
+__all__ = ["record_readout", "run", "readout_table", "summarise", "compare", "reference_set", "write_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,47 @@ def summarise(meta, readout) -> dict:
     return out
 
 
+#: the evaluate models whose out-of-fold predictions ``compare`` pairs
+COMPARED = ("full", "ridge", "full_no_dynamic", "dynamic_only")
+
+
+def compare(meta, readout, *, cv: int = 5, repeats: int = 3, seed: int = 0, n_jobs: int = 1) -> dict:
+    """What ``dyn_ref_loss`` adds, on the runs with a readout at every depth of ``meta``.
+
+    ``plan_probe._evaluate.evaluate`` (grouped by ``variant_id``, the same folds and seed) runs on the
+    table without and with the column; per model of :data:`COMPARED`, the out-of-fold R² of both and
+    the paired per-run squared-error difference (with minus without, mean ± SE over runs). Also the
+    evaluation with the readout's own ``full − full_no_dynamic`` (what the probe adds over the
+    descriptors, fold-corrected SE).
+    """
+    from plan_probe._evaluate import evaluate
+    from plan_probe._meta import load_meta
+
+    base = meta.drop(columns=[c for c in ("dyn_ref_loss",) if c in meta.columns])
+    depths = base["depth"].nunique()
+    complete = readout.dropna().groupby("run_id")["depth"].nunique()
+    runs = set(complete[complete == depths].index) & set(base["run_id"])
+    if len(runs) < 2 * cv:
+        raise ValueError(f"the comparison needs at least {2 * cv} runs with a readout at every depth, but got {len(runs)}; "
+                         "re-record more runs first.")
+    base = base[base["run_id"].isin(runs)].reset_index(drop=True)
+    tables = {"without": base, "with": base.merge(readout, on=["run_id", "depth"], how="left", validate="one_to_one")}
+    results = {name: evaluate(load_meta(t, label="label", id_col="run_id"), cv=cv, repeats=repeats, seed=seed,
+                              group_by="variant_id", n_jobs=n_jobs, predictions=True) for name, t in tables.items()}
+    a, b = results["without"]["predictions"], results["with"]["predictions"]
+    j = a.merge(b, on="run_id", suffixes=("_without", "_with"), validate="one_to_one")
+    y = j["label_without"].to_numpy(dtype=float)
+    ss = float(((y - y.mean()) ** 2).sum())
+    out = {"runs": int(len(j)), "models": {}}
+    for model in COMPARED:
+        e0, e1 = (j[f"{model}_without"] - y) ** 2, (j[f"{model}_with"] - y) ** 2
+        d = (e1 - e0).to_numpy()
+        out["models"][model] = {"r2_without": 1 - float(e0.sum()) / ss, "r2_with": 1 - float(e1.sum()) / ss,
+                                "sq_err_diff": float(d.mean()), "sq_err_diff_se": float(d.std(ddof=1) / np.sqrt(d.size))}
+    out["with_full_vs_full_no_dynamic"] = results["with"]["paired"]["full_no_dynamic"]
+    return out
+
+
 def _reference_stage(spec, out: Path, n: int) -> Path:
     """Write ``OUT/reference.jsonl``; the readouts already in ``OUT/readout`` must have used ``n`` examples."""
     from plan_probe.probes._io import read_json
@@ -154,7 +197,7 @@ def _reference_stage(spec, out: Path, n: int) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plan_probe.experiments.llm_readout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("run", "summary", "reference"))
+    parser.add_argument("stage", choices=("run", "summary", "reference", "compare"))
     parser.add_argument("spec", help="the tier spec (TOML)")
     parser.add_argument("--out", required=True, help="the tier's output folder (records/ inside; readout/ is written there)")
     parser.add_argument("--shard", default="0/1", help="run: i/m, every m-th run of the design starting at i")
@@ -162,6 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", type=int, default=100, help="run, reference: reference-set size (balanced; default 100)")
     parser.add_argument("--limit", type=int, default=None, help="run: at most this many runs now")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--cv", type=int, default=5, help="compare: folds (grouped by variant_id)")
+    parser.add_argument("--repeats", type=int, default=3, help="compare: repeats of the K-fold")
+    parser.add_argument("--seed", type=int, default=0, help="compare: fold seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -179,7 +225,9 @@ def main(argv=None) -> int:
 
             if not (out / "meta.parquet").is_file():
                 raise ValueError(f"--out must hold an assembled meta.parquet, but {str(out)!r} has none; run llm_tier assemble first.")
-            result = summarise(pd.read_parquet(out / "meta.parquet"), readout_table(out / FOLDER))
+            meta, readout = pd.read_parquet(out / "meta.parquet"), readout_table(out / FOLDER)
+            result = (summarise(meta, readout) if args.stage == "summary"
+                      else compare(meta, readout, cv=args.cv, repeats=args.repeats, seed=args.seed))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

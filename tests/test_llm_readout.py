@@ -79,3 +79,31 @@ def test_bad_input_is_one_error_line_and_writes_nothing(built, capsys):
     assert not (out / "readout").exists()
     assert _stage("run", str(spec), "--out", str(out / "nope")) == 2
     assert capsys.readouterr().err.startswith("error: --out must hold run records")
+
+
+def test_compare_pairs_evaluate_without_and_with_the_readout(capsys):
+    """On a table whose label is carried by the readout alone, the comparison finds it: the full predictor
+    and ridge go from nothing to most of the variance, and a model without probe columns is unchanged
+    (the same folds both times)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 40
+    x = rng.normal(size=n)
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "variant_id": [f"v{i}" for i in range(n)],
+                         "static_n_examples": rng.choice([100.0, 500.0], n), "static_duplicate_rate": rng.uniform(0, 0.5, n),
+                         "hp_lr": rng.choice([1e-4, 3e-4], n), "label": 20.0 * x + rng.normal(0, 2.0, n)})
+    meta = pd.concat([runs.assign(depth=d, dyn_loss_decay=rng.normal(size=n)) for d in (5, 10)], ignore_index=True)
+    readout = pd.DataFrame({"run_id": meta["run_id"], "depth": meta["depth"],
+                            "dyn_ref_loss": np.tile(x, 2) + rng.normal(0, 0.1, 2 * n)})
+    result = lr.compare(meta, readout.iloc[:-1], cv=3, repeats=1, seed=0)  # one run lacks its depth-10 readout
+    assert result["runs"] == n - 1
+    models = result["models"]
+    for model in ("full", "ridge"):
+        assert models[model]["r2_without"] < 0.2 < 0.7 < models[model]["r2_with"]
+        assert models[model]["sq_err_diff"] + 3 * models[model]["sq_err_diff_se"] < 0
+    assert result["with_full_vs_full_no_dynamic"]["rmse_diff"] < 0
+    assert models["full_no_dynamic"]["sq_err_diff"] == pytest.approx(0.0, abs=1e-9)  # no probe column: unchanged
+    with pytest.raises(ValueError, match="at least 10 runs with a readout at every depth, but got 3"):
+        lr.compare(meta, readout[readout["run_id"].isin(["r0", "r1", "r2"])], cv=5)
