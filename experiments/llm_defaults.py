@@ -12,7 +12,7 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
   "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
 * ``risk_model.json``: the Bayesian risk model fitted on them (NUTS; ``--risk-method svi`` for a quick look).
 * ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them;
-* ``reference.jsonl`` when the table has the readout ``dyn_ref_loss``: the examples it was measured on
+* ``reference.jsonl`` when the table has the readout (``dyn_ref_loss``, ``dyn_ref_choice``): the examples it was measured on
   (``llm_readout``), which a portfolio uses with ``reference = "default"``.
 
 ``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
@@ -158,21 +158,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def _has_readout(meta) -> bool:
+    from plan_probe.probes import READOUT_COLUMNS
+
+    return any(c in meta.columns for c in READOUT_COLUMNS)
+
+
 def _missing_reference(meta, build: Path) -> str | None:
     """The error when the table has the readout but BUILD lacks the reference it was measured on."""
     from plan_probe.experiments.llm_readout import REFERENCE
 
-    if "dyn_ref_loss" in meta.columns and not (build / REFERENCE).is_file():
-        return (f"the table has the readout dyn_ref_loss, so BUILD must hold the {REFERENCE} it was measured on, but "
+    if _has_readout(meta) and not (build / REFERENCE).is_file():
+        return (f"the table has the readout, so BUILD must hold the {REFERENCE} it was measured on, but "
                 f"{str(build / REFERENCE)!r} is missing; run python -m plan_probe.experiments.llm_readout reference SPEC --out BUILD.")
     return None
 
 
 def _ship_reference(meta, build: Path, dest: Path) -> None:
-    """Ship the readout's reference examples with predictors that use ``dyn_ref_loss`` (and none with others)."""
+    """Ship the readout's reference examples with predictors that use the readout (and none with others)."""
     from plan_probe.experiments.llm_readout import REFERENCE
 
-    if "dyn_ref_loss" in meta.columns:
+    if _has_readout(meta):
         shutil.copyfile(build / REFERENCE, dest / REFERENCE)
     else:  # a stale reference would pair with predictors that never saw it
         (dest / REFERENCE).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Re-record the probe part of an LLM tier's runs with the cooled-down readout (``dyn_ref_loss``).
+"""Re-record the probe part of an LLM tier's runs with the cooled-down readout (``dyn_ref_loss``, ``dyn_ref_choice``).
 
 A tier's records hold the 10 ``dyn_*`` features of each run's probe, none of which looks at what the
 adapted model answers. The readout does (``probes._probe.readout_loss``): at each record depth the probe
@@ -10,7 +10,9 @@ recorded ones, ``matches_record``), not the full run, so the labels stay those a
 The reference set is ``llm_checkpoint_eval.reference_examples``: balanced held-out examples of the
 task, disjoint from the label's evaluation set. One JSON file per run, ``OUT/readout/<run_id>.json``
 (written atomically; a rerun skips the runs already there, so a killed build loses at most the runs in
-progress); ``llm_tier assemble`` adds ``dyn_ref_loss`` to ``meta.parquet`` once every ok run has one.
+progress); ``llm_tier assemble`` adds the readout columns to ``meta.parquet`` once every ok run has them. A file
+written before a readout column existed (no ``dyn_ref_choice``) counts as missing: ``run`` records the run
+again and checks that the columns it had come out the same (``matches_previous_readout``).
 The reference set itself is written to ``OUT/reference.jsonl`` (Alpaca records): a predictor fitted on
 these readouts expects them measured on the same examples, so the defaults ship it
 (``plan-probe run`` with ``reference = "default"``).
@@ -72,20 +74,41 @@ def _rows_match(recorded: list[dict], recomputed: list[dict]) -> bool:
     return bool(recorded) and all(int(r["depth"]) in by_depth and row_matches(r, by_depth[int(r["depth"])]) for r in recorded)
 
 
-def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference, cooldown: int) -> dict:
-    """Re-run ``cand``'s probe (its constant-lr prefix, every record depth) with the readout on ``reference``."""
+def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference, cooldown: int, previous: dict | None = None) -> dict:
+    """Re-run ``cand``'s probe (its constant-lr prefix, every record depth) with the readout on ``reference``;
+    ``previous``: an older readout file of the run, whose columns must come out the same."""
     from plan_probe.experiments.llm_tier import _train_examples, probe_config
-    from plan_probe.probes import run_probe
+    from plan_probe.probes import READOUT_COLUMNS, run_probe
 
     deepest = max(spec.record_at)
     config = dataclasses.replace(probe_config(spec, cand), steps=deepest, lr_decay_steps=0, readout_cooldown=cooldown)
     c0 = time.process_time()
     result = run_probe(_train_examples(cand.variant, corpus), model, tokenizer, config, reference=reference)
     rows = result.rows.to_dict("records")
-    return {"run_id": cand.run_id, "cooldown": cooldown, "n_reference": len(reference), "status": result.status,
-            "rows": [{"depth": int(r["depth"]), "dyn_ref_loss": _finite(r["dyn_ref_loss"])} for r in rows],
-            "matches_record": _rows_match(record["result"].get("rows", []), rows),
-            "cpu_time_s": round(time.process_time() - c0, 3)}
+    readout = [{"depth": int(r["depth"]), **{c: _finite(r[c]) for c in READOUT_COLUMNS}} for r in rows]
+    doc = {"run_id": cand.run_id, "cooldown": cooldown, "n_reference": len(reference), "status": result.status,
+           "rows": readout, "matches_record": _rows_match(record["result"].get("rows", []), rows),
+           "cpu_time_s": round(time.process_time() - c0, 3)}
+    if previous is not None:
+        doc["matches_previous_readout"] = _same_readout(previous["rows"], readout)
+    return doc
+
+
+def _same_readout(old: list, new: list) -> bool:
+    """Every value an older readout file holds, recomputed within the row check's tolerance."""
+    by_depth = {r["depth"]: r for r in new}
+    return all(r["depth"] in by_depth and all(
+        (v is None and by_depth[r["depth"]][k] is None)
+        or (v is not None and by_depth[r["depth"]][k] is not None and math.isclose(v, by_depth[r["depth"]][k], rel_tol=1e-5, abs_tol=1e-6))
+        for k, v in r.items() if k != "depth") for r in old)
+
+
+def _complete(path: Path) -> bool:
+    """A readout file whose rows carry every readout column (older files lack the newer ones)."""
+    from plan_probe.probes import READOUT_COLUMNS
+    from plan_probe.probes._io import read_json
+
+    return path.is_file() and all(c in r for r in read_json(path)["rows"] for c in READOUT_COLUMNS)
 
 
 def _finite(value) -> float | None:
@@ -97,7 +120,7 @@ def run(spec, out: Path, *, shard: tuple[int, int] = (0, 1), cooldown: int, n_re
         limit: int | None = None) -> dict:
     """``OUT/readout/<run_id>.json`` for every ok run of this shard (design order) that has none yet."""
     from plan_probe.experiments.llm_tier import _versions, _worker_state, candidates, read_records
-    from plan_probe.probes._io import write_json
+    from plan_probe.probes._io import read_json, write_json
 
     if not (isinstance(cooldown, int) and cooldown >= 0):
         raise ValueError(f"cooldown must be an integer >= 0, but got {cooldown=}; pass e.g. --cooldown 10.")
@@ -105,41 +128,49 @@ def run(spec, out: Path, *, shard: tuple[int, int] = (0, 1), cooldown: int, n_re
     records = {r["run_id"]: r for r in read_records(out / "records", "--out") if r["status"] == "ok"}
     folder = out / FOLDER
     mine = [c for j, c in enumerate(candidates(spec)) if j % m == i and c.run_id in records]
-    todo = [c for c in mine if not (folder / f"{c.run_id}.json").is_file()][: limit if limit is not None else None]
+    todo = [c for c in mine if not _complete(folder / f"{c.run_id}.json")][: limit if limit is not None else None]
     if todo:
         corpus, _, model, tokenizer = _worker_state(spec, None, device)
         reference = reference_set(spec, n_reference, corpus)
         folder.mkdir(parents=True, exist_ok=True)
         write_reference(reference, out / REFERENCE)
         for cand in todo:
-            doc = record_readout(spec, cand, records[cand.run_id], model, tokenizer, corpus, reference, cooldown)
-            write_json({**doc, "versions": _versions()}, folder / f"{cand.run_id}.json")
-            log.info("run %s: label %.1f, readout %s", cand.run_id, records[cand.run_id]["result"]["label"],
-                     [r["dyn_ref_loss"] for r in doc["rows"]])
+            path = folder / f"{cand.run_id}.json"
+            previous = read_json(path) if path.is_file() else None
+            doc = record_readout(spec, cand, records[cand.run_id], model, tokenizer, corpus, reference, cooldown, previous)
+            write_json({**doc, "versions": _versions()}, path)
+            log.info("run %s: label %.1f, readout %s", cand.run_id, records[cand.run_id]["result"]["label"], doc["rows"])
     return {"recorded": len(todo), "skipped": len(mine) - len(todo)}
 
 
 def readout_table(folder: Path):
-    """``run_id, depth, dyn_ref_loss`` of every readout file in ``folder`` (empty when there is none)."""
+    """``run_id, depth`` and the readout columns of every complete readout file in ``folder`` (files that lack a
+    column, written before it existed, are left out; empty when there is none)."""
     import pandas as pd
 
+    from plan_probe.probes import READOUT_COLUMNS
     from plan_probe.probes._io import read_json
 
-    rows = [{"run_id": doc["run_id"], "depth": r["depth"], "dyn_ref_loss": r["dyn_ref_loss"]}
-            for doc in (read_json(p) for p in sorted(Path(folder).glob("*.json"))) for r in doc["rows"]]
-    return pd.DataFrame(rows, columns=["run_id", "depth", "dyn_ref_loss"]).astype({"dyn_ref_loss": float})
+    docs = (read_json(p) for p in sorted(Path(folder).glob("*.json")) if _complete(p))
+    rows = [{"run_id": doc["run_id"], "depth": r["depth"], **{c: r[c] for c in READOUT_COLUMNS}} for doc in docs for r in doc["rows"]]
+    return pd.DataFrame(rows, columns=["run_id", "depth", *READOUT_COLUMNS]).astype({c: float for c in READOUT_COLUMNS})
 
 
 def summarise(meta, readout) -> dict:
-    """Per depth: runs with a readout and the Spearman correlation of ``dyn_ref_loss`` with the label."""
+    """Per readout column and depth: runs with a value and its Spearman correlation with the label."""
     from scipy import stats
+
+    from plan_probe.probes import READOUT_COLUMNS
 
     joined = meta[["run_id", "depth", "label"]].merge(readout, on=["run_id", "depth"])
     out = {}
-    for depth, g in joined.groupby("depth"):
-        g = g.dropna()
-        rho = stats.spearmanr(g["dyn_ref_loss"], g["label"])[0] if len(g) > 2 and g["dyn_ref_loss"].nunique() > 1 and g["label"].nunique() > 1 else None
-        out[int(depth)] = {"runs": int(len(g)), "spearman": None if rho is None or not np.isfinite(rho) else float(rho)}
+    for column in READOUT_COLUMNS:
+        out[column] = {}
+        for depth, g in joined.groupby("depth"):
+            g = g[["label", column]].dropna()
+            varies = len(g) > 2 and g[column].nunique() > 1 and g["label"].nunique() > 1
+            rho = stats.spearmanr(g[column], g["label"])[0] if varies else None
+            out[column][int(depth)] = {"runs": int(len(g)), "spearman": None if rho is None or not np.isfinite(rho) else float(rho)}
     return out
 
 
@@ -148,7 +179,7 @@ COMPARED = ("full", "ridge", "full_no_dynamic", "dynamic_only")
 
 
 def compare(meta, readout, *, cv: int = 5, repeats: int = 3, seed: int = 0, n_jobs: int = 1) -> dict:
-    """What ``dyn_ref_loss`` adds, on the runs with a readout at every depth of ``meta``.
+    """What the readout columns add, on the runs with a complete readout at every depth of ``meta``.
 
     ``plan_probe._evaluate.evaluate`` (grouped by ``variant_id``, the same folds and seed) runs on the
     table without and with the column; per model of :data:`COMPARED`, the out-of-fold R² of both and
@@ -159,9 +190,11 @@ def compare(meta, readout, *, cv: int = 5, repeats: int = 3, seed: int = 0, n_jo
     from plan_probe._evaluate import evaluate
     from plan_probe._meta import load_meta
 
-    base = meta.drop(columns=[c for c in ("dyn_ref_loss",) if c in meta.columns])
+    from plan_probe.probes import READOUT_COLUMNS
+
+    base = meta.drop(columns=[c for c in READOUT_COLUMNS if c in meta.columns])
     depths = base["depth"].nunique()
-    complete = readout.dropna().groupby("run_id")["depth"].nunique()
+    complete = readout.dropna(subset=["dyn_ref_loss"]).groupby("run_id")["depth"].nunique()  # choice: NaN when free-form
     runs = set(complete[complete == depths].index) & set(base["run_id"])
     if len(runs) < 2 * cv:
         raise ValueError(f"the comparison needs at least {2 * cv} runs with a readout at every depth, but got {len(runs)}; "

@@ -542,7 +542,7 @@ def assemble(spec: LLMTierSpec, out: Path) -> dict:
 
 
 def _with_readout(meta, out: Path):
-    """``meta`` with ``dyn_ref_loss`` from ``out/readout`` (``llm_readout``) once every run in it has a readout;
+    """``meta`` with the readout columns from ``out/readout`` (``llm_readout``) once every run in it has a complete readout;
     before that the table is left as it is. Returns the table and ``{"runs", "of", "merged"}`` (None: no readouts)."""
     from plan_probe.experiments.llm_readout import FOLDER, readout_table
 

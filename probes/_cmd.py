@@ -152,16 +152,18 @@ def static_cmd(dataset, model_spec, sample, embed_sample, ppl_sample, seed, limi
               help="Retries of a probe whose worker raised or died, before it is recorded as failed.")
 @click.option("--reference", default=None, metavar="FILE",
               help="Held-out examples of the target task (same formats as DATASET): every row also gets dyn_ref_loss, "
-                   "their answer loss after a cooldown of --readout-cooldown steps.")
+                   "their answer loss after a cooldown of --readout-cooldown steps, and dyn_ref_choice, the loss of "
+                   "choosing their answers among the distinct ones (NaN for free-form answers).")
 @click.option("--readout-cooldown", type=int, default=0, show_default=True,
               help="Steps of the readout's lr anneal to zero at each depth (with --reference; each costs these steps).")
 def probe_cmd(dataset, model_spec, steps, record_at, seed, seeds, limit, device, trust_remote_code, output, backend,
               ray_address, max_retries, reference, readout_cooldown, **hp):
     """Run a LoRA probe on DATASET with the candidate's hyperparameters; write the dynamic features per depth.
 
-    With --reference, each depth's row also holds the cooled-down readout dyn_ref_loss: the probe
-    branches off, anneals the learning rate to zero over --readout-cooldown steps, scores the
-    reference answers, and undoes the branch (the other features are unchanged).
+    With --reference, each depth's row also holds the cooled-down readout dyn_ref_loss and
+    dyn_ref_choice: the probe branches off, anneals the learning rate to zero over
+    --readout-cooldown steps, scores the reference answers, and undoes the branch (the other
+    features are unchanged).
     """
     import pandas as pd
 

@@ -34,7 +34,7 @@ DYN_COLUMNS = (
     "dyn_forgetting",
 )
 #: the cooled-down readout (``probes._probe.readout_loss``): only in the rows of a probe given reference examples
-READOUT_COLUMNS = ("dyn_ref_loss",)
+READOUT_COLUMNS = ("dyn_ref_loss", "dyn_ref_choice")
 
 
 def dynamic_features(

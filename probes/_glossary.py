@@ -52,6 +52,7 @@ FEATURE_MEANINGS: dict[str, str] = {
     "dyn_flatness": "sharpness of the loss around the probe's weights",
     "dyn_forgetting": "loss increase on generic text (forgetting)",
     "dyn_ref_loss": "answer loss on held-out target examples after a short lr cooldown (the readout)",
+    "dyn_ref_choice": "the readout's loss at choosing the right answer among the task's answers (telling them apart)",
     "depth": "probe depth",
 }
 

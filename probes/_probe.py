@@ -1,5 +1,5 @@
 """One LoRA probe with the candidate's own hyperparameters, recording the 10 dynamic features at every depth
-(and, given reference examples, the cooled-down readout ``dyn_ref_loss``).
+(and, given reference examples, the cooled-down readout ``dyn_ref_loss`` / ``dyn_ref_choice``).
 
 The loop: AdamW at a constant ``lr`` (optionally decaying linearly over the last
 ``lr_decay_steps`` steps, after every record depth) on LoRA adapters (peft); each step averages the true per-token
@@ -11,7 +11,10 @@ kernels on a vector of LoRA size. Flatness and forgetting are measured only at r
 The readout looks at what the adapted model answers, which none of the 10 features does: at each
 record depth a branch trains ``readout_cooldown`` more steps with the learning rate annealed to zero
 (the cooldown of a warmup-stable-decay schedule, which turns a constant-lr iterate into the model a
-short finished run would have), scores the reference examples' answers, and is then undone.
+short finished run would have), scores the reference examples' answers, and is then undone. Two
+scores: the answers' per-token loss (any task), and, when the reference answers form a closed set
+(2 to ``MAX_CHOICES`` distinct answers, e.g. class labels), the loss of choosing the right one among
+them, which looks only at what separates the answers and not at how well their wording is learnt.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
 _REF_CHUNK = 8
+#: the most distinct reference answers scored as a closed choice (``dyn_ref_choice``); more: free-form, NaN
+MAX_CHOICES = 10
 _OOD_MAX_TOKENS = 64
 _OOD_CHUNK = 8
 _FLAT_SALT, _OOD_SALT = 0xF1A7, 0x00D5
@@ -132,12 +137,56 @@ class ProbeBatches:
         self.flat_batch, self.flat_scale = subsample_rows(self.steps[0][0], config.flatness_sample, config.seed)
         self.ood_batches, self.ood_scale = ood_subset(tokenizer, ood_texts, pad, config.ood_sample, config.seed)
         self.reference_batches = None if reference is None else reference_batches(tokenizer, reference, config.max_length, pad)
+        self.choice_batches = None if reference is None else choice_batches(tokenizer, reference, config.max_length, pad)
 
 
 def reference_batches(tokenizer, examples, max_length: int, pad: int) -> list[dict]:
     """The reference examples (prompt masked, answer scored) as padded batches sorted by length."""
     encoded = sorted((encode_example(tokenizer, ex, max_length) for ex in examples), key=lambda e: len(e[0]))
     return [collate(encoded[i : i + _REF_CHUNK], pad) for i in range(0, len(encoded), _REF_CHUNK)]
+
+
+def choice_batches(tokenizer, examples, max_length: int, pad: int):
+    """Every reference prompt with every distinct reference answer, for the closed-choice readout.
+
+    Returns ``(batches, truth)``: ``batches[a]`` the examples' prompts with answer ``a`` (sorted answers,
+    example order kept), ``truth[i]`` the index of example i's own answer; None when the reference has
+    fewer than 2 or more than :data:`MAX_CHOICES` distinct answers (not a closed choice).
+    """
+    answers = sorted({ex.output for ex in examples})
+    if not 2 <= len(answers) <= MAX_CHOICES:
+        return None
+    truth = np.array([answers.index(ex.output) for ex in examples])
+    batches = []
+    for answer in answers:
+        encoded = [encode_example(tokenizer, Example(ex.input, answer), max_length) for ex in examples]
+        batches.append([collate(encoded[i : i + _REF_CHUNK], pad) for i in range(0, len(encoded), _REF_CHUNK)])
+    return batches, truth
+
+
+def choice_loss(model, choices, device) -> float:
+    r"""Mean loss of choosing each reference example's answer among the distinct answers (eval mode, no grad).
+
+    .. math:: \frac1n \sum_i \Bigl[\log \sum_a e^{\ell_{ia}} - \ell_{i,a_i}\Bigr], \qquad
+              \ell_{ia} = \log p_\theta(a \mid x_i)
+
+    (the answer's summed token log-likelihood, end-of-sequence included): the cross-entropy of the
+    model's answer probabilities renormalised over the closed answer set, :math:`\log K` for a model
+    that cannot tell the K answers apart. NaN when ``choices`` is None (free-form answers).
+    """
+    import torch
+    from scipy.special import logsumexp
+
+    if choices is None:
+        return math.nan
+    batches, truth = choices
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        loglik = np.stack([np.concatenate([-batch_nll(model, _to(b, device), per_example=True)[0].double().cpu().numpy()
+                                           for b in per_answer]) for per_answer in batches], axis=1)
+    model.train(was_training)
+    return float(np.mean(logsumexp(loglik, axis=1) - loglik[np.arange(truth.size), truth]))
 
 
 def _label_tokens(labels) -> np.ndarray:
@@ -361,8 +410,9 @@ def _set_lr(optimizer, config: ProbeConfig, step: int) -> None:
 
 
 def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: ProbeBatches, config: ProbeConfig, depth: int,
-                 device) -> float:
-    r"""The cooled-down readout at ``depth``: mean per-token answer NLL on the reference after a cooldown.
+                 device) -> dict[str, float]:
+    r"""The cooled-down readout at ``depth``: ``dyn_ref_loss``, the mean per-token answer NLL on the
+    reference after a cooldown, and ``dyn_ref_choice``, the closed-choice loss of :func:`choice_loss`.
 
     With k = ``config.readout_cooldown``, steps depth + j (j = 1..k) train on the probe's next batches at
     :math:`\eta_j = \eta\,(k + 1 - j)/(k + 1)` (``anneal_lr``, as ``ProbeConfig.lr_at``), clipped like
@@ -391,7 +441,8 @@ def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: Probe
             for group in optimizer.param_groups:
                 group["lr"] = anneal_lr(config.lr, j, k)
             optimizer.step()
-        return mean_loss(peft_model, batches.reference_batches, device)
+        return {"dyn_ref_loss": mean_loss(peft_model, batches.reference_batches, device),
+                "dyn_ref_choice": choice_loss(peft_model, batches.choice_batches, device)}
     finally:
         with torch.no_grad():
             for p, value in zip(params, saved):
@@ -469,7 +520,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
             break
         feats = dynamic_features(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], **extras)
         if batches.reference_batches is not None:
-            feats["dyn_ref_loss"] = readout_loss(peft_model, params, grads, optimizer, batches, config, step, device)
+            feats.update(readout_loss(peft_model, params, grads, optimizer, batches, config, step, device))
         rows.append({"depth": step, "seed": config.seed, "status": "ok", "diverged_step": None, **hp, **feats})
         log.info("depth %d: loss %.4f", step, stats[-1, 0])
     return rows, diverged
@@ -491,8 +542,9 @@ def run_probe(examples: Sequence[Example], model, tokenizer, config: ProbeConfig
         The out-of-domain set of the forgetting feature (default: the shipped sentences).
     reference : list of Example, optional
         Held-out examples of the target task. Given, every row also has ``dyn_ref_loss``: the mean
-        per-token answer NLL on them after a cooldown of ``config.readout_cooldown`` steps (see
-        :func:`readout_loss`); each readout costs that many extra steps.
+        per-token answer NLL on them after a cooldown of ``config.readout_cooldown`` steps, and
+        ``dyn_ref_choice``: the loss of choosing their answers among the distinct ones (NaN for
+        free-form answers; see :func:`readout_loss`); each readout costs that many extra steps.
 
     Returns
     -------

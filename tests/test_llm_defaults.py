@@ -54,7 +54,7 @@ def test_llm_defaults_refuses_readouts_without_their_reference_and_ships_it_with
     meta.to_parquet(build / "meta.parquet")
     assert main([str(build), str(dest), "--min-runs", "3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: the table has the readout dyn_ref_loss, so BUILD must hold the reference.jsonl") and err.count("\n") == 1
+    assert err.startswith("error: the table has the readout, so BUILD must hold the reference.jsonl") and err.count("\n") == 1
     assert not dest.exists()
     (build / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
     dest.mkdir()

@@ -49,14 +49,26 @@ def test_readout_resumes_matches_the_records_and_joins_the_table_when_complete(b
         # the re-run probe with readouts reproduces every recorded dyn_* row: the branches leave no trace
         assert doc["matches_record"] and doc["cooldown"] == 2 and doc["n_reference"] == 6
         assert [r["depth"] for r in doc["rows"]] == [2, 4] and all(r["dyn_ref_loss"] > 0 for r in doc["rows"])
+        assert all(r["dyn_ref_choice"] > 0 for r in doc["rows"]) and "matches_previous_readout" not in doc
     summary = llm_tier.assemble(llm_tier.load_llm_spec(spec), out)
     meta = pd.read_parquet(out / "meta.parquet")
     assert summary["readout"]["merged"] and meta["dyn_ref_loss"].notna().all()
     by_file = {(d["run_id"], r["depth"]): r["dyn_ref_loss"] for d in docs for r in d["rows"]}
     assert all(by_file[(row.run_id, row.depth)] == pytest.approx(row.dyn_ref_loss) for row in meta.itertuples())
+    # a file from before dyn_ref_choice existed counts as missing: recorded again, its old values reproduced
+    first = sorted((out / "readout").glob("*.json"))[0]
+    old = json.loads(first.read_text())
+    first.write_text(json.dumps({**old, "rows": [{"depth": r["depth"], "dyn_ref_loss": r["dyn_ref_loss"]} for r in old["rows"]]}))
+    assert llm_tier.assemble(llm_tier.load_llm_spec(spec), out)["readout"]["merged"] is False
+    assert _stage("run", str(spec), "--out", str(out), "--cooldown", "2", "--reference", "6") == 0
+    assert json.loads(capsys.readouterr().out)["recorded"] == 1
+    again = json.loads(first.read_text())
+    assert again["matches_previous_readout"] is True and again["rows"] == old["rows"]
     assert _stage("summary", str(spec), "--out", str(out)) == 0
-    per_depth = json.loads(capsys.readouterr().out)
-    assert set(per_depth) == {"2", "4"} and all(v["runs"] == n_ok for v in per_depth.values())
+    per_column = json.loads(capsys.readouterr().out)
+    assert set(per_column) == {"dyn_ref_loss", "dyn_ref_choice"}
+    for per_depth in per_column.values():
+        assert set(per_depth) == {"2", "4"} and all(v["runs"] == n_ok for v in per_depth.values())
     # the reference the readouts were measured on is kept beside them, readable as a dataset
     from plan_probe.probes._data import load_examples
 

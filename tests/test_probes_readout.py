@@ -1,5 +1,6 @@
-"""The cooled-down readout (``dyn_ref_loss``) on a tiny random LLaMA built here: it is undone without a trace,
-and it equals the reference loss of a separate probe that anneals over the same steps."""
+"""The cooled-down readout (``dyn_ref_loss``, ``dyn_ref_choice``) on a tiny random LLaMA built here: it is undone
+without a trace, it equals the reference scores of a separate probe that anneals over the same steps, and the
+choice loss equals its definition computed one example and one answer at a time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from plan_probe.probes import DYN_COLUMNS, READOUT_COLUMNS, Example, ProbeConfig  # noqa: E402
-from plan_probe.probes._probe import ProbeBatches, _ood_texts, attach_lora, mean_loss, probe_loop, run_probe  # noqa: E402
+from plan_probe.probes._probe import (  # noqa: E402
+    ProbeBatches, _ood_texts, attach_lora, choice_batches, choice_loss, mean_loss, probe_loop, run_probe,
+)
+from plan_probe.probes._tokenize import encode_example  # noqa: E402
 from plan_probe.probes._testing import tiny_model  # noqa: E402
 from tests.test_probes_dynamic import examples, tok  # noqa: E402,F401  (the same tiny tokenizer and training set)
 
@@ -37,6 +41,7 @@ def test_the_readout_leaves_every_other_feature_bit_for_bit(tok, examples, refer
     assert list(plain.columns) == [c for c in read.columns if c not in READOUT_COLUMNS] and "dyn_ref_loss" not in plain
     assert read[list(DYN_COLUMNS)].equals(plain[list(DYN_COLUMNS)])  # params, moments and RNG restored exactly
     assert np.all(np.isfinite(read["dyn_ref_loss"])) and read["dyn_ref_loss"].nunique() == 2
+    assert np.all(np.isfinite(read["dyn_ref_choice"])) and read["dyn_ref_choice"].nunique() == 2
 
 
 @pytest.mark.parametrize("depth, cooldown", [(3, 0), (3, 3), (6, 2)])
@@ -44,7 +49,7 @@ def test_the_readout_is_the_reference_loss_of_a_probe_that_anneals_over_the_same
     """Known truth: a separate probe of depth + k steps whose last k steps decay the lr to zero
     (``lr_decay_steps = k``) trains exactly what the branch trains; its final reference loss is the readout."""
     cfg = _config(readout_cooldown=cooldown)
-    read = run_probe(examples, tiny_model(len(tok)), tok, cfg, reference=reference).rows.set_index("depth")["dyn_ref_loss"]
+    read = run_probe(examples, tiny_model(len(tok)), tok, cfg, reference=reference).rows.set_index("depth")
 
     model = tiny_model(len(tok))
     longer = dataclasses.replace(cfg, steps=depth + cooldown, lr_decay_steps=cooldown, readout_cooldown=0,
@@ -54,7 +59,40 @@ def test_the_readout_is_the_reference_loss_of_a_probe_that_anneals_over_the_same
         batches.reference_batches, kept = None, batches.reference_batches  # no readouts inside the separate probe
         probe_loop(peft_model, params, batches, longer, torch.device("cpu"), record=True)
         expected = mean_loss(peft_model, kept, torch.device("cpu"))
-    assert read[depth] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        expected_choice = choice_loss(peft_model, batches.choice_batches, torch.device("cpu"))
+    assert read.loc[depth, "dyn_ref_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert read.loc[depth, "dyn_ref_choice"] == pytest.approx(expected_choice, rel=1e-5, abs=1e-6)
+
+
+def _choice_by_definition(model, tok, reference, max_length):
+    """mean_i [logsumexp_a l_ia - l_i,a_i], each l_ia = log p(answer a | prompt i) from its own unpadded forward."""
+    from scipy.special import logsumexp
+
+    answers = sorted({ex.output for ex in reference})
+    out = []
+    for ex in reference:
+        ll = []
+        for a in answers:
+            ids, labels = encode_example(tok, Example(ex.input, a), max_length)
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
+            target = torch.tensor(labels[1:])
+            ll.append(float(logp[target != -100].gather(1, target[target != -100, None]).sum()))
+        out.append(logsumexp(ll) - ll[answers.index(ex.output)])
+    return float(np.mean(out))
+
+
+def test_choice_loss_is_its_definition_and_nan_without_a_closed_answer_set(tok):
+    model = tiny_model(len(tok)).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    labels = ["positive", "negative", "positive", "neutral", "negative", "positive", "negative", "neutral", "positive"]
+    ref = [Example(f"tweet number {i} says {'so ' * (i % 4)}much", lab) for i, lab in enumerate(labels)]
+    got = choice_loss(model, choice_batches(tok, ref, 40, pad), torch.device("cpu"))
+    assert got == pytest.approx(_choice_by_definition(model, tok, ref, 40), rel=1e-6)
+    assert 0 < got and np.isfinite(got)
+    free_form = [Example(f"q{i}", f"answer number {i}") for i in range(11)]  # 11 distinct answers: not a choice
+    assert choice_batches(tok, free_form, 40, pad) is None and np.isnan(choice_loss(model, None, torch.device("cpu")))
+    assert choice_batches(tok, [Example("q", "a"), Example("r", "a")], 40, pad) is None  # one answer: nothing to choose
 
 
 def test_a_longer_cooldown_learns_more_and_cooldown_zero_scores_the_iterate(tok, examples, reference):
