@@ -95,12 +95,13 @@ def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference
 
 
 def _same_readout(old: list, new: list) -> bool:
-    """Every value an older readout file holds, recomputed within the row check's tolerance."""
+    """Every value an older readout file holds (None: not finite) comes out the same, to rel. 1e-5."""
+    def same(a, b) -> bool:
+        return (a is None) == (b is None) and (a is None or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6))
+
     by_depth = {r["depth"]: r for r in new}
-    return all(r["depth"] in by_depth and all(
-        (v is None and by_depth[r["depth"]][k] is None)
-        or (v is not None and by_depth[r["depth"]][k] is not None and math.isclose(v, by_depth[r["depth"]][k], rel_tol=1e-5, abs_tol=1e-6))
-        for k, v in r.items() if k != "depth") for r in old)
+    return all(r["depth"] in by_depth and all(same(v, by_depth[r["depth"]].get(k)) for k, v in r.items() if k != "depth")
+               for r in old)
 
 
 def _complete(path: Path) -> bool:
@@ -182,7 +183,7 @@ def compare(meta, readout, *, cv: int = 5, repeats: int = 3, seed: int = 0, n_jo
     """What the readout columns add, on the runs with a complete readout at every depth of ``meta``.
 
     ``plan_probe._evaluate.evaluate`` (grouped by ``variant_id``, the same folds and seed) runs on the
-    table without and with the column; per model of :data:`COMPARED`, the out-of-fold R² of both and
+    table without and with the readout columns; per model of :data:`COMPARED`, the out-of-fold R² of both and
     the paired per-run squared-error difference (with minus without, mean ± SE over runs). Also the
     evaluation with the readout's own ``full − full_no_dynamic`` (what the probe adds over the
     descriptors, fold-corrected SE).

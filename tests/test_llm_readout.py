@@ -119,3 +119,11 @@ def test_compare_pairs_evaluate_without_and_with_the_readout(capsys):
     assert models["full_no_dynamic"]["sq_err_diff"] == pytest.approx(0.0, abs=1e-9)  # no probe column: unchanged
     with pytest.raises(ValueError, match="at least 10 runs with a readout at every depth, but got 3"):
         lr.compare(meta, readout[readout["run_id"].isin(["r0", "r1", "r2"])], cv=5)
+
+
+def test_an_older_readout_counts_as_reproduced_only_when_every_value_it_holds_comes_out_the_same():
+    new = [{"depth": 5, "dyn_ref_loss": 0.30000001, "dyn_ref_choice": 0.6}, {"depth": 10, "dyn_ref_loss": None, "dyn_ref_choice": None}]
+    assert lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.3}, {"depth": 10, "dyn_ref_loss": None}], new)
+    assert not lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.31}], new)
+    assert not lr._same_readout([{"depth": 10, "dyn_ref_loss": 0.3}], new)  # a value where now there is none
+    assert not lr._same_readout([{"depth": 20, "dyn_ref_loss": 0.3}], new)  # a depth not recomputed
