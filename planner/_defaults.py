@@ -6,7 +6,7 @@ They live in the package under ``planner/defaults/llm/``:
 * ``risk_model.json``: written by ``plan-probe fit-risk``;
 * ``predictor/``: the depth-aware predictor on all features (``fit-predictor --features all``);
 * ``predictor_static/``: the static-only predictor (static + hyperparameter features);
-* ``reference.jsonl`` (only when the predictor uses the probe readout ``dyn_ref_loss``): the held-out
+* ``reference.jsonl`` (only when the predictor uses the probe readout, ``dyn_ref_*``): the held-out
   examples the readouts it was fitted on were measured with.
 
 A portfolio value ``"default"`` resolves to these files; anything else is a path (relative to the
@@ -32,7 +32,7 @@ _FIT_HINT = {
     "risk_model": "plan-probe fit-risk RISK_OBS -o planner/defaults/llm/risk_model.json",
     "predictor": "plan-probe fit-predictor META --features all -o planner/defaults/llm/predictor",
     "predictor_static": "plan-probe fit-predictor META --features static -o planner/defaults/llm/predictor_static",
-    "reference": "make llm-defaults on a tier with readouts (it ships only with predictors that use dyn_ref_loss)",
+    "reference": "make llm-defaults on a tier with readouts (it ships only with predictors that use the readout)",
 }
 
 

