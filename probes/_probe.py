@@ -33,13 +33,14 @@ import numpy as np
 from plan_probe.probes._config import HP_COLUMNS, ProbeConfig, anneal_lr
 from plan_probe.probes._data import Example
 from plan_probe.probes._dynamics import DYN_COLUMNS, READOUT_COLUMNS, StepRecorder, dynamic_features, first_bad_step, nan_features
-from plan_probe.probes._tokenize import batch_nll, collate, encode_example, encode_plain
+from plan_probe.probes._tokenize import _accepts_logits_to_keep, batch_nll, collate, encode_example, encode_plain
 
 __all__ = ["ProbeResult", "run_probe", "probe_loop", "default_ood_texts", "ROW_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("depth", "seed", "status", "diverged_step", *HP_COLUMNS, *DYN_COLUMNS)
+#: prompts per forward of the readout's reference scoring
 _REF_CHUNK = 8
 #: the most distinct reference answers scored as a closed choice (``dyn_ref_choice``); more: free-form, NaN
 MAX_CHOICES = 10
@@ -136,57 +137,138 @@ class ProbeBatches:
         # its rows, weighted so the expectation is the whole batch's value).
         self.flat_batch, self.flat_scale = subsample_rows(self.steps[0][0], config.flatness_sample, config.seed)
         self.ood_batches, self.ood_scale = ood_subset(tokenizer, ood_texts, pad, config.ood_sample, config.seed)
-        self.reference_batches = None if reference is None else reference_batches(tokenizer, reference, config.max_length, pad)
-        self.choice_batches = None if reference is None else choice_batches(tokenizer, reference, config.max_length, pad)
+        self.reference = None if reference is None else encode_reference(tokenizer, reference, config.max_length)
 
 
-def reference_batches(tokenizer, examples, max_length: int, pad: int) -> list[dict]:
-    """The reference examples (prompt masked, answer scored) as padded batches sorted by length."""
-    encoded = sorted((encode_example(tokenizer, ex, max_length) for ex in examples), key=lambda e: len(e[0]))
-    return [collate(encoded[i : i + _REF_CHUNK], pad) for i in range(0, len(encoded), _REF_CHUNK)]
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The readout's reference examples, tokenised once for scoring.
 
-
-def choice_batches(tokenizer, examples, max_length: int, pad: int):
-    """Every reference prompt with every distinct reference answer, for the closed-choice readout.
-
-    Returns ``(batches, truth)``: ``batches[a]`` the examples' prompts with answer ``a`` (sorted answers,
-    example order kept), ``truth[i]`` the index of example i's own answer; None when the reference has
-    fewer than 2 or more than :data:`MAX_CHOICES` distinct answers (not a closed choice).
+    ``candidates[i]`` holds ``(prompt_ids, answer_ids)`` for each answer example i is scored on:
+    every distinct reference answer (sorted) when they form a closed set of 2 to :data:`MAX_CHOICES`
+    (``closed``), else only its own; ``truth[i]`` is the index of example i's own answer among them.
+    The ids are :func:`encode_example`'s, split at the label boundary (the answer ids end with EOS).
     """
+
+    candidates: tuple
+    truth: np.ndarray
+    closed: bool
+
+
+def encode_reference(tokenizer, examples: Sequence[Example], max_length: int) -> ReferenceSet:
+    """Tokenise ``examples`` for :func:`reference_scores` (a closed answer set when there are 2 to MAX_CHOICES answers)."""
+    from plan_probe.probes._tokenize import IGNORE
+
     answers = sorted({ex.output for ex in examples})
-    if not 2 <= len(answers) <= MAX_CHOICES:
-        return None
-    truth = np.array([answers.index(ex.output) for ex in examples])
-    batches = []
-    for answer in answers:
-        encoded = [encode_example(tokenizer, Example(ex.input, answer), max_length) for ex in examples]
-        batches.append([collate(encoded[i : i + _REF_CHUNK], pad) for i in range(0, len(encoded), _REF_CHUNK)])
-    return batches, truth
+    closed = 2 <= len(answers) <= MAX_CHOICES
+
+    def split(example: Example) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        ids, labels = encode_example(tokenizer, example, max_length)
+        n_prompt = sum(1 for lab in labels if lab == IGNORE)
+        n_prompt = max(n_prompt, 1)  # position 0 predicts nothing (batch_nll's shift): it is context
+        return tuple(ids[:n_prompt]), tuple(ids[n_prompt:])
+
+    options = [answers if closed else [ex.output] for ex in examples]
+    candidates = tuple(tuple(split(Example(ex.input, a)) for a in opts) for ex, opts in zip(examples, options))
+    truth = np.array([opts.index(ex.output) for ex, opts in zip(examples, options)], dtype=int)
+    return ReferenceSet(candidates, truth, closed)
 
 
-def choice_loss(model, choices, device) -> float:
-    r"""Mean loss of choosing each reference example's answer among the distinct answers (eval mode, no grad).
+def answer_logliks(model, reference: ReferenceSet, device) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per example i and candidate answer a: :math:`\ell_{ia} = \log p_\theta(a \mid x_i)` summed over
+    the answer's tokens (EOS included), and the number of those tokens (eval mode, no grad).
 
-    .. math:: \frac1n \sum_i \Bigl[\log \sum_a e^{\ell_{ia}} - \ell_{i,a_i}\Bigr], \qquad
-              \ell_{ia} = \log p_\theta(a \mid x_i)
-
-    (the answer's summed token log-likelihood, end-of-sequence included): the cross-entropy of the
-    model's answer probabilities renormalised over the closed answer set, :math:`\log K` for a model
-    that cannot tell the K answers apart. NaN when ``choices`` is None (free-form answers).
+    Each distinct prompt runs once, in left-padded batches of prompts of similar length (positions
+    counted from each row's first real token); every answer then continues from its prompt's key/value
+    cache, so scoring K answers costs about one prompt forward, not K. The same log-likelihoods as
+    :func:`batch_nll` on whole right-padded sequences, to float rounding.
     """
     import torch
-    from scipy.special import logsumexp
 
-    if choices is None:
-        return math.nan
-    batches, truth = choices
+    n, k = len(reference.candidates), max(len(c) for c in reference.candidates)
+    loglik, tokens = np.full((n, k), np.nan), np.zeros((n, k), dtype=int)
+    prompts = sorted({prompt for options in reference.candidates for prompt, _ in options}, key=lambda p: (len(p), p))
+    row_of = {prompt: r for r, prompt in enumerate(prompts)}
+    answers: list[list[tuple[int, int, tuple]]] = [[] for _ in prompts]
+    for i, options in enumerate(reference.candidates):
+        for a, (prompt, answer) in enumerate(options):
+            answers[row_of[prompt]].append((i, a, answer))
+            tokens[i, a] = len(answer)
+    last_only = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}  # the LM head only where it is read
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        loglik = np.stack([np.concatenate([-batch_nll(model, _to(b, device), per_example=True)[0].double().cpu().numpy()
-                                           for b in per_answer]) for per_answer in batches], axis=1)
+        for start in range(0, len(prompts), _REF_CHUNK):
+            block = prompts[start : start + _REF_CHUNK]
+            ids, mask = _left_padded(block, device)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                        use_cache=True, **last_only)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).double().cpu().numpy()
+            pending = []  # (row in block, i, a, answer): answers with tokens after the first
+            for r in range(len(block)):
+                for i, a, answer in answers[start + r]:
+                    loglik[i, a] = first[r, answer[0]] if answer else 0.0
+                    if len(answer) > 1:
+                        pending.append((r, i, a, answer))
+            if pending:
+                for (_, i, a, _), rest in zip(pending, _continuations(model, out.past_key_values, mask, pending, device)):
+                    loglik[i, a] += rest
     model.train(was_training)
-    return float(np.mean(logsumexp(loglik, axis=1) - loglik[np.arange(truth.size), truth]))
+    return loglik, tokens
+
+
+def _left_padded(sequences, device):
+    """``input_ids`` (left-padded with id 0, masked) and ``attention_mask`` of token-id sequences."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _continuations(model, cache, prompt_mask, pending, device) -> list[float]:
+    """Log-likelihood of each pending answer's tokens after its first, continuing its prompt row's cache
+    (rows repeated per answer; continuations right-padded, which a causal model never looks ahead to)."""
+    import torch
+
+    rows = torch.tensor([r for r, *_ in pending], device=device)
+    cache.reorder_cache(rows)  # row r's keys and values once per answer of prompt r
+    width = max(len(answer) - 1 for *_, answer in pending)
+    ids = torch.zeros((len(pending), width), dtype=torch.long)
+    mask = torch.zeros((len(pending), width), dtype=torch.long)
+    for j, (*_, answer) in enumerate(pending):
+        ids[j, : len(answer) - 1] = torch.tensor(answer[:-1], dtype=torch.long)
+        mask[j, : len(answer) - 1] = 1
+    ids, mask, prompt_mask = ids.to(device), mask.to(device), prompt_mask[rows]
+    position_ids = prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+    out = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], dim=1), position_ids=position_ids,
+                past_key_values=cache, use_cache=True)
+    logp = torch.log_softmax(out.logits.float(), dim=-1).double().cpu().numpy()
+    return [float(sum(logp[j, t, tok] for t, tok in enumerate(answer[1:]))) for j, (*_, answer) in enumerate(pending)]
+
+
+def reference_scores(model, reference: ReferenceSet, device) -> dict[str, float]:
+    r"""The readout's two scores of ``model`` on ``reference``.
+
+    ``dyn_ref_loss``: the pooled per-token loss of each example's own answer,
+    :math:`-\sum_i \ell_{i,a_i} / \sum_i |a_i|`. ``dyn_ref_choice``: the cross-entropy of the answer
+    probabilities renormalised over the closed answer set,
+
+    .. math:: \frac1n \sum_i \Bigl[\log \sum_a e^{\ell_{ia}} - \ell_{i,a_i}\Bigr],
+
+    :math:`\log K` for a model that cannot tell the K answers apart; NaN for free-form answers.
+    """
+    from scipy.special import logsumexp
+
+    loglik, tokens = answer_logliks(model, reference, device)
+    rows = np.arange(reference.truth.size)
+    own, own_tokens = loglik[rows, reference.truth], tokens[rows, reference.truth]
+    choice = float(np.mean(logsumexp(loglik, axis=1) - own)) if reference.closed else math.nan
+    return {"dyn_ref_loss": float(-own.sum() / max(own_tokens.sum(), 1)), "dyn_ref_choice": choice}
 
 
 def _label_tokens(labels) -> np.ndarray:
@@ -412,7 +494,7 @@ def _set_lr(optimizer, config: ProbeConfig, step: int) -> None:
 def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: ProbeBatches, config: ProbeConfig, depth: int,
                  device) -> dict[str, float]:
     r"""The cooled-down readout at ``depth``: ``dyn_ref_loss``, the mean per-token answer NLL on the
-    reference after a cooldown, and ``dyn_ref_choice``, the closed-choice loss of :func:`choice_loss`.
+    reference after a cooldown, and ``dyn_ref_choice``, the closed-choice loss (:func:`reference_scores`).
 
     With k = ``config.readout_cooldown``, steps depth + j (j = 1..k) train on the probe's next batches at
     :math:`\eta_j = \eta\,(k + 1 - j)/(k + 1)` (``anneal_lr``, as ``ProbeConfig.lr_at``), clipped like
@@ -441,8 +523,7 @@ def readout_loss(peft_model, params, grads: FlatGrads, optimizer, batches: Probe
             for group in optimizer.param_groups:
                 group["lr"] = anneal_lr(config.lr, j, k)
             optimizer.step()
-        return {"dyn_ref_loss": mean_loss(peft_model, batches.reference_batches, device),
-                "dyn_ref_choice": choice_loss(peft_model, batches.choice_batches, device)}
+        return reference_scores(peft_model, batches.reference, device)
     finally:
         with torch.no_grad():
             for p, value in zip(params, saved):
@@ -519,7 +600,7 @@ def probe_loop(peft_model, params, batches: ProbeBatches, config: ProbeConfig, d
             log.warning("probe diverged at step %d (non-finite depth measurements, seed %d)", step, config.seed)
             break
         feats = dynamic_features(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], **extras)
-        if batches.reference_batches is not None:
+        if batches.reference is not None:
             feats.update(readout_loss(peft_model, params, grads, optimizer, batches, config, step, device))
         rows.append({"depth": step, "seed": config.seed, "status": "ok", "diverged_step": None, **hp, **feats})
         log.info("depth %d: loss %.4f", step, stats[-1, 0])

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 
 from plan_probe.probes import DYN_COLUMNS, READOUT_COLUMNS, Example, ProbeConfig  # noqa: E402
 from plan_probe.probes._probe import (  # noqa: E402
-    ProbeBatches, _ood_texts, attach_lora, choice_batches, choice_loss, mean_loss, probe_loop, run_probe,
+    ProbeBatches, _ood_texts, attach_lora, encode_reference, mean_loss, probe_loop, reference_scores, run_probe,
 )
-from plan_probe.probes._tokenize import encode_example  # noqa: E402
+from plan_probe.probes._tokenize import collate, encode_example  # noqa: E402
 from plan_probe.probes._testing import tiny_model  # noqa: E402
 from tests.test_probes_dynamic import examples, tok  # noqa: E402,F401  (the same tiny tokenizer and training set)
 
@@ -56,12 +56,11 @@ def test_the_readout_is_the_reference_loss_of_a_probe_that_anneals_over_the_same
                                  record_at=tuple(d for d in cfg.record_at if d <= depth))
     batches = ProbeBatches(examples, tok, longer, _ood_texts(None), reference=reference)
     with attach_lora(model, longer) as (peft_model, params):
-        batches.reference_batches, kept = None, batches.reference_batches  # no readouts inside the separate probe
+        batches.reference, kept = None, batches.reference  # no readouts inside the separate probe
         probe_loop(peft_model, params, batches, longer, torch.device("cpu"), record=True)
-        expected = mean_loss(peft_model, kept, torch.device("cpu"))
-        expected_choice = choice_loss(peft_model, batches.choice_batches, torch.device("cpu"))
-    assert read.loc[depth, "dyn_ref_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    assert read.loc[depth, "dyn_ref_choice"] == pytest.approx(expected_choice, rel=1e-5, abs=1e-6)
+        expected = reference_scores(peft_model, kept, torch.device("cpu"))
+    assert read.loc[depth, "dyn_ref_loss"] == pytest.approx(expected["dyn_ref_loss"], rel=1e-5, abs=1e-6)
+    assert read.loc[depth, "dyn_ref_choice"] == pytest.approx(expected["dyn_ref_choice"], rel=1e-5, abs=1e-6)
 
 
 def _choice_by_definition(model, tok, reference, max_length):
@@ -82,17 +81,27 @@ def _choice_by_definition(model, tok, reference, max_length):
     return float(np.mean(out))
 
 
-def test_choice_loss_is_its_definition_and_nan_without_a_closed_answer_set(tok):
-    model = tiny_model(len(tok)).eval()
+def _padded_loss(model, tok, reference, max_length):
+    """The pooled per-token answer loss by ``mean_loss`` on right-padded batches of whole sequences (no cache)."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [encode_example(tok, ex, max_length) for ex in reference]
+    return mean_loss(model, [collate(encoded[i : i + 4], pad) for i in range(0, len(encoded), 4)], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("max_length", [40, 12])  # 12: prompts cut from the left, by answer length
+def test_reference_scores_are_their_definitions_and_choice_is_nan_without_a_closed_answer_set(tok, max_length):
+    model = tiny_model(len(tok)).eval()
     labels = ["positive", "negative", "positive", "neutral", "negative", "positive", "negative", "neutral", "positive"]
     ref = [Example(f"tweet number {i} says {'so ' * (i % 4)}much", lab) for i, lab in enumerate(labels)]
-    got = choice_loss(model, choice_batches(tok, ref, 40, pad), torch.device("cpu"))
-    assert got == pytest.approx(_choice_by_definition(model, tok, ref, 40), rel=1e-6)
-    assert 0 < got and np.isfinite(got)
+    got = reference_scores(model, encode_reference(tok, ref, max_length), torch.device("cpu"))
+    assert got["dyn_ref_choice"] == pytest.approx(_choice_by_definition(model, tok, ref, max_length), rel=1e-6)
+    assert got["dyn_ref_loss"] == pytest.approx(_padded_loss(model, tok, ref, max_length), rel=1e-6)
+    assert 0 < got["dyn_ref_choice"] and np.isfinite(got["dyn_ref_choice"])
     free_form = [Example(f"q{i}", f"answer number {i}") for i in range(11)]  # 11 distinct answers: not a choice
-    assert choice_batches(tok, free_form, 40, pad) is None and np.isnan(choice_loss(model, None, torch.device("cpu")))
-    assert choice_batches(tok, [Example("q", "a"), Example("r", "a")], 40, pad) is None  # one answer: nothing to choose
+    scores = reference_scores(model, encode_reference(tok, free_form, max_length), torch.device("cpu"))
+    assert np.isnan(scores["dyn_ref_choice"])
+    assert scores["dyn_ref_loss"] == pytest.approx(_padded_loss(model, tok, free_form, max_length), rel=1e-6)
+    assert not encode_reference(tok, [Example("q", "a"), Example("r", "a")], 40).closed  # one answer: nothing to choose
 
 
 def test_a_longer_cooldown_learns_more_and_cooldown_zero_scores_the_iterate(tok, examples, reference):
