@@ -104,12 +104,18 @@ def _same_readout(old: list, new: list) -> bool:
                for r in old)
 
 
-def _complete(path: Path) -> bool:
-    """A readout file whose rows carry every readout column (older files lack the newer ones)."""
+def _has_every_column(doc: dict) -> bool:
+    """A readout document whose rows carry every readout column (older files lack the newer ones)."""
     from plan_probe.probes import READOUT_COLUMNS
+
+    return all(c in r for r in doc["rows"] for c in READOUT_COLUMNS)
+
+
+def _complete(path: Path) -> bool:
+    """A readout file that :func:`_has_every_column`."""
     from plan_probe.probes._io import read_json
 
-    return path.is_file() and all(c in r for r in read_json(path)["rows"] for c in READOUT_COLUMNS)
+    return path.is_file() and _has_every_column(read_json(path))
 
 
 def _finite(value) -> float | None:
@@ -152,7 +158,7 @@ def readout_table(folder: Path):
     from plan_probe.probes import READOUT_COLUMNS
     from plan_probe.probes._io import read_json
 
-    docs = (read_json(p) for p in sorted(Path(folder).glob("*.json")) if _complete(p))
+    docs = (doc for doc in map(read_json, sorted(Path(folder).glob("*.json"))) if _has_every_column(doc))
     rows = [{"run_id": doc["run_id"], "depth": r["depth"], **{c: r[c] for c in READOUT_COLUMNS}} for doc in docs for r in doc["rows"]]
     return pd.DataFrame(rows, columns=["run_id", "depth", *READOUT_COLUMNS]).astype({c: float for c in READOUT_COLUMNS})
 

@@ -215,7 +215,10 @@ def _where(p: float, side: str) -> str:
 
 def _reason(r: dict, go_now: bool, tau: float, lam: float, c_min: int, setup: float = 0.0) -> str:
     """Why a task got its probe steps, in words (the report's per-candidate reason)."""
+    from plan_probe.theory import probe_cost_steps
+
     p, c, c_opt = r["p_success_now"], int(r["probe_steps"]), int(r["c_opt"])
+    cheapest = lam * float(probe_cost_steps(c_min, setup))
     incl = f"incl. {setup:g} readout steps" if setup > 0 else ""
     side = "above" if r["prior_mean"] >= tau else "below"
     now = "go" if go_now else "no-go"
@@ -223,15 +226,15 @@ def _reason(r: dict, go_now: bool, tau: float, lam: float, c_min: int, setup: fl
     if c > 0:
         text = (f"{where}: {c} steps can flip the decision (probability {r['p_flip']:.2f}); they cut the expected "
                 f"loss from {r['loss_now']:.3g} to {r['loss_at_probe_steps']:.3g} for a probe cost of "
-                f"{lam * (c + setup):.3g}" + (f" ({incl})" if incl else ""))
+                f"{lam * float(probe_cost_steps(c, setup)):.3g}" + (f" ({incl})" if incl else ""))
         return text + (f"; the budget cut the probe from its optimum of {c_opt} steps" if c < c_opt else "")
     if c_opt > 0:
         return (f"{where}: a {c_opt}-step probe is worth {r['value_of_probe']:.3g} net, but the budget went to "
                 f"candidates where a step is worth more; {now} without a probe")
-    if r["loss_now"] <= lam * (c_min + setup):
+    if r["loss_now"] <= cheapest:
         return (f"far {side} τ (P(score ≥ τ) = {p:.2f}): no probe needed, {now}; deciding now risks an expected loss "
-                f"of {r['loss_now']:.3g}, less than the cheapest probe ({lam * (c_min + setup):.3g}" + (f", {incl})" if incl else ")"))
-    if r["loss_now"] - r["loss_floor"] <= lam * (c_min + setup):
+                f"of {r['loss_now']:.3g}, less than the cheapest probe ({cheapest:.3g}" + (f", {incl})" if incl else ")"))
+    if r["loss_now"] - r["loss_floor"] <= cheapest:
         return (f"{where}, but no probe resolves enough: even an endless free probe would only cut the expected loss "
                 f"from {r['loss_now']:.3g} to {r['loss_floor']:.3g} (intrinsic risk); {now} without a probe")
     return f"{where}, but at every depth the probe costs more than the loss it avoids; {now} without a probe"

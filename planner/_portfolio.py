@@ -123,6 +123,11 @@ class Portfolio:
     readout_cooldown: int = 10
     base_dir: str = "."
 
+    @property
+    def readout_steps(self) -> int:
+        """Steps the readout adds to every probe beyond its depth: ``readout_cooldown`` with a reference, else 0."""
+        return self.readout_cooldown if self.reference is not None else 0
+
     def full_costs(self) -> list[float]:
         """Each candidate's full-run cost: its ``full_cost``, else ``full_steps`` x ``step_cost``."""
         return [c.full_cost if c.full_cost is not None else c.full_steps * self.step_cost for c in self.candidates]

@@ -265,7 +265,7 @@ def _decision_section(p, plan, t) -> list[str]:
     """The decision objective's plan: per candidate the numbers and the reason for its steps, and the totals."""
     from plan_probe.theory import probe_cost_steps
 
-    lam, setup = p.step_cost, (p.readout_cooldown if p.reference is not None else 0)
+    lam, setup = p.step_cost, p.readout_steps
     rows = [[r["candidate"], r["p_success_now"], r["decision_now"], r["loss_now"], r["probe_steps"],
              r["loss_at_probe_steps"], r["loss_now"] - r["loss_at_probe_steps"] - lam * probe_cost_steps(r["probe_steps"], setup),
              r["p_flip"]]

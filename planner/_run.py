@@ -347,9 +347,8 @@ def decision_settings(portfolio):
     probe then costs beyond its depth)."""
     from plan_probe._decision_plan import DecisionSettings
 
-    setup = portfolio.readout_cooldown if portfolio.reference is not None else 0
     return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost,
-                            setup_steps=setup)
+                            setup_steps=portfolio.readout_steps)
 
 
 def _static_priors(prepared: PreparedRun, static: dict):
@@ -414,7 +413,7 @@ def _stage_probes(prepared: PreparedRun, plan, data: dict, out: Path, model_id: 
 
     portfolio = prepared.portfolio
     reference = _stage_reference(portfolio, out)
-    cooldown = portfolio.readout_cooldown if reference is not None else 0
+    cooldown = portfolio.readout_steps
     steps = dict(zip(plan["candidate"], plan["probe_steps"].astype(int)))
     records, jobs, meta = {}, [], {}
     for cand in portfolio.candidates:
