@@ -16,7 +16,6 @@ run; they are deterministic given the seeds, so the same inputs give byte-identi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
