@@ -77,6 +77,7 @@ def _rows_match(recorded: list[dict], recomputed: list[dict]) -> bool:
 def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference, cooldown: int, previous: dict | None = None) -> dict:
     """Re-run ``cand``'s probe (its constant-lr prefix, every record depth) with the readout on ``reference``;
     ``previous``: an older readout file of the run, whose columns must come out the same."""
+    from plan_probe.experiments.llm_checkpoint_eval import _deviations
     from plan_probe.experiments.llm_tier import _train_examples, probe_config
     from plan_probe.probes import READOUT_COLUMNS, run_probe
 
@@ -88,6 +89,7 @@ def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference
     readout = [{"depth": int(r["depth"]), **{c: _finite(r[c]) for c in READOUT_COLUMNS}} for r in rows]
     doc = {"run_id": cand.run_id, "cooldown": cooldown, "n_reference": len(reference), "status": result.status,
            "rows": readout, "matches_record": _rows_match(record["result"].get("rows", []), rows),
+           "record_max_abs_diff": _deviations(record["result"].get("rows", []), rows),
            "cpu_time_s": round(time.process_time() - c0, 3)}
     if previous is not None:
         doc["matches_previous_readout"] = _same_readout(previous["rows"], readout)

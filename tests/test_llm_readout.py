@@ -12,6 +12,7 @@ from plan_probe.cli import main as cli
 
 pytest.importorskip("torch")
 
+from plan_probe.probes import DYN_COLUMNS  # noqa: E402
 from plan_probe.experiments import llm_readout as lr  # noqa: E402
 from plan_probe.experiments import llm_tier  # noqa: E402
 from tests.test_llm_tier import _spec  # noqa: E402
@@ -48,6 +49,7 @@ def test_readout_resumes_matches_the_records_and_joins_the_table_when_complete(b
     for doc in docs:
         # the re-run probe with readouts reproduces every recorded dyn_* row: the branches leave no trace
         assert doc["matches_record"] and doc["cooldown"] == 2 and doc["n_reference"] == 6
+        assert set(doc["record_max_abs_diff"]) == set(DYN_COLUMNS) and max(doc["record_max_abs_diff"].values()) == 0.0
         assert [r["depth"] for r in doc["rows"]] == [2, 4] and all(r["dyn_ref_loss"] > 0 for r in doc["rows"])
         assert all(r["dyn_ref_choice"] > 0 for r in doc["rows"]) and "matches_previous_readout" not in doc
     summary = llm_tier.assemble(llm_tier.load_llm_spec(spec), out)
@@ -127,3 +129,21 @@ def test_an_older_readout_counts_as_reproduced_only_when_every_value_it_holds_co
     assert not lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.31}], new)
     assert not lr._same_readout([{"depth": 10, "dyn_ref_loss": 0.3}], new)  # a value where now there is none
     assert not lr._same_readout([{"depth": 20, "dyn_ref_loss": 0.3}], new)  # a depth not recomputed
+    assert lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.3 * (1 + 2e-5)}], new)  # another CPU's float32 drift
+
+
+def test_a_rerun_matches_its_record_within_float_drift_and_not_beyond():
+    """The rule of ``matches_record``: 1e-4 relative, and for features that cross zero on a unit scale (loss
+    differences, a gradient cosine, a log-loss slope) 1e-4 absolute: their rounding error is on that scale, not
+    their own (the drift measured across CPUs). ``_deviations`` keeps the evidence."""
+    from plan_probe.experiments.llm_checkpoint_eval import _deviations, _rows_match
+
+    record = {"depth": 5, "dyn_grad_norm_mean": 2.0, "dyn_flatness": -2.409e-4, "dyn_grad_consistency": -0.01164, "status": "ok"}
+    drift = {**record, "dyn_flatness": -2.411e-4, "dyn_grad_norm_mean": 2.0 * (1 + 5e-5), "dyn_grad_consistency": -0.011645}
+    assert _rows_match(record, drift)
+    assert not _rows_match(record, {**record, "dyn_grad_norm_mean": 2.0 * (1 + 1e-3)})  # a different trajectory
+    assert not _rows_match(record, {**record, "dyn_flatness": -2.409e-4 + 5e-4})  # beyond rounding on the loss scale
+    assert not _rows_match({"depth": 5, "status": "ok"}, record)  # nothing to compare is no match
+    got = _deviations([record, {**record, "depth": 10}], [drift, {**record, "depth": 10, "dyn_grad_norm_mean": 2.5}])
+    assert got["dyn_grad_norm_mean"] == 0.5 and got["dyn_flatness"] == pytest.approx(2e-7)
+    assert list(got) == sorted(got) and "status" not in got
