@@ -38,13 +38,15 @@ __all__ = ["reference_examples", "pick_runs", "checkpoint_scores", "summarise"]
 
 log = logging.getLogger(__name__)
 
-# rows of the re-run probe and of the record agree to 1e-4 of each feature's scale: same seed, same bytes on
+# rows of the re-run probe and of the record agree to 1e-3 of each feature's scale. Same seed, same bytes on
 # one machine, but a CPU with other float32 kernels (AVX-512 vs AVX2) drifts in the last digits over 40
-# steps (measured on tier v3 runs: magnitudes within 1e-4 relative)
-_MATCH_RTOL = 1e-4
+# steps: on tier v3 runs up to 1.2e-4 relative (a gradient cosine of 0.87: float32 dot products over the
+# LoRA gradients), so 1e-3 leaves a margin of 8. A run of another seed still fails: in the 8 same-design pairs
+# of llm_v3_replicates the initial loss differs by 5.9e-2 relative or more, the mean gradient norm by 4.7e-3
+_MATCH_RTOL = 1e-3
 # features that cross zero on a unit scale (loss differences, a cosine, a log-loss slope): their rounding
 # error is absolute, on that scale (measured: flatness 2.4e-4 off by 1.9e-7, a gradient cosine -0.0116 off
-# by 5.5e-6, i.e. 5e-4 relative), so they get the same 1e-4 as an absolute tolerance
+# by 5.5e-6, i.e. 5e-4 relative), so they get the same tolerance as an absolute one
 _UNIT_SCALE = ("dyn_flatness", "dyn_forgetting", "dyn_grad_consistency", "dyn_loss_decay")
 
 

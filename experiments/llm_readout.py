@@ -97,8 +97,8 @@ def record_readout(spec, cand, record: dict, model, tokenizer, corpus, reference
 
 
 def _same_readout(old: list, new: list) -> bool:
-    """Every value an older readout file holds (None: not finite) comes out the same, to rel. 1e-4 (the records'
-    rule: on another CPU the re-run's float32 drift reached 1.6e-5 in a tier v3 run)."""
+    """Every value an older readout file holds (None: not finite) comes out the same, to the records' relative
+    tolerance (on another CPU the re-run's float32 drift reached 1.6e-5 in a tier v3 run)."""
     from plan_probe.experiments.llm_checkpoint_eval import _MATCH_RTOL
 
     def same(a, b) -> bool:

@@ -129,20 +129,20 @@ def test_an_older_readout_counts_as_reproduced_only_when_every_value_it_holds_co
     assert not lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.31}], new)
     assert not lr._same_readout([{"depth": 10, "dyn_ref_loss": 0.3}], new)  # a value where now there is none
     assert not lr._same_readout([{"depth": 20, "dyn_ref_loss": 0.3}], new)  # a depth not recomputed
-    assert lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.3 * (1 + 2e-5)}], new)  # another CPU's float32 drift
+    assert lr._same_readout([{"depth": 5, "dyn_ref_loss": 0.3 * (1 + 2e-4)}], new)  # another CPU's float32 drift
 
 
 def test_a_rerun_matches_its_record_within_float_drift_and_not_beyond():
-    """The rule of ``matches_record``: 1e-4 relative, and for features that cross zero on a unit scale (loss
-    differences, a gradient cosine, a log-loss slope) 1e-4 absolute: their rounding error is on that scale, not
+    """The rule of ``matches_record``: 1e-3 relative, and for features that cross zero on a unit scale (loss
+    differences, a gradient cosine, a log-loss slope) 1e-3 absolute: their rounding error is on that scale, not
     their own (the drift measured across CPUs). ``_deviations`` keeps the evidence."""
     from plan_probe.experiments.llm_checkpoint_eval import _deviations, _rows_match
 
     record = {"depth": 5, "dyn_grad_norm_mean": 2.0, "dyn_flatness": -2.409e-4, "dyn_grad_consistency": -0.01164, "status": "ok"}
-    drift = {**record, "dyn_flatness": -2.411e-4, "dyn_grad_norm_mean": 2.0 * (1 + 5e-5), "dyn_grad_consistency": -0.011645}
+    drift = {**record, "dyn_flatness": -2.411e-4, "dyn_grad_norm_mean": 2.0 * (1 + 1.2e-4), "dyn_grad_consistency": -0.011749}
     assert _rows_match(record, drift)
-    assert not _rows_match(record, {**record, "dyn_grad_norm_mean": 2.0 * (1 + 1e-3)})  # a different trajectory
-    assert not _rows_match(record, {**record, "dyn_flatness": -2.409e-4 + 5e-4})  # beyond rounding on the loss scale
+    assert not _rows_match(record, {**record, "dyn_grad_norm_mean": 2.0 * (1 + 1e-2)})  # a different trajectory
+    assert not _rows_match(record, {**record, "dyn_flatness": -2.409e-4 + 5e-3})  # beyond rounding on the loss scale
     assert not _rows_match({"depth": 5, "status": "ok"}, record)  # nothing to compare is no match
     got = _deviations([record, {**record, "depth": 10}], [drift, {**record, "depth": 10, "dyn_grad_norm_mean": 2.5}])
     assert got["dyn_grad_norm_mean"] == 0.5 and got["dyn_flatness"] == pytest.approx(2e-7)
