@@ -55,7 +55,9 @@ llm-defaults: venv
 	cp -n $(LLM_TIER)/records/*.json $(LLM_BUILD)/records/
 	cp -n $(LLM_TIER)/base.json $(LLM_BUILD)/
 	-cp -n $(LLM_TIER)/static/*.json $(LLM_BUILD)/static/ 2>/dev/null
-	if [ -d $(LLM_TIER)/readout ]; then mkdir -p $(LLM_BUILD)/readout && cp -n $(LLM_TIER)/readout/*.json $(LLM_BUILD)/readout/; fi
+	# readouts are re-recorded in place (a second pass replaces a file), so the build takes the tier's current set
+	rm -rf $(LLM_BUILD)/readout
+	if [ -d $(LLM_TIER)/readout ]; then mkdir -p $(LLM_BUILD)/readout && cp $(LLM_TIER)/readout/*.json $(LLM_BUILD)/readout/; fi
 	if [ -f $(LLM_TIER)/reference.jsonl ]; then cp $(LLM_TIER)/reference.jsonl $(LLM_BUILD)/; fi
 	cp $(LLM_SPEC) $(LLM_BUILD)/spec.toml
 	$(LLM_ENV) $(PY) -m plan_probe.experiments.llm_tier static $(LLM_SPEC) --out $(LLM_BUILD) --recorded-only

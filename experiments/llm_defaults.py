@@ -60,11 +60,14 @@ def _tuned_config(seed: int):
     """The tuned blend that ``fit-predictor`` ships and ``evaluate`` measures as "full".
 
     Not TuneAhead's untuned recipe: at min_child_samples 20 it cannot split a few dozen run rows,
-    so a static-only fit on a tier of that size predicted the label mean.
+    so a static-only fit on a tier of that size predicted the label mean. With the prediction
+    scale (``evaluate --prediction-scale``): on this tier the errors grow as the predicted score
+    falls (collapsing runs), so one width per depth under-covered the runs predicted lowest and
+    over-covered, with needlessly wide intervals, the ones predicted highest (tier README).
     """
     from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig
 
-    return PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS)
+    return PredictorConfig(seed=seed, tune=True, n_top=FULL_TOP, n_seeds=FULL_SEEDS, prediction_scale=True)
 
 
 def fit_full_predictor(meta, *, seed: int = 0):

@@ -94,6 +94,8 @@ def _jobs(value):
     return value or available_cpus()
 
 
+_PRED_SCALE_HELP = ("Widen or narrow each interval with the model's own prediction (errors that grow or shrink with the "
+                    "predicted score, e.g. collapsing runs); off: one width per depth.")
 _JOBS_HELP = "Processes for independent fits (default: every CPU this process may use); results do not depend on it."
 
 
@@ -113,9 +115,11 @@ _JOBS_HELP = "Processes for independent fits (default: every CPU this process ma
 @click.option("--seeds", "n_seeds", type=int, default=None,
               help="Seeds averaged per LightGBM learner: SEED, SEED+1, ... [default: 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prediction-scale/--no-prediction-scale", default=False, show_default=True, help=_PRED_SCALE_HELP)
 @click.option("--jobs", type=int, default=None, help=_JOBS_HELP)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, jobs, out_dir):
+def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_seeds, seed, prediction_scale, jobs,
+                      out_dir):
     """Fit the shared depth-aware predictor on META with CV+ intervals and save it to a directory."""
     from plan_probe._meta import check_folds, load_meta, select_features
     from plan_probe._predictor import FULL_SEEDS, FULL_TOP, PredictorConfig, ProbePredictor
@@ -126,7 +130,10 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_
     n_jobs = _jobs(jobs)
     data = load_meta(meta, label=label, id_col=id_col)
     config = PredictorConfig(seed=seed, tune=tune, n_top=n_top or (FULL_TOP if tune else 1),
-                             n_seeds=n_seeds or (FULL_SEEDS if tune else 1))
+                             n_seeds=n_seeds or (FULL_SEEDS if tune else 1), prediction_scale=prediction_scale)
+    if prediction_scale and risk_model:
+        raise ValueError("--prediction-scale needs the model's own scale, but got --risk-model too; "
+                         "drop one of them.")
     check_folds(len(set(data.ids)), config.calibration_folds, "distinct ids (calibration folds)")
     feats = list(select_features(data, features))
     scale = _risk_scale(risk_model, data.frame) if risk_model else None
@@ -145,6 +152,7 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_
         "num_leaves": model.params_["num_leaves"],
         "cv_rmse": model.cv_rmse_,
         "scale_mode": model.scale_mode_,
+        "prediction_scale": model.prediction_scale_ or None,
         "seed": seed,
         "members": len(model.blend_),
         "blend": model.blend_summary(),
@@ -295,7 +303,10 @@ def _predict_figures(model, X, data, pred, lower, upper, scale) -> dict:
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write JSON here.")
 @click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Also write every run's out-of-fold prediction per model (mean over repeats) here (.csv or .parquet).")
-def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by, jobs, fmt, out_path, predictions_path):
+@click.option("--prediction-scale/--no-prediction-scale", default=False, show_default=True,
+              help="Fit every model's intervals with --prediction-scale of fit-predictor (point predictions unchanged).")
+def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by, jobs, fmt, out_path, predictions_path,
+                 prediction_scale):
     """Repeated grouped K-fold: the full predictor vs ridge, tuned and released TuneAhead recipes, ablations
     and the mean, on identical folds, with paired differences and CV+ interval coverage."""
     from plan_probe._evaluate import evaluate
@@ -309,7 +320,7 @@ def evaluate_cmd(meta, label, id_col, cv, repeats, seed, scale, depth, group_by,
     if group_by is None:
         check_folds(len(set(data.ids)), cv)
     result = evaluate(data, cv=cv, repeats=repeats, seed=seed, scale=scale, depth=depth, group_by=group_by,
-                      n_jobs=n_jobs, predictions=predictions_path is not None)
+                      n_jobs=n_jobs, predictions=predictions_path is not None, prediction_scale=prediction_scale)
     if predictions_path is not None:
         write_table(result.pop("predictions"), predictions_path)
     _emit(result, fmt, out_path)

@@ -28,8 +28,10 @@ import click
                    "static_duplicate_rate, static_ref_ppl_mean, static_output_diversity present].")
 @click.option("--censored-warn", default=0.3, show_default=True, type=float,
               help="Warn when the censored (no_go) share of finished runs exceeds this.")
+@click.option("--prediction-scale/--no-prediction-scale", default=False, show_default=True,
+              help="Intervals whose width follows each predictor's own prediction (fit-predictor --prediction-scale).")
 def refit_cmd(inputs, out_dir, seed, tune, method, num_samples, num_warmup, num_chains, svi_steps, risk_features,
-              censored_warn):
+              censored_warn, prediction_scale):
     """Fit the risk model and both predictors from history directories and built meta-datasets.
 
     Each HISTORY_OR_META is a history directory (PlanProbeCallback's history_dir), a build-meta
@@ -43,7 +45,8 @@ def refit_cmd(inputs, out_dir, seed, tune, method, num_samples, num_warmup, num_
     if risk_features is not None:
         feats = tuple(f.strip() for f in risk_features.split(",") if f.strip())
     settings = RefitSettings(seed=seed, tune=tune, method=method, num_samples=num_samples, num_warmup=num_warmup,
-                             num_chains=num_chains, svi_steps=svi_steps, risk_features=feats, censored_warn=censored_warn)
+                             num_chains=num_chains, svi_steps=svi_steps, risk_features=feats, censored_warn=censored_warn,
+                             prediction_scale=prediction_scale)
     summary = refit(inputs, out_dir, settings)
     click.echo(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
 

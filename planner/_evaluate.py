@@ -51,7 +51,8 @@ MODELS = ("full", "full_no_dynamic", "ridge", "recipe_tuned", "tuneahead_recipe"
           "mean")
 METRICS = ("rmse", "r2", "pearson", "acc_at_1", "acc_at_2", "acc_at_3")
 COVERAGES = (0.8, 0.9)
-INTERVAL_METRICS = ("coverage_80", "coverage_90", "width_80", "width_90")
+INTERVAL_METRICS = ("coverage_80", "coverage_90", "width_80", "width_90",
+                    "coverage_90_bottom", "coverage_90_top", "width_90_top")
 _PAIRED = ("rmse", "r2")
 
 
@@ -95,7 +96,7 @@ class _Spec:
     all_depths: bool  # train on every depth (else only the evaluation depth's rows)
 
 
-def _specs(meta: MetaDataset, seed: int) -> dict:
+def _specs(meta: MetaDataset, seed: int, prediction_scale: bool = False) -> dict:
     feats_all = tuple(meta.features)
     no_depth = tuple(f for f in feats_all if f != "depth")
     no_dynamic = tuple(f for f in feats_all if meta.groups[f] != "dynamic")
@@ -119,6 +120,9 @@ def _specs(meta: MetaDataset, seed: int) -> dict:
     }
     if not dynamic_feats or len(no_dynamic) == len(feats_all) or not [f for f in no_dynamic if f != "depth"]:
         specs.pop("full_no_dynamic")
+    if prediction_scale:
+        specs = {name: dataclasses.replace(spec, config=dataclasses.replace(spec.config, prediction_scale=True))
+                 for name, spec in specs.items()}
     return {name: spec for name, spec in specs.items() if [f for f in spec.features if f != "depth"]}
 
 
@@ -156,10 +160,27 @@ def _fold_task(data: dict, r: int, k: int) -> dict:
             _, lo, hi = model.predict_interval(Xt, c)
             entry[f"coverage_{tag}"] = float(np.mean((y[test] >= lo) & (y[test] <= hi)))
             entry[f"width_{tag}"] = float(np.mean(hi - lo))
+        entry.update(_coverage_by_third(y[test], pred, *model.predict_interval(Xt, 0.9)[1:]))
         out[name] = entry
     out["test_rows"] = np.flatnonzero(test)
     log.info("repeat %d fold %d done", r, k)
     return out
+
+
+def _coverage_by_third(y, pred, lo, hi) -> dict:
+    """90 % coverage among the third of test rows predicted lowest and highest, and the width there.
+
+    Conformal coverage is marginal: a constant-width interval can over-cover where the model errs
+    little and under-cover where it errs much, which the overall coverage averages away.
+    """
+    order = np.argsort(pred, kind="stable")
+    third = len(order) // 3
+    if third == 0:
+        return {"coverage_90_bottom": float("nan"), "coverage_90_top": float("nan"), "width_90_top": float("nan")}
+    inside = (y >= lo) & (y <= hi)
+    bottom, top = order[:third], order[-third:]
+    return {"coverage_90_bottom": float(np.mean(inside[bottom])), "coverage_90_top": float(np.mean(inside[top])),
+            "width_90_top": float(np.mean(hi[top] - lo[top]))}
 
 
 def evaluate(
@@ -173,6 +194,7 @@ def evaluate(
     group_by: str | None = None,
     n_jobs: int = 1,
     predictions: bool = False,
+    prediction_scale: bool = False,
 ) -> dict:
     """Repeated grouped K-fold CV of every model of :data:`MODELS` on identical folds.
 
@@ -189,6 +211,9 @@ def evaluate(
         group, the label, ``repeats``) and every model's out-of-fold prediction averaged over the
         repeats (column = model name), so a model can be compared with any other score of the same
         runs, pair by pair.
+    prediction_scale : bool
+        Fit every model with ``PredictorConfig.prediction_scale`` (intervals widened or narrowed by
+        the model's own prediction); point predictions are unchanged.
 
     Returns
     -------
@@ -220,7 +245,7 @@ def evaluate(
             f"cross-validation needs at least as many ids at the evaluation depth as folds, but got "
             f"{len(np.unique(groups[at_eval]))} for cv={cv}; lower --cv or pick another --depth."
         )
-    specs = _specs(meta, seed)
+    specs = _specs(meta, seed, prediction_scale)
     if predictions:
         _check_table_names(meta, specs, group_by)
     data = {
@@ -252,6 +277,7 @@ def evaluate(
         "interval_method": "cv+ (Barber et al. 2021) over grouped folds; tuned models choose their blend on a "
                            "selection split first",
         "calibration_folds": PredictorConfig().calibration_folds,
+        "prediction_scale": bool(prediction_scale),
     }
     if predictions:
         out["predictions"] = _out_of_fold_table(per_fold, meta, groups, specs, group_by)

@@ -27,7 +27,14 @@ enter the residuals. ``P(score >= tau)`` comes from the same CV+ values with sig
 Scale s: sqrt(L(c)) from a risk model when one is given (normalised scores, fixed in advance);
 otherwise, with several depths pooled, the root-mean-square of the fold model's own inner
 out-of-fold residuals at each depth (fitted within D \\ F_k, so it is part of the fold's algorithm);
-otherwise 1.
+otherwise 1. With ``prediction_scale`` (not with a risk model's scale) s is further multiplied by
+g₋ₖ(μ₋ₖ(x)), a function of the fold model's own prediction learnt from the same inner out-of-fold
+residuals r: split them into thirds by prediction; third j has median prediction m_j and factor
+ρ_j = RMS(u in third j) / RMS(u), u = |r| / s_depth (kept in [1/4, 4]); g is linear between the
+(m_j, ρ_j) and constant beyond m_1 and m_3, so it never extrapolates. Runs predicted where the model
+errs more get wider intervals (locally weighted conformal scores, Lei, G'Sell, Rinaldo, Tibshirani &
+Wasserman 2018, "Distribution-free predictive inference for regression", JASA 113(523), §5.2). g is
+part of fold k's algorithm, so the CV+ guarantee is unchanged; what it changes is where the width goes.
 """
 
 from __future__ import annotations
@@ -84,9 +91,17 @@ def _predictor_v2_to_v3(side: dict) -> dict:
     return side
 
 
+def _predictor_v3_to_v4(side: dict) -> dict:
+    """Schema 3 had no prediction scale: its intervals are those of schema 4 with the scale off."""
+    side = dict(side)
+    side.setdefault("prediction_scale", {})
+    side["cv_plus"] = {**side.get("cv_plus", {}), "fold_prediction_scale": []}
+    return side
+
+
 #: Schemas 1 and 2 are the layouts of plan-probe 0.1.0 ("plan-probe-predictor/1" and "/2").
-PREDICTOR_FORMAT = FileFormat(FORMAT, 3, "refit it with plan-probe fit-predictor",
-                              migrations={1: _predictor_v1_to_v2, 2: _predictor_v2_to_v3},
+PREDICTOR_FORMAT = FileFormat(FORMAT, 4, "refit it with plan-probe fit-predictor",
+                              migrations={1: _predictor_v1_to_v2, 2: _predictor_v2_to_v3, 3: _predictor_v3_to_v4},
                               legacy_names={"plan-probe-predictor/1": 1, "plan-probe-predictor/2": 2})
 
 _GBDT_TREES = (25, 50, 100, 200, 350, 500)
@@ -125,7 +140,9 @@ class PredictorConfig:
     inner CV on the training data only and blends at most ``n_top`` of them (``n_top = 1``: the best
     one); each LightGBM member is averaged over ``n_seeds`` seeds ``seed, seed+1, ...``.
     ``calibration_folds`` is K of the grouped CV+ folds (and of the nested search).
-    ``go_probability``: a run is "go" when P(score >= tau) reaches it.
+    ``go_probability``: a run is "go" when P(score >= tau) reaches it. ``prediction_scale``: widen or
+    narrow each run's interval with the model's own prediction (module docstring, "Scale s"), for
+    labels whose errors grow or shrink with the predicted score (e.g. runs that collapse).
     """
 
     learning_rate: float = 0.05
@@ -144,6 +161,7 @@ class PredictorConfig:
     n_top: int = 1
     n_seeds: int = 1
     search: str = "full"
+    prediction_scale: bool = False
 
     def __post_init__(self):
         checks = [
@@ -291,6 +309,10 @@ class ProbePredictor:
     fold_depth_scale_ : list of dict
         Per fold, depth -> RMS inner OOF residual (``scale_mode_ == "depth"``); ``depth_scale_`` the
         same from the nested OOF residuals of all rows.
+    fold_prediction_scale_ : list of dict
+        Per fold, the prediction scale ``{knots, factors}`` (``{}``: g = 1; the list is empty unless
+        ``config.prediction_scale``); ``prediction_scale_`` the same from the nested OOF residuals
+        of all rows (``{}`` when off).
     oof_pred_ : ndarray
         μ₋ₖ₍ᵢ₎(x_i), the nested out-of-fold predictions (NaN off the calibration rows' scope);
         ``cv_rmse_`` their RMSE on the scored rows. ``cv_scores_``: inner-CV RMSE of every candidate.
@@ -349,10 +371,11 @@ class ProbePredictor:
                 scopes.append("target")
         cands = [Candidate(f, s) for s in scopes for f in cfg.families()]
         self.scale_mode_ = self._scale_mode(ext_scale, Xa, names, target_depth is not None, cfg)
+        wants_pred_scale = bool(cfg.prediction_scale) and self.scale_mode_ != "risk"
         res = search(Xa, ya, groups, cands, {"all": np.ones(len(ya), dtype=bool), "target": at_target}, at_target,
                      cfg.lgbm_params(), seed=int(cfg.seed), n_top=int(cfg.n_top), n_seeds=int(cfg.n_seeds),
-                     calibration_folds=int(cfg.calibration_folds), depth_scale=self.scale_mode_ == "depth",
-                     n_jobs=int(self.n_jobs), names=names)
+                     calibration_folds=int(cfg.calibration_folds),
+                     scale_fits=self.scale_mode_ == "depth" or wants_pred_scale, n_jobs=int(self.n_jobs), names=names)
         blend = res.blend
         self.blend_ = _members_from(res.members, blend, cands)
         self.fold_models_ = [_members_from(fm, blend, cands) for fm in res.fold_members]
@@ -369,9 +392,11 @@ class ProbePredictor:
             self.depth_scale_ = _depth_rms(ya - self.oof_pred_, depth)
         elif self.scale_mode_ == "depth":
             self.scale_mode_ = "none"
+        self._fit_prediction_scale(Xa, ya, res.scale_pred if wants_pred_scale else [], at_target)
         calib = (res.calib_folds >= 0) & at_target & np.isfinite(res.fold_pred)
         folds = res.calib_folds[calib]
-        s = self._fold_scales(Xa[calib], ext_scale[calib] if ext_scale is not None else None, folds)
+        s = self._fold_scales(Xa[calib], ext_scale[calib] if ext_scale is not None else None, folds,
+                              res.fold_pred[calib])
         self.cv_rmse_ = float(np.sqrt(np.mean((ya[calib] - res.fold_pred[calib]) ** 2)))
         scores = (ya[calib] - res.fold_pred[calib]) / s
         order = np.argsort(scores, kind="stable")
@@ -408,21 +433,41 @@ class ProbePredictor:
             self.params_ = cfg.lgbm_params()
             self.n_estimators_ = 0
 
-    def _fold_scales(self, Xa, ext, folds) -> np.ndarray:
-        """Scale of each calibration row under its own fold's algorithm."""
+    def _fit_prediction_scale(self, Xa, ya, scale_pred, scored) -> None:
+        """g₋ₖ of every fold from its inner OOF residuals, and the final model's from the nested OOF ones.
+
+        Only ``scored`` rows count (those of the target depth when the model is used at one depth).
+        """
+        self.fold_prediction_scale_, self.prediction_scale_ = [], {}
+        if not scale_pred:
+            return
+        for k, pred in enumerate(scale_pred):
+            pred = np.where(scored, pred, np.nan)
+            self.fold_prediction_scale_.append(_fit_prediction_scale(pred, ya - pred, self._depth_base(Xa, k)))
+        oof = np.where(scored, self.oof_pred_, np.nan)
+        self.prediction_scale_ = _fit_prediction_scale(oof, ya - oof, self._depth_base(Xa, -1))
+
+    def _depth_base(self, Xa, k: int) -> np.ndarray:
+        """The depth part of the scale of fold k (-1: the final model) at every row of ``Xa``."""
+        if self.scale_mode_ != "depth":
+            return np.ones(Xa.shape[0])
+        return _interp_depth(self._depth_table(k), Xa[:, self.feature_names_.index("depth")])
+
+    def _fold_scales(self, Xa, ext, folds, mu) -> np.ndarray:
+        """Scale of each calibration row under its own fold's algorithm (``mu``: that fold's predictions)."""
         if self.scale_mode_ == "risk":
             return ext
-        if self.scale_mode_ == "depth":
-            depth = Xa[:, self.feature_names_.index("depth")]
-            out = np.ones(len(depth))
-            for k in np.unique(folds):
-                sel = folds == k
-                out[sel] = _interp_depth(self._depth_table(int(k)), depth[sel])
-            return out
-        return np.ones(Xa.shape[0])
+        out = np.ones(Xa.shape[0])
+        for k in np.unique(folds):
+            sel = folds == k
+            out[sel] = self._scale_at(Xa[sel], None, int(k), mu[sel])
+        return out
 
     def _depth_table(self, k: int) -> dict:
         return self.depth_scale_ if k < 0 or not self.fold_depth_scale_ else self.fold_depth_scale_[k]
+
+    def _prediction_table(self, k: int) -> dict:
+        return self.prediction_scale_ if k < 0 or not self.fold_prediction_scale_ else self.fold_prediction_scale_[k]
 
     @staticmethod
     def _check_scale(scale, n):
@@ -461,18 +506,19 @@ class ProbePredictor:
     def row_scale(self, X, scale=None) -> np.ndarray:
         """Per-row interval scale for ``X`` under the final model (external ``scale`` when calibrated with one)."""
         Xa = self._matrix(X)
-        return self._scale_at(Xa, scale, -1)
+        return self._scale_at(Xa, scale, -1, blend_predict(self.blend_, Xa))
 
-    def _scale_at(self, Xa, scale, k: int) -> np.ndarray:
+    def _scale_at(self, Xa, scale, k: int, mu) -> np.ndarray:
+        """s₋ₖ(x) at the rows of ``Xa``, where ``mu`` holds fold k's predictions there (k = -1: the final model)."""
         if self.scale_mode_ == "risk":
             if scale is None:
                 raise ValueError(
                     "this predictor was calibrated with a risk model's scale, but none was given; pass --risk-model."
                 )
             return self._check_scale(scale, Xa.shape[0])
-        if self.scale_mode_ == "depth":
-            return _interp_depth(self._depth_table(k), Xa[:, self.feature_names_.index("depth")])
-        return np.ones(Xa.shape[0])
+        base = self._depth_base(Xa, k)
+        table = self._prediction_table(k)
+        return base * _prediction_multiplier(table, mu) if table else base
 
     # ---------------------------------------------------------------------------------- predicting
     def predict(self, X) -> np.ndarray:
@@ -487,7 +533,7 @@ class ProbePredictor:
         for k in np.unique(self.score_folds_):
             k = int(k)
             mus[k] = pred if k < 0 else blend_predict(self.fold_models_[k], Xa)
-            scales[k] = self._scale_at(Xa, scale, k)
+            scales[k] = self._scale_at(Xa, scale, k, mus[k])
         return pred, mus, scales
 
     def _values(self, mus, scales, rows, signed: bool, sign: float) -> np.ndarray:
@@ -633,6 +679,7 @@ class ProbePredictor:
                 "method": self.calibration_method_,
                 "folds": folds,
                 "fold_depth_scale": [_depth_json(d) for d in self.fold_depth_scale_],
+                "fold_prediction_scale": [dict(t) for t in self.fold_prediction_scale_],
                 "scores": [float(v) for v in self.scores_],
                 "score_folds": [int(k) for k in self.score_folds_],
             },
@@ -643,6 +690,7 @@ class ProbePredictor:
             "label": {"name": self.label_name_, **self.label_stats_},
             "scale_mode": self.scale_mode_,
             "depth_scale": _depth_json(self.depth_scale_),
+            "prediction_scale": dict(self.prediction_scale_),
             "feature_ranges": self.feature_ranges_,
             "model_files": [name for name, _ in files],
             "model_sha256": [sha for _, sha in files],
@@ -694,6 +742,7 @@ class ProbePredictor:
             raise ValueError("predictor.json must list at least one member, but lists none; refit with plan-probe fit-predictor.")
         self.fold_models_ = [[member(d) for d in fold] for fold in cvp["folds"]]
         self.fold_depth_scale_ = [{float(d): float(s) for d, s in table} for table in cvp.get("fold_depth_scale", [])]
+        self.fold_prediction_scale_ = [_prediction_table_from(t) for t in cvp["fold_prediction_scale"]]
         self.scores_ = np.asarray(cvp["scores"], dtype=float)
         self.score_folds_ = np.asarray(cvp["score_folds"], dtype=int)
         if self.score_folds_.size and self.score_folds_.max() >= len(self.fold_models_):
@@ -713,6 +762,7 @@ class ProbePredictor:
         self.label_stats_ = label
         self.scale_mode_ = side["scale_mode"]
         self.depth_scale_ = {float(d): float(s) for d, s in side["depth_scale"]}
+        self.prediction_scale_ = _prediction_table_from(side["prediction_scale"])
         self.extra_ = side.get("extra", {})
         self.feature_ranges_ = {str(k): [float(a), float(b)] for k, (a, b) in side.get("feature_ranges", {}).items()}
         return self
@@ -725,6 +775,42 @@ def _depth_rms(resid: np.ndarray, depth: np.ndarray) -> dict:
     ok = np.isfinite(resid)
     return {float(d): max(float(np.sqrt(np.mean(resid[ok & (depth == d)] ** 2))), 1e-12)
             for d in np.unique(depth[ok])}
+
+
+#: the prediction scale compares the RMS residual within this many equal parts of the predictions
+_PRED_SCALE_PARTS = 3
+#: fewer inner out-of-fold residuals than this: no prediction scale (g = 1)
+_PRED_SCALE_MIN_ROWS = 30
+#: a part's factor is kept within [1 / 4, 4]: no interval collapses to a point or explodes
+_PRED_SCALE_CLIP = (0.25, 4.0)
+
+
+def _fit_prediction_scale(pred: np.ndarray, resid: np.ndarray, base: np.ndarray) -> dict:
+    """Knots and factors of g: per third of the predictions, its median prediction and RMS(u) / RMS(u).
+
+    u = |r| / base over the finite rows. Returns ``{"knots": [m_1, m_2, m_3], "factors": [ρ_1, ρ_2, ρ_3]}``,
+    or ``{}`` (g = 1) with fewer than ``_PRED_SCALE_MIN_ROWS`` rows or knots that are not increasing.
+    """
+    ok = np.isfinite(pred) & np.isfinite(resid)
+    p, u = pred[ok], np.abs(resid[ok]) / base[ok]
+    total = float(np.sqrt(np.mean(u**2))) if p.size else 0.0
+    if p.size < _PRED_SCALE_MIN_ROWS or not total > 0:
+        return {}
+    parts = np.array_split(np.argsort(p, kind="stable"), _PRED_SCALE_PARTS)
+    knots = [float(np.median(p[part])) for part in parts]
+    if not np.all(np.diff(knots) > 0):
+        return {}
+    factors = [float(np.clip(np.sqrt(np.mean(u[part] ** 2)) / total, *_PRED_SCALE_CLIP)) for part in parts]
+    return {"knots": knots, "factors": factors}
+
+
+def _prediction_multiplier(table: dict, mu) -> np.ndarray:
+    """g(μ): linear between the knots, constant beyond the outer ones."""
+    return np.interp(np.asarray(mu, dtype=float), table["knots"], table["factors"])
+
+
+def _prediction_table_from(doc) -> dict:
+    return {"knots": [float(v) for v in doc["knots"]], "factors": [float(v) for v in doc["factors"]]} if doc else {}
 
 
 def _depth_json(table: dict) -> list:

@@ -54,6 +54,8 @@ class RefitSettings:
     num_samples, num_warmup, num_chains : NUTS settings; svi_steps : SVI optimisation steps.
     risk_features : static features of the risk model (None: those of :data:`RISK_FEATURES` present).
     censored_warn : warn when the censored share of finished runs exceeds this.
+    prediction_scale : intervals whose width follows each predictor's own prediction
+        (``PredictorConfig.prediction_scale``).
     """
 
     seed: int = 0
@@ -65,6 +67,7 @@ class RefitSettings:
     svi_steps: int = 3000
     risk_features: tuple | None = None
     censored_warn: float = 0.3
+    prediction_scale: bool = False
 
     def __post_init__(self):
         if self.method not in ("auto", "nuts", "svi"):
@@ -142,7 +145,7 @@ def refit(paths, out_dir, settings: RefitSettings | None = None) -> dict:
     if not statics + hps:
         raise ValueError("refit needs static_* or hp_* features for the static-only predictor, but the inputs have none; "
                          "record them.")
-    config = PredictorConfig(seed=settings.seed, tune=settings.tune)
+    config = PredictorConfig(seed=settings.seed, tune=settings.tune, prediction_scale=bool(settings.prediction_scale))
     n_runs = int(meta["run_id"].nunique())
     check_folds(n_runs, config.calibration_folds, "labelled runs (calibration folds)")
     censored = summary["censored"]
@@ -185,6 +188,7 @@ def refit(paths, out_dir, settings: RefitSettings | None = None) -> dict:
         **summary, "runs": n_runs, "rows": int(len(meta)), "depths": depths,
         "features": {"static": len(statics), "hp": len(hps), "dyn": len(dyns), "dropped": dropped},
         "risk_features": risk_feats, "seed": settings.seed, "tune": settings.tune,
+        "prediction_scale": bool(settings.prediction_scale),
         "cv_rmse_full": float(full.cv_rmse_), "cv_rmse_static": float(static.cv_rmse_),
         "label_sd": float(runs["label"].astype(float).std(ddof=1)) if n_runs > 1 else None,
         "risk_diagnostics": risk.diagnostics_, "fit_seconds": round(seconds, 2), "warnings": warnings,

@@ -144,7 +144,7 @@ class SearchResult:
     ``fold_members[k]``: the same for fold model k. ``calib_folds``: the CV+ fold of every row (-1:
     not a calibration row, i.e. in the selection part); ``fold_pred``: μ₋ₖ₍ᵢ₎(x_i) on calibration
     rows (NaN elsewhere and off the blend's scope). ``scale_pred[k]``: predictions whose residuals
-    give fold k's depth scale (rows learnt without fold k; NaN elsewhere). ``oof_pred``: the fold
+    give fold k's interval scale (rows learnt without fold k; NaN elsewhere). ``oof_pred``: the fold
     predictions on calibration rows and the selection CV's out-of-fold blend on selection rows.
     ``cv_scores``: CV RMSE of every candidate and tree count.
     """
@@ -279,7 +279,7 @@ def search(
     n_top: int,
     n_seeds: int,
     calibration_folds: int,
-    depth_scale: bool,
+    scale_fits: bool,
     n_jobs: int = 1,
     names=None,
 ) -> SearchResult:
@@ -287,6 +287,7 @@ def search(
 
     ``scope_rows[scope]``: rows a candidate of that scope trains and predicts on; ``scored``: rows
     on which candidates are compared and residuals calibrate (the target depth, or all rows).
+    ``scale_fits``: also compute ``scale_pred`` (costs one fit per pair of folds without ``tune``).
     """
     n = len(y)
     data = {"X": X, "y": y, "groups": groups, "params": params, "names": names}
@@ -294,7 +295,7 @@ def search(
     with WorkerPool(data, n_jobs) as pool:
         if len(cands) > 1:
             return _split_search(pool, cands, scope_rows, scored, seed, n_top, seeds, calibration_folds)
-        return _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale)
+        return _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, scale_fits)
 
 
 def _selection_split(groups: np.ndarray, scored: np.ndarray, seed: int) -> np.ndarray:
@@ -356,8 +357,8 @@ def _fit_on_folds(blend, cands, scope_rows, folds, n_folds, seeds, pool):
     return members, fold_pred
 
 
-def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, depth_scale):
-    """One candidate: plain CV+ over every run; pair fits only for per-fold depth scales."""
+def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_folds, scale_fits):
+    """One candidate: plain CV+ over every run; pair fits only for per-fold interval scales."""
     y, groups = pool.data["y"], pool.data["groups"]
     n = len(y)
     K = int(calibration_folds)
@@ -367,7 +368,7 @@ def _nested_single(pool, cands, scope_rows, scored, seed, seeds, calibration_fol
     blend = [(0, max(cand.family.path), 1.0)]
     members, fold_pred = _fit_on_folds(blend, cands, scope_rows, folds, K, seeds, pool)
     scale_pred = []
-    if depth_scale and K >= 3:
+    if scale_fits and K >= 3:
         jobs = {}
         for j, k in itertools.combinations(range(K), 2):
             out = (folds == j) | (folds == k)

@@ -187,7 +187,8 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
 
     Fields present with the right types; feature names unique, each with a known group; a config
     of known settings; a label name; the scale mode (depth mode: positive depth scales and a
-    ``depth`` feature); every blend member and CV+ fold member (finite weight, linear parts and
+    ``depth`` feature); the prediction scales (``{}`` or increasing knots with positive factors; one
+    per fold model or none); every blend member and CV+ fold member (finite weight, linear parts and
     standardisation of the feature count with positive scales, clip ranges with lo <= hi, a listed
     model file); finite calibration scores, each with an existing fold; finite feature ranges.
     """
@@ -252,6 +253,13 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
             _check_member(doc, f"cv_plus.folds[{k}][{i}]", p, files, bad)
     for k, table in enumerate(cvp.get("fold_depth_scale") or []):
         _check_depth_table(table, f"cv_plus.fold_depth_scale[{k}]", bad)
+    _check_prediction_scale(side.get("prediction_scale"), "prediction_scale", bad)
+    fold_pred_scale = cvp.get("fold_prediction_scale")
+    if not isinstance(fold_pred_scale, list) or (fold_pred_scale and len(fold_pred_scale) != len(cvp["folds"])):
+        raise bad("cv_plus.fold_prediction_scale must be a list with one entry per fold model (or empty)",
+                  repr(fold_pred_scale)[:60])
+    for k, table in enumerate(fold_pred_scale):
+        _check_prediction_scale(table, f"cv_plus.fold_prediction_scale[{k}]", bad)
     scores = _array(cvp["scores"], "cv_plus.scores", (None,), bad)
     if scores.size == 0:
         raise bad("cv_plus.scores must not be empty", "none")
@@ -270,6 +278,21 @@ def check_predictor_sidecar(side: dict, source: str) -> None:
         PredictorConfig.from_dict(side["config"])
     except (TypeError, ValueError) as exc:
         raise bad("config must be valid settings", " ".join(str(exc).split())) from None
+
+
+def _check_prediction_scale(table, what: str, bad) -> None:
+    """``{}`` (off) or ``{knots, factors}``: lists of one length >= 2, knots finite and increasing, factors > 0."""
+    if table == {}:
+        return
+    if not (isinstance(table, dict) and set(table) == {"knots", "factors"}
+            and all(isinstance(table[k], list) and all(_is_number(v) and math.isfinite(v) for v in table[k])
+                    for k in ("knots", "factors"))):
+        raise bad(f"{what} must be {{}} or finite lists 'knots' and 'factors'", repr(table)[:80])
+    knots, factors = table["knots"], table["factors"]
+    if not (len(knots) == len(factors) >= 2 and all(b > a for a, b in zip(knots, knots[1:]))
+            and all(f > 0 for f in factors)):
+        raise bad(f"{what} must have increasing knots and positive factors of one length (2 or more)",
+                  repr(table)[:80])
 
 
 def _check_depth_table(pairs, what: str, bad) -> None:

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from plan_probe.cli import main
+from plan_probe._predictor import ProbePredictor
 
 DEPTHS = (5, 10, 20)
 DYN = ("dyn_loss_decay", "dyn_a", "dyn_b")
@@ -157,6 +158,18 @@ def test_refit_writes_a_models_dir_that_everything_accepts(tmp_path, fast_risk, 
     again = CliRunner().invoke(main, ["refit", str(table), "-o", str(out), "--censored-warn", "1"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["runs"] == 10 and json.loads(again.stdout)["warnings"] == []
+    assert json.loads(again.stdout)["prediction_scale"] is False
+    assert ProbePredictor.load(out / "predictor").prediction_scale_ == {}
+    # --prediction-scale reaches both predictors (each fitted with a per-fold prediction scale)
+    scaled = CliRunner().invoke(main, ["refit", str(table), "-o", str(out), "--censored-warn", "1", "--prediction-scale"])
+    assert scaled.exit_code == 0, scaled.output
+    assert json.loads(scaled.stdout)["prediction_scale"] is True
+    for name in ("predictor", "predictor_static"):
+        model = ProbePredictor.load(out / name)
+        assert model.config.prediction_scale
+    # 24 runs x 3 depths: enough inner residuals for the depth-aware predictor's scale, too few (< 30) for the static one's
+    assert len(ProbePredictor.load(out / "predictor").prediction_scale_["factors"]) == 3
+    assert ProbePredictor.load(out / "predictor_static").prediction_scale_ == {}
 
 
 def _one_line_error(result, pattern):

@@ -203,6 +203,31 @@ def test_out_of_fold_predictions_table_agrees_with_the_pooled_skill():
                  group_by="mean", predictions=True)
 
 
+def test_coverage_by_third_counts_by_hand():
+    from plan_probe._evaluate import _coverage_by_third
+
+    y = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    pred = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0])  # thirds of 2: bottom rows 6, 5; top rows 0, 1
+    lo, hi = y - 1.0, y + np.array([3.0, -0.5, 1.0, 1.0, 1.0, 2.0, -2.0])
+    out = _coverage_by_third(y, pred, lo, hi)
+    assert out == {"coverage_90_bottom": 0.5, "coverage_90_top": 0.5, "width_90_top": 2.25}
+    assert np.isnan(_coverage_by_third(y[:2], pred[:2], lo[:2], hi[:2])["coverage_90_top"])
+
+
+def test_evaluate_with_prediction_scale_keeps_the_predictions_and_reports_coverage_by_third():
+    frame = make_tuneahead_layout(60, seed=4)
+    meta = load_meta(frame, label="overall_accuracy")
+    plain = evaluate(meta, cv=3, repeats=1, seed=5, scale=100, predictions=True)
+    scaled = evaluate(meta, cv=3, repeats=1, seed=5, scale=100, predictions=True, prediction_scale=True)
+    assert plain["settings"]["prediction_scale"] is False and scaled["settings"]["prediction_scale"] is True
+    pd.testing.assert_frame_equal(plain.pop("predictions"), scaled.pop("predictions"))
+    for model in ("full", "ridge", "mean"):
+        assert scaled[model]["rmse"] == plain[model]["rmse"]
+        for key in ("coverage_90_bottom", "coverage_90_top", "width_90_top"):
+            assert 0 <= plain[model][key] and 0 <= scaled[model][key], (model, key)
+    assert scaled["mean"]["width_90"] == plain["mean"]["width_90"]  # a constant has constant predictions: g = 1
+
+
 def test_screen_matches_hand_computed_example():
     frame = pd.DataFrame({"score": [60, 50, 70, 40, 58], "pred": [62, 56, 50, 30, 57]})
     out = screen(frame, label="score", threshold=55, full_cost=100, probe_cost=10)
