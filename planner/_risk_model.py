@@ -474,7 +474,8 @@ class RiskModel:
             "seed": self.seed_,
             "n_tasks": self.n_tasks_,
             "n_obs": self.n_obs_,
-            "diagnostics": self.diagnostics_,
+            # the wall time is reported, not saved: the same seed must give the same bytes
+            "diagnostics": {k: v for k, v in self.diagnostics_.items() if k != "fit_seconds"},
             "draws": {k: v.tolist() for k, v in self.draws_.items()},
             "summary": self.population_summary(),
         })

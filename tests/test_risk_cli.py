@@ -147,6 +147,20 @@ def test_plan_same_seed_byte_identical(files, tmp_path):
     assert len(plan) == len(tasks)
 
 
+def test_fit_risk_same_seed_byte_identical_model_file(files, tmp_path):
+    """The fit's wall time goes to the printed summary, not into MODEL.json: same seed, same bytes."""
+    d, _, _ = files
+    saved, printed = [], []
+    for name in ("a.json", "b.json"):
+        r = CliRunner().invoke(main, ["fit-risk", str(d / "obs.csv"), "-o", str(tmp_path / name), "--method", "svi",
+                                      "--svi-steps", "200", "--seed", "5"])
+        assert r.exit_code == 0, r.output
+        saved.append((tmp_path / name).read_bytes())
+        printed.append(json.loads(r.stdout))
+    assert saved[0] == saved[1]
+    assert "fit_seconds" not in json.loads(saved[0])["diagnostics"] and "fit_seconds" in printed[0]["diagnostics"]
+
+
 def test_plan_json_budget_and_pilots(files, tmp_path):
     d, _, tasks = files
     budget = 40 * len(tasks)
