@@ -127,13 +127,13 @@ def fit_predictor_cmd(meta, label, id_col, features, risk_model, tune, n_top, n_
     for name, value in (("top", n_top), ("seeds", n_seeds)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, but got {name}={value}; pass --{name} 1 or more.")
+    if prediction_scale and risk_model:
+        raise ValueError("--prediction-scale needs the model's own scale, but got --risk-model too; "
+                         "drop one of them.")
     n_jobs = _jobs(jobs)
     data = load_meta(meta, label=label, id_col=id_col)
     config = PredictorConfig(seed=seed, tune=tune, n_top=n_top or (FULL_TOP if tune else 1),
                              n_seeds=n_seeds or (FULL_SEEDS if tune else 1), prediction_scale=prediction_scale)
-    if prediction_scale and risk_model:
-        raise ValueError("--prediction-scale needs the model's own scale, but got --risk-model too; "
-                         "drop one of them.")
     check_folds(len(set(data.ids)), config.calibration_folds, "distinct ids (calibration folds)")
     feats = list(select_features(data, features))
     scale = _risk_scale(risk_model, data.frame) if risk_model else None

@@ -155,12 +155,12 @@ def _fold_task(data: dict, r: int, k: int) -> dict:
         entry = regression_metrics(y[test], pred, data["scale"])
         entry["sq_err"] = (y[test] - pred) ** 2  # for the pooled skill against the mean (not a fold metric)
         entry["pred"] = pred  # for the out-of-fold predictions table (not a fold metric)
-        for c in COVERAGES:
+        bounds = {c: model.predict_interval(Xt, c)[1:] for c in COVERAGES}
+        for c, (lo, hi) in bounds.items():
             tag = int(round(c * 100))
-            _, lo, hi = model.predict_interval(Xt, c)
             entry[f"coverage_{tag}"] = float(np.mean((y[test] >= lo) & (y[test] <= hi)))
             entry[f"width_{tag}"] = float(np.mean(hi - lo))
-        entry.update(_coverage_by_third(y[test], pred, *model.predict_interval(Xt, 0.9)[1:]))
+        entry.update(_coverage_by_third(y[test], pred, *bounds[0.9]))
         out[name] = entry
     out["test_rows"] = np.flatnonzero(test)
     log.info("repeat %d fold %d done", r, k)

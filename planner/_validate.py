@@ -284,15 +284,11 @@ def _check_prediction_scale(table, what: str, bad) -> None:
     """``{}`` (off) or ``{knots, factors}``: lists of one length >= 2, knots finite and increasing, factors > 0."""
     if table == {}:
         return
-    if not (isinstance(table, dict) and set(table) == {"knots", "factors"}
-            and all(isinstance(table[k], list) and all(_is_number(v) and math.isfinite(v) for v in table[k])
-                    for k in ("knots", "factors"))):
-        raise bad(f"{what} must be {{}} or finite lists 'knots' and 'factors'", repr(table)[:80])
-    knots, factors = table["knots"], table["factors"]
-    if not (len(knots) == len(factors) >= 2 and all(b > a for a, b in zip(knots, knots[1:]))
-            and all(f > 0 for f in factors)):
-        raise bad(f"{what} must have increasing knots and positive factors of one length (2 or more)",
-                  repr(table)[:80])
+    if not (isinstance(table, dict) and set(table) == {"knots", "factors"}):
+        raise bad(f"{what} must be {{}} or have exactly 'knots' and 'factors'", repr(table)[:80])
+    knots, factors = _array([table["knots"], table["factors"]], f"{what} knots and factors", (2, None), bad)
+    if not (knots.size >= 2 and np.all(np.diff(knots) > 0) and np.all(factors > 0)):
+        raise bad(f"{what} must have increasing knots and positive factors (2 or more)", repr(table)[:80])
 
 
 def _check_depth_table(pairs, what: str, bad) -> None:
