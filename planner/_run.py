@@ -150,7 +150,7 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     Datasets are read, built-in dataset sizes checked against the corpus, model files checked
     (headers only) and, with ``out_dir``, every output path checked against every input.
     """
-    from plan_probe._defaults import resolve_model_file
+    from plan_probe._defaults import readout_defaults_shipped, resolve_model_file
     from plan_probe.probes._executor import check_backend
     from plan_probe._portfolio import load_portfolio
     from plan_probe._predictor import ProbePredictor
@@ -161,8 +161,10 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     check_backend(settings.backend, settings.ray_address)
     if settings.ray_num_cpus is not None and settings.ray_num_cpus < 1:
         raise ValueError(f"ray_num_cpus must be >= 1, but got {settings.ray_num_cpus=}; pass e.g. 2.")
-    rm_path = resolve_model_file("risk_model", portfolio.risk_model, portfolio.base_dir)
-    pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir)
+    # a portfolio that records the readout takes the defaults fitted with it, when they ship
+    readout_defaults = portfolio.reference is not None and readout_defaults_shipped()
+    rm_path = resolve_model_file("risk_model", portfolio.risk_model, portfolio.base_dir, readout=readout_defaults)
+    pr_path = resolve_model_file("predictor", portfolio.predictor, portfolio.base_dir, readout=readout_defaults)
     ps_path = resolve_model_file("predictor_static", portfolio.predictor_static, portfolio.base_dir)
     from plan_probe._portfolio import check_inputs
 
@@ -180,11 +182,15 @@ def prepare_run(portfolio_path, settings: RunSettings = RunSettings(), out_dir=N
     if readout and portfolio.reference is None:
         raise ValueError(
             f"the depth-aware predictor uses the probe readout ({', '.join(readout)}), so the portfolio must set a reference, "
-            "but got none; add reference = \"default\" (the shipped predictor's own) or \"held_out.jsonl\" (held-out "
+            "but got none; add reference = \"default\" (the shipped readout variant's own) or \"held_out.jsonl\" (held-out "
             "examples of the target task) to [portfolio]."
         )
     if readout and portfolio.predictor == "default":
         _warn_other_reference(portfolio)
+    if portfolio.reference is not None and not readout:
+        log.warning("the depth-aware predictor %s does not use the probe readout, so the reference only adds %d readout "
+                    "steps to every probe: remove reference from [portfolio], or pass a predictor fitted with the readout",
+                    pr_path, portfolio.readout_cooldown)
     _check_predictor_features(predictor, {*STATIC_COLUMNS, *HP_COLUMNS, *DYN_COLUMNS, *READOUT_COLUMNS, "depth"}, "depth-aware")
     if "depth" not in predictor.feature_names_:
         raise ValueError(

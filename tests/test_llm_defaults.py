@@ -43,7 +43,7 @@ def test_llm_defaults_refuses_too_few_runs(tmp_path, capsys):
 
 def test_llm_defaults_refuses_readouts_without_their_reference_and_ships_it_with_them(tmp_path, capsys):
     """A table with dyn_ref_loss needs BUILD/reference.jsonl (the examples it was measured on): refused
-    before any fit without it; shipped into DEST with it, and removed from DEST by a refit without readouts."""
+    before any fit without it; shipped into the readout variant's folder with it."""
     import pandas as pd
 
     from plan_probe.experiments.llm_defaults import _ship_reference, main
@@ -57,11 +57,61 @@ def test_llm_defaults_refuses_readouts_without_their_reference_and_ships_it_with
     assert err.startswith("error: the table has the readout, so BUILD must hold the reference.jsonl") and err.count("\n") == 1
     assert not dest.exists()
     (build / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
-    dest.mkdir()
-    _ship_reference(meta, build, dest)
-    assert (dest / "reference.jsonl").read_text() == (build / "reference.jsonl").read_text()
-    _ship_reference(meta.drop(columns="dyn_ref_loss"), build, dest)
+    _ship_reference(build, dest / "readout")
+    assert (dest / "readout" / "reference.jsonl").read_text() == (build / "reference.jsonl").read_text()
+
+
+def _synthetic_tier(build, n_runs: int = 36, seed: int = 0) -> None:
+    """A built tier (meta.parquet, runs.parquet) of ``n_runs`` runs at depths 5 and 20 whose label is a line
+    in one static column plus a run effect (SD 15) that only the readout sees (sharper at depth 20)."""
+    rng = np.random.default_rng(seed)
+    runs = pd.DataFrame({"run_id": [f"r{k:02d}" for k in range(n_runs)],
+                         "static_n_examples": rng.choice([40.0, 500.0, 2000.0], n_runs),
+                         "static_duplicate_rate": rng.uniform(0, 0.8, n_runs),
+                         "static_ref_ppl_mean": rng.uniform(3, 6, n_runs),
+                         "static_output_diversity": rng.uniform(0.01, 0.3, n_runs),
+                         "hp_lr": rng.choice([1e-4, 3e-4], n_runs)})
+    signal = rng.normal(0, 1, n_runs)
+    runs["label"] = 30.0 - 20.0 * runs["static_duplicate_rate"] + 15.0 * signal + rng.normal(0, 2, n_runs)
+    runs["label_se"] = 2.0
+    rows = []
+    for depth in (5, 20):
+        part = runs.drop(columns="label_se").assign(task_id=runs["run_id"], depth=depth, dyn_train_loss=rng.normal(1, 0.1, n_runs))
+        part["dyn_ref_loss"] = -signal + rng.normal(0, 0.1 if depth == 20 else 0.3, n_runs)
+        part["dyn_ref_choice"] = part["dyn_ref_loss"] / 2
+        rows.append(part)
+    build.mkdir(parents=True, exist_ok=True)
+    pd.concat(rows, ignore_index=True).to_parquet(build / "meta.parquet")
+    runs[["run_id", "label_se"]].to_parquet(build / "runs.parquet")
+
+
+def test_llm_defaults_ship_a_readout_variant_beside_the_plain_defaults(tmp_path, capsys):
+    """With the readout in the table: the plain predictor and risk model in DEST never see it (the live
+    callback and portfolios without a reference use them); DEST/readout/ holds the predictor and risk
+    model fitted with it and the reference it was measured on. A refit on a table without the readout
+    removes the stale variant."""
+    from plan_probe.experiments.llm_defaults import main
+    from plan_probe._risk_model import RiskModel
+
+    build, dest = tmp_path / "build", tmp_path / "dest"
+    _synthetic_tier(build)
+    (build / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    quick = ["--min-runs", "30", "--risk-method", "svi"]
+    assert main([str(build), str(dest), *quick]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    plain = ProbePredictor.load(dest / "predictor")
+    with_readout = ProbePredictor.load(dest / "readout" / "predictor")
+    assert not {"dyn_ref_loss", "dyn_ref_choice"} & set(plain.feature_names_)
+    assert {"dyn_ref_loss", "dyn_ref_choice", "dyn_train_loss", "depth"} <= set(with_readout.feature_names_)
+    assert (dest / "readout" / "reference.jsonl").read_text() == (build / "reference.jsonl").read_text()
     assert not (dest / "reference.jsonl").exists()
+    RiskModel.load(dest / "risk_model.json"), RiskModel.load(dest / "readout" / "risk_model.json")
+    # the run effect is most of the label's variance and only the readout sees it: the variant's CV error is smaller
+    assert summary["readout"]["cv_rmse_full"] < 0.6 * summary["cv_rmse_full"]
+    meta = pd.read_parquet(build / "meta.parquet")
+    meta.drop(columns=["dyn_ref_loss", "dyn_ref_choice"]).to_parquet(build / "meta.parquet")
+    assert main([str(build), str(dest), *quick]) == 0
+    assert not (dest / "readout").exists() and (dest / "predictor" / "predictor.json").is_file()
 
 
 def test_llm_defaults_refuses_a_bad_sampler_setting_before_fitting(tmp_path, capsys):

