@@ -25,6 +25,7 @@ __all__ = [
     "DecisionSettings",
     "DECISION_COLUMNS",
     "PRIOR_COLUMNS",
+    "anchor_from_predictors",
     "decision_plan",
     "compute_decision_plan",
     "priors_from_table",
@@ -55,6 +56,10 @@ class DecisionSettings:
     grid_ratio : ratio between neighbouring depths of the search grid (theory.decision_curves).
     setup_steps : steps every probe costs beyond its depth (a readout's cooldown): charged in the
         objective, so a probe must pay for them; not counted against a probe budget.
+    anchor_depth, anchor_ratio : tie the risk model's curve to the prior (both or neither; None: off):
+        each task's draws are rescaled so that L(anchor_depth) = anchor_ratio × S₀
+        (:func:`plan_probe.theory.anchor_risk_draws`); ``anchor_ratio`` is the depth-aware predictor's
+        out-of-fold MSE at that depth over the static-only predictor's (:func:`anchor_from_predictors`).
     """
 
     threshold: float
@@ -63,6 +68,8 @@ class DecisionSettings:
     kill_cost: float | None = None
     grid_ratio: float = 1.25
     setup_steps: float = 0.0
+    anchor_depth: float | None = None
+    anchor_ratio: float | None = None
 
     def __post_init__(self):
         t = self.threshold
@@ -80,6 +87,14 @@ class DecisionSettings:
         if not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0):
             raise ValueError(f"setup_steps must be a non-negative number of steps, but got setup_steps={s!r}; "
                              "pass e.g. 0 (no readout) or the readout's cooldown.")
+        if (self.anchor_depth is None) != (self.anchor_ratio is None):
+            raise ValueError(f"anchor_depth and anchor_ratio go together, but got anchor_depth={self.anchor_depth!r}, "
+                             f"anchor_ratio={self.anchor_ratio!r}; pass both (anchor_from_predictors) or neither.")
+        for name in ("anchor_depth", "anchor_ratio"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number, but got {name}={v!r}; pass e.g. the values of "
+                                 "anchor_from_predictors(predictor, static_predictor).")
 
     def costs(self, n: int, full_cost=None) -> tuple[np.ndarray, np.ndarray]:
         """Per-task (C_lb, C_kg): explicit costs, else the per-task ``full_cost``, else ``self.full_cost``."""
@@ -115,6 +130,24 @@ def warn_cost_scale(c_lb, c_kg, step_cost: float, max_depth: float) -> str | Non
         log.warning(msg)
         return msg
     return None
+
+
+def anchor_from_predictors(predictor, static_predictor) -> tuple[float, float] | None:
+    """``(anchor_depth, anchor_ratio)`` for :class:`DecisionSettings` from the two fitted predictors.
+
+    The depth is the shallowest one the depth-aware predictor's interval scale was measured at; the
+    ratio is its out-of-fold MSE there (``depth_scale_``) over the static-only predictor's out-of-fold
+    MSE (``cv_rmse_``²): how much a probe that short was measured to add over the static descriptors
+    (ratio ≥ 1: nothing). None when either is not available (a predictor without a depth scale).
+    """
+    table = getattr(predictor, "depth_scale_", None) or {}
+    rmse = getattr(static_predictor, "cv_rmse_", None)
+    if not table or rmse is None or not (math.isfinite(rmse) and rmse > 0):
+        return None
+    depth = min(table)
+    if not (math.isfinite(table[depth]) and table[depth] > 0):
+        return None
+    return float(depth), float(table[depth] ** 2 / rmse**2)
 
 
 # ------------------------------------------------------------------------------------- priors
@@ -279,6 +312,10 @@ def decision_plan(task_ids, prior_mean, prior_var, l_int, k, alpha, settings, de
     if not np.all(np.isfinite(s0) & (s0 > 0)):
         raise ValueError("prior_var must be a positive variance for every task, but got values <= 0 or NaN; fix them.")
     c_lb, c_kg = decision.costs(n, full_cost)
+    if decision.anchor_ratio is not None:
+        from plan_probe.theory import anchor_risk_draws
+
+        l_int, k = anchor_risk_draws(s0, l_int, k, alpha, decision.anchor_depth, decision.anchor_ratio)
     lam = float(settings.step_cost)
     c_lo, c_hi = settings.int_range
     curves = decision_curves(m0, s0, l_int, k, alpha, decision.threshold, c_lb, c_kg, lam, c_lo, c_hi,

@@ -94,6 +94,10 @@ class Portfolio:
         records ``dyn_ref_loss`` and ``dyn_ref_choice`` (``plan_probe.probes.run_probe``), at
         ``readout_cooldown`` extra steps per probe, and ``"default"`` models are the readout variant's when it
         ships (``plan_probe._defaults``). None: no readout.
+    anchor : with the decision objective, tie each candidate's risk curve to its static-only prior at the
+        shallowest depth the depth-aware predictor was calibrated at, by the two predictors' measured
+        out-of-fold MSE ratio there (``DecisionSettings.anchor_depth`` / ``anchor_ratio``; docs/theory.md §2).
+        False: the risk model's curve as fitted.
     """
 
     name: str
@@ -122,6 +126,7 @@ class Portfolio:
     baseline: float | None = None
     reference: DatasetSource | None = None
     readout_cooldown: int = 10
+    anchor: bool = True
     base_dir: str = "."
 
     @property
@@ -159,6 +164,12 @@ class Portfolio:
 
 def _err(where: str, rule: str, value: Any, fix: str) -> ValueError:
     return ValueError(f"{where} {rule}, but got {value!r}; {fix}.")
+
+
+def _flag(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(where, "must be true or false", value, f"write {where} = true or {where} = false")
+    return value
 
 
 def _number(where: str, value: Any, *, positive: bool = True, integer: bool = False) -> float:
@@ -391,6 +402,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
         baseline=None if settings.get("baseline") is None else _number("baseline", settings["baseline"], positive=False),
         reference=None if settings.get("reference") is None else _reference(settings["reference"], base_dir),
         readout_cooldown=_number("readout_cooldown", settings.get("readout_cooldown", 10), positive=False, integer=True),
+        anchor=_flag("anchor", settings.get("anchor", True)),
         base_dir=str(base_dir),
     )
     for key in ("coverage", "go_probability"):

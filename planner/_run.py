@@ -347,13 +347,17 @@ def plan_settings(portfolio):
                         seed=portfolio.seed)
 
 
-def decision_settings(portfolio):
-    """The decision objective's settings of a portfolio (τ, the error costs, and the readout's steps that every
-    probe then costs beyond its depth)."""
-    from plan_probe._decision_plan import DecisionSettings
+def decision_settings(portfolio, predictor=None, static_predictor=None):
+    """The decision objective's settings of a portfolio (τ, the error costs, the readout's steps that every
+    probe then costs beyond its depth) and, with ``anchor`` and both predictors, the risk curve's anchor."""
+    from plan_probe._decision_plan import DecisionSettings, anchor_from_predictors
 
+    anchor = None
+    if portfolio.anchor and predictor is not None and static_predictor is not None:
+        anchor = anchor_from_predictors(predictor, static_predictor)
+    depth, ratio = anchor if anchor is not None else (None, None)
     return DecisionSettings(threshold=portfolio.threshold, launch_cost=portfolio.launch_cost, kill_cost=portfolio.kill_cost,
-                            setup_steps=portfolio.readout_steps)
+                            setup_steps=portfolio.readout_steps, anchor_depth=depth, anchor_ratio=ratio)
 
 
 def _static_priors(prepared: PreparedRun, static: dict):
@@ -386,7 +390,11 @@ def _stage_plan(prepared: PreparedRun, static: dict):
         from plan_probe._decision_plan import DECISION_COLUMNS, compute_decision_plan, warn_cost_scale
 
         m0, s0 = _static_priors(prepared, static)
-        decision, full = decision_settings(portfolio), np.asarray(portfolio.full_costs(), dtype=float)
+        decision = decision_settings(portfolio, prepared.predictor, prepared.predictor_static)
+        full = np.asarray(portfolio.full_costs(), dtype=float)
+        if decision.anchor_ratio is not None:
+            log.info("risk curves anchored at depth %g: the depth-aware predictor's out-of-fold MSE there is %.3g x the "
+                     "static-only one's", decision.anchor_depth, decision.anchor_ratio)
         warn_cost_scale(*decision.costs(len(full), full), portfolio.step_cost, portfolio.max_depth)
         plan, draws = compute_decision_plan(prepared.risk_model, tasks, settings, decision, m0, s0, full)
         columns += list(DECISION_COLUMNS)
@@ -621,6 +629,8 @@ def build_summary(prepared: PreparedRun, plan, predictions, probes: dict, data: 
         "plan_settings": {**plan_settings(portfolio).resolve(prepared.risk_model.label_scale_).to_dict(),
                           "label_scale": prepared.risk_model.label_scale_,
                           "relative_defaults": plan_settings(portfolio).relative_keys()},
+        "decision_settings": (decision_settings(portfolio, prepared.predictor, prepared.predictor_static).to_dict()
+                              if portfolio.objective == "decision" else None),
         "risk_model_ok": bool(prepared.risk_model.diagnostics_.get("ok", True)),
         "baseline": prepared.baseline,
         "candidates": per,

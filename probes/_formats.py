@@ -171,21 +171,37 @@ def _portfolio_v1_to_v2(doc: dict) -> dict:
     return {**doc, "settings": settings, "candidates": candidates}
 
 
+def _summary_v4_to_v5(doc: dict) -> dict:
+    """Schema 5 records the decision settings used; schema-4 runs did not (null)."""
+    return {"decision_settings": None, **doc}
+
+
 #: Schema 2 (issue #20): the plan's objective, decision costs and full_cost. Schema 3 (issue #14): the
 #: portfolio's risk_weight / target_rmse may be null (relative defaults) and the summary adds
 #: plan_settings (resolved) and risk_model_ok; schema-2 documents are valid as they are (identity).
 #: Schema 4 (both): the portfolio's ``baseline`` setting and the summary's ``baseline`` (the "don't fine-tune"
 #: score the gains are measured against); older documents had none, which reads as null.
-RUN_SUMMARY = FileFormat("plan-probe/run-summary", 4, "rerun plan-probe run",
-                         migrations={1: _summary_v1_to_v2, 2: dict, 3: _summary_v3_to_v4})
+#: Schema 5: ``decision_settings``, the decision objective's settings as used (with the risk curves' anchor);
+#: older runs did not record them (null).
+RUN_SUMMARY = FileFormat("plan-probe/run-summary", 5, "rerun plan-probe run",
+                         migrations={1: _summary_v1_to_v2, 2: dict, 3: _summary_v3_to_v4, 4: _summary_v4_to_v5})
+
+
+def _portfolio_v5_to_v6(doc: dict) -> dict:
+    """Schema 6 adds ``anchor``; schema-5 plans were made with the risk curves as fitted (false)."""
+    return {**doc, "settings": {"anchor": False, **doc.get("settings", {})}}
+
+
 def _portfolio_v4_to_v5(doc: dict) -> dict:
     """Schema 5 adds the ``reference`` and ``readout_cooldown`` settings; schema-4 portfolios had no readout (null)."""
     return {**doc, "settings": {"reference": None, "readout_cooldown": 10, **doc.get("settings", {})}}
 
 
 #: Schema 5 (the portfolio alone): the probe readout's ``reference`` set and ``readout_cooldown``.
-PORTFOLIO = FileFormat("plan-probe/portfolio", 5, "rerun plan-probe run",
-                       migrations={1: _portfolio_v1_to_v2, 2: dict, 3: _portfolio_v3_to_v4, 4: _portfolio_v4_to_v5})
+#: Schema 6: ``anchor`` (the decision objective's risk curves tied to the static prior).
+PORTFOLIO = FileFormat("plan-probe/portfolio", 6, "rerun plan-probe run",
+                       migrations={1: _portfolio_v1_to_v2, 2: dict, 3: _portfolio_v3_to_v4, 4: _portfolio_v4_to_v5,
+                                   5: _portfolio_v5_to_v6})
 #: Planning settings as stored next to a plan. Schema 2 (issue #14): ``risk_weight`` and
 #: ``target_rmse`` may be null (relative to the risk model's label scale); a schema-1 document always
 #: holds numbers, which mean the same in schema 2, so the migration is the identity.

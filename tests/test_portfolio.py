@@ -58,7 +58,7 @@ def test_good_portfolio_loads_with_defaults_overrides_and_paths(tmp_path):
     assert p.resolve(b.dataset.path) == tmp_path / "data.jsonl"
     assert p.model_spec() == "smollm2-135m-instruct"
     d = p.to_dict()
-    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 5 and d["plan_probe_version"] and len(d["candidates"]) == 2
+    assert d["format"] == "plan-probe/portfolio" and d["schema_version"] == 6 and d["plan_probe_version"] and len(d["candidates"]) == 2
     assert p.objective == "risk"  # no candidate states its full-run size: the risk objective
 
 

@@ -277,7 +277,7 @@ def decision_run(assets, tmp_path_factory):
     portfolio = write_portfolio(root / "portfolio.toml", assets, DECISION_CANDIDATES, budget=5, **SETTINGS)
     res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    return {"portfolio": portfolio, "out": root / "out", "stdout": res.output}
+    return {"portfolio": portfolio, "out": root / "out", "stdout": res.output, "assets": assets}
 
 
 def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run):
@@ -294,6 +294,16 @@ def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run)
     assert plan.loc["far-above", "reason"].startswith("far above τ") or "no probe" in plan.loc["far-above", "reason"]
     expected = (plan["loss_now"] - plan["loss_at_probe_steps"]).sum() - plan["probe_steps"].sum()
     assert t["expected_loss_avoided"] == pytest.approx(expected) and t["expected_loss_avoided"] > 0
+    # the risk curves are anchored at the depth-aware predictor's shallowest calibrated depth by the measured
+    # ratio of its out-of-fold MSE there to the static-only predictor's (docs/theory.md §2, "Anchoring")
+    from plan_probe._predictor import ProbePredictor
+
+    full = ProbePredictor.load(decision_run["assets"]["predictor"])
+    static = ProbePredictor.load(decision_run["assets"]["predictor_static"])
+    anchor = summary["decision_settings"]
+    assert anchor["anchor_depth"] == min(full.depth_scale_) == 3.0
+    assert anchor["anchor_ratio"] == pytest.approx(full.depth_scale_[3.0] ** 2 / static.cv_rmse_**2, rel=1e-12)
+    assert summary["portfolio"]["settings"]["anchor"] is True
     report = (out / "report.md").read_text()
     assert "### Why each candidate got its steps" in report and "avoided** (net" in report
     for cand, row in plan.iterrows():

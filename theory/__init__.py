@@ -12,6 +12,7 @@ from plan_probe.theory._budget import (
 from plan_probe.theory._decision import (
     DecisionCurves,
     allocate_decision_budget,
+    anchor_risk_draws,
     bivariate_normal_cdf,
     decision_curves,
     decision_loss,
@@ -55,6 +56,7 @@ __all__ = [
     "RegimeThresholds",
     "RiskDecomposition",
     "allocate_decision_budget",
+    "anchor_risk_draws",
     "bivariate_normal_cdf",
     "classify_regimes",
     "decay_bound",

@@ -64,6 +64,20 @@ constant moves only the choice between probing and deciding now, never the best 
 the skipping rule becomes :math:`\bar\ell(0) - \bar\ell_\infty \le \lambda (c_\min + s)` and the
 upper bound :math:`\bar\ell(0)/\lambda - s`.
 
+**Anchoring the probe's variance to the prior.** :math:`S_0` and :math:`L(c)` come from two models
+fitted apart (the static-only predictor's calibration and the risk model's regression on the risk
+features), whose per-task variances need not agree: on the shipped LLM tier the static-only prior gave
+most candidates the same :math:`S_0` while the risk model's :math:`L(5)` ranged from 0.5 to 2.4 times
+it, so a 5-step probe looked like it resolved half of one candidate's uncertainty and added to
+another's, although out of fold the 5-step predictor was no better than the static one. With a
+measured ratio :math:`\kappa = \mathrm{MSE}(c_a)/\mathrm{MSE}_\mathrm{static}` of the depth-aware
+predictor's out-of-fold mean squared error at depth :math:`c_a` to the static-only one's,
+:func:`anchor_risk_draws` rescales each draw so that :math:`L'(c_a) = \kappa S_0`:
+:math:`L'(c) = a\,L(c)` with :math:`a = \kappa S_0 / L(c_a)`, i.e. :math:`L'_\mathrm{int} = a L_\mathrm{int}`,
+:math:`K' = a K` and α unchanged. The risk model keeps the curve's shape (how fast each task's
+uncertainty falls with depth, Prop. 4.1); its level follows the prior the decision starts from and the
+information the probe was measured to add at :math:`c_a` (none when :math:`\kappa \ge 1`).
+
 **Non-convexity.** :math:`\bar\ell(c) + \lambda c` is not convex in c: the value of information is
 typically convex for small amounts of information and concave later (Radner & Stiglitz 1984), the
 choice set :math:`\{0\}\cup[c_\min, c_\max]` has a gap, and a posterior mixture of curves can have
@@ -91,6 +105,7 @@ from scipy.special import ndtr, ndtri, owens_t
 from plan_probe.theory._validate import as_float_array, check_depth_range, check_nonnegative, check_positive
 
 __all__ = [
+    "anchor_risk_draws",
     "bivariate_normal_cdf",
     "success_probability",
     "decision_loss_now",
@@ -320,6 +335,42 @@ def probe_cost_steps(depths, setup_steps: float = 0.0):
     r"""Steps a probe of ``depths`` costs: :math:`c + s\,[c > 0]` (no probe costs nothing)."""
     depths = np.asarray(depths, dtype=float)
     return depths + float(setup_steps) * (depths > 0)
+
+
+def anchor_risk_draws(s0, l_int, k, alpha, depth, ratio):
+    r"""Rescale risk-curve draws so that the probe's variance at ``depth`` is ``ratio`` times the prior's.
+
+    .. math:: L'(c) = a\,L(c), \qquad a = \frac{\kappa S_0}{L_\mathrm{int} + K c_a^{-\alpha}},
+
+    so :math:`L'_\mathrm{int} = a L_\mathrm{int}`, :math:`K' = a K`, α unchanged (module docstring,
+    "Anchoring the probe's variance to the prior"; docs/theory.md §2).
+
+    Parameters
+    ----------
+    s0 : array_like (n_tasks,)
+        The static-only prior variance :math:`S_0` per task (label units²).
+    l_int, k, alpha : array_like (n_tasks, n_draws)
+        Posterior draws of :math:`L(c) = L_\mathrm{int} + K c^{-\alpha}`.
+    depth : float
+        The anchor depth :math:`c_a > 0` (e.g. the shallowest depth the depth-aware predictor was
+        calibrated at).
+    ratio : float
+        :math:`\kappa > 0`, the depth-aware predictor's out-of-fold MSE at ``depth`` over the
+        static-only predictor's.
+
+    Returns
+    -------
+    (l_int, k) : ndarray (n_tasks, n_draws)
+        The rescaled draws (α is unchanged).
+    """
+    depth, ratio = float(depth), float(ratio)
+    if not (math.isfinite(depth) and depth > 0):
+        raise ValueError(f"the anchor depth must be a positive number of steps, but got {depth=}; pass e.g. 5.")
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"the anchor ratio must be a positive MSE ratio, but got {ratio=}; pass MSE(depth) / MSE(static).")
+    _, s0, l_int, k, alpha = _draw_arrays(np.zeros(np.size(s0)), s0, l_int, k, alpha)
+    scale = ratio * s0[:, None] / (l_int + k * depth ** -alpha)
+    return l_int * scale, k * scale
 
 
 def _draw_arrays(m0, s0, l_int, k, alpha):
