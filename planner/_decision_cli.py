@@ -13,11 +13,12 @@ import click
 
 __all__ = ["decision_options", "prepare_decision", "DecisionRequest"]
 
-_DECISION_ONLY = ("threshold", "full_cost", "launch_cost", "kill_cost", "static_predictor")
+_DECISION_ONLY = ("threshold", "full_cost", "launch_cost", "kill_cost", "static_predictor", "anchor_depth", "anchor_ratio")
 
 
 def decision_options(f):
-    """Add ``--objective``, ``--threshold``, ``--full-cost``, ``--launch-cost``, ``--kill-cost``, ``--static-predictor``."""
+    """Add ``--objective``, ``--threshold``, ``--full-cost``, ``--launch-cost``, ``--kill-cost``, ``--static-predictor``,
+    ``--anchor-depth`` and ``--anchor-ratio``."""
     options = [
         click.option("--objective", type=click.Choice(["risk", "decision"]), default="risk", show_default=True,
                      help="risk: minimise L(c) + gamma*lambda*c (Thm. 6.1); decision: minimise the expected go/no-go "
@@ -33,6 +34,12 @@ def decision_options(f):
         click.option("--static-predictor", type=click.Path(file_okay=False), default=None,
                      help="decision: a static-only predictor (fit-predictor --features static) giving each task's "
                           "prior_mean and prior_var, instead of TASKS columns."),
+        click.option("--anchor-depth", type=float, default=None,
+                     help="decision: anchor each risk curve to the prior at this depth (with --anchor-ratio): "
+                          "L(depth) = ratio x prior_var (docs/theory.md §2, \"Anchoring\")."),
+        click.option("--anchor-ratio", type=float, default=None,
+                     help="decision: the depth-aware predictor's out-of-fold MSE at --anchor-depth over the "
+                          "static-only predictor's (plan-probe run measures it from the two predictors)."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -104,8 +111,12 @@ def prepare_decision(opts: dict, frame):
     if opts.get("threshold") is None:
         raise ValueError("--objective decision needs the go threshold, but got no --threshold; pass --threshold τ "
                          "(label units, e.g. --threshold 55).")
+    if (opts.get("anchor_depth") is None) != (opts.get("anchor_ratio") is None):
+        given, missing = ("--anchor-depth", "--anchor-ratio")[:: 1 if opts.get("anchor_depth") is not None else -1]
+        raise ValueError(f"{given} and {missing} go together, but got {given} alone; pass both or neither.")
     settings = DecisionSettings(threshold=opts["threshold"], full_cost=opts.get("full_cost"),
-                                launch_cost=opts.get("launch_cost"), kill_cost=opts.get("kill_cost"))
+                                launch_cost=opts.get("launch_cost"), kill_cost=opts.get("kill_cost"),
+                                anchor_depth=opts.get("anchor_depth"), anchor_ratio=opts.get("anchor_ratio"))
     has_priors = [c for c in PRIOR_COLUMNS if c in frame.columns]
     if opts.get("static_predictor") is not None and has_priors:
         raise ValueError(f"the priors must come from one place, but got both TASKS columns {has_priors} and "

@@ -197,3 +197,21 @@ def test_bad_decision_input_is_one_line_exit_2_no_file(files, tmp_path, how, nee
     t.to_csv(tmp_path / "tasks.csv", index=False)
     line = _fails(args, out)
     assert needle in line, line
+
+
+def test_anchor_flags_tie_the_curves_to_the_priors(files, tmp_path):
+    """--anchor-depth/--anchor-ratio move the plan (the known-truth checks of anchoring are in
+    test_decision_anchor.py); a ratio of 5 (the probe measured to add nothing at the anchor, its curve far
+    above the prior) probes no task; one flag alone, or a bad ratio, is one error line, exit 2, no file."""
+    d, tasks = files
+    _ok(_plan(d, d / "tasks.csv", tmp_path / "plain.csv"))
+    _ok(_plan(d, d / "tasks.csv", tmp_path / "anchored.csv", "--anchor-depth", 10, "--anchor-ratio", 0.5))
+    plain, anchored = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "anchored.csv")
+    assert (plain["c_opt"] > 0).any() and not plain["c_opt"].equals(anchored["c_opt"])
+    _ok(_plan(d, d / "tasks.csv", tmp_path / "none.csv", "--anchor-depth", 10, "--anchor-ratio", 5))
+    assert (pd.read_csv(tmp_path / "none.csv")["c_opt"] == 0).all()
+    line = _fails(_plan(d, d / "tasks.csv", tmp_path / "bad.csv", "--anchor-depth", 10), tmp_path / "bad.csv")
+    assert "--anchor-depth and --anchor-ratio go together, but got --anchor-depth alone" in line
+    line = _fails(_plan(d, d / "tasks.csv", tmp_path / "bad.csv", "--anchor-depth", 10, "--anchor-ratio", -1),
+                  tmp_path / "bad.csv")
+    assert "anchor_ratio must be a positive number, but got anchor_ratio=-1.0" in line
