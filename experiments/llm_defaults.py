@@ -37,8 +37,6 @@ import shutil
 import sys
 from pathlib import Path
 
-#: the sub-folder of the defaults fitted with the probe readout (plan_probe._defaults.READOUT_DIR)
-READOUT_DIR = "readout"
 RISK_FEATURES = ("static_n_examples", "static_duplicate_rate", "static_ref_ppl_mean", "static_output_diversity")
 
 
@@ -139,6 +137,7 @@ def main(argv=None) -> int:
         write_table(meta, dest / "meta.parquet")
         write_table(runs.reset_index(drop=True), dest / "meta_runs.parquet")
 
+    from plan_probe._defaults import READOUT_DIR
     from plan_probe.probes import READOUT_COLUMNS
 
     plain = meta.drop(columns=[c for c in READOUT_COLUMNS if c in meta.columns])
