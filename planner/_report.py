@@ -172,7 +172,7 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
         "",
     ]
     if decision:
-        lines += _decision_section(p, plan, t) + ["### Risk diagnosis", "",
+        lines += _decision_section(p, plan, t, summary.get("decision_settings")) + ["### Risk diagnosis", "",
                   "Regimes are a diagnosis of each risk curve (shares of posterior draws); with the decision "
                   "objective they do not set the probe steps. L_int, K and α are posterior medians with 80 % "
                   "intervals; risk at c_opt is a posterior mean.", ""]
@@ -261,7 +261,7 @@ def render_report(prepared, plan, predictions, summary, figures: list[str]) -> s
     return "\n".join(lines)
 
 
-def _decision_section(p, plan, t) -> list[str]:
+def _decision_section(p, plan, t, decision=None) -> list[str]:
     """The decision objective's plan: per candidate the numbers and the reason for its steps, and the totals."""
     from plan_probe.theory import probe_cost_steps
 
@@ -278,7 +278,8 @@ def _decision_section(p, plan, t) -> list[str]:
         "have reached τ costs C_kg (default for both: the candidate's full run, `full_steps` × λ or `full_cost`)"
         + (", and the budget is shared by equal marginal value of information." if p.budget is not None else ".")
         + (f" Every probe also runs the {setup:g}-step readout on the reference set: its cost is charged with the "
-           "probe's (so a probe must pay for it), but not counted against the probe budget." if setup > 0 else ""),
+           "probe's (so a probe must pay for it), but not counted against the probe budget." if setup > 0 else "")
+        + _anchor_sentence(decision),
         "",
         _table(["candidate", "P(score ≥ τ) now", "decide now", "expected loss now", "probe steps",
                 "expected loss after", "loss avoided (net)", "P(probe flips it)"], rows),
@@ -292,6 +293,18 @@ def _decision_section(p, plan, t) -> list[str]:
     ]
     lines += [f"- **{r['candidate']}** ({int(r['probe_steps'])} steps): {r['reason']}" for r in plan.to_dict("records")]
     return lines + [""]
+
+
+def _anchor_sentence(decision) -> str:
+    """How the risk curves were tied to the prior (``anchor``), in one sentence; empty when they were not."""
+    if not decision or decision.get("anchor_ratio") is None:
+        return ""
+    depth, ratio = decision["anchor_depth"], decision["anchor_ratio"]
+    verdict = ("so a probe that short adds nothing over the static descriptors" if ratio >= 1 else
+               f"so a probe that short resolves {100 * (1 - ratio):.0f} % of the prior's variance")
+    return (f" Each risk curve is anchored to the prior: out of fold the depth-aware predictor's MSE at {depth:g} steps "
+            f"is {ratio:.2f} × the static-only predictor's, {verdict}; L(c) keeps the risk model's shape and passes "
+            f"through {ratio:.2f} × S₀ at {depth:g} steps (docs/theory.md §2, \"Anchoring\").")
 
 
 def write_report(out: Path, prepared, plan, draws, settings, predictions, summary) -> Path:

@@ -306,6 +306,7 @@ def test_run_uses_the_decision_objective_when_full_steps_are_given(decision_run)
     assert summary["portfolio"]["settings"]["anchor"] is True
     report = (out / "report.md").read_text()
     assert "### Why each candidate got its steps" in report and "avoided** (net" in report
+    assert f"is {anchor['anchor_ratio']:.2f} × the static-only predictor's" in report
     for cand, row in plan.iterrows():
         assert f"- **{cand}** ({int(row['probe_steps'])} steps): {row['reason']}" in report
     assert "avoided" in decision_run["stdout"]
