@@ -201,6 +201,12 @@ class LiveProbe:
         scale = self._scale(static_predictor, 1.0)
         self.prior_mean = float(static_predictor.predict(xs)[0])
         self.prior_var = float(predictive_variance(static_predictor, xs, scale)[0])
+        if settings.anchor_ratio is not None:  # tie the curve to the prior (docs/theory.md §2, "Anchoring")
+            from plan_probe.theory import anchor_risk_draws
+
+            l_int, k = anchor_risk_draws([self.prior_var], self._l_int[None, :], self._k[None, :], self._alpha[None, :],
+                                         settings.anchor_depth, settings.anchor_ratio)
+            self._l_int, self._k = l_int[0], k[0]
         self._last_depth = 0
         self.decision: LiveDecision | None = None
         self.history: list[LiveDecision] = []

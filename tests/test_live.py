@@ -178,6 +178,19 @@ def test_prior_is_the_static_predictor(models, runs, scale):
     assert lp.prior_var == pytest.approx(float(predictive_variance(static, X)[0]))
 
 
+def test_anchored_live_curve_passes_through_ratio_times_the_prior(models, runs, scale):
+    """DecisionSettings(anchor_depth=c_a, anchor_ratio=κ): the live probe's risk draws are rescaled so that
+    L(c_a) = κ S₀ for every draw (rel 1e-12) with the shape kept (L(40)/L(10) unchanged); without the anchor
+    the curve is the risk model's."""
+    run = runs[2]
+    plain = probe(models, run, scale.tau, risk=steep_risk(scale.var))
+    anchored = probe(models, run, scale.tau, risk=steep_risk(scale.var),
+                     settings=DecisionSettings(threshold=scale.tau, full_cost=120.0, anchor_depth=5.0, anchor_ratio=0.7))
+    np.testing.assert_allclose(anchored._risk(5.0), 0.7 * anchored.prior_var, rtol=1e-12)
+    np.testing.assert_allclose(anchored._risk(40.0) / anchored._risk(10.0), plain._risk(40.0) / plain._risk(10.0), rtol=1e-12)
+    assert not np.allclose(plain._risk(5.0), 0.7 * plain.prior_var)
+
+
 def test_hyperparams_without_prefix(models, runs, scale):
     run = runs[0]
     hp = {k[3:]: v for k, v in run["hp"].items()}
