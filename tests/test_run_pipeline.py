@@ -274,7 +274,7 @@ DECISION_CANDIDATES = [
 @pytest.fixture(scope="module")
 def decision_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("decision")
-    portfolio = write_portfolio(root / "portfolio.toml", assets, DECISION_CANDIDATES, budget=5, **SETTINGS)
+    portfolio = write_portfolio(root / "portfolio.toml", assets, DECISION_CANDIDATES, budget=5, anchor=True, **SETTINGS)
     res = _run(["run", str(portfolio), "-o", str(root / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
     return {"portfolio": portfolio, "out": root / "out", "stdout": res.output, "assets": assets}

@@ -1,0 +1,20 @@
+"""The realised-decision arithmetic of ``experiments.bench_decision_tier`` (its fits are the shipped recipes)."""
+
+import numpy as np
+
+from plan_probe.experiments.bench_decision_tier import realise, realised_loss
+
+
+def test_realise_takes_the_first_recorded_depth_at_or_beyond_the_plan_and_charges_it():
+    depths = [5.0, 10.0, 20.0]
+    preds = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0], [10.0, 11.0, 12.0]])
+    used, charged = realise(preds, m0=np.array([-1.0, -2.0, -3.0, -4.0]), steps=[0, 5, 7, 40], depths=depths)
+    np.testing.assert_array_equal(used, [-1.0, 4.0, 8.0, 12.0])  # 40 beyond the deepest: the deepest recorded
+    np.testing.assert_array_equal(charged, [0.0, 5.0, 10.0, 20.0])
+
+
+def test_realised_loss_is_the_full_cost_per_wrong_call_plus_the_steps():
+    label = np.array([30.0, 10.0, 25.0, 24.9])
+    go = np.array([True, True, False, False])
+    loss = realised_loss(label, go, [0, 5, 10, 0], threshold=25.0, full_cost=120.0, step_cost=2.0)
+    np.testing.assert_array_equal(loss, [0.0, 120.0 + 10.0, 120.0 + 20.0, 0.0])  # τ itself is a success
