@@ -392,6 +392,9 @@ def _stage_plan(prepared: PreparedRun, static: dict):
         m0, s0 = _static_priors(prepared, static)
         decision = decision_settings(portfolio, prepared.predictor, prepared.predictor_static)
         full = np.asarray(portfolio.full_costs(), dtype=float)
+        if portfolio.anchor and decision.anchor_ratio is None:
+            log.warning("anchor = true, but the depth-aware predictor has no depth scale (or the static one no CV error) "
+                        "to measure the anchor from; planning with the risk curves as fitted")
         if decision.anchor_ratio is not None:
             log.info("risk curves anchored at depth %g: the depth-aware predictor's out-of-fold MSE there is %.3g x the "
                      "static-only one's", decision.anchor_depth, decision.anchor_ratio)
