@@ -76,7 +76,8 @@ predictor's out-of-fold mean squared error at depth :math:`c_a` to the static-on
 :math:`L'(c) = a\,L(c)` with :math:`a = \kappa S_0 / L(c_a)`, i.e. :math:`L'_\mathrm{int} = a L_\mathrm{int}`,
 :math:`K' = a K` and α unchanged. The risk model keeps the curve's shape (how fast each task's
 uncertainty falls with depth, Prop. 4.1); its level follows the prior the decision starts from and the
-information the probe was measured to add at :math:`c_a` (none when :math:`\kappa \ge 1`).
+information the probe was measured to add at :math:`c_a` (none when :math:`\kappa \ge 1`). Realised on
+held-out runs of that tier the anchored plans tie the plans as fitted (docs/theory.md §2), so callers opt in.
 
 **Non-convexity.** :math:`\bar\ell(c) + \lambda c` is not convex in c: the value of information is
 typically convex for small amounts of information and concave later (Radner & Stiglitz 1984), the
