@@ -17,6 +17,11 @@ Per fold (runs grouped by ``variant_id``):
    depth; 0 steps decides on m₀. With equal error costs (both the full run) the Bayes rule is "go iff the
    mean is at least τ", and the realised loss is the full cost for a wrong call plus λ per probe step.
 
+Policies: ``decide_now`` (0 steps), ``fixed_min`` / ``fixed_max`` (every run at the depth bounds), the decision
+plan ``as_fitted`` and ``anchored`` (the pooled κ of ``anchor_from_predictors``), and ``anchored_local``
+(experimental: κ per run from the training runs in the same third of the static prediction,
+:func:`local_ratios`).
+
 The depth-aware out-of-fold predictions come from the shipped predictor's own cross-fit (folds by run), not
 from a refit per fold; the risk observations and priors of a held-out run never enter its own plan.
 """
@@ -30,7 +35,21 @@ from pathlib import Path
 
 import numpy as np
 
-POLICIES = ("decide_now", "fixed_min", "fixed_max", "as_fitted", "anchored")
+POLICIES = ("decide_now", "fixed_min", "fixed_max", "as_fitted", "anchored", "anchored_local")
+
+
+def local_ratios(static_pred, static_res, shallow_res, m0, n_bins: int = 3) -> np.ndarray:
+    """κ per held-out run from the training runs in the same bin of the static prediction.
+
+    Training runs are split into ``n_bins`` quantile bins of their static out-of-fold prediction; in each,
+    κ = mean(shallow depth-aware residual²) / mean(static residual²); a held-out run takes its m₀'s bin.
+    """
+    static_pred, static_res, shallow_res = (np.asarray(a, dtype=float) for a in (static_pred, static_res, shallow_res))
+    edges = np.quantile(static_pred, np.linspace(0, 1, n_bins + 1)[1:-1])
+    train_bin, test_bin = np.digitize(static_pred, edges), np.digitize(np.asarray(m0, dtype=float), edges)
+    kappa = np.array([np.mean(shallow_res[train_bin == b] ** 2) / np.mean(static_res[train_bin == b] ** 2)
+                      for b in range(n_bins)])
+    return kappa[test_bin]
 
 
 def realised_loss(label, go, steps, *, threshold: float, full_cost: float, step_cost: float = 1.0) -> np.ndarray:
@@ -73,8 +92,11 @@ def _fold_plans(train, test, runs, obs, preds, depths, args):
     X = held[list(static.feature_names_)].reset_index(drop=True)
     m0, s0 = static.predict(X), predictive_variance(static, X)
     risk = RiskModel(RiskFitSettings(method="svi")).fit(obs.loc[obs["run_id"].isin(train)], seed=args.seed)
-    shallow = obs.loc[obs["run_id"].isin(train) & (obs["depth"] == depths[0]), "residual"]
+    shallow = (obs.loc[obs["run_id"].isin(train) & (obs["depth"] == depths[0])].set_index("run_id")["residual"])
     kappa = float(np.mean(shallow**2) / static.cv_rmse_**2)
+    train_runs = runs.loc[runs["run_id"].isin(train)].reset_index(drop=True)
+    local = local_ratios(static.oof_pred_, train_runs["label"].to_numpy() - static.oof_pred_,
+                         shallow.loc[train_runs["run_id"]].to_numpy(), m0)
     tasks = pd.DataFrame({"task_id": test, **{f: held[f].to_numpy() for f in RISK_FEATURES}})
     draws = risk.posterior_task_draws(tasks, n_draws=256, seed=args.seed)
     settings = PlanSettings(step_cost=1.0, min_depth=args.min_depth, max_depth=args.max_depth)
@@ -84,6 +106,12 @@ def _fold_plans(train, test, runs, obs, preds, depths, args):
         decision = DecisionSettings(threshold=args.threshold, full_cost=args.full_cost, **anchor)
         plan = decision_plan(draws["task_id"], m0, s0, draws["l_int"], draws["k"], draws["alpha"], settings, decision)
         steps[name] = plan.set_index("task_id").loc[test, "probe_steps"].to_numpy(dtype=float)
+    # experimental: κ local to the prediction (the training runs near the same static prediction)
+    at = draws["l_int"] + draws["k"] * depths[0] ** -draws["alpha"]
+    scale = local[:, None] * np.asarray(s0)[:, None] / at
+    plan = decision_plan(draws["task_id"], m0, s0, draws["l_int"] * scale, draws["k"] * scale, draws["alpha"], settings,
+                         DecisionSettings(threshold=args.threshold, full_cost=args.full_cost))
+    steps["anchored_local"] = plan.set_index("task_id").loc[test, "probe_steps"].to_numpy(dtype=float)
     return m0, steps, kappa
 
 
@@ -118,6 +146,8 @@ def run(args) -> dict:
                    "probed": int((charged[p] > 0).sum()),
                    "wrong_calls": int(np.round((loss[p] - charged[p]) / args.full_cost).sum())} for p in POLICIES}
     paired = {f"anchored_minus_{p}": _paired(loss["anchored"], loss[p], rng) for p in POLICIES if p != "anchored"}
+    paired["anchored_local_minus_as_fitted"] = _paired(loss["anchored_local"], loss["as_fitted"], rng)
+    paired["anchored_local_minus_decide_now"] = _paired(loss["anchored_local"], loss["decide_now"], rng)
     return {"runs": int(len(runs)), "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
             "depths": depths, "kappa_by_fold": kappas, "policies": summary, "paired": paired}
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from plan_probe.experiments.bench_decision_tier import realise, realised_loss
+from plan_probe.experiments.bench_decision_tier import local_ratios, realise, realised_loss
 
 
 def test_realise_takes_the_first_recorded_depth_at_or_beyond_the_plan_and_charges_it():
@@ -18,3 +18,13 @@ def test_realised_loss_is_the_full_cost_per_wrong_call_plus_the_steps():
     go = np.array([True, True, False, False])
     loss = realised_loss(label, go, [0, 5, 10, 0], threshold=25.0, full_cost=120.0, step_cost=2.0)
     np.testing.assert_array_equal(loss, [0.0, 120.0 + 10.0, 120.0 + 20.0, 0.0])  # τ itself is a success
+
+
+def test_local_ratios_are_the_mse_ratio_in_the_bin_of_the_static_prediction():
+    """Two bins: runs predicted low have shallow residuals 2x the static ones (κ 4), runs predicted high the
+    same (κ 1); held-out predictions take their bin's κ."""
+    pred = np.array([-50.0, -40.0, -30.0, 10.0, 20.0, 30.0])
+    static_res = np.array([1.0, -2.0, 3.0, 1.0, -1.0, 2.0])
+    shallow = np.array([2.0, -4.0, 6.0, 1.0, -1.0, 2.0])
+    got = local_ratios(pred, static_res, shallow, m0=[-45.0, 25.0, 100.0], n_bins=2)
+    np.testing.assert_allclose(got, [4.0, 1.0, 1.0], rtol=1e-12)

@@ -85,6 +85,7 @@ def _synthetic_tier(build, n_runs: int = 36, seed: int = 0) -> None:
     runs[["run_id", "label_se"]].to_parquet(build / "runs.parquet")
 
 
+@pytest.mark.slow  # about 55 s of tuned fits and two SVI risk models
 def test_llm_defaults_ship_a_readout_variant_beside_the_plain_defaults(tmp_path, capsys):
     """With the readout in the table: the plain predictor and risk model in DEST never see it (the live
     callback and portfolios without a reference use them); DEST/readout/ holds the predictor and risk
