@@ -78,7 +78,7 @@ def _paired(a, b, rng, n_boot: int = 2000) -> dict:
             "ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))]}
 
 
-def _fold_plans(train, test, runs, obs, preds, depths, args):
+def _fold_plans(train, test, runs, obs, depths, args):
     """Probe steps of every policy for the held-out runs of one fold, and the fold's κ."""
     import pandas as pd
 
@@ -135,7 +135,7 @@ def run(args) -> dict:
     for k in range(args.folds):
         test_rows = np.flatnonzero(folds == k)
         train, test = runs["run_id"][folds != k].tolist(), runs["run_id"].iloc[test_rows].tolist()
-        m0, steps, kappa = _fold_plans(train, test, runs, obs, preds, depths, args)
+        m0, steps, kappa = _fold_plans(train, test, runs, obs, depths, args)
         kappas.append(kappa)
         for name, s in steps.items():
             used, cost = realise(preds.loc[test, depths].to_numpy(), m0, s, depths)
