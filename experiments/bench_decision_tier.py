@@ -86,6 +86,7 @@ def _fold_plans(train, test, runs, obs, depths, args):
     from plan_probe._plan import PlanSettings
     from plan_probe._risk_model import RiskFitSettings, RiskModel
     from plan_probe.experiments.llm_defaults import RISK_FEATURES, fit_static_predictor
+    from plan_probe.theory import anchor_risk_draws
 
     static = fit_static_predictor(runs.loc[runs["run_id"].isin(train)].reset_index(drop=True), seed=args.seed)
     held = runs.set_index("run_id").loc[test]
@@ -107,9 +108,8 @@ def _fold_plans(train, test, runs, obs, depths, args):
         plan = decision_plan(draws["task_id"], m0, s0, draws["l_int"], draws["k"], draws["alpha"], settings, decision)
         steps[name] = plan.set_index("task_id").loc[test, "probe_steps"].to_numpy(dtype=float)
     # experimental: κ local to the prediction (the training runs near the same static prediction)
-    at = draws["l_int"] + draws["k"] * depths[0] ** -draws["alpha"]
-    scale = local[:, None] * np.asarray(s0)[:, None] / at
-    plan = decision_plan(draws["task_id"], m0, s0, draws["l_int"] * scale, draws["k"] * scale, draws["alpha"], settings,
+    l_int, k = anchor_risk_draws(s0, draws["l_int"], draws["k"], draws["alpha"], depths[0], local)
+    plan = decision_plan(draws["task_id"], m0, s0, l_int, k, draws["alpha"], settings,
                          DecisionSettings(threshold=args.threshold, full_cost=args.full_cost))
     steps["anchored_local"] = plan.set_index("task_id").loc[test, "probe_steps"].to_numpy(dtype=float)
     return m0, steps, kappa

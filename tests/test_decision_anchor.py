@@ -37,6 +37,20 @@ def test_anchored_curve_passes_through_kappa_s0_and_keeps_its_shape():
                                rtol=1e-12)
 
 
+def test_anchor_takes_one_ratio_per_task():
+    """A ratio per task equals anchoring each task with its own scalar ratio (rel 1e-12)."""
+    l_int, k, alpha = _draws()
+    s0 = np.array([100.0, 400.0, 30.0])
+    ratios = np.array([0.5, 1.0, 2.0])
+    l2, k2 = anchor_risk_draws(s0, l_int, k, alpha, 5, ratios)
+    for i, r in enumerate(ratios):
+        li, ki = anchor_risk_draws(s0[i:i + 1], l_int[i:i + 1], k[i:i + 1], alpha[i:i + 1], 5, r)
+        np.testing.assert_allclose(l2[i], li[0], rtol=1e-12)
+        np.testing.assert_allclose(k2[i], ki[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="one number or one per task, but got 2 for 3 tasks"):
+        anchor_risk_draws(s0, l_int, k, alpha, 5, [1.0, 1.0])
+
+
 def test_anchor_rejects_bad_depth_and_ratio():
     l_int, k, alpha = _draws(1, 3)
     with pytest.raises(ValueError, match=r"anchor depth must be a positive number of steps, but got depth=0\.0"):

@@ -355,22 +355,28 @@ def anchor_risk_draws(s0, l_int, k, alpha, depth, ratio):
     depth : float
         The anchor depth :math:`c_a > 0` (e.g. the shallowest depth the depth-aware predictor was
         calibrated at).
-    ratio : float
+    ratio : float or array_like (n_tasks,)
         :math:`\kappa > 0`, the depth-aware predictor's out-of-fold MSE at ``depth`` over the
-        static-only predictor's.
+        static-only predictor's (one for all tasks, or one per task).
 
     Returns
     -------
     (l_int, k) : ndarray (n_tasks, n_draws)
         The rescaled draws (α is unchanged).
     """
-    depth, ratio = float(depth), float(ratio)
+    depth = float(depth)
     if not (math.isfinite(depth) and depth > 0):
         raise ValueError(f"the anchor depth must be a positive number of steps, but got {depth=}; pass e.g. 5.")
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"the anchor ratio must be a positive MSE ratio, but got {ratio=}; pass MSE(depth) / MSE(static).")
+    ratios = np.asarray(ratio, dtype=float).reshape(-1)
+    bad = ratios[~(np.isfinite(ratios) & (ratios > 0))]
+    if bad.size:
+        raise ValueError(f"the anchor ratio must be a positive MSE ratio, but got ratio={float(bad[0])!r}; "
+                         "pass MSE(depth) / MSE(static).")
     _, s0, l_int, k, alpha = _draw_arrays(np.zeros(np.size(s0)), s0, l_int, k, alpha)
-    scale = ratio * s0[:, None] / (l_int + k * depth ** -alpha)
+    if ratios.size not in (1, s0.size):
+        raise ValueError(f"the anchor ratio must be one number or one per task, but got {ratios.size} for {s0.size} "
+                         "tasks; pass a scalar or an array of n_tasks.")
+    scale = ratios[:, None] * s0[:, None] / (l_int + k * depth ** -alpha)
     return l_int * scale, k * scale
 
 
