@@ -24,6 +24,8 @@ plan ``as_fitted`` and ``anchored`` (the pooled κ of ``anchor_from_predictors``
 
 The depth-aware out-of-fold predictions come from the shipped predictor's own cross-fit (folds by run), not
 from a refit per fold; the risk observations and priors of a held-out run never enter its own plan.
+``depth_minus_static_sq_error`` pairs each run's squared error at every recorded depth with that of its
+held-out static prediction (what a probe of that depth adds; negative: the probe helps).
 """
 
 from __future__ import annotations
@@ -131,12 +133,13 @@ def run(args) -> dict:
     folds = np.array([fold_of[g] for g in groups])
     loss = {p: np.zeros(len(runs)) for p in POLICIES}
     charged = {p: np.zeros(len(runs)) for p in POLICIES}
-    kappas = []
+    kappas, static_res = [], np.zeros(len(runs))
     for k in range(args.folds):
         test_rows = np.flatnonzero(folds == k)
         train, test = runs["run_id"][folds != k].tolist(), runs["run_id"].iloc[test_rows].tolist()
         m0, steps, kappa = _fold_plans(train, test, runs, obs, depths, args)
         kappas.append(kappa)
+        static_res[test_rows] = label.loc[test].to_numpy() - m0
         for name, s in steps.items():
             used, cost = realise(preds.loc[test, depths].to_numpy(), m0, s, depths)
             loss[name][test_rows] = realised_loss(label.loc[test], used >= args.threshold, cost,
@@ -148,7 +151,10 @@ def run(args) -> dict:
     paired = {f"anchored_minus_{p}": _paired(loss["anchored"], loss[p], rng) for p in POLICIES if p != "anchored"}
     paired["anchored_local_minus_as_fitted"] = _paired(loss["anchored_local"], loss["as_fitted"], rng)
     paired["anchored_local_minus_decide_now"] = _paired(loss["anchored_local"], loss["decide_now"], rng)
-    return {"runs": int(len(runs)), "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
+    # what a probe adds per depth: held-out squared error of the depth-aware prediction minus the static one's
+    depth_sq = (label.loc[runs["run_id"]].to_numpy()[:, None] - preds.loc[runs["run_id"], depths].to_numpy()) ** 2
+    by_depth = {f"{d:g}": _paired(depth_sq[:, j], static_res**2, rng) for j, d in enumerate(depths)}
+    return {"runs": int(len(runs)), "depth_minus_static_sq_error": by_depth, "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
             "depths": depths, "kappa_by_fold": kappas, "policies": summary, "paired": paired}
 
 
