@@ -2,8 +2,10 @@
 against the same plans with the risk curves as fitted, deciding now, and fixed probes.
 
 Run as ``python -m plan_probe.experiments.bench_decision_tier DEFAULTS_DIR --threshold 25 --full-cost 120
-[--folds 5] [--seed 0] [--min-depth 5] [--max-depth 40]`` on a folder that ``llm_defaults`` wrote
-(``meta.parquet``, ``meta_runs.parquet``, ``risk_obs.parquet``; e.g. ``planner/defaults/llm``). Prints JSON.
+[--folds 5] [--seed 0] [--min-depth 5] [--max-depth 40] [--risk-obs PATH]`` on a folder that ``llm_defaults``
+wrote (``meta.parquet``, ``meta_runs.parquet``, ``risk_obs.parquet``; e.g. ``planner/defaults/llm``). Prints
+JSON. ``--risk-obs`` takes the risk observations from elsewhere, e.g. the readout variant's
+``planner/defaults/llm/readout/risk_obs.parquet`` (its depth-aware predictor saw the probe readouts).
 
 Per fold (runs grouped by ``variant_id``):
 
@@ -121,7 +123,13 @@ def run(args) -> dict:
     from plan_probe.probes._io import read_table
 
     root = Path(args.defaults_dir)
-    runs, obs, meta = (read_table(root / name) for name in ("meta_runs.parquet", "risk_obs.parquet", "meta.parquet"))
+    paths = [root / "meta_runs.parquet", Path(args.risk_obs) if args.risk_obs else root / "risk_obs.parquet",
+             root / "meta.parquet"]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise ValueError(f"the tier's tables must exist, but got no {str(missing)!r}; pass a folder that "
+                         "`make llm-defaults` wrote (and --risk-obs a risk_obs.parquet).")
+    runs, obs, meta = (read_table(p) for p in paths)
     depths = sorted(float(d) for d in obs["depth"].unique())
     label = runs.set_index("run_id")["label"]
     preds = (obs.assign(pred=lambda o: label.loc[o["run_id"]].to_numpy() - o["residual"])
@@ -168,8 +176,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-depth", type=int, default=5)
     parser.add_argument("--max-depth", type=int, default=40)
+    parser.add_argument("--risk-obs", default=None,
+                        help="risk observations to use instead of DEFAULTS_DIR/risk_obs.parquet (e.g. the readout variant's)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args), indent=2, sort_keys=True))
+    try:
+        result = run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 

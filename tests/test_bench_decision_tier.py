@@ -28,3 +28,11 @@ def test_local_ratios_are_the_mse_ratio_in_the_bin_of_the_static_prediction():
     shallow = np.array([2.0, -4.0, 6.0, 1.0, -1.0, 2.0])
     got = local_ratios(pred, static_res, shallow, m0=[-45.0, 25.0, 100.0], n_bins=2)
     np.testing.assert_allclose(got, [4.0, 1.0, 1.0], rtol=1e-12)
+
+
+def test_a_missing_table_is_one_error_line_and_exit_2(tmp_path, capsys):
+    from plan_probe.experiments.bench_decision_tier import main
+
+    code = main([str(tmp_path), "--threshold", "25", "--full-cost", "120", "--risk-obs", str(tmp_path / "none.parquet")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: the tier's tables must exist") and err.count("\n") == 1
