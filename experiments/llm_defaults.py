@@ -26,7 +26,7 @@ descriptors a user's candidate always has: dataset size, duplicate rate, referen
 base model and output diversity. With a few dozen tasks, fewer features keep the population
 regression identifiable.
 
-Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--risk-method nuts|svi] [--warmup N --draws N --chains N --target-accept P --max-tree-depth D] [--min-runs N]``.
+Run as ``python -m plan_probe.experiments.llm_defaults BUILD_DIR DEST [--seed 0] [--risk-only] [--risk-method nuts|svi] [--warmup N --draws N --chains N --target-accept P --max-tree-depth D --lkj-eta E --task-sd-prior L,K,A] [--min-runs N]``.
 """
 
 from __future__ import annotations
@@ -104,15 +104,19 @@ def main(argv=None) -> int:
     parser.add_argument("--target-accept", type=float, default=0.85,
                         help="NUTS target acceptance probability (smaller steps near 1: fewer divergences)")
     parser.add_argument("--max-tree-depth", type=int, default=7, help="NUTS maximum tree depth")
+    parser.add_argument("--lkj-eta", type=float, default=2.0, help="LKJ concentration of the task correlation")
+    parser.add_argument("--task-sd-prior", default="1,1,0.5",
+                        help="half-normal prior scales of the task spread of (log L_int, log K, log alpha)")
     args = parser.parse_args(argv)
 
     from plan_probe.probes._io import read_table, write_table
-    from plan_probe._risk_model import RiskFitSettings
+    from plan_probe._risk_model import RiskFitSettings, parse_task_sd_prior
 
     try:  # validated before any fitting, so a bad sampler setting costs nothing
         fit_settings = RiskFitSettings(method=args.risk_method, num_warmup=args.warmup, num_samples=args.draws,
                                        num_chains=args.chains, target_accept=args.target_accept,
-                                       max_tree_depth=args.max_tree_depth)
+                                       max_tree_depth=args.max_tree_depth, lkj_eta=args.lkj_eta,
+                                       task_sd_prior=parse_task_sd_prior(args.task_sd_prior))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 @click.option("--variance-floor", default=1e-3, show_default=True, type=float,
               help="delta added to every likelihood term's variance, relative to the median risk observation; keeps "
                    "exactly repeated predictions (zero residual increments) from making the likelihood unbounded. 0: none.")
+@click.option("--max-tree-depth", default=7, show_default=True, type=int, help="NUTS maximum tree depth.")
+@click.option("--lkj-eta", default=2.0, show_default=True, type=float,
+              help="LKJ prior concentration of the task correlation of (log L_int, log K, log alpha); larger: nearer 0.")
+@click.option("--task-sd-prior", default="1,1,0.5", show_default=True,
+              help="Half-normal prior scales of the task spread of (log L_int, log K, log alpha), comma-separated. "
+                   "When chains disagree on alpha (flat residual curves), a smaller third scale (e.g. 1,1,0.2) "
+                   "makes the fit identifiable (docs/theory.md §2).")
 def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws,
-             variance_floor):
+             variance_floor, max_tree_depth, lkj_eta, task_sd_prior):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).
 
     OBS columns: task_id, depth, risk_obs, dof, static_*, optionally run_id and residual (rows of
@@ -47,7 +54,7 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, tar
     1.05, min bulk ESS < 100 or any divergence (NUTS), or when the SVI loss is still moving.
     """
     from plan_probe.probes._io import read_table, table_format
-    from plan_probe._risk_model import RiskFitSettings, RiskModel
+    from plan_probe._risk_model import RiskFitSettings, RiskModel, parse_task_sd_prior
     from plan_probe._tables import validate_risk_observations
 
     if not str(output).lower().endswith(".json"):
@@ -55,7 +62,8 @@ def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, tar
     table_format(obs)
     settings = RiskFitSettings(method=method, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains,
                                target_accept=target_accept, svi_steps=svi_steps, keep_draws=keep_draws,
-                               variance_floor=variance_floor)
+                               variance_floor=variance_floor, max_tree_depth=max_tree_depth, lkj_eta=lkj_eta,
+                               task_sd_prior=parse_task_sd_prior(task_sd_prior))
     frame = validate_risk_observations(read_table(obs))
     start = time.perf_counter()
     model = RiskModel(settings).fit(frame, seed=seed)

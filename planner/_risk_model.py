@@ -27,7 +27,8 @@ import numpy as np
 from plan_probe.probes._formats import FileFormat
 from plan_probe._validate import check_risk_model_payload
 
-__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "label_scale", "convergence_ok", "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
+__all__ = ["RiskModel", "RiskFitSettings", "risk_model", "label_scale", "convergence_ok", "parse_task_sd_prior",
+           "MODEL_FORMAT", "RISK_MODEL_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ LABEL_SCALE_RULE = "mean over tasks of the mean risk_obs at the task's shallowes
 MAX_R_HAT = 1.05
 MIN_BULK_ESS = 100
 SVI_MAX_REL_CHANGE = 0.01
+#: How many parameters of highest R-hat a NUTS fit's diagnostics name.
+WORST_REPORTED = 5
+#: Half-normal prior scales of the task spread sigma of (log L_int, log K, log alpha) up to schema 3.
+DEFAULT_TASK_SD_PRIOR = (1.0, 1.0, 0.5)
 
 
 def _migrate_1_to_2(doc: dict) -> dict:
@@ -64,11 +69,20 @@ def _migrate_2_to_3(doc: dict) -> dict:
     return doc
 
 
+def _migrate_3_to_4(doc: dict) -> dict:
+    """Schema 3 -> 4: ``settings.task_sd_prior``. Schema-3 fits used the fixed half-normal scales (1, 1, 0.5)."""
+    doc = dict(doc)
+    doc["settings"] = {**doc.get("settings", {}), "task_sd_prior": list(DEFAULT_TASK_SD_PRIOR)}
+    return doc
+
+
 #: Schema 1 is the layout written by plan-probe 0.1.0 (format "plan-probe-risk-model/1"); schema 2
 #: adds the label scale and diagnostics.ok (nested-residual likelihood, issue #14); schema 3 the
-#: likelihood's variance floor (settings.variance_floor).
-RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 3, "refit it with plan-probe fit-risk",
-                               migrations={1: lambda d: _migrate_1_to_2(d), 2: lambda d: _migrate_2_to_3(d)},
+#: likelihood's variance floor (settings.variance_floor); schema 4 the prior scales of the task spread
+#: (settings.task_sd_prior).
+RISK_MODEL_FORMAT = FileFormat(MODEL_FORMAT, 4, "refit it with plan-probe fit-risk",
+                               migrations={1: lambda d: _migrate_1_to_2(d), 2: lambda d: _migrate_2_to_3(d),
+                                           3: lambda d: _migrate_3_to_4(d)},
                                legacy_names={"plan-probe-risk-model/1": 1})
 #: Inputs with more tasks than this use SVI under ``method="auto"``.
 AUTO_SVI_TASKS = 600
@@ -94,6 +108,12 @@ class RiskFitSettings:
     #: risk observation): keeps exactly repeated predictions (zero increments) from making the likelihood
     #: unbounded (plan_probe._risk_likelihood.log_variance). 0 turns it off (schema-2 models had none).
     variance_floor: float = 1e-3
+    #: Half-normal prior scales of the task-to-task spread sigma of (log L_int, log K, log alpha). With a few
+    #: depths per task a task's own alpha is barely identified: a flat residual curve fits alpha -> 0 and
+    #: alpha -> infinity (all decay before the first depth) alike, and a wide alpha spread lets chains settle
+    #: in either (docs/theory.md §2, "Identifiability"). A smaller third scale puts alpha's variation into the
+    #: static regression B instead.
+    task_sd_prior: tuple = DEFAULT_TASK_SD_PRIOR
 
     def __post_init__(self):
         if self.method not in ("auto", "nuts", "svi"):
@@ -107,6 +127,15 @@ class RiskFitSettings:
             raise ValueError(f"svi_lr and lkj_eta must be positive, but got {self.svi_lr=}, {self.lkj_eta=}; pass values > 0.")
         if not (isinstance(self.variance_floor, (int, float)) and 0 <= self.variance_floor < 1):
             raise ValueError(f"variance_floor must be in [0, 1), but got {self.variance_floor=}; 1e-3 is the default.")
+        prior = self.task_sd_prior
+        try:
+            scales = tuple(float(x) for x in prior) if not isinstance(prior, (str, bytes)) else ()
+        except (TypeError, ValueError):
+            scales = ()
+        if len(scales) != 3 or not all(np.isfinite(x) and x > 0 for x in scales):
+            raise ValueError(f"task_sd_prior must be 3 positive scales for (log L_int, log K, log alpha), but got "
+                             f"task_sd_prior={prior!r}; (1.0, 1.0, 0.5) is the default.")
+        object.__setattr__(self, "task_sd_prior", scales)  # JSON gives a list; keep the frozen settings hashable
 
     @property
     def log_floor(self) -> float | None:
@@ -114,9 +143,23 @@ class RiskFitSettings:
         return float(np.log(self.variance_floor)) if self.variance_floor > 0 else None
 
 
+def parse_task_sd_prior(text: str) -> tuple:
+    """``"1,1,0.2"`` -> (1.0, 1.0, 0.2), the command-line form of :attr:`RiskFitSettings.task_sd_prior`."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        scales = tuple(float(p) for p in parts)
+    except ValueError:
+        scales = ()
+    if len(scales) != 3 or not all(np.isfinite(x) and x > 0 for x in scales):
+        raise ValueError(f"--task-sd-prior must be 3 positive comma-separated scales, but got {text!r}; "
+                         "pass e.g. 1,1,0.5 (the default) or 1,1,0.2.")
+    return scales
+
+
 # ----------------------------------------------------------------------------- model
 
-def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0, log_floor: float | None = None):
+def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0, log_floor: float | None = None,
+               task_sd_prior=DEFAULT_TASK_SD_PRIOR):
     """NumPyro model (pure function of its data). Risk values are in units of the risk scale.
 
     Parameters
@@ -126,6 +169,7 @@ def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0, log_floor: float | No
         independent observations, deepest nested residuals and signed increments; sign-unknown
         nested runs as padded chains). The likelihood is :func:`plan_probe._risk_likelihood.total_loglik`.
     log_floor : log of the variance floor δ (risk-scale units) added to every term, or None.
+    task_sd_prior : half-normal scales of the task spread :math:`\sigma` of the three log-parameters.
     """
     import jax.numpy as jnp
     import numpyro
@@ -136,7 +180,7 @@ def risk_model(s, obs, n_tasks: int, lkj_eta: float = 2.0, log_floor: float | No
     p = s.shape[1]
     b = numpyro.sample("b", dist.Normal(jnp.array([-1.0, 1.5, np.log(0.5)]), jnp.array([2.5, 2.5, 0.75])).to_event(1))
     B = numpyro.sample("B", dist.Normal(0.0, 1.0).expand([3, p]).to_event(2))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(jnp.array([1.0, 1.0, 0.5])).to_event(1))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(jnp.array([float(x) for x in task_sd_prior])).to_event(1))
     l_omega = numpyro.sample("l_omega", dist.LKJCholesky(3, lkj_eta))
     l_sigma = sigma[:, None] * l_omega
     with numpyro.plate("tasks", n_tasks):
@@ -155,6 +199,14 @@ def _model_args(data, settings: RiskFitSettings):
     return (data["s"], data["obs"], data["n_tasks"], settings.lkj_eta, settings.log_floor)
 
 
+def _bound_model(settings: RiskFitSettings):
+    """:func:`risk_model` with the prior scales bound as Python constants (traced arguments would change
+    XLA's constant folding, and with it the bytes of a fit with unchanged settings)."""
+    import functools
+
+    return functools.partial(risk_model, task_sd_prior=tuple(settings.task_sd_prior))
+
+
 def _rank_normal(x):
     """Rank-normalised split chains (Vehtari et al. 2021): (chains, draws, k) -> (2 chains, draws // 2, k)."""
     from scipy.special import ndtri
@@ -169,11 +221,26 @@ def _rank_normal(x):
     return z.reshape(x.shape)
 
 
-def mcmc_convergence(grouped: dict) -> tuple[np.ndarray, np.ndarray]:
+def _scalar_names(grouped: dict, labels: dict | None) -> list[str]:
+    """One name per scalar of ``grouped`` in flattening order: ``site[i,j]`` with each index replaced by
+    ``labels[site][axis][index]`` where given (e.g. ``B[alpha,static_n_examples]``)."""
+    names = []
+    for site, v in grouped.items():
+        shape = np.shape(v)[2:]
+        axes = (labels or {}).get(site, ())
+        for idx in np.ndindex(*shape) if shape else [()]:
+            parts = [str(axes[a][i]) if a < len(axes) and axes[a] is not None else str(i) for a, i in enumerate(idx)]
+            names.append(f"{site}[{','.join(parts)}]" if parts else site)
+    return names
+
+
+def mcmc_convergence(grouped: dict, labels: dict | None = None, *, worst: int = 0):
     """Rank-normalised R-hat (max of bulk and folded) and bulk ESS of every scalar in ``grouped``.
 
     ``grouped`` maps site names to (chains, draws, ...) arrays. Constant scalars (e.g. the fixed
-    entries of a Cholesky factor) are skipped. Returns two 1-D arrays (r_hat, bulk_ess).
+    entries of a Cholesky factor) are skipped. Returns two 1-D arrays (r_hat, bulk_ess); with
+    ``worst > 0`` also the ``worst`` scalars of highest R-hat as ``{"name", "r_hat", "ess"}`` dicts
+    (names from :func:`_scalar_names` with ``labels``): which parameters the chains disagree on.
     """
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
@@ -182,14 +249,21 @@ def mcmc_convergence(grouped: dict) -> tuple[np.ndarray, np.ndarray]:
         v = np.asarray(v, dtype=float)
         cols.append(v.reshape(v.shape[0], v.shape[1], -1))
     x = np.concatenate(cols, axis=2)
-    x = x[:, :, np.ptp(x.reshape(-1, x.shape[2]), axis=0) > 0]
+    varying = np.ptp(x.reshape(-1, x.shape[2]), axis=0) > 0
+    x = x[:, :, varying]
     if x.shape[2] == 0 or x.shape[1] < 4:
-        return np.array([np.nan]), np.array([np.nan])
+        nan = np.array([np.nan])
+        return (nan, nan, []) if worst else (nan, nan)
     bulk = _rank_normal(x)
     folded = _rank_normal(np.abs(x - np.median(x.reshape(-1, x.shape[2]), axis=0)))
-    r_hat = np.maximum(split_gelman_rubin(bulk), split_gelman_rubin(folded))
-    ess = effective_sample_size(bulk)
-    return np.asarray(r_hat), np.asarray(ess)
+    r_hat = np.asarray(np.maximum(split_gelman_rubin(bulk), split_gelman_rubin(folded)))
+    ess = np.asarray(effective_sample_size(bulk))
+    if not worst:
+        return r_hat, ess
+    names = [n for n, keep in zip(_scalar_names(grouped, labels), varying) if keep]
+    order = np.argsort(-np.nan_to_num(r_hat, nan=np.inf), kind="stable")[:worst]
+    return r_hat, ess, [{"name": names[i], "r_hat": round(float(r_hat[i]), 4), "ess": round(float(ess[i]), 1)}
+                        for i in order]
 
 
 def convergence_ok(diagnostics: dict) -> tuple[bool, list[str]]:
@@ -226,15 +300,18 @@ def run_nuts(data, settings: RiskFitSettings, key):
     """
     from numpyro.infer import MCMC, NUTS, init_to_median
 
-    kernel = NUTS(risk_model, target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
+    kernel = NUTS(_bound_model(settings), target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=settings.num_warmup, num_samples=settings.num_samples,
                 num_chains=settings.num_chains, chain_method="sequential", progress_bar=False)
     mcmc.run(key, *_model_args(data, settings), extra_fields=("diverging",))
     grouped = mcmc.get_samples(group_by_chain=True)
     pop = {name: np.asarray(grouped[name]) for name in ("b", "B", "sigma", "l_omega")}
-    r_hat, ess = mcmc_convergence(pop)
-    z_r_hat, z_ess = mcmc_convergence({"z": np.asarray(grouped["z"])})
+    features, tasks = data.get("features"), data.get("task_ids")
+    labels = {"b": [_PARAMS], "B": [_PARAMS, features], "sigma": [_PARAMS], "z": [tasks, _PARAMS]}
+    r_hat, ess, pop_worst = mcmc_convergence(pop, labels, worst=WORST_REPORTED)
+    z_r_hat, z_ess, z_worst = mcmc_convergence({"z": np.asarray(grouped["z"])}, labels, worst=WORST_REPORTED)
+    worst = sorted(pop_worst + z_worst, key=lambda w: -w["r_hat"] if np.isfinite(w["r_hat"]) else -np.inf)
     diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     diagnostics = {
         "method": "nuts",
@@ -246,6 +323,9 @@ def run_nuts(data, settings: RiskFitSettings, key):
         "task_min_ess": float(np.nanmin(z_ess)),
         "ess_kind": "bulk (rank-normalised)",
         "divergences": diverging,
+        # the scalars of highest R-hat (l_omega[i,j]: the Cholesky factor of the task correlation; z[task,param]:
+        # a task's standardised deviation): where a non-converged fit's chains disagree
+        "worst_parameters": worst[:WORST_REPORTED],
         "num_chains": settings.num_chains,
         "num_samples": settings.num_samples,
         "num_warmup": settings.num_warmup,
@@ -264,8 +344,9 @@ def run_svi(data, settings: RiskFitSettings, key):
     from numpyro.infer.autoguide import AutoNormal
     from numpyro.optim import Adam
 
-    guide = AutoNormal(risk_model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
-    svi = SVI(risk_model, guide, Adam(settings.svi_lr), Trace_ELBO())
+    model = _bound_model(settings)
+    guide = AutoNormal(model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
+    svi = SVI(model, guide, Adam(settings.svi_lr), Trace_ELBO())
     k_run, k_draw = jax.random.split(key)
     s, obs, n_tasks, eta, log_floor = _model_args(data, settings)
     s, obs = jnp.asarray(s), {k: jnp.asarray(v) for k, v in obs.items()}
@@ -338,8 +419,13 @@ def _diagnostics_warning(diagnostics: dict, source: str) -> str | None:
     if diagnostics.get("ok", True):
         return None
     reasons = "; ".join(diagnostics.get("problems", [])) or "diagnostics.ok is false"
-    return (f"risk model {source} did not converge cleanly ({reasons}); its regimes and probe lengths are uncertain "
-            "beyond their intervals: refit it with more --warmup/--draws, a higher --target-accept (divergences) "
+    worst = [w for w in diagnostics.get("worst_parameters", []) if w.get("r_hat", 0) > MAX_R_HAT][:3]
+    where = ""
+    if worst:
+        where = " the chains disagree most on " + ", ".join(f"{w['name']} (R-hat {w['r_hat']:.2f})" for w in worst) + ";"
+    return (f"risk model {source} did not converge cleanly ({reasons});{where} its regimes and probe lengths are "
+            "uncertain beyond their intervals: refit it with more --warmup/--draws, a higher --target-accept "
+            "(divergences), a smaller alpha spread prior (--task-sd-prior 1,1,0.2) when the disagreement is on alpha, "
             "or --method nuts before relying on the plan.")
 
 
@@ -389,7 +475,8 @@ class RiskModel:
         positive = risk[risk > 0]
         scale = float(np.median(positive)) if positive.size else 1.0  # internal unit: O(1) numbers for the sampler
         arrays = arrays.scaled(scale)
-        data = {"s": s, "obs": {k: getattr(arrays, k) for k in arrays.__dataclass_fields__}, "n_tasks": len(task_ids)}
+        data = {"s": s, "obs": {k: getattr(arrays, k) for k in arrays.__dataclass_fields__}, "n_tasks": len(task_ids),
+                "features": list(statics), "task_ids": [str(t) for t in task_ids]}
         method = settings.method
         if method == "auto":
             method = "svi" if len(task_ids) > AUTO_SVI_TASKS else "nuts"

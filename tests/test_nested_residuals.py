@@ -243,3 +243,46 @@ def test_schema_2_risk_models_migrate_without_a_floor():
     assert doc.get("schema_version") == 2
     assert "variance_floor" not in doc["settings"]
     assert RiskModel.load(path).settings_.variance_floor == 0.0
+
+
+def test_task_sd_prior_sets_the_half_normal_scales_of_the_task_spread():
+    """The prior the settings name is the prior the model samples (known truth: numpyro's trace)."""
+    from numpyro import handlers
+
+    from plan_probe._risk_model import RiskFitSettings, _bound_model
+
+    obs = validate_risk_observations(_quantised_runs(3, 0.5, seed=1))
+    tasks = list(dict.fromkeys(obs["task_id"]))
+    arrays = observation_arrays(obs, {t: i for i, t in enumerate(tasks)})
+    settings = RiskFitSettings(method="svi", task_sd_prior=[1.0, 2.0, 0.2])
+    assert settings.task_sd_prior == (1.0, 2.0, 0.2)  # a JSON list becomes the frozen tuple
+    data = {k: getattr(arrays, k) for k in arrays.__dataclass_fields__}
+    with handlers.seed(rng_seed=0):
+        trace = handlers.trace(_bound_model(settings)).get_trace(np.zeros((len(tasks), 1)), data, len(tasks))
+    assert np.allclose(np.asarray(trace["sigma"]["fn"].base_dist.scale), [1.0, 2.0, 0.2])
+
+
+@pytest.mark.parametrize("bad", [(1.0, 1.0), (1.0, 1.0, 0.0), (1.0, float("nan"), 0.5), "1,1,0.5"])
+def test_task_sd_prior_rejects_anything_but_three_positive_scales(bad):
+    from plan_probe._risk_model import RiskFitSettings
+
+    with pytest.raises(ValueError, match="task_sd_prior must be 3 positive scales"):
+        RiskFitSettings(task_sd_prior=bad)
+
+
+def test_schema_3_risk_models_migrate_with_the_former_fixed_prior(tmp_path):
+    """A schema-3 file (no settings.task_sd_prior) loads with the scales its fit used, (1, 1, 0.5)."""
+    import json
+
+    from plan_probe._risk_model import RiskModel, _checksum
+
+    model = _svi_fit(_quantised_runs(20, 0.5, seed=0), 1e-3)
+    doc = model.to_dict()
+    doc["schema_version"] = 3
+    del doc["settings"]["task_sd_prior"]
+    doc["checksum"] = _checksum(doc)
+    path = tmp_path / "m3.json"
+    path.write_text(json.dumps(doc))
+    loaded = RiskModel.load(path)
+    assert loaded.settings_.task_sd_prior == (1.0, 1.0, 0.5)
+    assert json.loads(json.dumps(loaded.to_dict()))["settings"]["task_sd_prior"] == [1.0, 1.0, 0.5]
