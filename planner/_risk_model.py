@@ -426,7 +426,8 @@ def _diagnostics_warning(diagnostics: dict, source: str) -> str | None:
     return (f"risk model {source} did not converge cleanly ({reasons});{where} its regimes and probe lengths are "
             "uncertain beyond their intervals: refit it with more --warmup/--draws, a higher --target-accept "
             "(divergences), a smaller alpha spread prior (--task-sd-prior 1,1,0.2) when the disagreement is on alpha, "
-            "or --method nuts before relying on the plan.")
+            "a larger --lkj-eta (e.g. 4) when it is on l_omega (the task correlation), or --method nuts before "
+            "relying on the plan.")
 
 
 class RiskModel:
