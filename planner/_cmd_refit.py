@@ -30,8 +30,13 @@ import click
               help="Warn when the censored (no_go) share of finished runs exceeds this.")
 @click.option("--prediction-scale/--no-prediction-scale", default=False, show_default=True,
               help="Intervals whose width follows each predictor's own prediction (fit-predictor --prediction-scale).")
+@click.option("--task-sd-prior", default="1,1,0.5", show_default=True,
+              help="Risk model: half-normal prior scales of the task spread of (log L_int, log K, log alpha) (fit-risk "
+                   "--task-sd-prior; the shipped LLM defaults use 1,1,0.2).")
+@click.option("--lkj-eta", default=2.0, show_default=True, type=float,
+              help="Risk model: LKJ concentration of the task correlation (the shipped LLM defaults use 4).")
 def refit_cmd(inputs, out_dir, seed, tune, method, num_samples, num_warmup, num_chains, svi_steps, risk_features,
-              censored_warn, prediction_scale):
+              censored_warn, prediction_scale, task_sd_prior, lkj_eta):
     """Fit the risk model and both predictors from history directories and built meta-datasets.
 
     Each HISTORY_OR_META is a history directory (PlanProbeCallback's history_dir), a build-meta
@@ -40,13 +45,15 @@ def refit_cmd(inputs, out_dir, seed, tune, method, num_samples, num_warmup, num_
     MODELS_DIR works wherever "default" does (portfolio models = "DIR", the callback's models_dir).
     """
     from plan_probe._refit import RefitSettings, refit
+    from plan_probe._risk_model import parse_task_sd_prior
 
     feats = None
     if risk_features is not None:
         feats = tuple(f.strip() for f in risk_features.split(",") if f.strip())
     settings = RefitSettings(seed=seed, tune=tune, method=method, num_samples=num_samples, num_warmup=num_warmup,
                              num_chains=num_chains, svi_steps=svi_steps, risk_features=feats, censored_warn=censored_warn,
-                             prediction_scale=prediction_scale)
+                             prediction_scale=prediction_scale, task_sd_prior=parse_task_sd_prior(task_sd_prior),
+                             lkj_eta=lkj_eta)
     summary = refit(inputs, out_dir, settings)
     click.echo(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
 

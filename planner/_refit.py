@@ -56,6 +56,7 @@ class RefitSettings:
     censored_warn : warn when the censored share of finished runs exceeds this.
     prediction_scale : intervals whose width follows each predictor's own prediction
         (``PredictorConfig.prediction_scale``).
+    task_sd_prior, lkj_eta : the risk model's priors (:class:`plan_probe._risk_model.RiskFitSettings`).
     """
 
     seed: int = 0
@@ -68,6 +69,8 @@ class RefitSettings:
     risk_features: tuple | None = None
     censored_warn: float = 0.3
     prediction_scale: bool = False
+    task_sd_prior: tuple = (1.0, 1.0, 0.5)
+    lkj_eta: float = 2.0
 
     def __post_init__(self):
         if self.method not in ("auto", "nuts", "svi"):
@@ -79,6 +82,11 @@ class RefitSettings:
         if not (isinstance(self.censored_warn, (int, float)) and 0 <= self.censored_warn <= 1):
             raise ValueError(f"censored_warn must be a share in [0, 1], but got censored_warn={self.censored_warn!r}; "
                              "pass e.g. 0.3.")
+        from plan_probe._risk_model import RiskFitSettings
+
+        # the risk model's own validation; keeps the frozen settings hashable when a JSON list was passed
+        object.__setattr__(self, "task_sd_prior", RiskFitSettings(task_sd_prior=self.task_sd_prior,
+                                                                  lkj_eta=self.lkj_eta).task_sd_prior)
 
 
 def _features(meta, prefixes) -> list[str]:
@@ -181,6 +189,7 @@ def refit(paths, out_dir, settings: RefitSettings | None = None) -> dict:
     obs = obs[np.isfinite(obs["risk_obs"].to_numpy())][["task_id", "depth", "risk_obs", "dof", *risk_feats]]
     risk = RiskModel(RiskFitSettings(method=settings.method, num_samples=settings.num_samples,
                                      num_warmup=settings.num_warmup, num_chains=settings.num_chains,
+                                     task_sd_prior=settings.task_sd_prior, lkj_eta=settings.lkj_eta,
                                      svi_steps=settings.svi_steps)).fit(obs, seed=settings.seed)
     seconds = time.perf_counter() - t0
     depths = sorted(int(d) for d in meta["depth"].unique())

@@ -189,6 +189,8 @@ def test_refit_bad_input(tmp_path, fast_risk):
         ([str(_history(tmp_path / "cen", n_ok=0, n_censored=3)), "-o", str(out)], "needs labelled runs"),
         ([str(hist), "-o", str(out), "--risk-features", "static_nope"], "risk features must be"),
         ([str(hist), "-o", str(out), "--draws", "0"], "num_samples must be"),
+        ([str(hist), "-o", str(out), "--task-sd-prior", "1,1"], "--task-sd-prior must be 3 positive"),
+        ([str(hist), "-o", str(out), "--lkj-eta", "0"], "lkj_eta must be positive"),
     ]
     (tmp_path / "empty").mkdir()
     for args, pattern in cases:
@@ -203,6 +205,24 @@ def test_refit_bad_input(tmp_path, fast_risk):
     (bad / "records").mkdir(parents=True)
     (bad / "records" / "x.json").write_text('{"hello": 1}')
     _one_line_error(CliRunner().invoke(main, ["refit", str(bad), "-o", str(out)]), "must be a run record")
+
+
+def test_refit_passes_the_risk_priors_to_the_risk_model(tmp_path, fast_risk, monkeypatch):
+    from plan_probe._risk_model import RiskModel
+
+    seen = {}
+    fast_fit = RiskModel.fit
+
+    def fit(self, obs_df, seed=0):
+        seen["settings"] = self.settings
+        return fast_fit(self, obs_df, seed)
+
+    monkeypatch.setattr(RiskModel, "fit", fit)
+    hist = _history(tmp_path / "h")
+    result = CliRunner().invoke(main, ["refit", str(hist), "-o", str(tmp_path / "models"),
+                                       "--task-sd-prior", "1,1,0.2", "--lkj-eta", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen["settings"].task_sd_prior == (1.0, 1.0, 0.2) and seen["settings"].lkj_eta == 4.0
 
 
 def test_portfolio_models_key_errors(tmp_path):
