@@ -111,7 +111,7 @@ class RiskFitSettings:
     #: Half-normal prior scales of the task-to-task spread sigma of (log L_int, log K, log alpha). With a few
     #: depths per task a task's own alpha is barely identified: a flat residual curve fits alpha -> 0 and
     #: alpha -> infinity (all decay before the first depth) alike, and a wide alpha spread lets chains settle
-    #: in either (docs/theory.md §2, "Identifiability"). A smaller third scale puts alpha's variation into the
+    #: in either (docs/theory.md §2, "Priors and identifiability"). A smaller third scale puts alpha's variation into the
     #: static regression B instead.
     task_sd_prior: tuple = DEFAULT_TASK_SD_PRIOR
 
@@ -200,8 +200,8 @@ def _model_args(data, settings: RiskFitSettings):
 
 
 def _bound_model(settings: RiskFitSettings):
-    """:func:`risk_model` with the prior scales bound as Python constants (traced arguments would change
-    XLA's constant folding, and with it the bytes of a fit with unchanged settings)."""
+    """:func:`risk_model` with the prior scales bound as Python constants: the sampler's traced arguments stay
+    those of :func:`_model_args`, and the scales enter the model as literals, as the fixed prior did."""
     import functools
 
     return functools.partial(risk_model, task_sd_prior=tuple(settings.task_sd_prior))
@@ -262,8 +262,10 @@ def mcmc_convergence(grouped: dict, labels: dict | None = None, *, worst: int = 
         return r_hat, ess
     names = [n for n, keep in zip(_scalar_names(grouped, labels), varying) if keep]
     order = np.argsort(-np.nan_to_num(r_hat, nan=np.inf), kind="stable")[:worst]
-    return r_hat, ess, [{"name": names[i], "r_hat": round(float(r_hat[i]), 4), "ess": round(float(ess[i]), 1)}
-                        for i in order]
+    def finite(v, digits):  # JSON without NaN: a scalar whose R-hat cannot be computed is reported as null
+        return round(float(v), digits) if np.isfinite(v) else None
+
+    return r_hat, ess, [{"name": names[i], "r_hat": finite(r_hat[i], 4), "ess": finite(ess[i], 1)} for i in order]
 
 
 def convergence_ok(diagnostics: dict) -> tuple[bool, list[str]]:
@@ -311,7 +313,7 @@ def run_nuts(data, settings: RiskFitSettings, key):
     labels = {"b": [_PARAMS], "B": [_PARAMS, features], "sigma": [_PARAMS], "z": [tasks, _PARAMS]}
     r_hat, ess, pop_worst = mcmc_convergence(pop, labels, worst=WORST_REPORTED)
     z_r_hat, z_ess, z_worst = mcmc_convergence({"z": np.asarray(grouped["z"])}, labels, worst=WORST_REPORTED)
-    worst = sorted(pop_worst + z_worst, key=lambda w: -w["r_hat"] if np.isfinite(w["r_hat"]) else -np.inf)
+    worst = sorted(pop_worst + z_worst, key=lambda w: -np.inf if w["r_hat"] is None else -w["r_hat"])
     diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     diagnostics = {
         "method": "nuts",
@@ -419,7 +421,7 @@ def _diagnostics_warning(diagnostics: dict, source: str) -> str | None:
     if diagnostics.get("ok", True):
         return None
     reasons = "; ".join(diagnostics.get("problems", [])) or "diagnostics.ok is false"
-    worst = [w for w in diagnostics.get("worst_parameters", []) if w.get("r_hat", 0) > MAX_R_HAT][:3]
+    worst = [w for w in diagnostics.get("worst_parameters", []) if (w.get("r_hat") or 0) > MAX_R_HAT][:3]
     where = ""
     if worst:
         where = " the chains disagree most on " + ", ".join(f"{w['name']} (R-hat {w['r_hat']:.2f})" for w in worst) + ";"
