@@ -2,7 +2,7 @@
 against the same plans with the risk curves as fitted, deciding now, and fixed probes.
 
 Run as ``python -m plan_probe.experiments.bench_decision_tier DEFAULTS_DIR --threshold 25 --full-cost 120
-[--folds 5] [--seed 0] [--min-depth 5] [--max-depth 40] [--risk-obs PATH]`` on a folder that ``llm_defaults``
+[--folds 5] [--seed 0] [--min-depth 5] [--max-depth 40] [--risk-obs PATH] [--priors shipped|default]`` on a folder that ``llm_defaults``
 wrote (``meta.parquet``, ``meta_runs.parquet``, ``risk_obs.parquet``; e.g. ``planner/defaults/llm``). Prints
 JSON. ``--risk-obs`` takes the risk observations from elsewhere, e.g. the readout variant's
 ``planner/defaults/llm/readout/risk_obs.parquet`` (its depth-aware predictor saw the probe readouts).
@@ -11,7 +11,9 @@ Per fold (runs grouped by ``variant_id``):
 
 1. the static-only predictor is refitted on the training runs (the shipped recipe, ``fit_static_predictor``)
    and gives each held-out run its prior N(m₀, S₀);
-2. the risk model is fitted (SVI) on the training runs' nested out-of-fold residuals (``risk_obs.parquet``);
+2. the risk model is fitted (SVI) on the training runs' nested out-of-fold residuals (``risk_obs.parquet``),
+   with the priors the shipped ``DEFAULTS_DIR/risk_model.json`` records (``settings.task_sd_prior``,
+   ``lkj_eta``; the defaults of ``RiskFitSettings`` when the folder has no risk model or with ``--priors default``);
 3. the anchor ratio κ is the training runs' mean squared residual at the shallowest depth over the refitted
    static predictor's out-of-fold MSE (what ``anchor_from_predictors`` measures on the shipped pair);
 4. every policy picks a probe length per held-out run; a probe is realised with that run's out-of-fold
@@ -96,7 +98,8 @@ def _fold_plans(train, test, runs, obs, depths, args):
     held = runs.set_index("run_id").loc[test]
     X = held[list(static.feature_names_)].reset_index(drop=True)
     m0, s0 = static.predict(X), predictive_variance(static, X)
-    risk = RiskModel(RiskFitSettings(method="svi")).fit(obs.loc[obs["run_id"].isin(train)], seed=args.seed)
+    risk = RiskModel(RiskFitSettings(method="svi", **args.fold_priors)).fit(obs.loc[obs["run_id"].isin(train)],
+                                                                             seed=args.seed)
     shallow = (obs.loc[obs["run_id"].isin(train) & (obs["depth"] == depths[0])].set_index("run_id")["residual"])
     kappa = float(np.mean(shallow**2) / static.cv_rmse_**2)
     train_runs = runs.loc[runs["run_id"].isin(train)].reset_index(drop=True)
@@ -119,6 +122,18 @@ def _fold_plans(train, test, runs, obs, depths, args):
     return m0, steps, kappa
 
 
+def shipped_priors(root: Path) -> dict:
+    """The risk-model priors ``root/risk_model.json`` was fitted with (so each fold's fit matches the shipped one),
+    or {} (the ``RiskFitSettings`` defaults) when the folder has none."""
+    from plan_probe._risk_model import RiskModel
+
+    path = root / "risk_model.json"
+    if not path.is_file():
+        return {}
+    settings = RiskModel.load(path).settings_
+    return {"task_sd_prior": list(settings.task_sd_prior), "lkj_eta": float(settings.lkj_eta)}
+
+
 def run(args) -> dict:
     from plan_probe.probes._io import read_table
 
@@ -130,6 +145,7 @@ def run(args) -> dict:
         raise ValueError(f"the tier's tables must exist, but got no {str(missing)!r}; pass a folder that "
                          "`make llm-defaults` wrote (and --risk-obs a risk_obs.parquet).")
     runs, obs, meta = (read_table(p) for p in paths)
+    args.fold_priors = shipped_priors(root) if args.priors == "shipped" else {}
     depths = sorted(float(d) for d in obs["depth"].unique())
     label = runs.set_index("run_id")["label"]
     preds = (obs.assign(pred=lambda o: label.loc[o["run_id"]].to_numpy() - o["residual"])
@@ -162,7 +178,7 @@ def run(args) -> dict:
     # what a probe adds per depth: held-out squared error of the depth-aware prediction minus the static one's
     depth_sq = (label.loc[runs["run_id"]].to_numpy()[:, None] - preds.loc[runs["run_id"], depths].to_numpy()) ** 2
     by_depth = {f"{d:g}": _paired(depth_sq[:, j], static_res**2, rng) for j, d in enumerate(depths)}
-    return {"runs": int(len(runs)), "depth_minus_static_sq_error": by_depth, "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
+    return {"runs": int(len(runs)), "fold_risk_priors": args.fold_priors, "depth_minus_static_sq_error": by_depth, "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
             "depths": depths, "kappa_by_fold": kappas, "policies": summary, "paired": paired}
 
 
@@ -178,6 +194,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-depth", type=int, default=40)
     parser.add_argument("--risk-obs", default=None,
                         help="risk observations to use instead of DEFAULTS_DIR/risk_obs.parquet (e.g. the readout variant's)")
+    parser.add_argument("--priors", choices=("shipped", "default"), default="shipped",
+                        help="risk-model priors of each fold's fit: those DEFAULTS_DIR/risk_model.json records, or the "
+                             "RiskFitSettings defaults")
     args = parser.parse_args(argv)
     try:
         result = run(args)

@@ -36,3 +36,13 @@ def test_a_missing_table_is_one_error_line_and_exit_2(tmp_path, capsys):
     code = main([str(tmp_path), "--threshold", "25", "--full-cost", "120", "--risk-obs", str(tmp_path / "none.parquet")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the tier's tables must exist") and err.count("\n") == 1
+
+
+def test_fold_fits_use_the_priors_the_shipped_risk_model_records(tmp_path):
+    from pathlib import Path
+
+    from plan_probe.experiments.bench_decision_tier import shipped_priors
+
+    root = Path(__file__).resolve().parents[1] / "planner" / "defaults" / "llm"
+    assert shipped_priors(root) == {"task_sd_prior": [1.0, 1.0, 0.2], "lkj_eta": 4.0}
+    assert shipped_priors(tmp_path) == {}  # no risk model: the RiskFitSettings defaults
