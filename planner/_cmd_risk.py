@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @click.option("--task-sd-prior", default="1,1,0.5", show_default=True,
               help="Half-normal prior scales of the task spread of (log L_int, log K, log alpha), comma-separated. "
                    "When chains disagree on alpha (flat residual curves), a smaller third scale (e.g. 1,1,0.2) "
-                   "makes the fit identifiable (docs/theory.md §2).")
+                   "keeps them in one region (docs/theory.md §2).")
 def fit_risk(obs, output, seed, method, num_samples, num_warmup, num_chains, target_accept, svi_steps, keep_draws,
              variance_floor, max_tree_depth, lkj_eta, task_sd_prior):
     """Fit the hierarchical risk model to the risk-observation table OBS (CSV or Parquet).

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from plan_probe.probes._formats import FileFormat
+from plan_probe._risk_model import DEFAULT_TASK_SD_PRIOR
 
 __all__ = ["RefitSettings", "refit", "REFIT_SUMMARY", "RISK_FEATURES"]
 
@@ -69,7 +70,7 @@ class RefitSettings:
     risk_features: tuple | None = None
     censored_warn: float = 0.3
     prediction_scale: bool = False
-    task_sd_prior: tuple = (1.0, 1.0, 0.5)
+    task_sd_prior: tuple = DEFAULT_TASK_SD_PRIOR
     lkj_eta: float = 2.0
 
     def __post_init__(self):
