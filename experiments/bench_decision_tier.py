@@ -84,7 +84,7 @@ def _paired(a, b, rng, n_boot: int = 2000) -> dict:
             "ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))]}
 
 
-def _fold_plans(train, test, runs, obs, depths, args):
+def _fold_plans(train, test, runs, obs, depths, priors, args):
     """Probe steps of every policy for the held-out runs of one fold, and the fold's κ."""
     import pandas as pd
 
@@ -98,8 +98,7 @@ def _fold_plans(train, test, runs, obs, depths, args):
     held = runs.set_index("run_id").loc[test]
     X = held[list(static.feature_names_)].reset_index(drop=True)
     m0, s0 = static.predict(X), predictive_variance(static, X)
-    risk = RiskModel(RiskFitSettings(method="svi", **args.fold_priors)).fit(obs.loc[obs["run_id"].isin(train)],
-                                                                             seed=args.seed)
+    risk = RiskModel(RiskFitSettings(method="svi", **priors)).fit(obs.loc[obs["run_id"].isin(train)], seed=args.seed)
     shallow = (obs.loc[obs["run_id"].isin(train) & (obs["depth"] == depths[0])].set_index("run_id")["residual"])
     kappa = float(np.mean(shallow**2) / static.cv_rmse_**2)
     train_runs = runs.loc[runs["run_id"].isin(train)].reset_index(drop=True)
@@ -145,7 +144,7 @@ def run(args) -> dict:
         raise ValueError(f"the tier's tables must exist, but got no {str(missing)!r}; pass a folder that "
                          "`make llm-defaults` wrote (and --risk-obs a risk_obs.parquet).")
     runs, obs, meta = (read_table(p) for p in paths)
-    args.fold_priors = shipped_priors(root) if args.priors == "shipped" else {}
+    priors = shipped_priors(root) if args.priors == "shipped" else {}
     depths = sorted(float(d) for d in obs["depth"].unique())
     label = runs.set_index("run_id")["label"]
     preds = (obs.assign(pred=lambda o: label.loc[o["run_id"]].to_numpy() - o["residual"])
@@ -161,7 +160,7 @@ def run(args) -> dict:
     for k in range(args.folds):
         test_rows = np.flatnonzero(folds == k)
         train, test = runs["run_id"][folds != k].tolist(), runs["run_id"].iloc[test_rows].tolist()
-        m0, steps, kappa = _fold_plans(train, test, runs, obs, depths, args)
+        m0, steps, kappa = _fold_plans(train, test, runs, obs, depths, priors, args)
         kappas.append(kappa)
         static_res[test_rows] = label.loc[test].to_numpy() - m0
         for name, s in steps.items():
@@ -178,7 +177,7 @@ def run(args) -> dict:
     # what a probe adds per depth: held-out squared error of the depth-aware prediction minus the static one's
     depth_sq = (label.loc[runs["run_id"]].to_numpy()[:, None] - preds.loc[runs["run_id"], depths].to_numpy()) ** 2
     by_depth = {f"{d:g}": _paired(depth_sq[:, j], static_res**2, rng) for j, d in enumerate(depths)}
-    return {"runs": int(len(runs)), "fold_risk_priors": args.fold_priors, "depth_minus_static_sq_error": by_depth, "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
+    return {"runs": int(len(runs)), "fold_risk_priors": priors, "depth_minus_static_sq_error": by_depth, "folds": args.folds, "threshold": args.threshold, "full_cost": args.full_cost,
             "depths": depths, "kappa_by_fold": kappas, "policies": summary, "paired": paired}
 
 

@@ -128,11 +128,8 @@ class RiskFitSettings:
         if not (isinstance(self.variance_floor, (int, float)) and 0 <= self.variance_floor < 1):
             raise ValueError(f"variance_floor must be in [0, 1), but got {self.variance_floor=}; 1e-3 is the default.")
         prior = self.task_sd_prior
-        try:
-            scales = tuple(float(x) for x in prior) if not isinstance(prior, (str, bytes)) else ()
-        except (TypeError, ValueError):
-            scales = ()
-        if len(scales) != 3 or not all(np.isfinite(x) and x > 0 for x in scales):
+        scales = _three_positive_scales(prior if not isinstance(prior, (str, bytes)) else ())
+        if scales is None:
             raise ValueError(f"task_sd_prior must be 3 positive scales for (log L_int, log K, log alpha), but got "
                              f"task_sd_prior={prior!r}; (1.0, 1.0, 0.5) is the default.")
         object.__setattr__(self, "task_sd_prior", scales)  # JSON gives a list; keep the frozen settings hashable
@@ -143,14 +140,20 @@ class RiskFitSettings:
         return float(np.log(self.variance_floor)) if self.variance_floor > 0 else None
 
 
+def _three_positive_scales(values) -> tuple | None:
+    """``values`` as a tuple of 3 positive finite floats, or None when they are not (the one rule of
+    :attr:`RiskFitSettings.task_sd_prior`, for settings and the command line alike)."""
+    try:
+        scales = tuple(float(x) for x in values)
+    except (TypeError, ValueError):
+        return None
+    return scales if len(scales) == 3 and all(np.isfinite(x) and x > 0 for x in scales) else None
+
+
 def parse_task_sd_prior(text: str) -> tuple:
     """``"1,1,0.2"`` -> (1.0, 1.0, 0.2), the command-line form of :attr:`RiskFitSettings.task_sd_prior`."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        scales = tuple(float(p) for p in parts)
-    except ValueError:
-        scales = ()
-    if len(scales) != 3 or not all(np.isfinite(x) and x > 0 for x in scales):
+    scales = _three_positive_scales(p.strip() for p in str(text).split(","))
+    if scales is None:
         raise ValueError(f"--task-sd-prior must be 3 positive comma-separated scales, but got {text!r}; "
                          "pass e.g. 1,1,0.5 (the default) or 1,1,0.2.")
     return scales
